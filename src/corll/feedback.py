@@ -1,0 +1,56 @@
+"""What users give back, and what a learner takes from it.
+
+An `Edit` is the user's revision ȳ of a draft y; it yields a `PreferencePair`
+(x, chosen=ȳ, rejected=y) in the TRL `prompt/chosen/rejected` format, and an
+edit cost (word-level Levenshtein distance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from rapidfuzz.distance import Levenshtein
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """x, with `chosen` preferred to `rejected`; `mislabeled` is known only in simulation."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    mislabeled: bool = False
+
+    def to_trl(self) -> dict[str, str]:
+        """The plain dict that TRL's DPOTrainer and `datasets` read."""
+        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+
+
+@dataclass(frozen=True)
+class Edit:
+    """A user's revision of a draft. Simulated users also report what they know about it:
+    the true rewards of both texts and the realised feedback strength α̂."""
+
+    draft: str
+    text: str
+    draft_reward: float | None = None
+    edit_reward: float | None = None
+    alpha_hat: float | None = None
+
+    @property
+    def mislabeled(self) -> bool:
+        """True when the edit is not better than the draft under the true reward (a wrong-way pair)."""
+        if self.draft_reward is None or self.edit_reward is None:
+            return False
+        return self.edit_reward <= self.draft_reward
+
+    def to_pair(self, prompt: str) -> PreferencePair:
+        return PreferencePair(prompt, chosen=self.text, rejected=self.draft, mislabeled=self.mislabeled)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def word_edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance over whitespace-separated words: how many words the user had to change."""
+    return Levenshtein.distance(a.split(), b.split())

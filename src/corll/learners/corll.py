@@ -1,0 +1,49 @@
+"""CoRLL — coactive learning for LLMs (seed 002, Algorithm 1).
+
+    for t = 1..T:
+        receive prompt x_t
+        sample y¹..yᵏ ~ π_t(·|x_t);  y_t = argmax_i R_{π_t}(x_t, yⁱ)
+        show y_t, observe the user's edit ȳ_t
+        D ← D ∪ {(x_t, chosen=ȳ_t, rejected=y_t)}
+        every N new preferences: one DPO step (Adam) on those N
+
+The loop always exploits (it shows its best guess at the mode of π_t) and leaves
+exploration to the user, whose edit says "this is better than what you wrote".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from corll.learners.dpo import DPOLearner, StepStats
+from corll.learners.rounds import RoundLog, gather
+from corll.policy import Policy
+from corll.users.expert_editor import ExpertEditor
+
+
+class CoRLL:
+    def __init__(self, policy: Policy, learner: DPOLearner, editor: ExpertEditor, *, k: int = 4,
+                 batch_size: int = 8) -> None:
+        self.policy, self.learner, self.editor = policy, learner, editor
+        self.k, self.batch_size = k, batch_size
+
+    def draft(self, prompts: Sequence[str]) -> list[str]:
+        """y_t = argmax over k samples of the implicit reward β·(log π_t − log π_0)."""
+        samples = self.policy.sample(prompts, self.k)
+        if self.k == 1:
+            return [s[0] for s in samples]
+        flat_prompts = [x for x in prompts for _ in range(self.k)]
+        rewards = self.policy.implicit_reward(flat_prompts, [y for s in samples for y in s],
+                                              self.learner.config.beta).view(len(prompts), self.k)
+        return [s[i] for s, i in zip(samples, rewards.argmax(dim=1).tolist())]
+
+    def ask(self, prompts: list[str]) -> RoundLog:
+        drafts = self.draft(prompts)
+        edits = self.editor.edit(prompts, drafts)
+        kept = [(x, e) for x, e in zip(prompts, edits) if e is not None]
+        return RoundLog(pairs=[e.to_pair(x) for x, e in kept], edits=[e for _, e in kept],
+                        queries=len(prompts), skipped=len(prompts) - len(kept))
+
+    def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
+        log = gather(next_prompts, self.batch_size, self.ask)
+        return log, self.learner.step(log.pairs) if log.pairs else None

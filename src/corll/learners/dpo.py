@@ -1,0 +1,101 @@
+"""The pairwise preference learner A_pair: one Adam step of DPO on a batch of pairs.
+
+CoRLL and the dueling baseline share it, so the two differ only in where their
+preferences come from. The step goes through `accelerate`, so the same code runs
+on one CPU, on 2 CPU processes (gloo) or on many GPUs with DDP.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+
+from corll.feedback import PreferencePair
+from corll.losses import dpo_loss, dpo_margin
+from corll.policy import Policy, sequence_logprobs
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or its gradient is NaN or infinite; the step was not applied."""
+
+
+@dataclass
+class DPOConfig:
+    """DPO settings. Paper: β=0.1, Adam, lr 1e-5 (full fine-tuning, IMDB) or 5e-7 with 10% warm-up (7B
+    LoRA). With LoRA on a 135M model on CPU, lr around 5e-4 moves the policy within tens of steps."""
+
+    beta: float = 0.1
+    lr: float = 5e-4
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 10.0
+    micro_batch_pairs: int = 8
+
+
+@dataclass(frozen=True)
+class StepStats:
+    loss: float
+    margin: float
+    accuracy: float
+    grad_norm: float
+
+
+class DPOLearner:
+    def __init__(self, policy: Policy, config: DPOConfig, accelerator: Accelerator | None = None) -> None:
+        self.policy = policy
+        self.config = config
+        self.accelerator = accelerator or Accelerator()
+        optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=config.lr)
+        warmup = config.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        )
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(policy.model, optimizer, scheduler)
+
+    def step(self, pairs: Sequence[PreferencePair]) -> StepStats:
+        """One optimizer step on these pairs (micro-batched, gradients accumulated)."""
+        if not pairs:
+            raise ValueError("a DPO step needs at least one preference pair")
+        cfg = self.config
+        n = len(pairs)
+        totals = {"loss": 0.0, "margin": 0.0, "accuracy": 0.0}
+        self.model.train()
+        for start in range(0, n, cfg.micro_batch_pairs):
+            chunk = pairs[start : start + cfg.micro_batch_pairs]
+            prompts = [p.prompt for p in chunk] * 2
+            responses = [p.chosen for p in chunk] + [p.rejected for p in chunk]
+            ref = self.policy.logprobs(prompts, responses, reference=True)
+            with self.policy.autocast():
+                logps = sequence_logprobs(self.model, self.policy.encode(prompts, responses))
+            m = len(chunk)
+            losses = dpo_loss(logps[:m], logps[m:], ref[:m], ref[m:], beta=cfg.beta,
+                              label_smoothing=cfg.label_smoothing, loss_type=cfg.loss_type)
+            loss = losses.sum() / n
+            if not torch.isfinite(loss):
+                self.optimizer.zero_grad()
+                raise NonFiniteLossError(f"DPO loss is {loss.item()} on a batch of {n} pairs")
+            self.accelerator.backward(loss)
+            margins = dpo_margin(logps[:m], logps[m:], ref[:m], ref[m:]).detach()
+            totals["loss"] += loss.item()
+            totals["margin"] += cfg.beta * margins.sum().item() / n
+            totals["accuracy"] += (margins > 0).float().sum().item() / n
+        grad_norm = float(self.accelerator.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm))
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad()
+            raise NonFiniteLossError(f"DPO gradient norm is {grad_norm}")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
+        return StepStats(grad_norm=grad_norm, **totals)
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])

@@ -1,0 +1,40 @@
+"""What one learning round produced, and the loop that gathers N preferences for it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from corll.feedback import Edit, PreferencePair
+
+# How many times a round may go back for more prompts when users drop rounds or tie.
+MAX_DRAWS = 8
+
+
+@dataclass
+class RoundLog:
+    """The preferences a round used, the edits behind them, and the queries that gave no preference
+    (noise-free drops or dueling ties)."""
+
+    pairs: list[PreferencePair] = field(default_factory=list)
+    edits: list[Edit] = field(default_factory=list)
+    queries: int = 0
+    skipped: int = 0
+
+
+Ask = Callable[[list[str]], RoundLog]
+
+
+def gather(next_prompts: Callable[[int], list[str]], n: int, ask: Ask) -> RoundLog:
+    """Ask users about fresh prompts until n preferences are in (or MAX_DRAWS batches were asked)."""
+    log = RoundLog()
+    for _ in range(MAX_DRAWS):
+        missing = n - len(log.pairs)
+        if missing <= 0:
+            break
+        part = ask(next_prompts(missing))
+        log.pairs += part.pairs
+        log.edits += part.edits
+        log.queries += part.queries
+        log.skipped += part.skipped
+    return log

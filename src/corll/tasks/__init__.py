@@ -1,0 +1,77 @@
+"""Tasks: what the simulated users want.
+
+A task is train and held-out prompts, a true reward R*(x, y) that only simulated
+users and evaluation may see, and an expert policy π* that proposes better
+responses. Built-in tasks are listed in `TASKS`; users bring their own as
+`path/to/file.py:factory`, where `factory(policy) -> Task`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from corll.policy import Policy
+
+RewardFn = Callable[[Sequence[str], Sequence[str]], list[float]]
+ExpertFn = Callable[[Sequence[str], int], list[list[str]]]
+
+
+@dataclass
+class Task:
+    """Prompts, the true reward R*(x, y) (batched) and the expert π* (l candidates per prompt)."""
+
+    name: str
+    train_prompts: list[str]
+    test_prompts: list[str]
+    reward: RewardFn
+    expert: ExpertFn
+
+
+class TaskError(ValueError):
+    """An unknown task name, or a task file that cannot be used."""
+
+
+TaskFactory = Callable[["Policy"], Task]
+
+
+def _builtin() -> dict[str, TaskFactory]:
+    from corll.tasks import positive_review, synthetic
+
+    return {"positive-review": positive_review.build, "synthetic": synthetic.build}
+
+
+TASK_NAMES = ("positive-review", "synthetic")
+
+
+def resolve_task(spec: str) -> TaskFactory:
+    """The factory for a built-in name or `file.py:factory`; fails before any model loads."""
+    if spec in TASK_NAMES:
+        return _builtin()[spec]
+    path, sep, attr = spec.rpartition(":")
+    if not sep or not path.endswith(".py"):
+        raise TaskError(f"unknown task {spec!r}: use one of {', '.join(TASK_NAMES)} or path/to/file.py:factory")
+    file = Path(path)
+    if not file.is_file():
+        raise TaskError(f"task file {path} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"corll_user_task_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:  # any error in user code is reported with its file
+        raise TaskError(f"could not import task file {path}: {type(exc).__name__}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise TaskError(f"task file {path} has no callable {attr!r}")
+    return factory
+
+
+def load_task(spec: str, policy: Policy) -> Task:
+    task = resolve_task(spec)(policy)
+    if not isinstance(task, Task) or not task.train_prompts or not task.test_prompts:
+        raise TaskError(f"task {spec!r} must return a Task with train and test prompts")
+    return task

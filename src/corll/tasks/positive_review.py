@@ -1,0 +1,62 @@
+"""positive-review: continue a movie-review opening so that the review turns out positive.
+
+The CPU-scale analogue of the paper's IMDB task (seed 002, §4.4):
+R*(x, y) = log P(positive | y) + λ·(mean token log π_0(y|x)).
+P(positive) comes from VADER (an offline lexicon scorer) as (1 + compound) / 2,
+clipped to [0.001, 0.999]. The paper adds 3·Σ log π_ref(y|x); a sum grows with
+length and swamps the sentiment term on short responses, so we use the per-token
+mean with λ = 0.1 (a fluent response scores about −0.2, gibberish about −0.8).
+An empty response gets the lowest reward. The expert is the base model told, in a
+system prompt, to write glowing reviews (weak at 135M: the editor's selection
+among its l candidates is what makes the edits better than the draft).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from importlib import resources
+
+from corll.policy import Policy
+from corll.tasks import Task
+
+FLUENCY_WEIGHT = 0.1
+P_CLIP = 1e-3
+EMPTY_REWARD = math.log(P_CLIP) - FLUENCY_WEIGHT * 20.0
+INSTRUCTION = "Continue this movie review in one or two sentences: "
+EXPERT_SYSTEM = ("You are a film critic who loves movies. Continue the review with warm, "
+                 "enthusiastic praise.")
+N_TEST = 40
+SPLIT_SEED = 1234
+
+
+def openings() -> list[str]:
+    text = resources.files("corll.tasks").joinpath("data/review_openings.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def positive_probability(text: str, analyzer) -> float:
+    compound = analyzer.polarity_scores(text)["compound"]
+    return min(max((1 + compound) / 2, P_CLIP), 1 - P_CLIP)
+
+
+def build(policy: Policy) -> Task:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+    prompts = [INSTRUCTION + o for o in openings()]
+    random.Random(SPLIT_SEED).shuffle(prompts)
+
+    def reward(xs: Sequence[str], ys: Sequence[str]) -> list[float]:
+        ref = policy.logprobs(xs, ys, reference=True)
+        lengths = [len(policy.tokenizer(y, add_special_tokens=False)["input_ids"]) for y in ys]
+        return [
+            EMPTY_REWARD if n == 0 else math.log(positive_probability(y, analyzer)) + FLUENCY_WEIGHT * lp / n
+            for y, lp, n in zip(ys, ref.tolist(), lengths)
+        ]
+
+    def expert(xs: Sequence[str], n: int) -> list[list[str]]:
+        return policy.sample(xs, n, system=EXPERT_SYSTEM, use_reference=True)
+
+    return Task("positive-review", prompts[N_TEST:], prompts[:N_TEST], reward, expert)

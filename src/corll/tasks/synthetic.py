@@ -1,0 +1,54 @@
+"""A tiny task with an exact reward, for tests and quick trials on the tiny model.
+
+R*(x, y) is the share of characters of y that are lowercase letters (an empty
+response scores 0). The expert writes short strings whose lowercase share varies
+from candidate to candidate, so some beat a draft and some do not — exactly what
+the expert-based editor needs.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+
+import torch
+
+from corll.tasks import Task
+
+GOOD = string.ascii_lowercase
+OTHER = string.ascii_uppercase + string.digits + "!#$%&*+-/<=>?@[]^_{|}~"
+
+
+def lowercase_share(text: str) -> float:
+    return sum(c in GOOD for c in text) / len(text) if text else 0.0
+
+
+def reward(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+    return [lowercase_share(y) for y in responses]
+
+
+def _pick(alphabet: str) -> str:
+    return alphabet[int(torch.randint(len(alphabet), ()).item())]
+
+
+def expert(prompts: Sequence[str], n: int) -> list[list[str]]:
+    """n candidates per prompt; randomness from torch's global generator, so runs replay from a seed."""
+    out = []
+    for _ in prompts:
+        candidates = []
+        for _ in range(n):
+            share, length = torch.rand(()).item(), int(torch.randint(4, 17, ()).item())
+            candidates.append("".join(_pick(GOOD) if torch.rand(()).item() < share else _pick(OTHER)
+                                      for _ in range(length)))
+        out.append(candidates)
+    return out
+
+
+def build(policy=None) -> Task:
+    return Task(
+        name="synthetic",
+        train_prompts=[f"word {i}" for i in range(64)],
+        test_prompts=[f"word {i}" for i in range(64, 80)],
+        reward=reward,
+        expert=expert,
+    )

@@ -1,0 +1,115 @@
+import torch
+
+from corll.feedback import PreferencePair
+from corll.learners import DPOConfig, DPOLearner
+from corll.losses import dpo_margin
+from corll.policy import encode_responses, load_policy, sequence_logprobs
+
+PROMPTS = ["hello", "a much longer prompt here", "x"]
+RESPONSES = ["abc def", "z", "the quick brown fox"]
+
+
+def per_token_reference(policy, prompt, response):
+    """log π(y|x) by a plain loop over the response tokens of one unpadded sequence."""
+    prompt_ids = policy.prompt_ids(prompt)
+    response_ids = policy.tokenizer(response, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + response_ids])
+    with torch.no_grad():
+        logits = policy.model(input_ids=ids).logits[0]
+    total = 0.0
+    for j, token in enumerate(response_ids):
+        total += torch.log_softmax(logits[len(prompt_ids) + j - 1], -1)[token].item()
+    return total
+
+
+def perturb_lora(policy):
+    """Give the adapter non-zero weights so the policy differs from the reference."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+
+
+def test_logprobs_match_a_per_token_loop(policy):
+    perturb_lora(policy)
+    batched = policy.logprobs(PROMPTS, RESPONSES)
+    loop = torch.tensor([per_token_reference(policy, x, y) for x, y in zip(PROMPTS, RESPONSES)])
+    assert torch.allclose(batched, loop, atol=1e-4)
+
+
+def test_logprobs_identical_under_left_and_right_padding(policy):
+    perturb_lora(policy)
+    prompt_ids = [policy.prompt_ids(x) for x in PROMPTS]
+    with torch.no_grad():
+        left = sequence_logprobs(policy.model, encode_responses(policy.tokenizer, prompt_ids, RESPONSES, "left"))
+        right = sequence_logprobs(policy.model, encode_responses(policy.tokenizer, prompt_ids, RESPONSES, "right"))
+    assert torch.allclose(left, right, atol=1e-4)
+
+
+def test_only_response_tokens_are_scored_and_no_special_token_is_doubled(policy):
+    batch = policy.encode(PROMPTS, RESPONSES)
+    tok = policy.tokenizer
+    for row, response in enumerate(RESPONSES):
+        scored = batch.input_ids[row][batch.response_mask[row]].tolist()
+        assert scored == tok(response, add_special_tokens=False)["input_ids"]
+        assert tok.eos_token_id not in scored
+        ids = batch.input_ids[row][batch.attention_mask[row].bool()].tolist()
+        assert ids.count(tok.bos_token_id) == 2  # the system-less template: one user and one assistant header
+        assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id
+
+
+def test_reference_equals_policy_at_adapter_init_and_stays_fixed(policy):
+    before = policy.logprobs(PROMPTS, RESPONSES, reference=True)
+    assert torch.equal(policy.logprobs(PROMPTS, RESPONSES), before)
+    assert policy.implicit_reward(PROMPTS, RESPONSES, beta=0.1).abs().max() == 0
+    perturb_lora(policy)
+    assert not torch.allclose(policy.logprobs(PROMPTS, RESPONSES), before)
+    assert torch.equal(policy.logprobs(PROMPTS, RESPONSES, reference=True), before)
+    expected = 0.1 * (policy.logprobs(PROMPTS, RESPONSES) - before)
+    assert torch.allclose(policy.implicit_reward(PROMPTS, RESPONSES, beta=0.1), expected)
+
+
+def test_one_dpo_step_raises_the_pair_margin(policy):
+    pair = PreferencePair("say something", chosen="good words here", rejected="#!$% bad")
+    learner = DPOLearner(policy, DPOConfig(lr=1e-2))
+
+    def margin():
+        x = [pair.prompt, pair.prompt]
+        y = [pair.chosen, pair.rejected]
+        lp, ref = policy.logprobs(x, y), policy.logprobs(x, y, reference=True)
+        return dpo_margin(lp[0], lp[1], ref[0], ref[1]).item()
+
+    assert margin() == 0.0
+    stats = learner.step([pair])
+    assert abs(stats.loss - 0.6931) < 1e-3
+    assert margin() > 0.05
+
+
+def test_resuming_from_an_adapter_makes_it_the_reference(policy, tmp_path):
+    perturb_lora(policy)
+    start = policy.logprobs(PROMPTS, RESPONSES)
+    policy.model.save_pretrained(tmp_path / "adapter")
+    resumed = load_policy("tiny", init_adapter=tmp_path / "adapter")
+    assert torch.allclose(resumed.logprobs(PROMPTS, RESPONSES, reference=True), start, atol=1e-5)
+    DPOLearner(resumed, DPOConfig(lr=5e-2)).step([PreferencePair("p", "good", "bad")])
+    assert not torch.allclose(resumed.logprobs(PROMPTS, RESPONSES), start, atol=1e-3)
+    assert torch.allclose(resumed.logprobs(PROMPTS, RESPONSES, reference=True), start, atol=1e-5)
+
+
+def test_full_finetuning_keeps_a_frozen_reference():
+    policy = load_policy("tiny", lora=None)
+    before = policy.logprobs(PROMPTS, RESPONSES)
+    DPOLearner(policy, DPOConfig(lr=1e-2)).step([PreferencePair("p", "good", "bad")])
+    assert not torch.allclose(policy.logprobs(PROMPTS, RESPONSES), before)
+    assert torch.equal(policy.logprobs(PROMPTS, RESPONSES, reference=True), before)
+
+
+def test_sampling_gives_k_responses_per_prompt_and_replays_from_a_seed(policy):
+    torch.manual_seed(3)
+    first = policy.sample(PROMPTS, 3)
+    torch.manual_seed(3)
+    second = policy.sample(PROMPTS, 3)
+    assert [len(s) for s in first] == [3, 3, 3]
+    assert first == second
+    assert len({y for s in first for y in s}) > 1
