@@ -82,7 +82,10 @@ def test_a_task_file_brings_its_own_task(tmp_path):
     )
     out = tmp_path / "run"
     result = runner.invoke(app, ["simulate", *FAST, "--task", f"{task_file}:build", "--algorithm", "corll",
-                                 "--out", str(out)])
+                                 "--out", str(tmp_path / "local")])
+    assert result.exit_code == 2 and "defines no local edit: use --user expert" in " ".join(result.output.split())
+    result = runner.invoke(app, ["simulate", *FAST, "--task", f"{task_file}:build", "--algorithm", "corll",
+                                 "--user", "expert", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "summary.json").read_text())["corll"]["feedback"] == 16
 

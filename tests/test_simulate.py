@@ -17,9 +17,9 @@ def without_time(records):
     return [{k: v for k, v in r.items() if k != "wall_time"} for r in records]
 
 
-@pytest.mark.parametrize("algorithm", ["corll", "dueling"])
-def test_learning_raises_held_out_true_reward(tmp_path, algorithm):
-    summary = run_simulation(tiny_config(algorithms=[algorithm], rounds=20), tmp_path / "run")
+@pytest.mark.parametrize(("algorithm", "user"), [("corll", "expert"), ("corll", "local"), ("dueling", "local")])
+def test_learning_raises_held_out_true_reward(tmp_path, algorithm, user):
+    summary = run_simulation(tiny_config(algorithms=[algorithm], user=user, rounds=20), tmp_path / "run")
     curve = rewards(tmp_path / "run", algorithm)
     assert summary[algorithm]["feedback"] == 20 * 8
     # The untrained tiny model writes ~22% lowercase characters; learning must add at least 5 points.

@@ -73,3 +73,14 @@ def test_word_edit_distance_counts_word_operations():
     assert word_edit_distance("the film was bad", "the film was truly great fun") == 3
     assert word_edit_distance("", "two words") == 2
     assert Edit("a b", "a c", 0.0, 1.0).to_pair("x").to_trl() == {"prompt": "x", "chosen": "a c", "rejected": "a b"}
+
+
+def test_local_editor_revises_in_place_and_skips_drafts_it_leaves_alone():
+    from corll.tasks.synthetic import build
+    from corll.users import LocalEditor
+
+    editor = LocalEditor(build())
+    fixed, untouched = editor.edit(["p", "p"], ["AB1cd", "abc"])
+    assert fixed.text == "eeecd" and fixed.edit_reward > fixed.draft_reward and not fixed.mislabeled
+    assert word_edit_distance(fixed.draft, fixed.text) == 1
+    assert untouched is None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from transformers.utils import logging as hf_logging
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -15,6 +17,11 @@ from corll.policy import BUILTIN_MODELS
 from corll.report import plot_curves, summary_table
 from corll.simulate import ConfigError, RunExistsError, SimulationConfig, run_simulation
 from corll.tasks import TASK_NAMES
+
+# Library chatter (deprecation notices, per-shard progress bars) would bury our own progress display.
+warnings.filterwarnings("ignore", category=FutureWarning)
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
 
 app = typer.Typer(help="corll: make LLMs learn from the edits and reactions users already give.",
                   no_args_is_help=True, add_completion=False)
@@ -39,6 +46,8 @@ def simulate(
     k: Annotated[int, typer.Option("--k", help="CoRLL argmax samples per prompt (paper: 9 IMDB, 1 at 7B).")] = D.k,
     batch_size: Annotated[int, typer.Option("--batch-size", "-N",
                                             help="N preferences per DPO step (paper: 64).")] = D.batch_size,
+    user: Annotated[str, typer.Option(help="Simulated editor: local (revises the draft in place) or expert "
+                                           "(the paper's: picks among l expert candidates).")] = D.user,
     l: Annotated[int, typer.Option("--l", help="Expert candidates per edit (paper: 25 IMDB, 5 at 7B).")] = D.l,
     alpha: Annotated[Optional[float], typer.Option(
         help="Feedback strength α in (0, 1]; unset = minimal improvement (paper ablation: 0.6).")] = D.alpha,
@@ -69,7 +78,7 @@ def simulate(
     """Train learners against simulated users and compare their held-out true reward."""
     config = SimulationConfig(
         task=task, model=model, algorithms=algorithm or list(D.algorithms), rounds=rounds, seed=seed, k=k,
-        batch_size=batch_size, l=l, alpha=alpha, noise_free=noise_free, epsilon=epsilon, beta=beta, lr=lr,
+        batch_size=batch_size, user=user, l=l, alpha=alpha, noise_free=noise_free, epsilon=epsilon, beta=beta, lr=lr,
         loss_type=loss, label_smoothing=label_smoothing, warmup_rounds=warmup_rounds, temperature=temperature,
         top_k=top_k, max_new_tokens=max_new_tokens, precision=precision, full_finetune=full_finetune, lora_r=lora_r,
         lora_alpha=lora_alpha, init_adapter=init_adapter, eval_every=eval_every, eval_prompts=eval_prompts,

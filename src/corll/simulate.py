@@ -27,7 +27,7 @@ from corll.learners.dpo import StepStats
 from corll.losses import DPO_LOSS_TYPES
 from corll.policy import PRECISIONS, LoraSettings, Policy, SamplingConfig, load_policy, resolve_model
 from corll.tasks import Task, load_task, resolve_task
-from corll.users import DuelingLabeller, ExpertEditor
+from corll.users import EDITORS, DuelingLabeller, ExpertEditor, LocalEditor
 
 
 class ConfigError(ValueError):
@@ -45,6 +45,7 @@ class SimulationConfig:
     seed: int = 0
     k: int = 2  # argmax samples; paper IMDB 9, 7B runs 1
     batch_size: int = 8  # N preferences per DPO step; paper 64
+    user: str = "local"  # local: revises the draft (small edits); expert: the paper's expert-based editor
     l: int = 4  # expert candidates per edit; paper IMDB 25, 7B runs 5
     alpha: float | None = None  # None: minimal improvement; paper ablation 0.6
     noise_free: bool = False
@@ -94,6 +95,8 @@ class SimulationConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if self.user not in EDITORS:
+            raise ConfigError(f"unknown user {self.user!r}: use one of {', '.join(EDITORS)}")
         for name in self.algorithms:
             if name not in ALGORITHMS:
                 raise ConfigError(f"unknown algorithm {name!r}: use one of {', '.join(ALGORITHMS)}")
@@ -123,8 +126,10 @@ def build_algorithm(name: str, config: SimulationConfig, policy: Policy, task: T
                                            label_smoothing=config.label_smoothing,
                                            warmup_steps=config.warmup_rounds))
     if name == "corll":
-        editor = ExpertEditor(task, l=config.l, alpha=config.alpha, noise_free=config.noise_free,
-                              epsilon=config.epsilon)
+        if config.user == "local" and task.local_edit is None:
+            raise ConfigError(f"task {task.name!r} defines no local edit: use --user expert")
+        editor = LocalEditor(task) if config.user == "local" else ExpertEditor(
+            task, l=config.l, alpha=config.alpha, noise_free=config.noise_free, epsilon=config.epsilon)
         return CoRLL(policy, learner, editor, k=config.k, batch_size=config.batch_size)
     return Dueling(policy, learner, DuelingLabeller(task), batch_size=config.batch_size)
 

@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 from corll.learners.dpo import DPOLearner, StepStats
 from corll.learners.rounds import RoundLog, gather
 from corll.policy import Policy
-from corll.users.expert_editor import ExpertEditor
+from corll.users import Editor
 
 
 class CoRLL:
-    def __init__(self, policy: Policy, learner: DPOLearner, editor: ExpertEditor, *, k: int = 4,
+    def __init__(self, policy: Policy, learner: DPOLearner, editor: Editor, *, k: int = 4,
                  batch_size: int = 8) -> None:
         self.policy, self.learner, self.editor = policy, learner, editor
         self.k, self.batch_size = k, batch_size

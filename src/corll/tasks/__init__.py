@@ -19,17 +19,20 @@ if TYPE_CHECKING:
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], list[float]]
 ExpertFn = Callable[[Sequence[str], int], list[list[str]]]
+LocalEditFn = Callable[[str, str], str]
 
 
 @dataclass
 class Task:
-    """Prompts, the true reward R*(x, y) (batched) and the expert π* (l candidates per prompt)."""
+    """Prompts, the true reward R*(x, y) (batched), the expert π* (l candidates per prompt) and,
+    optionally, how a user of this task revises a draft in place (`local_edit(x, y) -> ȳ`)."""
 
     name: str
     train_prompts: list[str]
     test_prompts: list[str]
     reward: RewardFn
     expert: ExpertFn
+    local_edit: LocalEditFn | None = None
 
 
 class TaskError(ValueError):

@@ -6,7 +6,8 @@ P(positive) comes from VADER (an offline lexicon scorer) as (1 + compound) / 2,
 clipped to [0.001, 0.999]. The paper adds 3·Σ log π_ref(y|x); a sum grows with
 length and swamps the sentiment term on short responses, so we use the per-token
 mean with λ = 0.1 (a fluent response scores about −0.2, gibberish about −0.8).
-An empty response gets the lowest reward. The expert is the base model told, in a
+An empty response gets the lowest reward. The local editor swaps negative words
+for positive ones and adds a closing line when needed. The expert is the base model told, in a
 system prompt, to write glowing reviews (weak at 135M: the editor's selection
 among its l candidates is what makes the edits better than the draft).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Sequence
 from importlib import resources
 
@@ -27,6 +29,11 @@ EMPTY_REWARD = math.log(P_CLIP) - FLUENCY_WEIGHT * 20.0
 INSTRUCTION = "Continue this movie review in one or two sentences: "
 EXPERT_SYSTEM = ("You are a film critic who loves movies. Continue the review with warm, "
                  "enthusiastic praise.")
+# The local editor's moves: swap each negative word (VADER lexicon valence < 0) for a positive one,
+# and, if the review is still not clearly positive, add a short closing line.
+POSITIVE_WORDS = ("wonderful", "beautiful", "brilliant", "delightful", "great", "lovely")
+CLOSINGS = ("I loved it.", "A wonderful film.", "Highly recommended!", "What a delight.")
+CLEARLY_POSITIVE = 0.5
 N_TEST = 40
 SPLIT_SEED = 1234
 
@@ -59,4 +66,16 @@ def build(policy: Policy) -> Task:
     def expert(xs: Sequence[str], n: int) -> list[list[str]]:
         return policy.sample(xs, n, system=EXPERT_SYSTEM, use_reference=True)
 
-    return Task("positive-review", prompts[N_TEST:], prompts[:N_TEST], reward, expert)
+    def local_edit(x: str, y: str) -> str:
+        words = []
+        for i, word in enumerate(y.split(" ")):
+            head, core, tail = re.match(r"^(\W*)(.*?)(\W*)$", word).groups()
+            if analyzer.lexicon.get(core.lower(), 0.0) < 0:
+                word = head + POSITIVE_WORDS[i % len(POSITIVE_WORDS)] + tail
+            words.append(word)
+        edited = " ".join(words)
+        if analyzer.polarity_scores(edited)["compound"] < CLEARLY_POSITIVE:
+            edited = f"{edited.rstrip()} {CLOSINGS[len(y) % len(CLOSINGS)]}"
+        return edited
+
+    return Task("positive-review", prompts[N_TEST:], prompts[:N_TEST], reward, expert, local_edit)

@@ -44,6 +44,15 @@ def expert(prompts: Sequence[str], n: int) -> list[list[str]]:
     return out
 
 
+def local_edit(prompt: str, response: str) -> str:
+    """Fix the first three characters that are not lowercase letters (or extend an empty draft)."""
+    chars, fixed = list(response), 0
+    for i, c in enumerate(chars):
+        if fixed < 3 and c not in GOOD:
+            chars[i], fixed = "e", fixed + 1
+    return "".join(chars) if response else "eee"
+
+
 def build(policy=None) -> Task:
     return Task(
         name="synthetic",
@@ -51,4 +60,5 @@ def build(policy=None) -> Task:
         test_prompts=[f"word {i}" for i in range(64, 80)],
         reward=reward,
         expert=expert,
+        local_edit=local_edit,
     )
