@@ -84,3 +84,13 @@ def test_local_editor_revises_in_place_and_skips_drafts_it_leaves_alone():
     assert fixed.text == "eeecd" and fixed.edit_reward > fixed.draft_reward and not fixed.mislabeled
     assert word_edit_distance(fixed.draft, fixed.text) == 1
     assert untouched is None
+
+
+def test_positive_review_local_edit_swaps_negative_words_and_keeps_line_breaks(policy):
+    from corll.tasks.positive_review import build
+
+    task = build(policy)
+    edited = task.local_edit("x", "a bad\nday. \n\nIt was boring")
+    assert "bad" not in edited and "boring" not in edited and "\n\n" in edited
+    assert task.reward(["x", "x"], ["a bad\nday. \n\nIt was boring", edited])[1] > task.reward(["x"], ["a bad\nday. \n\nIt was boring"])[0]
+    assert task.local_edit("x", edited) == edited  # a fitting draft is left alone

@@ -67,13 +67,13 @@ def build(policy: Policy) -> Task:
         return policy.sample(xs, n, system=EXPERT_SYSTEM, use_reference=True)
 
     def local_edit(x: str, y: str) -> str:
-        words = []
-        for i, word in enumerate(y.split(" ")):
-            head, core, tail = re.match(r"^(\W*)(.*?)(\W*)$", word).groups()
-            if analyzer.lexicon.get(core.lower(), 0.0) < 0:
-                word = head + POSITIVE_WORDS[i % len(POSITIVE_WORDS)] + tail
-            words.append(word)
-        edited = " ".join(words)
+        swaps = iter(POSITIVE_WORDS * (len(y) // len(POSITIVE_WORDS) + 1))
+
+        def swap(match: re.Match) -> str:
+            word = match.group(0)
+            return next(swaps) if analyzer.lexicon.get(word.lower(), 0.0) < 0 else word
+
+        edited = re.sub(r"[A-Za-z']+", swap, y)
         if analyzer.polarity_scores(edited)["compound"] < CLEARLY_POSITIVE:
             edited = f"{edited.rstrip()} {CLOSINGS[len(y) % len(CLOSINGS)]}"
         return edited
