@@ -94,3 +94,14 @@ def test_positive_review_local_edit_swaps_negative_words_and_keeps_line_breaks(p
     assert "bad" not in edited and "boring" not in edited and "\n\n" in edited
     assert task.reward(["x", "x"], ["a bad\nday. \n\nIt was boring", edited])[1] > task.reward(["x"], ["a bad\nday. \n\nIt was boring"])[0]
     assert task.local_edit("x", edited) == edited  # a fitting draft is left alone
+
+
+def test_positive_review_reward_and_editor_punish_repetition(policy):
+    from corll.tasks.positive_review import build
+
+    task = build(policy)
+    chant = "a wonderful wonderful wonderful wonderful wonderful wonderful film"
+    prose = "a wonderful film with a warm and funny heart"
+    r_chant, r_prose = task.reward(["x", "x"], [chant, prose])
+    assert r_prose > r_chant
+    assert task.local_edit("x", chant).split().count("wonderful") == 2
