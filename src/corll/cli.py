@@ -55,7 +55,7 @@ def simulate(
         help="Drop rounds where no expert candidate beats the draft (paper: noisy by default).")] = D.noise_free,
     epsilon: Annotated[float, typer.Option(help="Injected mislabel probability ε in [0, 1] (paper: 0).")] = D.epsilon,
     beta: Annotated[float, typer.Option(help="KL strength β of DPO and the implicit reward (paper: 0.1).")] = D.beta,
-    lr: Annotated[float, typer.Option(help="Adam learning rate (paper: 1e-5 full FT; LoRA here: 5e-4).")] = D.lr,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (paper: 1e-5 full FT; LoRA here: 2e-4).")] = D.lr,
     loss: Annotated[str, typer.Option(help=f"DPO loss: {', '.join(DPO_LOSS_TYPES)}.")] = D.loss_type,
     label_smoothing: Annotated[float, typer.Option(
         help="Conservative DPO smoothing in [0, 0.5) (paper: 0).")] = D.label_smoothing,
