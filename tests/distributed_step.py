@@ -7,10 +7,9 @@ so the update must equal a single-process step on all four.
 import sys
 
 import torch
-from accelerate import Accelerator
 
 from corll.feedback import PreferencePair
-from corll.learners import DPOConfig, DPOLearner
+from corll.learners.dpo import DPOConfig, DPOLearner, make_accelerator
 from corll.policy import load_policy
 
 PAIRS = [PreferencePair(f"prompt {i}", chosen=f"good answer {i}", rejected=f"BAD #{i}!") for i in range(4)]
@@ -24,7 +23,7 @@ def step(pairs, accelerator=None) -> dict[str, torch.Tensor]:
 
 
 if __name__ == "__main__":
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     state = step(PAIRS[accelerator.process_index :: accelerator.num_processes], accelerator)
     if accelerator.is_main_process:
         torch.save({"world": accelerator.num_processes, "state": state}, sys.argv[1])

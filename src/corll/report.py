@@ -90,7 +90,7 @@ def summary_rows(paths: list[Path]) -> list[dict]:
 
 def summary_table(paths: list[Path]) -> Table:
     table = Table(title="held-out true reward R*")
-    for column in ("algorithm", "seeds", "rounds", "feedback", "R* before", "R* after", "change", "KL to π_0"):
+    for column in ("algorithm", "seeds", "rounds", "feedback", "R* before", "R* after", "ΔR*", "KL"):
         table.add_column(column, justify="left" if column == "algorithm" else "right")
     fmt = lambda ms: f"{ms[0]:.3f} ± {ms[1]:.3f}" if ms[1] else f"{ms[0]:.3f}"  # noqa: E731
     for row in summary_rows(paths):

@@ -19,6 +19,13 @@ from corll.losses import dpo_loss, dpo_margin
 from corll.policy import Policy, sequence_logprobs
 
 
+def make_accelerator() -> Accelerator:
+    """An Accelerator for this machine. Without CUDA it is told so (`cpu=True`): then a launch with
+    several processes (`accelerate launch --multi_gpu --num_processes 2`) runs data-parallel
+    over gloo instead of silently training each process alone."""
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss or its gradient is NaN or infinite; the step was not applied."""
 
@@ -49,7 +56,7 @@ class DPOLearner:
     def __init__(self, policy: Policy, config: DPOConfig, accelerator: Accelerator | None = None) -> None:
         self.policy = policy
         self.config = config
-        self.accelerator = accelerator or Accelerator()
+        self.accelerator = accelerator or make_accelerator()
         optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=config.lr)
         warmup = config.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
