@@ -113,3 +113,18 @@ def test_sampling_gives_k_responses_per_prompt_and_replays_from_a_seed(policy):
     assert [len(s) for s in first] == [3, 3, 3]
     assert first == second
     assert len({y for s in first for y in s}) > 1
+
+
+def test_a_local_model_directory_loads_the_same_weights(tmp_path):
+    original = load_policy("tiny", lora=None, seed=3)
+    original.model.save_pretrained(tmp_path / "model")
+    original.tokenizer.save_pretrained(tmp_path / "model")
+    local = load_policy(str(tmp_path / "model"))
+    assert torch.allclose(local.logprobs(PROMPTS, RESPONSES), original.logprobs(PROMPTS, RESPONSES), atol=1e-5)
+
+
+def test_an_unknown_model_lists_the_available_ones():
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown model 'nope': use one of smollm2-135m-instruct, tiny"):
+        load_policy("nope")
