@@ -1,0 +1,274 @@
+"""CoRLL throughput: corll's loop against a straightforward loop built on TRL, side by side.
+
+    .venv/bin/pip install -e ".[bench]"
+    .venv/bin/python benchmarks/throughput.py --rounds 3 --out docs/performance-table.md
+
+The same workload for both (SmolLM2-135M-Instruct, LoRA r=8, k=4 samples, N=8
+preferences per DPO step, 64 new tokens, the same prompts, the local editor as the
+user), in one process, the two arms alternating round by round so machine noise
+hits both alike. Reported: preferences/s end to end, seconds per phase (sample,
+score for the argmax, user, update), peak RSS per arm (each arm in a fresh
+subprocess, since a process's RSS does not shrink back), and the update's FLOP/s
+as a fraction of this machine's measured matmul peak.
+
+The TRL arm is what a user would write first: `generate` per prompt, scoring
+with a full-vocabulary log-softmax in fp32 for policy and reference, and a
+`trl.DPOTrainer` (reference = adapter disabled) run for one step on the round's
+pairs. It re-creates the trainer each round, so its Adam state restarts each
+step and TRL copies the current adapter as its reference; that changes its
+learning, not its cost per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from corll.feedback import PreferencePair
+from corll.learners.dpo import DPOConfig, DPOLearner
+from corll.policy import LoraSettings, Policy, SamplingConfig, load_policy
+from corll.tasks import load_task
+from corll.users import LocalEditor
+
+K, N, NEW_TOKENS, LR, BETA = 4, 8, 64, 2e-4, 0.1
+PHASES = ("sample", "score", "user", "update")
+
+
+class PeakRSS:
+    """Samples this process's resident memory every 20 ms and keeps the maximum."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self) -> PeakRSS:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self.thread.join()
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    """Achieved FLOP/s of a square matmul: the machine's practical peak for that dtype."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def update_flops(policy: Policy, pairs: list[PreferencePair]) -> float:
+    """Forward + backward through the frozen weights ≈ 4·P·T for LoRA (no weight gradients)."""
+    params = sum(p.numel() for p in policy.model.parameters())
+    batch = policy.encode([p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+    return 4 * params * int(batch.attention_mask.sum())
+
+
+# --- the two arms ----------------------------------------------------------------------------
+
+
+class CorllArm:
+    name = "corll"
+
+    def __init__(self, policy: Policy, editor: LocalEditor) -> None:
+        self.policy, self.editor = policy, editor
+        self.learner = DPOLearner(policy, DPOConfig(beta=BETA, lr=LR, micro_batch_pairs=N))
+
+    def sample(self, prompts):
+        return self.policy.sample(prompts, K)
+
+    def score(self, prompts, samples):
+        flat = [x for x in prompts for _ in range(K)]
+        rewards = self.policy.implicit_reward(flat, [y for s in samples for y in s], BETA).view(len(prompts), K)
+        return [s[i] for s, i in zip(samples, rewards.argmax(1).tolist())]
+
+    def update(self, pairs):
+        self.learner.step(pairs)
+
+
+class TrlArm:
+    name = "trl"
+
+    def __init__(self, policy: Policy, editor: LocalEditor) -> None:
+        self.policy, self.editor = policy, editor
+        self.tokenizer = policy.tokenizer
+
+    def sample(self, prompts):
+        model, tok, out = self.policy.model, self.tokenizer, []
+        model.eval()
+        for x in prompts:
+            ids = tok.apply_chat_template([{"role": "user", "content": x}], add_generation_prompt=True,
+                                          return_tensors="pt", return_dict=True)
+            gen = model.generate(**ids, do_sample=True, temperature=1.0, top_k=50, max_new_tokens=NEW_TOKENS,
+                                 num_return_sequences=K, pad_token_id=tok.pad_token_id)
+            out.append(tok.batch_decode(gen[:, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+        return out
+
+    def _logps(self, prompt: str, responses: list[str]) -> torch.Tensor:
+        tok, model = self.tokenizer, self.policy.model
+        prompt_ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "input_ids"):
+            prompt_ids = prompt_ids["input_ids"]
+        rows = [prompt_ids + tok(r, add_special_tokens=False)["input_ids"] for r in responses]
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1], -1)
+        token = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+        response = mask[:, 1:].clone()
+        response[:, : len(prompt_ids) - 1] = 0
+        return (token * response).sum(-1)
+
+    def score(self, prompts, samples):
+        drafts = []
+        for x, ys in zip(prompts, samples):
+            policy = self._logps(x, ys)
+            with self.policy.model.disable_adapter():
+                ref = self._logps(x, ys)
+            drafts.append(ys[int((BETA * (policy - ref)).argmax())])
+        return drafts
+
+    def update(self, pairs):
+        from datasets import Dataset
+        from trl import DPOConfig as TrlDPOConfig
+        from trl import DPOTrainer
+
+        data = Dataset.from_list([{"prompt": [{"role": "user", "content": p.prompt}],
+                                   "chosen": [{"role": "assistant", "content": p.chosen}],
+                                   "rejected": [{"role": "assistant", "content": p.rejected}]} for p in pairs])
+        with tempfile.TemporaryDirectory() as out:
+            args = TrlDPOConfig(output_dir=out, per_device_train_batch_size=len(pairs), max_steps=1,
+                                learning_rate=LR, beta=BETA, save_strategy="no", report_to=[], use_cpu=True,
+                                disable_tqdm=True, logging_steps=1000, seed=0)
+            if "ref" in getattr(self.policy.model, "peft_config", {}):
+                self.policy.model.delete_adapter("ref")  # the previous round's trainer left its reference copy
+            trainer = DPOTrainer(model=self.policy.model, ref_model=None, args=args, train_dataset=data,
+                                 processing_class=self.tokenizer)
+            trainer.train()
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+def make_arm(name: str):
+    torch.manual_seed(0)
+    precision = "bf16" if name == "corll" else "fp32"
+    policy = load_policy("smollm2-135m-instruct", lora=LoraSettings(),
+                         sampling=SamplingConfig(max_new_tokens=NEW_TOKENS), precision=precision)
+    task = load_task("positive-review", policy)
+    arm = (CorllArm if name == "corll" else TrlArm)(policy, LocalEditor(task))
+    return arm, task
+
+
+def run_round(arm, prompts, times):
+    t0 = time.perf_counter()
+    samples = arm.sample(prompts)
+    t1 = time.perf_counter()
+    drafts = arm.score(prompts, samples)
+    t2 = time.perf_counter()
+    edits = arm.editor.edit(prompts, drafts)
+    pairs = [e.to_pair(x) for x, e in zip(prompts, edits) if e is not None]
+    t3 = time.perf_counter()
+    arm.update(pairs)
+    t4 = time.perf_counter()
+    for phase, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        times[phase].append(seconds)
+    times["pairs"].append(len(pairs))
+    times["update_flops"].append(update_flops(arm.policy, pairs) if pairs else 0)
+
+
+def peak_rss_of(name: str, rounds: int) -> int:
+    """Peak RSS of one arm alone, in a fresh process."""
+    out = subprocess.run([sys.executable, __file__, "--memory-only", name, "--rounds", str(rounds)],
+                         check=True, capture_output=True, text=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds per arm (after one warm-up round)")
+    parser.add_argument("--out", type=Path, help="write the results table (Markdown) here")
+    parser.add_argument("--memory-only", choices=("corll", "trl"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    if args.memory_only:
+        arm, task = make_arm(args.memory_only)
+        with PeakRSS() as rss:
+            for r in range(args.rounds):
+                run_round(arm, task.train_prompts[r * N : (r + 1) * N], defaultdict(list))
+        print(rss.peak)
+        return
+
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    arms = [make_arm("corll"), make_arm("trl")]
+    times = {arm.name: defaultdict(list) for arm, _ in arms}
+    for r in range(args.rounds + 1):  # round 0 warms up both arms and is not counted
+        prompts = arms[0][1].train_prompts[r * N : (r + 1) * N]
+        for arm, _ in (arms if r % 2 == 0 else arms[::-1]):
+            torch.manual_seed(1000 + r)
+            run_round(arm, prompts, times[arm.name] if r else defaultdict(list))
+            print(f"round {r} {arm.name}: " + ", ".join(f"{p} {times[arm.name][p][-1]:.1f}s" for p in PHASES)
+                  if r else f"warm-up {arm.name} done", flush=True)
+    memory = {name: peak_rss_of(name, 2) for name in times}
+    rows = {}
+    for name, t in times.items():
+        total = sum(sum(t[p]) for p in PHASES)
+        update_peak = peaks["bf16" if name == "corll" else "fp32"]
+        rows[name] = {
+            "prefs_per_s": sum(t["pairs"]) / total,
+            **{p: statistics.fmean(t[p]) for p in PHASES},
+            "peak_rss_gib": memory[name] / 2**30,
+            "update_flops": sum(t["update_flops"]) / sum(t["update"]),
+            "update_peak_fraction": sum(t["update_flops"]) / sum(t["update"]) / update_peak,
+        }
+    report = render(rows, peaks, args.rounds)
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+        (args.out.with_suffix(".json")).write_text(json.dumps({"rows": rows, "peaks": peaks}, indent=2))
+
+
+def render(rows: dict, peaks: dict, rounds: int) -> str:
+    c, t = rows["corll"], rows["trl"]
+    lines = [
+        f"Measured rounds per arm: {rounds} (plus one warm-up), alternating; workload: SmolLM2-135M-Instruct, "
+        f"LoRA r=8, k={K}, N={N}, {NEW_TOKENS} new tokens.",
+        f"Matmul peak on this machine: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s.",
+        "",
+        "| arm | preferences/s | sample s | score s | user s | update s | peak RSS GiB | update GFLOP/s | of matmul peak |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['prefs_per_s']:.3f} | {r['sample']:.1f} | {r['score']:.1f} | {r['user']:.2f} | "
+                     f"{r['update']:.1f} | {r['peak_rss_gib']:.2f} | {r['update_flops'] / 1e9:.0f} | "
+                     f"{r['update_peak_fraction']:.0%} |")
+    lines += ["", f"corll / TRL: preferences/s ×{c['prefs_per_s'] / t['prefs_per_s']:.2f}, "
+                  f"peak RSS ×{c['peak_rss_gib'] / t['peak_rss_gib']:.2f}, "
+                  f"update time ×{c['update'] / t['update']:.2f}.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
