@@ -92,7 +92,7 @@ class CorllArm:
 
     def __init__(self, policy: Policy, editor: LocalEditor) -> None:
         self.policy, self.editor = policy, editor
-        self.learner = DPOLearner(policy, DPOConfig(beta=BETA, lr=LR, micro_batch_pairs=N))
+        self.learner = DPOLearner(policy, DPOConfig(beta=BETA, lr=LR))
 
     def sample(self, prompts):
         return self.policy.sample(prompts, K)
@@ -257,14 +257,17 @@ def render(rows: dict, peaks: dict, rounds: int) -> str:
         f"LoRA r=8, k={K}, N={N}, {NEW_TOKENS} new tokens.",
         f"Matmul peak on this machine: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s.",
         "",
-        "| arm | preferences/s | sample s | score s | user s | update s | peak RSS GiB | update GFLOP/s | of matmul peak |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| arm | preferences/s | s/round | sample s | score s | user s | update s | peak RSS GiB | update GFLOP/s "
+        "| of matmul peak |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['prefs_per_s']:.3f} | {r['sample']:.1f} | {r['score']:.1f} | {r['user']:.2f} | "
+        round_s = sum(r[p] for p in PHASES)
+        lines.append(f"| {name} | {r['prefs_per_s']:.3f} | {round_s:.1f} | {r['sample']:.1f} | {r['score']:.1f} | {r['user']:.2f} | "
                      f"{r['update']:.1f} | {r['peak_rss_gib']:.2f} | {r['update_flops'] / 1e9:.0f} | "
                      f"{r['update_peak_fraction']:.0%} |")
     lines += ["", f"corll / TRL: preferences/s ×{c['prefs_per_s'] / t['prefs_per_s']:.2f}, "
+                  f"rounds/s ×{sum(t[p] for p in PHASES) / sum(c[p] for p in PHASES):.2f}, "
                   f"peak RSS ×{c['peak_rss_gib'] / t['peak_rss_gib']:.2f}, "
                   f"update time ×{c['update'] / t['update']:.2f}.", ""]
     return "\n".join(lines)

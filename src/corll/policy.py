@@ -211,7 +211,7 @@ class Policy:
 
     def __init__(self, model: nn.Module, tokenizer, *, reference_model: nn.Module | None = None,
                  sampling: SamplingConfig | None = None, precision: str = "fp32",
-                 score_batch_size: int = 16) -> None:
+                 score_batch_size: int = 8) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         self.model = model
