@@ -62,14 +62,18 @@ def test_resume_continues_from_the_checkpoint_and_matches_an_uninterrupted_run(t
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real = dpo_module.dpo_loss
-    calls = {"n": 0}
+    real_loss, real_step = dpo_module.dpo_loss, dpo_module.DPOLearner.step
+    steps = {"n": 0}
 
-    def poisoned(*args, **kwargs):
-        calls["n"] += 1
-        loss = real(*args, **kwargs)
-        return loss * float("nan") if calls["n"] > 7 else loss
+    def counted_step(self, pairs):
+        steps["n"] += 1
+        return real_step(self, pairs)
 
+    def poisoned(*args, **kwargs):  # from the 7th optimizer step on, the loss is NaN
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if steps["n"] >= 7 else loss
+
+    monkeypatch.setattr(dpo_module.DPOLearner, "step", counted_step)
     monkeypatch.setattr(dpo_module, "dpo_loss", poisoned)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match="nan"):
