@@ -7,7 +7,7 @@ edit cost (word-level Levenshtein distance).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from rapidfuzz.distance import Levenshtein
 
@@ -46,9 +46,6 @@ class Edit:
 
     def to_pair(self, prompt: str) -> PreferencePair:
         return PreferencePair(prompt, chosen=self.text, rejected=self.draft, mislabeled=self.mislabeled)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def word_edit_distance(a: str, b: str) -> int:

@@ -15,7 +15,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -351,7 +351,3 @@ def run_simulation(config: SimulationConfig, out: Path, *, resume: bool = False,
     plot_curves([run.path], run.path / "curves.png")
     return summary
 
-
-def iter_records(paths: list[Path]) -> Iterator[dict]:
-    for path in paths:
-        yield from RunDir(path).read_metrics()
