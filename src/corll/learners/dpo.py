@@ -65,7 +65,20 @@ class DPOLearner:
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(policy.model, optimizer, scheduler)
 
     def step(self, pairs: Sequence[PreferencePair]) -> StepStats:
-        """One optimizer step on these pairs (micro-batched, gradients accumulated)."""
+        """One optimizer step on these pairs."""
+        totals = self.accumulate_gradients(pairs)
+        grad_norm = float(self.accelerator.clip_grad_norm_(self.policy.trainable_parameters(), self.config.max_grad_norm))
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad()
+            raise NonFiniteLossError(f"DPO gradient norm is {grad_norm}")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
+        return StepStats(grad_norm=grad_norm, **totals)
+
+    def accumulate_gradients(self, pairs: Sequence[PreferencePair]) -> dict[str, float]:
+        """Backpropagate the mean DPO loss over these pairs, in micro-batches of chosen and
+        rejected together; log π_0 comes from the policy's cache. Returns loss, margin, accuracy."""
         if not pairs:
             raise ValueError("a DPO step needs at least one preference pair")
         cfg = self.config
@@ -77,7 +90,7 @@ class DPOLearner:
             prompts = [p.prompt for p in chunk] * 2
             responses = [p.chosen for p in chunk] + [p.rejected for p in chunk]
             ref = self.policy.logprobs(prompts, responses, reference=True)
-            with self.policy.autocast():
+            with self.policy.training_attention(), self.policy.autocast():
                 logps = sequence_logprobs(self.model, self.policy.encode(prompts, responses))
             m = len(chunk)
             losses = dpo_loss(logps[:m], logps[m:], ref[:m], ref[m:], beta=cfg.beta,
@@ -91,14 +104,7 @@ class DPOLearner:
             totals["loss"] += loss.item()
             totals["margin"] += cfg.beta * margins.sum().item() / n
             totals["accuracy"] += (margins > 0).float().sum().item() / n
-        grad_norm = float(self.accelerator.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm))
-        if not math.isfinite(grad_norm):
-            self.optimizer.zero_grad()
-            raise NonFiniteLossError(f"DPO gradient norm is {grad_norm}")
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad()
-        return StepStats(grad_norm=grad_norm, **totals)
+        return totals
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
