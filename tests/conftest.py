@@ -18,3 +18,41 @@ def tiny_config(**overrides) -> SimulationConfig:
                     max_new_tokens=16, eval_every=5, eval_prompts=16, eval_samples=2, checkpoint_every=5)
     settings.update(overrides)
     return SimulationConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server: $CORLL_TEST_POSTGRES_URL (CI starts one), else a throw-away one started here."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    if url := os.environ.get("CORLL_TEST_POSTGRES_URL"):
+        yield url
+        return
+    script = Path(__file__).parent.parent / "scripts" / "postgres.sh"
+    folder = Path(tempfile.mkdtemp(prefix="corll-postgres-"))  # outside pytest's private tmp: the server's user reads it
+    folder.chmod(0o777)
+    started = subprocess.run([str(script), "start", str(folder), "55433"], capture_output=True, text=True)
+    if started.returncode != 0:
+        pytest.fail(f"could not start PostgreSQL for the store tests (install Debian's postgresql): {started.stderr}")
+    yield started.stdout.strip().splitlines()[-1]
+    subprocess.run([str(script), "stop", str(folder)], capture_output=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """An empty database on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'corll.db'}"
+    from sqlalchemy import create_engine, text
+
+    url = request.getfixturevalue("postgres_url")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    return url

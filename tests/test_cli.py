@@ -104,3 +104,16 @@ def test_help_explains_options_with_paper_defaults():
     text = " ".join(result.output.split())
     assert result.exit_code == 0
     assert "paper: 9 IMDB" in text and "paper: 50" in text and "paper: 0.1" in text
+
+
+def test_resume_refuses_options_that_differ_from_the_saved_run(tmp_path):
+    out = tmp_path / "run"
+    args = ["simulate", "--task", "synthetic", "--model", "tiny", "--algorithm", "corll", "--rounds", "2",
+            "--eval-every", "1", "--batch-size", "2", "--eval-prompts", "2", "--max-new-tokens", "4",
+            "--precision", "fp32", "--out", str(out)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    before = (out / "metrics.jsonl").read_text()
+    result = CliRunner().invoke(app, [*args, "--resume", "--lr", "0.5"])
+    assert result.exit_code == 2 and "--lr (saved 0.0002, given 0.5)" in " ".join(result.output.split())
+    assert (out / "metrics.jsonl").read_text() == before
+    assert CliRunner().invoke(app, [*args, "--resume"]).exit_code == 0  # the same options resume fine

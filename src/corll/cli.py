@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
@@ -34,8 +35,29 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+# CLI option -> SimulationConfig field, where the names differ
+OPTION_FIELDS = {"algorithm": "algorithms", "loss": "loss_type"}
+
+
+def options_changed_on_resume(ctx: typer.Context, out: Path, config: SimulationConfig) -> list[str]:
+    """Options given on the command line that differ from the saved run's settings."""
+    saved_file = out / "config.json"
+    if not saved_file.exists():
+        return []
+    saved = json.loads(saved_file.read_text())
+    given = [p for p in ctx.params if getattr(ctx.get_parameter_source(p), "name", "") == "COMMANDLINE"
+             and p not in ("out", "resume")]
+    changed = []
+    for option in given:
+        name = OPTION_FIELDS.get(option, option)
+        if saved.get(name) != getattr(config, name):
+            changed.append(f"--{option.replace('_', '-')} (saved {saved.get(name)!r}, given {getattr(config, name)!r})")
+    return changed
+
+
 @app.command()
 def simulate(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Run folder: config.json, metrics.jsonl, summary.json, curves.png.")],
     task: Annotated[str, typer.Option(help=f"{' | '.join(TASK_NAMES)} | path/to/file.py:factory")] = D.task,
     model: Annotated[str, typer.Option(help=f"{' | '.join(BUILTIN_MODELS)} | a local model directory")] = D.model,
@@ -63,7 +85,7 @@ def simulate(
     temperature: Annotated[float, typer.Option(help="Sampling temperature (paper: 1).")] = D.temperature,
     top_k: Annotated[int, typer.Option(help="Top-k sampling (paper: 50).")] = D.top_k,
     max_new_tokens: Annotated[int, typer.Option(help="Response length cap in tokens.")] = D.max_new_tokens,
-    precision: Annotated[str, typer.Option(help="fp32, or bf16 autocast (weights stay fp32).")] = D.precision,
+    precision: Annotated[str, typer.Option(help="fp32, or bf16 autocast (trained weights and optimizer stay fp32).")] = D.precision,
     full_finetune: Annotated[bool, typer.Option(help="Train all weights instead of a LoRA adapter.")] = False,
     lora_r: Annotated[int, typer.Option(help="LoRA rank (paper 7B: 8).")] = D.lora_r,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (paper 7B: 64; 16 here).")] = D.lora_alpha,
@@ -88,6 +110,9 @@ def simulate(
         config.validate()
     except ConfigError as exc:
         fail(str(exc))
+    if resume and (changed := options_changed_on_resume(ctx, out, config)):
+        fail("--resume continues a run with the settings it was started with; these options differ: "
+             + ", ".join(changed))
     columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}"))
     with Progress(*columns, console=console) as bar:
@@ -109,6 +134,56 @@ def simulate(
 
 
 @app.command()
+def experiment(
+    config: Annotated[Path, typer.Argument(help="Experiment file (YAML): seeds, base settings, arms, figures.")],
+    out: Annotated[Optional[Path], typer.Option(
+        help="Experiment folder (default: the file's 'out', else runs/experiments/NAME).")] = None,
+    aggregate_only: Annotated[bool, typer.Option(help="Rebuild the aggregate from existing runs; run nothing.")] = False,
+) -> None:
+    """Run a grid of simulations (arms × seeds) resumably, then aggregate them with intervals and plots."""
+    from corll.experiment import ExperimentError, aggregate, load_experiment, run_experiment, run_is_finished
+
+    try:
+        spec = load_experiment(config, out)
+    except ExperimentError as exc:
+        fail(str(exc))
+    runs = spec.runs()
+    todo = [r for r in runs if not run_is_finished(r[3], r[2])]
+    console.print(f"experiment {spec.name}: {len(runs)} runs ({len(runs) - len(todo)} finished) in {spec.out}")
+    try:
+        if aggregate_only:
+            result = aggregate(spec)
+        else:
+            columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TextColumn("{task.fields[status]}"))
+            with Progress(*columns, console=console) as bar:
+                overall = bar.add_task("all runs (rounds)", total=sum(c.rounds for _, _, c, _ in runs), status="")
+                current: dict = {}
+
+                def progress(arm: str, seed: int, done: int, total: int, record: dict | None) -> None:
+                    key = (arm, seed)
+                    if key not in current:
+                        current[key] = bar.add_task(f"{arm} seed {seed}", total=total, status="")
+                    previous = bar.tasks[current[key]].completed
+                    status = f"R* {record['reward']:.3f}" if record else None
+                    bar.update(current[key], completed=done, **({"status": status} if status else {}))
+                    bar.advance(overall, done - previous)
+                    if done == total:
+                        bar.update(current[key], visible=False)
+
+                result = run_experiment(spec, progress)
+    except (ExperimentError, ConfigError) as exc:
+        fail(str(exc))
+    except NonFiniteLossError as exc:
+        fail(f"{exc}; rerun the same command to resume, after changing the arm's settings")
+    for arm, entry in result["arms"].items():
+        final = entry.get("final_reward")
+        console.print(f"{arm:<24} seeds {len(entry['finished_seeds'])}/{len(spec.seeds)}"
+                      + (f"  R* final {final['mean']:+.3f} [{final['low']:+.3f}, {final['high']:+.3f}]" if final else ""))
+    console.print(f"aggregate: {spec.out / 'aggregate.json'}, {spec.out / 'results.md'}")
+
+
+@app.command()
 def report(
     runs: Annotated[list[Path], typer.Argument(help="Run folders to tabulate and plot together.")],
     out: Annotated[Path, typer.Option(help="Where to write the plot.")] = Path("report.png"),
@@ -120,6 +195,145 @@ def report(
     except FileNotFoundError as exc:
         fail(str(exc))
     console.print(f"plot: {out}")
+
+
+# --- the feedback service ----------------------------------------------------------------------
+
+keys_app = typer.Typer(help="API keys: each is bound to one tenant and one user.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+DbOption = Annotated[Optional[str], typer.Option(
+    "--db", help="Database URL or SQLite file (default: $CORLL_DATABASE_URL, else ./corll.db).")]
+
+
+def open_store(db: str | None):
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from corll.store import Store
+
+    try:
+        return Store(db)
+    except SQLAlchemyError as exc:
+        fail(f"cannot open the database {db or '(default)'}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}")
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant (organisation or app) the key belongs to.")],
+    user: Annotated[str, typer.Option(help="End user the key acts for.")],
+    db: DbOption = None,
+) -> None:
+    """Create an API key; it is printed once (only its hash is stored)."""
+    from corll.store import StoreError
+
+    try:
+        print(open_store(db).create_api_key(tenant, user))
+    except StoreError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option(help=f"{' | '.join(BUILTIN_MODELS)} | a local model directory")] = D.model,
+    db: DbOption = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    precision: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
+    max_tokens: Annotated[int, typer.Option(help="Default response length cap in tokens.")] = 128,
+) -> None:
+    """Serve the current policy behind an OpenAI-compatible API and take feedback."""
+    import uvicorn
+
+    from corll.policy import ModelNotFoundError, resolve_model
+    from corll.server.app import create_app
+    from corll.server.engine import PolicyEngine
+
+    try:
+        resolve_model(model)
+    except ModelNotFoundError as exc:
+        fail(str(exc))
+    store = open_store(db)
+    engine = PolicyEngine(model, store, precision=precision, default_max_tokens=max_tokens)
+    console.print(f"serving {model} on http://{host}:{port}/v1 (store: {store.url.split('@')[-1]})")
+    uvicorn.run(create_app(store, engine), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option(help="The model the server runs (the adapters' base).")] = D.model,
+    db: DbOption = None,
+    adapters: Annotated[Path, typer.Option(help="Folder for trained adapters.")] = Path("corll-adapters"),
+    tenant: Annotated[Optional[str], typer.Option(help="Only this tenant (default: every tenant).")] = None,
+    since_version: Annotated[Optional[int], typer.Option(
+        help="Use feedback newer than this version's training data (default: the active version's).")] = None,
+    per_user: Annotated[bool, typer.Option(help="One adapter per user with enough feedback.")] = False,
+    min_feedback: Annotated[int, typer.Option(help="Fewest new preferences worth a new version.")] = 8,
+    epochs: Annotated[int, typer.Option(help="Passes over the new preferences.")] = 2,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-N", help="Preferences per DPO step.")] = 8,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = D.lr,
+    beta: Annotated[float, typer.Option(help="DPO β.")] = D.beta,
+    precision: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
+) -> None:
+    """Turn new edits in the log into CoRLL updates; each trained adapter becomes the active version."""
+    from corll.learners.dpo import DPOConfig
+    from corll.log_training import LogTrainingConfig, train_from_log
+    from corll.store import NotFoundError
+
+    if min_feedback < 1 or epochs < 1 or batch_size < 1 or lr <= 0 or beta <= 0:
+        fail("--min-feedback, --epochs and --batch-size must be >= 1; --lr and --beta > 0")
+    config = LogTrainingConfig(model=model, adapters_dir=adapters, tenant=tenant, since_version=since_version,
+                               per_user=per_user, min_feedback=min_feedback, epochs=epochs, batch_size=batch_size,
+                               dpo=DPOConfig(lr=lr, beta=beta), precision=precision)
+    try:
+        trained = train_from_log(open_store(db), config, log=console.print)
+    except NotFoundError as exc:
+        fail(str(exc))
+    for v in trained:
+        console.print(f"version {v.version_id}: {v.tenant}/{v.user or 'shared'} from {v.pairs} preferences "
+                      f"({v.unchanged_edits} unchanged edits skipped), final loss {v.final_loss:.4f}")
+    if not trained:
+        console.print("no new version: not enough new preferences")
+
+
+@app.command()
+def versions(db: DbOption = None, tenant: Annotated[Optional[str], typer.Option()] = None) -> None:
+    """List policy versions (the active ones serve requests)."""
+    from rich.table import Table
+
+    table = Table(title="policy versions")
+    for column in ("id", "tenant", "user", "active", "parent", "preferences", "created"):
+        table.add_column(column)
+    for v in open_store(db).versions(tenant):
+        table.add_row(str(v.id), v.tenant, v.user or "(shared)", "yes" if v.active else "", str(v.parent_id or ""),
+                      str(v.details.get("pairs", "")), v.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+    console.print(table)
+
+
+@app.command()
+def rollback(version: Annotated[int, typer.Argument(help="The version to serve again.")], db: DbOption = None) -> None:
+    """Serve an earlier version again (for its tenant and user); the server switches at its next request."""
+    from corll.store import NotFoundError
+
+    try:
+        row = open_store(db).activate(version)
+    except NotFoundError as exc:
+        fail(str(exc))
+    console.print(f"version {row.id} is active for {row.tenant}/{row.user or 'shared'}")
+
+
+@app.command()
+def export(
+    format: Annotated[str, typer.Option("--format", help="trl-preference | trl-kto | openai-dpo | sft")],
+    out: Annotated[Path, typer.Option(help="JSONL file to write.")],
+    db: DbOption = None,
+    tenant: Annotated[Optional[str], typer.Option(help="Only this tenant.")] = None,
+) -> None:
+    """Export logged feedback as training data (JSONL)."""
+    from corll.export import FORMATS, write_jsonl
+
+    if format not in FORMATS:
+        fail(f"unknown --format {format!r}: use one of {', '.join(FORMATS)}")
+    n = write_jsonl(open_store(db).feedback(tenant=tenant), format, out)
+    console.print(f"{n} rows in {format} format: {out}")
 
 
 if __name__ == "__main__":

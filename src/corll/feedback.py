@@ -7,23 +7,30 @@ edit cost (word-level Levenshtein distance).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rapidfuzz.distance import Levenshtein
+
+# A user message, or a whole chat as a list of {role, content} messages (what the server logs).
+Prompt = str | Sequence[dict]
 
 
 @dataclass(frozen=True)
 class PreferencePair:
     """x, with `chosen` preferred to `rejected`; `mislabeled` is known only in simulation."""
 
-    prompt: str
+    prompt: Prompt
     chosen: str
     rejected: str
     mislabeled: bool = False
 
-    def to_trl(self) -> dict[str, str]:
-        """The plain dict that TRL's DPOTrainer and `datasets` read."""
-        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+    def to_trl(self) -> dict:
+        """The plain dict that TRL's DPOTrainer and `datasets` read (conversational when x is a chat)."""
+        if isinstance(self.prompt, str):
+            return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+        return {"prompt": list(self.prompt), "chosen": [{"role": "assistant", "content": self.chosen}],
+                "rejected": [{"role": "assistant", "content": self.rejected}]}
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import json
 import os
 import shutil
 import string
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from corll.feedback import Prompt
 
 SMOLLM2 = "smollm2-135m-instruct"
 TINY = "tiny"
@@ -50,6 +53,7 @@ class SamplingConfig:
     temperature: float = 1.0
     top_k: int = 50
     max_new_tokens: int = 48
+    top_p: float = 1.0
 
 
 @dataclass
@@ -224,16 +228,23 @@ def store_frozen_linears_in_bf16(model: nn.Module) -> None:
                 module.bias.data = module.bias.data.to(torch.bfloat16)
 
 
+def prompt_key(prompt: Prompt) -> str:
+    """A hashable key for a prompt (a chat's messages are serialised)."""
+    return prompt if isinstance(prompt, str) else json.dumps([dict(m) for m in prompt], sort_keys=True)
+
+
 class Policy:
     """A causal LM being trained (`model`) together with its reference policy π_0."""
 
     def __init__(self, model: nn.Module, tokenizer, *, reference_model: nn.Module | None = None,
                  sampling: SamplingConfig | None = None, precision: str = "fp32",
-                 score_batch_size: int = 8) -> None:
+                 score_batch_size: int = 8, source: tuple[str, int] | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         self.model = model
         self.tokenizer = tokenizer
+        # (model name, seed) it was loaded with, so companion models (a task's expert) can share its base
+        self.source = source
         self.sampling = sampling or SamplingConfig()
         self.precision = precision
         # π_0 never changes, so log π_0(y|x) is computed once per (x, y): the argmax, the
@@ -247,11 +258,15 @@ class Policy:
                     store_frozen_linears_in_bf16(module)
 
     # --- prompts -------------------------------------------------------------------------
-    def prompt_ids(self, prompt: str, system: str | None = None) -> list[int]:
-        """The chat-templated prompt, ending with the assistant header, as token ids."""
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}
-        ]
+    def prompt_ids(self, prompt: Prompt, system: str | None = None) -> list[int]:
+        """The chat-templated prompt, ending with the assistant header, as token ids. A prompt is a
+        user message, or a whole chat (a list of {role, content} messages, as the server receives)."""
+        if isinstance(prompt, str):
+            messages = [{"role": "user", "content": prompt}]
+        else:
+            messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
+        if system and not any(m["role"] == "system" for m in messages):
+            messages = [{"role": "system", "content": system}, *messages]
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -300,7 +315,7 @@ class Policy:
 
     # --- sampling ------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, prompts: Sequence[str], k: int, *, system: str | None = None,
+    def sample(self, prompts: Sequence[Prompt], k: int, *, system: str | None = None,
                use_reference: bool = False) -> list[list[str]]:
         """k sampled responses per prompt (settings in `self.sampling`), in one batched
         `generate` call with a KV cache; `use_reference` samples from π_0 instead."""
@@ -316,7 +331,8 @@ class Policy:
             model.eval()
             out = model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, do_sample=True,
-                temperature=sampling.temperature, top_k=sampling.top_k, max_new_tokens=sampling.max_new_tokens,
+                temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+                max_new_tokens=sampling.max_new_tokens,
                 num_return_sequences=k, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
             )
             model.train(was_training)
@@ -324,24 +340,24 @@ class Policy:
         return [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
 
     # --- scoring -------------------------------------------------------------------------
-    def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> EncodedBatch:
+    def encode(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> EncodedBatch:
         return encode_responses(self.tokenizer, [self.prompt_ids(p) for p in prompts], responses)
 
-    def logprobs(self, prompts: Sequence[str], responses: Sequence[str], *, reference: bool = False) -> torch.Tensor:
+    def logprobs(self, prompts: Sequence[Prompt], responses: Sequence[str], *, reference: bool = False) -> torch.Tensor:
         """log π(y|x) (or log π_0(y|x), cached) without gradients, in micro-batches."""
         if not reference:
             return self._score(self.model, prompts, responses)
-        keys = list(zip(prompts, responses))
-        todo = list(dict.fromkeys(k for k in keys if k not in self._reference_cache))
+        keys = [(prompt_key(x), y) for x, y in zip(prompts, responses)]
+        todo = list({k: i for i, k in enumerate(keys) if k not in self._reference_cache}.values())  # distinct (x, y)
         if todo:
             with self.reference() as model:
-                values = self._score(model, [x for x, _ in todo], [y for _, y in todo])
-            self._reference_cache.update(zip(todo, values.tolist()))
+                values = self._score(model, [prompts[i] for i in todo], [responses[i] for i in todo])
+            self._reference_cache.update(zip((keys[i] for i in todo), values.tolist()))
             while len(self._reference_cache) > REFERENCE_CACHE_SIZE:
                 self._reference_cache.popitem(last=False)
         return torch.tensor([self._reference_cache[k] for k in keys])
 
-    def _score(self, model: nn.Module, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+    def _score(self, model: nn.Module, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
         values = []
         with torch.no_grad(), self.autocast():
             was_training = model.training
@@ -352,7 +368,7 @@ class Policy:
             model.train(was_training)
         return torch.cat(values)
 
-    def implicit_reward(self, prompts: Sequence[str], responses: Sequence[str], beta: float) -> torch.Tensor:
+    def implicit_reward(self, prompts: Sequence[Prompt], responses: Sequence[str], beta: float) -> torch.Tensor:
         """R_π(x, y) = β·(log π(y|x) − log π_0(y|x)) — CoRLL's score for the argmax."""
         return beta * (self.logprobs(prompts, responses) - self.logprobs(prompts, responses, reference=True))
 
@@ -402,7 +418,8 @@ def load_policy(name: str, *, lora: LoraSettings | None = LoraSettings(), init_a
         if init_adapter is not None:
             raise ValueError("init_adapter needs LoRA training; it cannot be combined with full fine-tuning")
         reference = copy.deepcopy(model).eval().requires_grad_(False)
-        return Policy(model, tokenizer, reference_model=reference, sampling=sampling, precision=precision)
+        return Policy(model, tokenizer, reference_model=reference, sampling=sampling, precision=precision,
+                      source=(name, seed))
 
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -416,6 +433,6 @@ def load_policy(name: str, *, lora: LoraSettings | None = LoraSettings(), init_a
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = get_peft_model(model, config)
-    policy = Policy(model, tokenizer, sampling=sampling, precision=precision)
+    policy = Policy(model, tokenizer, sampling=sampling, precision=precision, source=(name, seed))
     policy._mark_trainable("default")
     return policy

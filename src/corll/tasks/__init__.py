@@ -43,12 +43,18 @@ TaskFactory = Callable[["Policy"], Task]
 
 
 def _builtin() -> dict[str, TaskFactory]:
-    from corll.tasks import positive_review, synthetic
+    from corll.tasks import dpo_expert, positive_review, synthetic
 
-    return {"positive-review": positive_review.build, "synthetic": synthetic.build}
+    tiny_expert = dpo_expert.ExpertTraining(prompts=64, epochs=3, lr=1e-2, max_new_tokens=16)
+    return {
+        "positive-review": positive_review.build,
+        "synthetic": synthetic.build,
+        "positive-review-dpo": dpo_expert.wrap(positive_review.build, "positive-review"),
+        "synthetic-dpo": dpo_expert.wrap(synthetic.build, "synthetic", tiny_expert),
+    }
 
 
-TASK_NAMES = ("positive-review", "synthetic")
+TASK_NAMES = ("positive-review", "synthetic", "positive-review-dpo", "synthetic-dpo")
 
 
 def resolve_task(spec: str) -> TaskFactory:

@@ -1,0 +1,100 @@
+"""The feedback SDK: send what users did with a completion back to a corll server.
+
+Completions themselves go through the official `openai` client pointed at the
+server (`OpenAI(base_url="http://host:port/v1", api_key=KEY)`); this client
+carries the feedback:
+
+    client = corll.Client("http://localhost:8000", api_key=KEY)
+    client.edit(completion.id, "the text the user kept")
+    client.react(completion.id, "love")
+
+`AsyncClient` has the same methods as coroutines. A refused request raises
+`FeedbackError` with the server's message and status; nothing was recorded then.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class FeedbackError(RuntimeError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status, self.message = status, message
+
+
+def _check(response: httpx.Response) -> dict:
+    if response.is_success:
+        return response.json()
+    try:
+        body = response.json()
+        message = body["error"]["message"] if "error" in body else json_detail(body)
+    except (ValueError, KeyError, TypeError):
+        message = response.text
+    raise FeedbackError(response.status_code, message)
+
+
+def json_detail(body: dict) -> str:
+    """FastAPI's validation errors as one line: 'field: problem; …'."""
+    detail = body.get("detail")
+    if isinstance(detail, list):
+        return "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail)
+    return str(detail)
+
+
+def _base(base_url: str) -> str:
+    return base_url.rstrip("/").removesuffix("/v1")
+
+
+class Client:
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.http = httpx.Client(base_url=_base(base_url), headers={"Authorization": f"Bearer {api_key}"},
+                                 timeout=timeout)
+
+    def edit(self, completion_id: str, text: str) -> dict:
+        """Record that the user kept `text` instead of the completion (an edit: a preference ȳ ≻ y)."""
+        return _check(self.http.post("/v1/feedback", json={"completion_id": completion_id, "edit": text}))
+
+    def react(self, completion_id: str, reaction: str) -> dict:
+        """Record a reaction: 'love', 'like' or 'dislike'."""
+        return _check(self.http.post("/v1/feedback", json={"completion_id": completion_id, "reaction": reaction}))
+
+    def interactions(self, *, limit: int = 50, before: str | None = None) -> dict:
+        params = {"limit": limit, **({"before": before} if before else {})}
+        return _check(self.http.get("/v1/interactions", params=params))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncClient:
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.http = httpx.AsyncClient(base_url=_base(base_url), headers={"Authorization": f"Bearer {api_key}"},
+                                      timeout=timeout)
+
+    async def edit(self, completion_id: str, text: str) -> dict:
+        return _check(await self.http.post("/v1/feedback", json={"completion_id": completion_id, "edit": text}))
+
+    async def react(self, completion_id: str, reaction: str) -> dict:
+        return _check(await self.http.post("/v1/feedback", json={"completion_id": completion_id, "reaction": reaction}))
+
+    async def interactions(self, *, limit: int = 50, before: str | None = None) -> dict:
+        params = {"limit": limit, **({"before": before} if before else {})}
+        return _check(await self.http.get("/v1/interactions", params=params))
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()

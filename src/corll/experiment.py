@@ -1,0 +1,351 @@
+"""Experiments: a grid of simulation runs (arms × seeds) from one YAML file, run resumably, aggregated.
+
+    name: corll-vs-dueling
+    seeds: [0, 1, 2]
+    base: {task: positive-review, user: expert, rounds: 12}      # SimulationConfig fields
+    arms:                                                        # each arm: one algorithm + overrides
+      corll: {algorithms: [corll]}
+      dueling: {algorithms: [dueling]}
+    baseline: dueling                                            # paired comparisons against this arm
+    figures:                                                     # one PNG per figure
+      fig1: {arms: [corll, dueling], metrics: [reward, regret]}
+    regret_samples: 16                                           # best of M expert samples estimate R*(y*)
+
+Every run gets its own folder `<out>/<arm>/seed-<s>/` (a normal `corll simulate`
+run folder). Runs go seed by seed, so a partly finished experiment already has
+every arm at the first seeds; a finished run is never re-run and an interrupted
+one resumes from its checkpoint. The aggregate (`aggregate.json`, figures,
+`results.md`) is rebuilt from whatever runs exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from corll.simulate import ConfigError, RunDir, SimulationConfig, build_policy, run_simulation
+from corll.stats import Interval, paired_comparison, t_interval
+from corll.tasks import load_task
+
+EXPERIMENT_KEYS = {"name", "description", "seeds", "base", "arms", "baseline", "figures", "regret_samples", "out"}
+METRICS = {
+    "reward": "held-out mean R*",
+    "regret": "held-out regret R*(y*) − R*(y)",
+    "kl": "KL(π‖π_0) estimate",
+    "mislabel_rate": "realised mislabel rate",
+    "alpha_hat": "realised feedback strength α̂",
+    "edit_distance": "edit size (words changed)",
+}
+
+
+class ExperimentError(ValueError):
+    """The experiment file is missing, malformed, or describes impossible runs."""
+
+
+@dataclass
+class Figure:
+    arms: list[str]
+    metrics: list[str] = field(default_factory=lambda: ["reward"])
+
+
+@dataclass
+class Experiment:
+    name: str
+    seeds: list[int]
+    arms: dict[str, SimulationConfig]
+    out: Path
+    baseline: str | None = None
+    figures: dict[str, Figure] = field(default_factory=dict)
+    regret_samples: int = 0
+    description: str = ""
+
+    def runs(self) -> list[tuple[str, int, SimulationConfig, Path]]:
+        """(arm, seed, config, folder) in the order they run: seed by seed, arms in file order."""
+        return [(arm, seed, dataclasses.replace(config, seed=seed), self.out / arm / f"seed-{seed}")
+                for seed in self.seeds for arm, config in self.arms.items()]
+
+
+def load_experiment(path: Path, out: Path | None = None) -> Experiment:
+    """Read and check an experiment file; every problem is reported with the key it concerns."""
+    if not path.is_file():
+        raise ExperimentError(f"experiment file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ExperimentError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ExperimentError(f"{path}: expected a mapping with 'name' and 'arms' at the top level")
+    unknown = set(raw) - EXPERIMENT_KEYS
+    if unknown:
+        raise ExperimentError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
+                              f"allowed: {', '.join(sorted(EXPERIMENT_KEYS))}")
+    for key in ("name", "arms"):
+        if key not in raw:
+            raise ExperimentError(f"{path}: missing '{key}'")
+    seeds = raw.get("seeds", [0, 1, 2])
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)) or len(set(seeds)) != len(seeds):
+        raise ExperimentError(f"{path}: 'seeds' must be a non-empty list of distinct integers")
+    base = raw.get("base") or {}
+    if not isinstance(raw["arms"], dict) or not raw["arms"]:
+        raise ExperimentError(f"{path}: 'arms' must map arm names to settings")
+    fields = {f.name for f in dataclasses.fields(SimulationConfig)}
+    arms = {}
+    for arm, overrides in raw["arms"].items():
+        settings = {**base, **(overrides or {})}
+        bad = set(settings) - fields
+        if bad:
+            raise ExperimentError(f"arm {arm!r}: unknown setting(s) {', '.join(sorted(bad))}")
+        if "seed" in settings:
+            raise ExperimentError(f"arm {arm!r}: set seeds with the top-level 'seeds' list, not 'seed'")
+        config = SimulationConfig(**settings)
+        if len(config.algorithms) != 1:
+            raise ExperimentError(f"arm {arm!r}: give exactly one algorithm (algorithms: [corll] or [dueling])")
+        try:
+            config.validate()
+        except ConfigError as exc:
+            raise ExperimentError(f"arm {arm!r}: {exc}") from exc
+        arms[str(arm)] = config
+    baseline = raw.get("baseline")
+    if baseline is not None and baseline not in arms:
+        raise ExperimentError(f"baseline {baseline!r} is not one of the arms ({', '.join(arms)})")
+    figures = {}
+    for name, spec in (raw.get("figures") or {}).items():
+        figure = Figure(**spec) if isinstance(spec, dict) else None
+        if figure is None or not figure.arms:
+            raise ExperimentError(f"figure {name!r}: give 'arms' (and optionally 'metrics')")
+        for arm in figure.arms:
+            if arm not in arms:
+                raise ExperimentError(f"figure {name!r}: unknown arm {arm!r}")
+        for metric in figure.metrics:
+            if metric not in METRICS:
+                raise ExperimentError(f"figure {name!r}: unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+        figures[str(name)] = figure
+    regret_samples = raw.get("regret_samples", 0)
+    if not isinstance(regret_samples, int) or regret_samples < 0:
+        raise ExperimentError("'regret_samples' must be a non-negative integer")
+    target = out or Path(raw.get("out") or Path("runs") / "experiments" / str(raw["name"]))
+    return Experiment(name=str(raw["name"]), seeds=seeds, arms=arms, out=target, baseline=baseline,
+                      figures=figures, regret_samples=regret_samples, description=str(raw.get("description", "")))
+
+
+def run_is_finished(folder: Path, config: SimulationConfig) -> bool:
+    summary = folder / "summary.json"
+    return summary.exists() and json.loads(summary.read_text()).get(config.algorithms[0], {}).get("rounds") == config.rounds
+
+
+def check_folder_matches(folder: Path, config: SimulationConfig) -> None:
+    """A run folder left by an earlier version of the experiment file must not be silently reused."""
+    saved_file = RunDir(folder).config_file
+    if not saved_file.exists():
+        return
+    saved, wanted = json.loads(saved_file.read_text()), dataclasses.asdict(config)
+    changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+    if changed:
+        raise ExperimentError(f"{folder} holds a run with different settings ({', '.join(changed)}): "
+                              "delete that folder or choose another output folder")
+
+
+RunProgress = Callable[[str, int, int, int, dict | None], None]  # arm, seed, done rounds, total rounds, record
+
+
+def run_experiment(experiment: Experiment, progress: RunProgress = lambda *_: None) -> dict:
+    """Run every missing or unfinished run, then rebuild the aggregate; returns the aggregate."""
+    experiment.out.mkdir(parents=True, exist_ok=True)
+    runs = experiment.runs()
+    for _, _, config, folder in runs:
+        check_folder_matches(folder, config)
+    for arm, seed, config, folder in runs:
+        if run_is_finished(folder, config):
+            progress(arm, seed, config.rounds, config.rounds, None)
+            continue
+        resume = RunDir(folder).config_file.exists()
+        run_simulation(config, folder, resume=resume,
+                       progress=lambda _name, done, record: progress(arm, seed, done, config.rounds, record))
+    if experiment.regret_samples:
+        best_of_expert(experiment)
+    return aggregate(experiment)
+
+
+# --- regret ---------------------------------------------------------------------------------------
+
+
+def best_of_expert(experiment: Experiment) -> dict[str, float]:
+    """R*(y*) per held-out prompt, estimated by the best of M expert samples; computed once per task.
+
+    Paper eq. 1 defines regret against the best response y*; we measure it on the
+    held-out prompts the curves are evaluated on, so regret(t) = mean R*(y*) − R*(π_t).
+    """
+    cache = experiment.out / "best-of-expert.json"
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    for config in experiment.arms.values():
+        key = f"{config.task}|{config.model}|{config.eval_prompts}|{config.max_new_tokens}|{experiment.regret_samples}"
+        if key in known:
+            continue
+        import torch
+
+        torch.manual_seed(0)
+        policy = build_policy(config)
+        task = load_task(config.task, policy)
+        prompts = task.test_prompts[: config.eval_prompts]
+        best = []
+        for prompt in prompts:
+            candidates = task.expert([prompt], experiment.regret_samples)[0]
+            best.append(max(task.reward([prompt] * len(candidates), candidates)))
+        known[key] = statistics.fmean(best)
+        RunDir(experiment.out).write_json(cache, known)
+    return known
+
+
+def regret_reference(experiment: Experiment, config: SimulationConfig) -> float | None:
+    cache = experiment.out / "best-of-expert.json"
+    if not experiment.regret_samples or not cache.exists():
+        return None
+    key = f"{config.task}|{config.model}|{config.eval_prompts}|{config.max_new_tokens}|{experiment.regret_samples}"
+    return json.loads(cache.read_text()).get(key)
+
+
+# --- aggregate ------------------------------------------------------------------------------------
+
+
+def arm_records(experiment: Experiment) -> dict[str, dict[int, list[dict]]]:
+    """arm -> seed -> that run's evaluation records (with regret added when it can be computed)."""
+    found: dict[str, dict[int, list[dict]]] = defaultdict(dict)
+    for arm, seed, config, folder in experiment.runs():
+        records = RunDir(folder).read_metrics()
+        if not records:
+            continue
+        best = regret_reference(experiment, config)
+        if best is not None:
+            records = [{**r, "regret": best - r["reward"]} for r in records]
+        found[arm][seed] = records
+    return found
+
+
+def _interval_dict(interval: Interval) -> dict:
+    return {"mean": interval.mean, "low": interval.low, "high": interval.high, "n": interval.n}
+
+
+def aggregate(experiment: Experiment) -> dict:
+    """Per arm and evaluation round: t intervals over seeds; final R*; paired differences to the baseline."""
+    records = arm_records(experiment)
+    result: dict = {"name": experiment.name, "seeds": experiment.seeds, "arms": {}}
+    for arm, by_seed in records.items():
+        rounds = sorted({r["round"] for recs in by_seed.values() for r in recs})
+        curve = []
+        for rnd in rounds:
+            at = [r for recs in by_seed.values() for r in recs if r["round"] == rnd]
+            point = {"round": rnd, "feedback": statistics.fmean(r["feedback"] for r in at), "seeds": len(at)}
+            for metric in METRICS:
+                values = [r[metric] for r in at if r.get(metric) is not None]
+                if values:
+                    point[metric] = _interval_dict(t_interval(values))
+            curve.append(point)
+        finished = {s: recs for s, recs in by_seed.items() if recs[-1]["round"] == experiment.arms[arm].rounds}
+        entry = {"curve": curve, "finished_seeds": sorted(finished)}
+        if finished:
+            entry["final_reward"] = _interval_dict(t_interval([recs[-1]["reward"] for recs in finished.values()]))
+            entry["gain"] = _interval_dict(t_interval([recs[-1]["reward"] - recs[0]["reward"]
+                                                       for recs in finished.values()]))
+            regrets = [statistics.fmean(r["regret"] for r in recs) for recs in finished.values() if "regret" in recs[0]]
+            if regrets:
+                entry["mean_regret"] = _interval_dict(t_interval(regrets))
+        result["arms"][arm] = entry
+    if experiment.baseline in records:
+        result["paired"] = paired_to_baseline(experiment, records)
+    RunDir(experiment.out).write_json(experiment.out / "aggregate.json", result)
+    for name, figure in experiment.figures.items():
+        plot_figure(result, figure, experiment.out / f"{name}.png", title=name)
+    RunDir(experiment.out).write_text(experiment.out / "results.md", results_markdown(experiment, result))
+    return result
+
+
+def paired_to_baseline(experiment: Experiment, records: dict[str, dict[int, list[dict]]]) -> dict:
+    """For each arm: arm − baseline held-out R* at every round both reached, paired by seed."""
+    base = records[experiment.baseline]
+    paired = {}
+    for arm, by_seed in records.items():
+        if arm == experiment.baseline:
+            continue
+        seeds = sorted(set(by_seed) & set(base))
+        rows = []
+        rounds = sorted({r["round"] for s in seeds for r in by_seed[s]} & {r["round"] for s in seeds for r in base[s]})
+        for rnd in rounds:
+            pairs = [(a["reward"], b["reward"]) for s in seeds
+                     for a in by_seed[s] if a["round"] == rnd for b in base[s] if b["round"] == rnd]
+            if len(pairs) < 1:
+                continue
+            comparison = paired_comparison([a for a, _ in pairs], [b for _, b in pairs])
+            feedback = statistics.fmean(r["feedback"] for s in seeds for r in by_seed[s] if r["round"] == rnd)
+            rows.append({"round": rnd, "feedback": feedback, "difference": _interval_dict(comparison.difference),
+                         "p_value": comparison.p_value})
+        paired[arm] = rows
+    return paired
+
+
+def plot_figure(result: dict, figure: Figure, out: Path, title: str) -> Path:
+    """One panel per metric, one line per arm: mean over seeds with its 95% t interval as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(figure.metrics), figsize=(5 * len(figure.metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], figure.metrics):
+        for arm in figure.arms:
+            points = [p for p in result["arms"].get(arm, {}).get("curve", []) if metric in p]
+            if not points:
+                continue
+            xs = [p["feedback"] for p in points]
+            ax.plot(xs, [p[metric]["mean"] for p in points], marker="o", markersize=3,
+                    label=f"{arm} (n={max(p['seeds'] for p in points)})")
+            ax.fill_between(xs, [p[metric]["low"] for p in points], [p[metric]["high"] for p in points], alpha=0.2)
+        ax.set_title(METRICS[metric])
+        ax.set_xlabel("preferences used (feedback)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{title}: mean over seeds, 95% t interval")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _fmt(interval: dict | None) -> str:
+    if not interval:
+        return "–"
+    if interval["n"] == 1:
+        return f"{interval['mean']:+.3f} (1 seed)"
+    return f"{interval['mean']:+.3f} [{interval['low']:+.3f}, {interval['high']:+.3f}]"
+
+
+def results_markdown(experiment: Experiment, result: dict) -> str:
+    """The tables of the results page for this experiment (figures are next to it)."""
+    lines = [f"# {experiment.name}", "", experiment.description, "",
+             "Final held-out R* per arm (mean and 95% t interval over finished seeds):", "",
+             "| arm | seeds finished | feedback | R* final | ΔR* (final − initial) | mean regret |",
+             "|---|---|---|---|---|---|"]
+    for arm in experiment.arms:
+        entry = result["arms"].get(arm)
+        if entry is None:
+            lines.append(f"| {arm} | 0 | – | – | – | – |")
+            continue
+        feedback = entry["curve"][-1]["feedback"] if entry["curve"] else 0
+        lines.append(f"| {arm} | {len(entry['finished_seeds'])}/{len(experiment.seeds)} | {feedback:.0f} | "
+                     f"{_fmt(entry.get('final_reward'))} | {_fmt(entry.get('gain'))} | {_fmt(entry.get('mean_regret'))} |")
+    if result.get("paired"):
+        lines += ["", f"Paired by seed against `{experiment.baseline}` at equal feedback "
+                      "(arm − baseline held-out R*, 95% t interval, paired t-test p):", "",
+                  "| arm | round | feedback | difference | p |", "|---|---|---|---|---|"]
+        for arm, rows in result["paired"].items():
+            for row in rows[1:]:  # round 0 is the shared starting policy
+                lines.append(f"| {arm} | {row['round']} | {row['feedback']:.0f} | {_fmt(row['difference'])} | "
+                             f"{row['p_value']:.3f} |")
+    lines += ["", *[f"![{name}]({name}.png)" for name in experiment.figures], ""]
+    return "\n".join(lines)

@@ -1,0 +1,128 @@
+"""Learning from the feedback log: new edits become CoRLL updates and a new policy version.
+
+An edit event on an interaction is the coactive preference ȳ ≻ y: the text the
+user kept over the response they were shown (seed 002). Reactions are kept in the
+store for the reward-model work and are not trained on here. Each run starts
+from the active version's adapter (π_0 stays the base model), takes one DPO step
+per N preferences for `epochs` passes, saves the adapter, and records a version
+that the server picks up at its next request.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from corll.feedback import PreferencePair
+from corll.learners.dpo import DPOConfig, DPOLearner
+from corll.policy import LoraSettings, load_policy
+from corll.store import FeedbackRecord, Store
+
+
+@dataclass
+class LogTrainingConfig:
+    model: str
+    adapters_dir: Path
+    tenant: str | None = None  # None: every tenant
+    since_version: int | None = None  # None: after the feedback the active version was trained on
+    per_user: bool = False
+    min_feedback: int = 8  # a user (or tenant) with fewer new preferences is left for a later run
+    epochs: int = 2
+    batch_size: int = 8
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    precision: str = "fp32"
+    seed: int = 0
+
+
+@dataclass
+class Signals:
+    """What a batch of feedback events yields for preference learning."""
+
+    pairs: list[PreferencePair] = field(default_factory=list)
+    unchanged_edits: int = 0  # an edit equal to the response says nothing: counted, not trained on
+    reactions: int = 0
+    last_event: int = 0
+
+
+def signals_from(records: list[FeedbackRecord]) -> Signals:
+    signals = Signals()
+    for r in records:
+        signals.last_event = max(signals.last_event, r.event_id)
+        if r.kind == "reaction":
+            signals.reactions += 1
+        elif r.edit.strip() == r.response.strip():
+            signals.unchanged_edits += 1
+        else:
+            signals.pairs.append(PreferencePair(prompt=r.messages, chosen=r.edit, rejected=r.response))
+    return signals
+
+
+@dataclass(frozen=True)
+class TrainedVersion:
+    version_id: int
+    tenant: str
+    user: str | None
+    pairs: int
+    unchanged_edits: int
+    final_loss: float
+
+
+def _first_event(store: Store, tenant: str, user: str | None, since_version: int | None) -> int:
+    """Feedback after this event id is new: the given version's, else the active version's high-water mark."""
+    version = store.version(since_version) if since_version is not None else store.active_version(tenant, user)
+    if since_version is not None and version.tenant != tenant:
+        return 0
+    return int(version.details.get("trained_through_event", 0)) if version is not None else 0
+
+
+def train_from_log(store: Store, config: LogTrainingConfig, log=lambda _: None) -> list[TrainedVersion]:
+    """Train one new version per tenant (or per user with `per_user`) that has enough new preferences."""
+    tenants = sorted({r.tenant for r in store.feedback(kind="edit")}) if config.tenant is None else [config.tenant]
+    trained = []
+    for tenant in tenants:
+        if config.per_user:
+            users = sorted({r.user for r in store.feedback(tenant=tenant, kind="edit")})
+            groups = [(user, [r for r in store.feedback(tenant=tenant, after_event=_first_event(
+                store, tenant, user, config.since_version)) if r.user == user]) for user in users]
+        else:
+            groups = [(None, store.feedback(tenant=tenant, after_event=_first_event(
+                store, tenant, None, config.since_version)))]
+        for user, records in groups:
+            signals = signals_from(records)
+            who = f"{tenant}/{user or 'shared'}"
+            if len(signals.pairs) < config.min_feedback:
+                log(f"{who}: {len(signals.pairs)} new preferences (< {config.min_feedback}); not trained")
+                continue
+            trained.append(_train_version(store, config, tenant, user, signals, log))
+    return trained
+
+
+def _train_version(store: Store, config: LogTrainingConfig, tenant: str, user: str | None, signals: Signals,
+                   log) -> TrainedVersion:
+    torch.manual_seed(config.seed)
+    policy = load_policy(config.model, lora=LoraSettings(), precision=config.precision, seed=config.seed)
+    parent = store.active_version(tenant, user)
+    if parent is not None and parent.adapter_path:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(policy.model, load_file(Path(parent.adapter_path) / "adapter_model.safetensors"))
+    learner = DPOLearner(policy, config.dpo)
+    loss = float("nan")
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(signals.pairs)).tolist()
+        for start in range(0, len(order), config.batch_size):
+            loss = learner.step([signals.pairs[i] for i in order[start : start + config.batch_size]]).loss
+        log(f"{tenant}/{user or 'shared'}: epoch {epoch + 1}/{config.epochs}, loss {loss:.4f}")
+    folder = (config.adapters_dir / tenant / (user or "shared") / uuid.uuid4().hex).resolve()
+    policy.model.save_pretrained(folder)
+    details = {"trained_through_event": signals.last_event, "pairs": len(signals.pairs),
+               "unchanged_edits": signals.unchanged_edits, "epochs": config.epochs, "final_loss": loss,
+               "lr": config.dpo.lr, "beta": config.dpo.beta, "model": config.model}
+    version_id = store.add_policy_version(tenant, user, str(folder), parent_id=parent.id if parent else None,
+                                          details=details)
+    return TrainedVersion(version_id, tenant, user, len(signals.pairs), signals.unchanged_edits, loss)

@@ -1,0 +1,1 @@
+"""The HTTP service (FastAPI): OpenAI-compatible completions and feedback."""

@@ -1,0 +1,78 @@
+"""The feedback log's tables (SQLAlchemy 2).
+
+An interaction is one served completion: who asked (tenant, user), the messages,
+the response, which policy version wrote it with which sampling settings, and the
+response's log-probability under that policy. Feedback events hang off an
+interaction — an edit (the text the user kept) or a reaction (love, like,
+dislike) — and there may be several per interaction. Policy versions record each
+trained adapter; the active one per (tenant, user) — or per tenant for the
+shared policy (user NULL) — serves new requests.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+REACTIONS = ("love", "like", "dislike")
+FEEDBACK_KINDS = ("edit", "reaction")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ApiKey(Base):
+    """An API key, stored as its SHA-256 hash, bound to one tenant and one user."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    user: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PolicyVersion(Base):
+    __tablename__ = "policy_versions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    user: Mapped[str | None] = mapped_column(String(128), nullable=True)  # NULL: the tenant's shared policy
+    adapter_path: Mapped[str | None] = mapped_column(Text, nullable=True)  # NULL: the base model (version 0)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("policy_versions.id"), nullable=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    details: Mapped[dict] = mapped_column(JSON, default=dict)  # training settings and metrics
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Interaction(Base):
+    __tablename__ = "interactions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    user: Mapped[str] = mapped_column(String(128))
+    messages: Mapped[list] = mapped_column(JSON)
+    response: Mapped[str] = mapped_column(Text)
+    policy_version_id: Mapped[int | None] = mapped_column(ForeignKey("policy_versions.id"), nullable=True)
+    sampling: Mapped[dict] = mapped_column(JSON, default=dict)
+    response_logprob: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    feedback: Mapped[list[FeedbackEvent]] = relationship(back_populates="interaction", order_by="FeedbackEvent.id")
+
+    __table_args__ = (Index("ix_interactions_tenant_created", "tenant", "created_at"),)
+
+
+class FeedbackEvent(Base):
+    __tablename__ = "feedback_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    interaction_id: Mapped[str] = mapped_column(ForeignKey("interactions.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    edit: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reaction: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    interaction: Mapped[Interaction] = relationship(back_populates="feedback")

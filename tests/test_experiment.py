@@ -1,0 +1,95 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from corll.cli import app
+from corll.experiment import ExperimentError, load_experiment, run_experiment
+from corll.simulate import RunDir
+
+EXPERIMENT = """
+name: tiny-grid
+seeds: [0, 1]
+base: {task: synthetic, model: tiny, precision: fp32, rounds: 4, k: 2, batch_size: 4, lr: 0.01,
+       max_new_tokens: 8, eval_every: 2, eval_prompts: 4, eval_samples: 1, checkpoint_every: 2, user: expert, l: 3}
+arms:
+  corll: {algorithms: [corll]}
+  dueling: {algorithms: [dueling]}
+baseline: dueling
+figures:
+  main: {arms: [corll, dueling], metrics: [reward, regret]}
+regret_samples: 4
+"""
+
+
+def write(tmp_path, text=EXPERIMENT):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_experiment_runs_the_grid_aggregates_and_skips_finished_runs(tmp_path):
+    experiment = load_experiment(write(tmp_path), tmp_path / "out")
+    seen = []
+    result = run_experiment(experiment, lambda arm, seed, done, total, record: seen.append((arm, seed, done)))
+    folders = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").glob("*/seed-*"))
+    assert folders == ["corll/seed-0", "corll/seed-1", "dueling/seed-0", "dueling/seed-1"]
+    assert [s[:2] for s in seen if s[2] == 0] == [("corll", 0), ("dueling", 0), ("corll", 1), ("dueling", 1)]
+    corll = result["arms"]["corll"]
+    assert corll["finished_seeds"] == [0, 1]
+    finals = [RunDir(tmp_path / "out" / "corll" / f"seed-{s}").read_metrics()[-1]["reward"] for s in (0, 1)]
+    assert corll["final_reward"]["mean"] == pytest.approx(sum(finals) / 2)
+    assert corll["final_reward"]["low"] < corll["final_reward"]["mean"] < corll["final_reward"]["high"]
+    best = json.loads((tmp_path / "out" / "best-of-expert.json").read_text())
+    assert [p["regret"]["mean"] for p in corll["curve"]] == pytest.approx(
+        [list(best.values())[0] - p["reward"]["mean"] for p in corll["curve"]])
+    paired = result["paired"]["corll"]
+    assert [row["round"] for row in paired] == [0, 2, 4]
+    assert paired[0]["difference"]["mean"] == pytest.approx(0.0)  # both arms start from the same policy
+    assert (tmp_path / "out" / "main.png").stat().st_size > 0
+    assert "| corll | 2/2 |" in (tmp_path / "out" / "results.md").read_text()
+
+    seen.clear()
+    run_experiment(experiment, lambda arm, seed, done, total, record: seen.append((arm, seed, done)))
+    assert seen == [("corll", 0, 4), ("dueling", 0, 4), ("corll", 1, 4), ("dueling", 1, 4)]  # nothing re-run
+
+
+def test_an_interrupted_run_resumes_and_a_changed_setting_is_refused(tmp_path):
+    experiment = load_experiment(write(tmp_path), tmp_path / "out")
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_second_run(arm, seed, done, total, record):
+        if (arm, seed, done) == ("dueling", 0, 3):
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_experiment(experiment, stop_in_second_run)
+    starts = []
+    run_experiment(experiment, lambda arm, seed, done, total, record: starts.append((arm, seed, done)))
+    assert ("dueling", 0, 2) in starts and ("dueling", 0, 0) not in starts  # resumed from its checkpoint
+    changed = load_experiment(write(tmp_path, EXPERIMENT.replace("lr: 0.01", "lr: 0.02")), tmp_path / "out")
+    with pytest.raises(ExperimentError, match="different settings \\(lr\\)"):
+        run_experiment(changed)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (("baseline: dueling", "baseline: nobody"), "baseline 'nobody' is not one of the arms"),
+    (("user: expert", "user: expert, colour: red"), "unknown setting\\(s\\) colour"),
+    (("algorithms: [corll]}", "algorithms: [corll, dueling]}"), "exactly one algorithm"),
+    (("metrics: [reward, regret]", "metrics: [speed]"), "unknown metric 'speed'"),
+    (("seeds: [0, 1]", "seeds: [0, 0]"), "distinct integers"),
+    (("name: tiny-grid", "nam: tiny-grid"), "unknown key\\(s\\) nam"),
+    (("lr: 0.01", "lr: -1"), "arm 'corll': --lr must be > 0"),
+    (("arms:", "arms: ["), "not valid YAML"),
+])
+def test_bad_experiment_files_are_refused_with_the_key_named(tmp_path, edit, message):
+    with pytest.raises(ExperimentError, match=message):
+        load_experiment(write(tmp_path, EXPERIMENT.replace(*edit)), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_experiment_cli_reports_a_missing_file(tmp_path):
+    result = CliRunner().invoke(app, ["experiment", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2 and "does not exist" in " ".join(result.output.split())

@@ -1,0 +1,169 @@
+"""The service end to end: a real uvicorn server on loopback, the tiny model, SQLite."""
+
+import asyncio
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+import corll
+from corll.cli import app as cli
+from corll.server.app import MAX_BODY_BYTES, create_app
+from corll.server.engine import PolicyEngine
+from corll.store import Store
+
+
+class LiveServer:
+    def __init__(self, store: Store, engine: PolicyEngine) -> None:
+        config = uvicorn.Config(create_app(store, engine), host="127.0.0.1", port=0, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def service(tmp_path):
+    db = f"sqlite:///{tmp_path / 'corll.db'}"
+    store = Store(db)
+    engine = PolicyEngine("tiny", store, default_max_tokens=16)
+    server = LiveServer(store, engine)
+    keys = {"alice": store.create_api_key("acme", "alice"), "bob": store.create_api_key("acme", "bob"),
+            "mallory": store.create_api_key("evil", "mallory")}
+    yield server, store, keys, db
+    server.stop()
+
+
+def openai_client(server, key):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+
+
+def ask(server, key, text="Say something nice.", **kwargs):
+    return openai_client(server, key).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": text}], max_tokens=12, **kwargs)
+
+
+def test_openai_client_gets_logged_completions_and_the_sdk_posts_feedback(service):
+    server, store, keys, _ = service
+    completion = ask(server, keys["alice"], seed=3)
+    text = completion.choices[0].message.content
+    assert completion.id.startswith("chatcmpl-") and isinstance(text, str)
+    logged = store.get_interaction(store.authenticate(keys["alice"]), completion.id)
+    assert logged.response == text and logged.user == "alice" and logged.sampling["max_new_tokens"] == 12
+    with corll.Client(server.url, keys["alice"]) as client:
+        assert client.edit(completion.id, text + " Truly.")["kind"] == "edit"
+        assert client.react(completion.id, "love")["kind"] == "reaction"
+        page = client.interactions()
+    assert [f["kind"] for f in page["data"][0]["feedback"]] == ["edit", "reaction"]
+
+    async def async_side():
+        async with corll.AsyncClient(server.url + "/v1", keys["bob"]) as client:
+            return await client.react(completion.id, "like")
+
+    assert asyncio.run(async_side())["kind"] == "reaction"
+
+
+def test_streaming_gives_the_same_text_as_logged(service):
+    server, store, keys, _ = service
+    stream = ask(server, keys["alice"], stream=True)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert store.get_interaction(store.authenticate(keys["alice"]), chunks[0].id).response == text
+
+
+def test_other_tenants_get_404_and_cannot_list_or_attach(service):
+    server, store, keys, _ = service
+    completion = ask(server, keys["alice"])
+    with corll.Client(server.url, keys["mallory"]) as mallory:
+        with pytest.raises(corll.FeedbackError) as caught:
+            mallory.react(completion.id, "dislike")
+        assert caught.value.status == 404
+        assert mallory.interactions()["data"] == []
+    assert store.feedback() == []
+
+
+@pytest.mark.parametrize(("body", "status", "needle"), [
+    ({"completion_id": "chatcmpl-nope", "reaction": "love"}, 404, "no completion"),
+    ({"completion_id": "ID", "edit": ""}, 422, "'edit' is empty"),
+    ({"completion_id": "ID", "edit": "x" * 40_000}, 422, "edit"),
+    ({"completion_id": "ID", "reaction": "meh"}, 422, "reaction"),
+    ({"completion_id": "ID"}, 422, "exactly one"),
+    ({"completion_id": "ID", "edit": 5}, 422, "edit"),
+    ({"completion_id": "ID", "reaction": "love", "extra": 1}, 422, "extra"),
+])
+def test_bad_feedback_gets_4xx_naming_the_problem_and_nothing_is_stored(service, body, status, needle):
+    server, store, keys, _ = service
+    completion = ask(server, keys["alice"])
+    body = {k: (completion.id if v == "ID" else v) for k, v in body.items()}
+    response = httpx.post(f"{server.url}/v1/feedback", json=body, headers={"Authorization": f"Bearer {keys['alice']}"})
+    assert response.status_code == status and needle in response.text
+    assert store.feedback() == []
+
+
+def test_auth_json_and_size_errors(service):
+    server, store, keys, _ = service
+    url = f"{server.url}/v1/feedback"
+    auth = {"Authorization": f"Bearer {keys['alice']}"}
+    assert httpx.post(url, json={"completion_id": "x", "reaction": "love"}).status_code == 401
+    wrong = httpx.post(url, json={"completion_id": "x", "reaction": "love"}, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "invalid API key" in wrong.text
+    malformed = httpx.post(url, content=b"{not json", headers={**auth, "Content-Type": "application/json"})
+    assert malformed.status_code == 422 and "json" in malformed.text.lower()
+    huge = httpx.post(url, content=b"x" * (MAX_BODY_BYTES + 1), headers=auth)
+    assert huge.status_code == 413
+    chat = httpx.post(f"{server.url}/v1/chat/completions", headers=auth,
+                      json={"model": "tiny", "messages": [{"role": "assistant", "content": "hi"}]})
+    assert chat.status_code == 422 and "last message must have role 'user'" in chat.text
+    assert store.feedback() == [] and store.list_interactions("acme") == []
+    assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
+    assert "/v1/feedback" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+
+
+def test_train_makes_a_version_the_server_serves_next_and_rollback_restores(service, tmp_path):
+    server, store, keys, db = service
+    for i in range(4):
+        completion = ask(server, keys["alice"], text=f"Describe item {i}.", seed=i)
+        corll.Client(server.url, keys["alice"]).edit(completion.id, "lovely lovely lovely")
+    before = ask(server, keys["alice"], text="Describe item 9.", seed=42)
+    assert before.system_fingerprint == "corll-policy-0"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train", "--model", "tiny", "--db", db, "--adapters", str(tmp_path / "adapters"),
+                                 "--min-feedback", "4", "--epochs", "3", "--batch-size", "4", "--lr", "0.05"])
+    assert result.exit_code == 0, result.output
+    [version] = store.versions("acme")
+    assert version.active and version.details["pairs"] == 4
+    after = ask(server, keys["alice"], text="Describe item 9.", seed=42)
+    assert after.system_fingerprint == f"corll-policy-{version.id}"  # picked up without a restart
+    assert store.get_interaction(store.authenticate(keys["alice"]), after.id).policy_version_id == version.id
+    # Nothing new since this version: no new version.
+    again = runner.invoke(cli, ["train", "--model", "tiny", "--db", db, "--adapters", str(tmp_path / "adapters"),
+                                "--min-feedback", "4"])
+    assert "no new version" in again.output and len(store.versions("acme")) == 1
+
+
+def test_per_user_training_routes_each_user_to_their_adapter(service, tmp_path):
+    server, store, keys, db = service
+    for i in range(4):
+        completion = ask(server, keys["alice"], text=f"Item {i}.", seed=i)
+        corll.Client(server.url, keys["alice"]).edit(completion.id, "alice style text")
+    result = CliRunner().invoke(cli, ["train", "--model", "tiny", "--db", db, "--adapters", str(tmp_path / "a"),
+                                      "--per-user", "--min-feedback", "4", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    [version] = store.versions("acme")
+    assert version.user == "alice"
+    assert ask(server, keys["alice"]).system_fingerprint == f"corll-policy-{version.id}"
+    assert ask(server, keys["bob"]).system_fingerprint == "corll-policy-0"
+    result = CliRunner().invoke(cli, ["rollback", "999", "--db", db])
+    assert result.exit_code == 2 and "no policy version 999" in result.output
