@@ -167,3 +167,28 @@ def test_per_user_training_routes_each_user_to_their_adapter(service, tmp_path):
     assert ask(server, keys["bob"]).system_fingerprint == "corll-policy-0"
     result = CliRunner().invoke(cli, ["rollback", "999", "--db", db])
     assert result.exit_code == 2 and "no policy version 999" in result.output
+
+
+def test_a_database_outage_answers_503_and_loses_nothing_acknowledged(service):
+    server, store, keys, _ = service
+    from sqlalchemy import create_engine
+
+    completion = ask(server, keys["alice"])
+    acknowledged = corll.Client(server.url, keys["alice"]).react(completion.id, "love")
+    working = store.engine
+    store.sessions.configure(bind=create_engine("postgresql+psycopg://nobody@127.0.0.1:9/none",
+                                                connect_args={"connect_timeout": 1}))
+    try:
+        response = httpx.post(f"{server.url}/v1/feedback", json={"completion_id": completion.id, "reaction": "like"},
+                              headers={"Authorization": f"Bearer {keys['alice']}"})
+        assert response.status_code == 503 and "nothing was recorded" in response.text
+        assert httpx.get(f"{server.url}/healthz").status_code == 503
+    finally:
+        store.sessions.configure(bind=working)
+    assert [r.event_id for r in store.feedback()] == [acknowledged["id"]]
+
+
+def test_temperature_zero_is_greedy_and_repeatable(service):
+    server, _, keys, _ = service
+    first, second = (ask(server, keys["alice"], temperature=0).choices[0].message.content for _ in range(2))
+    assert first == second

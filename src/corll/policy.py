@@ -34,6 +34,7 @@ BUILTIN_MODELS = (SMOLLM2, TINY)
 REFERENCE_ADAPTER = "reference"
 PRECISIONS = ("fp32", "bf16")
 REFERENCE_CACHE_SIZE = 200_000
+GREEDY_BELOW = 0.01
 
 # A ChatML template, the format SmolLM2 uses; the tiny test model shares it.
 CHATML_TEMPLATE = (
@@ -54,6 +55,13 @@ class SamplingConfig:
     top_k: int = 50
     max_new_tokens: int = 48
     top_p: float = 1.0
+
+    def generate_kwargs(self) -> dict:
+        """`generate` settings. A temperature below 0.01 means greedy decoding (OpenAI's temperature 0):
+        dividing logits by a near-zero temperature overflows to inf."""
+        if self.temperature < GREEDY_BELOW:
+            return {"do_sample": False, "temperature": None, "top_k": None, "top_p": None}
+        return {"do_sample": True, "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
 
 
 @dataclass
@@ -330,10 +338,9 @@ class Policy:
             was_training = model.training
             model.eval()
             out = model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, do_sample=True,
-                temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-                max_new_tokens=sampling.max_new_tokens,
+                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=sampling.max_new_tokens,
                 num_return_sequences=k, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
+                **sampling.generate_kwargs(),
             )
             model.train(was_training)
         texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)

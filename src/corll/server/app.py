@@ -42,7 +42,7 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str = Field(max_length=256)
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
-    temperature: float | None = Field(default=None, gt=0, le=2)
+    temperature: float | None = Field(default=None, ge=0, le=2, description="0 (or below 0.01): greedy")
     top_p: float | None = Field(default=None, gt=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1, le=1024)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=1024)

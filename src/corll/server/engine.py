@@ -37,12 +37,13 @@ def load_adapter_weights(policy: Policy, adapter_dir: str | Path, name: str) -> 
 
 class PolicyEngine:
     def __init__(self, model: str, store: Store, *, precision: str = "fp32", seed: int = 0,
-                 default_max_tokens: int = 128) -> None:
+                 default_max_tokens: int = 128, max_tokens_limit: int = 1024) -> None:
         torch.manual_seed(seed)
         self.policy = load_policy(model, lora=LoraSettings(), sampling=SamplingConfig(), precision=precision, seed=seed)
         self.model_name = model
         self.store = store
         self.default_max_tokens = default_max_tokens
+        self.max_tokens_limit = max_tokens_limit  # a request may ask for less, never for more
         self.lock = threading.Lock()
         self.loaded: set[str] = set()
 
@@ -63,7 +64,7 @@ class PolicyEngine:
                  top_p: float | None, max_tokens: int | None, seed: int | None = None) -> Completion:
         sampling = SamplingConfig(temperature=temperature if temperature is not None else 1.0,
                                   top_p=top_p if top_p is not None else 1.0,
-                                  max_new_tokens=max_tokens or self.default_max_tokens)
+                                  max_new_tokens=min(max_tokens or self.default_max_tokens, self.max_tokens_limit))
         with self.lock:
             version_id = self._use_version(tenant, user)
             previous, self.policy.sampling = self.policy.sampling, sampling
