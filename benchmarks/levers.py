@@ -67,6 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the table (Markdown) here")
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of one DPO step")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
@@ -142,6 +143,12 @@ def main() -> None:
     print(table)
     if args.out:
         args.out.write_text(table)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            update(fast)()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 if __name__ == "__main__":
