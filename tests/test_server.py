@@ -148,9 +148,24 @@ def test_train_makes_a_version_the_server_serves_next_and_rollback_restores(serv
     assert after.system_fingerprint == f"corll-policy-{version.id}"  # picked up without a restart
     assert store.get_interaction(store.authenticate(keys["alice"]), after.id).policy_version_id == version.id
     # Nothing new since this version: no new version.
-    again = runner.invoke(cli, ["train", "--model", "tiny", "--db", db, "--adapters", str(tmp_path / "adapters"),
-                                "--min-feedback", "4"])
+    train = ["train", "--model", "tiny", "--db", db, "--adapters", str(tmp_path / "adapters"), "--min-feedback", "4",
+             "--batch-size", "4"]
+    again = runner.invoke(cli, train)
     assert "no new version" in again.output and len(store.versions("acme")) == 1
+    # New edits make version 2 (its parent is version 1); --since-version 0 would retrain on everything.
+    for i in range(4):
+        completion = ask(server, keys["alice"], text=f"Describe thing {i}.", seed=i)
+        corll.Client(server.url, keys["alice"]).edit(completion.id, "wonderful wonderful")
+    assert runner.invoke(cli, train).exit_code == 0
+    second = store.versions("acme")[-1]
+    assert second.parent_id == version.id and second.details["pairs"] == 4 and second.active
+    assert ask(server, keys["alice"]).system_fingerprint == f"corll-policy-{second.id}"
+    # Rollback is one command, and the server follows at its next request.
+    rolled = runner.invoke(cli, ["rollback", str(version.id), "--db", db])
+    assert rolled.exit_code == 0, rolled.output
+    assert ask(server, keys["alice"]).system_fingerprint == f"corll-policy-{version.id}"
+    everything = runner.invoke(cli, [*train, "--since-version", "0", "--epochs", "1"])
+    assert everything.exit_code == 0 and store.versions("acme")[-1].details["pairs"] == 8
 
 
 def test_per_user_training_routes_each_user_to_their_adapter(service, tmp_path):

@@ -264,7 +264,7 @@ def train(
     adapters: Annotated[Path, typer.Option(help="Folder for trained adapters.")] = Path("corll-adapters"),
     tenant: Annotated[Optional[str], typer.Option(help="Only this tenant (default: every tenant).")] = None,
     since_version: Annotated[Optional[int], typer.Option(
-        help="Use feedback newer than this version's training data (default: the active version's).")] = None,
+        help="Use feedback newer than this version's training data (default: the active version's; 0: all).")] = None,
     per_user: Annotated[bool, typer.Option(help="One adapter per user with enough feedback.")] = False,
     min_feedback: Annotated[int, typer.Option(help="Fewest new preferences worth a new version.")] = 8,
     epochs: Annotated[int, typer.Option(help="Passes over the new preferences.")] = 2,

@@ -28,7 +28,7 @@ class LogTrainingConfig:
     model: str
     adapters_dir: Path
     tenant: str | None = None  # None: every tenant
-    since_version: int | None = None  # None: after the feedback the active version was trained on
+    since_version: int | None = None  # None: after the active version's data; 0: all feedback
     per_user: bool = False
     min_feedback: int = 8  # a user (or tenant) with fewer new preferences is left for a later run
     epochs: int = 2
@@ -72,11 +72,14 @@ class TrainedVersion:
 
 
 def _first_event(store: Store, tenant: str, user: str | None, since_version: int | None) -> int:
-    """Feedback after this event id is new: the given version's, else the active version's high-water mark."""
-    version = store.version(since_version) if since_version is not None else store.active_version(tenant, user)
-    if since_version is not None and version.tenant != tenant:
+    """Feedback after this event id is new: the given version's high-water mark (0: the base model,
+    trained on nothing, so all feedback), else the active version's."""
+    if since_version == 0:
         return 0
-    return int(version.details.get("trained_through_event", 0)) if version is not None else 0
+    version = store.version(since_version) if since_version is not None else store.active_version(tenant, user)
+    if version is None or version.tenant != tenant:
+        return 0
+    return int(version.details.get("trained_through_event", 0))
 
 
 def train_from_log(store: Store, config: LogTrainingConfig, log=lambda _: None) -> list[TrainedVersion]:
