@@ -40,3 +40,31 @@ def test_sft_nll_is_per_token():
 def test_unknown_loss_type_is_named():
     with pytest.raises(ValueError, match="unknown DPO loss type 'hinge'"):
         dpo_loss(t(0.0), t(0.0), t(0.0), t(0.0), loss_type="hinge")
+
+
+def test_kto_loss_matches_hand_computation():
+    from corll.losses import kto_loss
+
+    # r = policy − ref: +1.0 (desirable) and −2.0 (undesirable); z0 = 0.5; β = 0.5; λ_D = 1, λ_U = 2
+    loss = kto_loss(torch.tensor([-3.0, -6.0]), torch.tensor([-4.0, -4.0]), torch.tensor([1, 0]),
+                    torch.tensor(0.5), beta=0.5, desirable_weight=1.0, undesirable_weight=2.0)
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    expected = [1 - sig(0.5 * (1.0 - 0.5)), 2 - 2 * sig(0.5 * (0.5 + 2.0))]
+    assert loss.tolist() == pytest.approx(expected, abs=1e-6)
+    # A negative KL estimate is clamped to 0.
+    clamped = kto_loss(torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([1]), torch.tensor(-3.0), beta=0.5)
+    assert clamped.item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_imbalance_weighting_and_focal_loss_match_hand_computation():
+    from corll.losses import focal_loss, weighted_bce
+
+    logits, labels = torch.tensor([0.0, 2.0]), torch.tensor([1, 0])
+    # weighted: positive −3·log σ(0) = 3·log 2; negative −log σ(−2) = log(1 + e²)
+    assert weighted_bce(logits, labels, positive_weight=3.0).tolist() == pytest.approx(
+        [3 * math.log(2), math.log(1 + math.exp(2))], abs=1e-6)
+    assert weighted_bce(logits, labels).tolist() != weighted_bce(logits, labels, positive_weight=3.0).tolist()
+    # focal, γ=2, α=0.25: positive p_t = 0.5 -> 0.25·0.25·log 2; negative p_t = σ(−2)
+    pt = 1 / (1 + math.exp(2))
+    assert focal_loss(logits, labels, gamma=2.0, alpha=0.25).tolist() == pytest.approx(
+        [0.25 * 0.25 * math.log(2), 0.75 * (1 - pt) ** 2 * -math.log(pt)], abs=1e-6)
