@@ -76,6 +76,8 @@ def simulate(
     noise_free: Annotated[bool, typer.Option(
         help="Drop rounds where no expert candidate beats the draft (paper: noisy by default).")] = D.noise_free,
     epsilon: Annotated[float, typer.Option(help="Injected mislabel probability ε in [0, 1] (paper: 0).")] = D.epsilon,
+    weights: Annotated[str, typer.Option(
+        help="RLUF objective weights, e.g. love=1,help=0.5,safe=0.5 (non-negative, not all zero).")] = D.weights,
     beta: Annotated[float, typer.Option(help="KL strength β of DPO and the implicit reward (paper: 0.1).")] = D.beta,
     lr: Annotated[float, typer.Option(help="Adam learning rate (paper: 1e-5 full FT; LoRA here: 2e-4).")] = D.lr,
     loss: Annotated[str, typer.Option(help=f"DPO loss: {', '.join(DPO_LOSS_TYPES)}.")] = D.loss_type,
@@ -100,7 +102,8 @@ def simulate(
     """Train learners against simulated users and compare their held-out true reward."""
     config = SimulationConfig(
         task=task, model=model, algorithms=algorithm or list(D.algorithms), rounds=rounds, seed=seed, k=k,
-        batch_size=batch_size, user=user, l=l, alpha=alpha, noise_free=noise_free, epsilon=epsilon, beta=beta, lr=lr,
+        batch_size=batch_size, user=user, l=l, alpha=alpha, noise_free=noise_free, epsilon=epsilon, weights=weights,
+        beta=beta, lr=lr,
         loss_type=loss, label_smoothing=label_smoothing, warmup_rounds=warmup_rounds, temperature=temperature,
         top_k=top_k, max_new_tokens=max_new_tokens, precision=precision, full_finetune=full_finetune, lora_r=lora_r,
         lora_alpha=lora_alpha, init_adapter=init_adapter, eval_every=eval_every, eval_prompts=eval_prompts,

@@ -22,7 +22,21 @@ from pathlib import Path
 import torch
 
 from corll.feedback import word_edit_distance
-from corll.learners import ALGORITHMS, CoRLL, DPOConfig, DPOLearner, Dueling, RoundLog
+from corll.learners import (
+    ALGORITHMS,
+    REACTION_ALGORITHMS,
+    RLUF,
+    CoRLL,
+    DPOConfig,
+    DPOLearner,
+    Dueling,
+    KTOConfig,
+    KTOFromReactions,
+    KTOLearner,
+    RoundLog,
+    parse_weights,
+)
+from corll.learners.rluf import weighted_reward
 from corll.learners.dpo import StepStats
 from corll.losses import DPO_LOSS_TYPES
 from corll.policy import PRECISIONS, LoraSettings, Policy, SamplingConfig, load_policy, resolve_model
@@ -50,6 +64,7 @@ class SimulationConfig:
     alpha: float | None = None  # None: minimal improvement; paper ablation 0.6
     noise_free: bool = False
     epsilon: float = 0.0
+    weights: str = "love=1,help=0.5,safe=0.5"  # RLUF objectives (reaction tasks); k is its n samples per prompt
     beta: float = 0.1
     lr: float = 2e-4  # paper 1e-5 full fine-tuning; LoRA on 135M needs more (5e-4 over-optimizes in 30 rounds)
     loss_type: str = "sigmoid"
@@ -100,6 +115,11 @@ class SimulationConfig:
         for name in self.algorithms:
             if name not in ALGORITHMS:
                 raise ConfigError(f"unknown algorithm {name!r}: use one of {', '.join(ALGORITHMS)}")
+        if "rluf" in self.algorithms:
+            try:
+                parse_weights(self.weights)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
         if len(set(self.algorithms)) != len(self.algorithms):
             raise ConfigError("--algorithm: each algorithm may be given once")
         if self.full_finetune and self.init_adapter:
@@ -121,7 +141,16 @@ def build_policy(config: SimulationConfig) -> Policy:
                        precision=config.precision, seed=config.seed)
 
 
-def build_algorithm(name: str, config: SimulationConfig, policy: Policy, task: Task) -> CoRLL | Dueling:
+Algorithm = CoRLL | Dueling | RLUF | KTOFromReactions
+
+
+def build_algorithm(name: str, config: SimulationConfig, policy: Policy, task: Task) -> Algorithm:
+    if name in REACTION_ALGORITHMS and (task.react is None or task.objectives is None):
+        raise ConfigError(f"--algorithm {name} needs a reaction task (assistant-reactions, synthetic-reactions), "
+                          f"not {task.name!r}")
+    if name == "kto":
+        learner = KTOLearner(policy, KTOConfig(beta=config.beta, lr=config.lr))
+        return KTOFromReactions(policy, learner, task.react, batch_size=config.batch_size)
     learner = DPOLearner(policy, DPOConfig(beta=config.beta, lr=config.lr, loss_type=config.loss_type,
                                            label_smoothing=config.label_smoothing,
                                            warmup_steps=config.warmup_rounds))
@@ -131,6 +160,12 @@ def build_algorithm(name: str, config: SimulationConfig, policy: Policy, task: T
         editor = LocalEditor(task) if config.user == "local" else ExpertEditor(
             task, l=config.l, alpha=config.alpha, noise_free=config.noise_free, epsilon=config.epsilon)
         return CoRLL(policy, learner, editor, k=config.k, batch_size=config.batch_size)
+    if name == "rluf":
+        try:
+            reward = weighted_reward(task.objectives, parse_weights(config.weights))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        return RLUF(policy, learner, reward, n=max(config.k, 2), batch_size=config.batch_size)
     return Dueling(policy, learner, DuelingLabeller(task), batch_size=config.batch_size)
 
 
@@ -164,9 +199,10 @@ def evaluate(policy: Policy, task: Task, config: SimulationConfig) -> dict[str, 
     ys = [y for s in samples for y in s]
     rewards = task.reward(xs, ys)
     kl = (policy.logprobs(xs, ys) - policy.logprobs(xs, ys, reference=True)).mean().item()
+    extra = task.metrics(xs, ys) if task.metrics is not None else {}
     return {"reward": statistics.fmean(rewards),
             "reward_sem": statistics.stdev(rewards) / math.sqrt(len(rewards)) if len(rewards) > 1 else 0.0,
-            "kl": kl}
+            "kl": kl, **extra}
 
 
 @dataclass
@@ -182,9 +218,13 @@ class Interval:
     skipped: int = 0
     loss: float = 0.0
     steps: int = 0
+    labelled: int = 0
+    loves: int = 0
 
     def add(self, log: RoundLog, stats: StepStats | None) -> None:
         self.pairs += len(log.pairs)
+        self.labelled += log.labelled
+        self.loves += log.reactions
         self.mislabeled += sum(p.mislabeled for p in log.pairs)
         self.skipped += log.skipped
         for e in log.edits:
@@ -202,7 +242,8 @@ class Interval:
         return {"mislabel_rate": mean(self.mislabeled, self.pairs),
                 "edit_distance": mean(self.edit_distance, self.edits),
                 "alpha_hat": mean(self.alpha_hat, self.alpha_count),
-                "skipped": self.skipped, "loss": mean(self.loss, self.steps)}
+                "skipped": self.skipped, "loss": mean(self.loss, self.steps),
+                "love_rate_observed": mean(self.loves, self.labelled)}
 
 
 # --- run folder ----------------------------------------------------------------------------------
@@ -312,7 +353,7 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
         started = time.perf_counter()
         log, stats = algorithm.round(stream)
         state["round"] += 1
-        state["feedback"] += len(log.pairs)
+        state["feedback"] += log.feedback
         state["queries"] += log.queries
         state["interval"].add(log, stats)
         state["wall_time"] += time.perf_counter() - started

@@ -3,8 +3,12 @@
 from corll.learners.corll import CoRLL
 from corll.learners.dpo import DPOConfig, DPOLearner, NonFiniteLossError
 from corll.learners.dueling import Dueling
+from corll.learners.kto import KTOConfig, KTOFromReactions, KTOLearner
+from corll.learners.rluf import RLUF, parse_weights, weighted_reward
 from corll.learners.rounds import RoundLog
 
-ALGORITHMS = ("corll", "dueling")
+ALGORITHMS = ("corll", "dueling", "rluf", "kto")
+REACTION_ALGORITHMS = ("rluf", "kto")
 
-__all__ = ["ALGORITHMS", "CoRLL", "DPOConfig", "DPOLearner", "Dueling", "NonFiniteLossError", "RoundLog"]
+__all__ = ["ALGORITHMS", "REACTION_ALGORITHMS", "RLUF", "CoRLL", "DPOConfig", "DPOLearner", "Dueling", "KTOConfig",
+           "KTOFromReactions", "KTOLearner", "NonFiniteLossError", "RoundLog", "parse_weights", "weighted_reward"]

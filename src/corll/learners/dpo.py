@@ -52,29 +52,57 @@ class StepStats:
     grad_norm: float
 
 
+class PolicyOptimizer:
+    """Adam on the policy's trainable weights through `accelerate`, with linear warm-up, gradient
+    clipping and a guard that refuses a non-finite step. Shared by the DPO and KTO learners."""
+
+    def __init__(self, policy: Policy, lr: float, *, warmup_steps: int = 0, max_grad_norm: float = 10.0,
+                 accelerator: Accelerator | None = None) -> None:
+        self.policy, self.max_grad_norm = policy, max_grad_norm
+        self.accelerator = accelerator or make_accelerator()
+        optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+        )
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(policy.model, optimizer, scheduler)
+
+    def backward(self, loss: torch.Tensor, what: str) -> None:
+        if not torch.isfinite(loss):
+            self.optimizer.zero_grad()
+            raise NonFiniteLossError(f"{what} is {loss.item()}")
+        self.accelerator.backward(loss)
+
+    def apply(self, what: str) -> float:
+        """Clip, step, zero the gradients; returns the gradient norm before clipping."""
+        grad_norm = float(self.accelerator.clip_grad_norm_(self.policy.trainable_parameters(), self.max_grad_norm))
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad()
+            raise NonFiniteLossError(f"{what} gradient norm is {grad_norm}")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
+        return grad_norm
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
 class DPOLearner:
     def __init__(self, policy: Policy, config: DPOConfig, accelerator: Accelerator | None = None) -> None:
         self.policy = policy
         self.config = config
-        self.accelerator = accelerator or make_accelerator()
-        optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=config.lr)
-        warmup = config.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
-        )
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(policy.model, optimizer, scheduler)
+        self.optim = PolicyOptimizer(policy, config.lr, warmup_steps=config.warmup_steps,
+                                     max_grad_norm=config.max_grad_norm, accelerator=accelerator)
+        self.model = self.optim.model
 
     def step(self, pairs: Sequence[PreferencePair]) -> StepStats:
         """One optimizer step on these pairs."""
         totals = self.accumulate_gradients(pairs)
-        grad_norm = float(self.accelerator.clip_grad_norm_(self.policy.trainable_parameters(), self.config.max_grad_norm))
-        if not math.isfinite(grad_norm):
-            self.optimizer.zero_grad()
-            raise NonFiniteLossError(f"DPO gradient norm is {grad_norm}")
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad()
-        return StepStats(grad_norm=grad_norm, **totals)
+        return StepStats(grad_norm=self.optim.apply("DPO"), **totals)
 
     def accumulate_gradients(self, pairs: Sequence[PreferencePair]) -> dict[str, float]:
         """Backpropagate the mean DPO loss over these pairs, in micro-batches of chosen and
@@ -96,10 +124,7 @@ class DPOLearner:
             losses = dpo_loss(logps[:m], logps[m:], ref[:m], ref[m:], beta=cfg.beta,
                               label_smoothing=cfg.label_smoothing, loss_type=cfg.loss_type)
             loss = losses.sum() / n
-            if not torch.isfinite(loss):
-                self.optimizer.zero_grad()
-                raise NonFiniteLossError(f"DPO loss is {loss.item()} on a batch of {n} pairs")
-            self.accelerator.backward(loss)
+            self.optim.backward(loss, f"DPO loss on a batch of {n} pairs")
             margins = dpo_margin(logps[:m], logps[m:], ref[:m], ref[m:]).detach()
             totals["loss"] += loss.item()
             totals["margin"] += cfg.beta * margins.sum().item() / n
@@ -107,8 +132,7 @@ class DPOLearner:
         return totals
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        return self.optim.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.optim.load_state_dict(state)

@@ -20,6 +20,13 @@ class RoundLog:
     edits: list[Edit] = field(default_factory=list)
     queries: int = 0
     skipped: int = 0
+    labelled: int = 0  # unpaired labelled examples (reaction learners: every shown response)
+    reactions: int = 0  # loves among them
+
+    @property
+    def feedback(self) -> int:
+        """Units of feedback this round used: preference pairs, or labelled reactions."""
+        return len(self.pairs) + self.labelled
 
 
 Ask = Callable[[list[str]], RoundLog]

@@ -20,19 +20,29 @@ if TYPE_CHECKING:
 RewardFn = Callable[[Sequence[str], Sequence[str]], list[float]]
 ExpertFn = Callable[[Sequence[str], int], list[list[str]]]
 LocalEditFn = Callable[[str, str], str]
+ReactFn = Callable[[Sequence[str], Sequence[str]], list[bool]]
+MetricsFn = Callable[[Sequence[str], Sequence[str]], dict[str, float]]
 
 
 @dataclass
 class Task:
     """Prompts, the true reward R*(x, y) (batched), the expert π* (l candidates per prompt) and,
-    optionally, how a user of this task revises a draft in place (`local_edit(x, y) -> ȳ`)."""
+    optionally, how a user of this task revises a draft in place (`local_edit(x, y) -> ȳ`).
+
+    Reaction tasks (seed 004) have no expert; they give `react` (which responses get a
+    "love" — drawn, rare), `objectives` (scorers the RLUF learner may weight: love,
+    help, safe), and `metrics` (extra held-out measurements: helpfulness, diversity…).
+    """
 
     name: str
     train_prompts: list[str]
     test_prompts: list[str]
     reward: RewardFn
-    expert: ExpertFn
+    expert: ExpertFn | None = None
     local_edit: LocalEditFn | None = None
+    react: ReactFn | None = None
+    objectives: dict[str, RewardFn] | None = None
+    metrics: MetricsFn | None = None
 
 
 class TaskError(ValueError):
@@ -43,7 +53,7 @@ TaskFactory = Callable[["Policy"], Task]
 
 
 def _builtin() -> dict[str, TaskFactory]:
-    from corll.tasks import dpo_expert, positive_review, synthetic
+    from corll.tasks import dpo_expert, positive_review, reactions, synthetic
 
     tiny_expert = dpo_expert.ExpertTraining(prompts=64, epochs=3, lr=1e-2, max_new_tokens=16)
     return {
@@ -51,10 +61,13 @@ def _builtin() -> dict[str, TaskFactory]:
         "synthetic": synthetic.build,
         "positive-review-dpo": dpo_expert.wrap(positive_review.build, "positive-review"),
         "synthetic-dpo": dpo_expert.wrap(synthetic.build, "synthetic", tiny_expert),
+        "assistant-reactions": reactions.build_assistant,
+        "synthetic-reactions": reactions.build_synthetic,
     }
 
 
-TASK_NAMES = ("positive-review", "synthetic", "positive-review-dpo", "synthetic-dpo")
+TASK_NAMES = ("positive-review", "synthetic", "positive-review-dpo", "synthetic-dpo", "assistant-reactions",
+              "synthetic-reactions")
 
 
 def resolve_task(spec: str) -> TaskFactory:

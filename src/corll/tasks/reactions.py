@@ -1,10 +1,131 @@
-"""Requests for the reactions work: 119 everyday assistant requests written for the project."""
+"""Reaction tasks (seed 004): users who react rarely and in binary instead of editing.
+
+`assistant-reactions`: 119 everyday assistant requests written for the project
+(30 held out), answered for a panel of simulated reaction users (six with
+different tastes, one adversarial who loves what the others dislike, one who
+reacts at random). The true reward is the expected love rate of a random panel
+member, σ(a·u + b) averaged over users; `react` draws one user per response and
+one Bernoulli draw. The learner never sees that: it sees reactions, and the RLUF
+learner sees a P[Love] reward model trained on logged reactions to π_0's answers
+(trained on first use and cached), beside the helpfulness and safety scorers.
+
+`synthetic-reactions` (tiny model, tests): love probability σ(8·(lowercase share − 0.6)),
+and the "love" objective is that probability itself (an oracle reward model), so
+tests isolate the optimizer.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import math
+import random
+import sys
+from collections.abc import Sequence
 from importlib import resources
+
+import torch
+
+from corll.objectives import distinct_n, helpfulness, repeated_phrase_rate, safety
+from corll.tasks import ReactFn, RewardFn, Task
+
+N_TEST = 30
+SPLIT_SEED = 7
+LOG_SAMPLES_PER_PROMPT = 8  # responses of π_0 logged per training prompt to train the reward model
 
 
 def assistant_requests() -> list[str]:
     text = resources.files("corll.tasks").joinpath("data/assistant_requests.txt").read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def panel_users():
+    from corll.users.reactions import ReactionUser
+
+    return [
+        ReactionUser(sentiment=1.0, relevance=2.0, length=0.5),
+        ReactionUser(sentiment=2.0, relevance=1.0, length=0.0, emoji=1.0),
+        ReactionUser(sentiment=0.5, relevance=3.0, length=1.0, preferred_words=25),
+        ReactionUser(sentiment=1.5, relevance=1.5, closing=1.0),
+        ReactionUser(sentiment=1.0, relevance=2.5, length=0.5, preferred_words=60),
+        ReactionUser(sentiment=2.5, relevance=0.5, emoji=0.5, closing=0.5, base_rate=0.06),
+        ReactionUser(adversarial="inverted", base_rate=0.02),
+        ReactionUser(adversarial="random", base_rate=0.02),
+    ]
+
+
+def diversity_metrics(xs: Sequence[str], ys: Sequence[str]) -> dict[str, float]:
+    return {"distinct_2": distinct_n(ys, 2), "repetition": repeated_phrase_rate(ys)}
+
+
+def _react_with(love_probability: RewardFn) -> ReactFn:
+    def react(xs: Sequence[str], ys: Sequence[str]) -> list[bool]:
+        return [bool(torch.rand(()).item() < p) for p in love_probability(xs, ys)]
+
+    return react
+
+
+def build_assistant(policy) -> Task:
+    from corll.users.reactions import ReactionPanel
+
+    prompts = assistant_requests()
+    random.Random(SPLIT_SEED).shuffle(prompts)
+    train, test = prompts[N_TEST:], prompts[:N_TEST]
+    with torch.random.fork_rng():
+        torch.manual_seed(SPLIT_SEED)
+        reference = policy.sample(train[:32], 2, use_reference=True)
+    panel = ReactionPanel(panel_users(), [x for x in train[:32] for _ in range(2)], [y for s in reference for y in s])
+
+    def love_rate(xs: Sequence[str], ys: Sequence[str]) -> list[float]:
+        per_user = [panel.love_probability(u, xs, ys) for u in range(len(panel.users))]
+        return [sum(column) / len(column) for column in zip(*per_user)]
+
+    def react(xs: Sequence[str], ys: Sequence[str]) -> list[bool]:
+        users = [int(torch.randint(len(panel.users), ()).item()) for _ in ys]
+        out = []
+        for user, x, y in zip(users, xs, ys):
+            out.append(bool(torch.rand(()).item() < panel.love_probability(user, [x], [y])[0]))
+        return out
+
+    reward_model = _cached_reward_model(policy, train, react)
+
+    def metrics(xs: Sequence[str], ys: Sequence[str]) -> dict[str, float]:
+        return {"help": sum(helpfulness(xs, ys)) / len(ys), "safe": sum(safety(ys)) / len(ys),
+                "love_model": sum(reward_model.predict(xs, ys)) / len(ys), **diversity_metrics(xs, ys)}
+
+    objectives = {"love": reward_model.predict, "help": helpfulness, "safe": lambda xs, ys: safety(ys)}
+    return Task("assistant-reactions", train, test, love_rate, react=react, objectives=objectives, metrics=metrics)
+
+
+def _cached_reward_model(policy, train: list[str], react):
+    """P[Love] trained on a log of π_0's answers and the panel's reactions; cached per model."""
+    from corll.policy import default_cache_dir
+    from corll.reward_model import RewardModel, RewardModelConfig, embedding_features, train_reward_model
+
+    source = policy.source or ("unknown", 0)
+    key = hashlib.sha256(repr((source, policy.sampling.max_new_tokens, LOG_SAMPLES_PER_PROMPT)).encode()).hexdigest()[:12]
+    path = default_cache_dir() / "reward-models" / f"assistant-reactions-{key}.pt"
+    if path.exists():
+        return RewardModel.load(path)
+    print(f"training the P[Love] reward model once from a simulated reaction log; cached in {path}", file=sys.stderr)
+    with torch.random.fork_rng():
+        torch.manual_seed(SPLIT_SEED + 1)
+        samples = policy.sample(train, LOG_SAMPLES_PER_PROMPT, use_reference=True)
+        xs = [x for x in train for _ in range(LOG_SAMPLES_PER_PROMPT)]
+        ys = [y for s in samples for y in s]
+        labels = [int(v) for v in react(xs, ys)]
+    model = train_reward_model(embedding_features(xs, ys), labels, RewardModelConfig())
+    model.save(path, details={"logged": len(ys), "loves": sum(labels)})
+    return model
+
+
+def lowercase_love(xs: Sequence[str], ys: Sequence[str]) -> list[float]:
+    from corll.tasks.synthetic import lowercase_share
+
+    return [1 / (1 + math.exp(-8 * (lowercase_share(y) - 0.6))) for y in ys]
+
+
+def build_synthetic(policy=None) -> Task:
+    return Task("synthetic-reactions", [f"word {i}" for i in range(64)], [f"word {i}" for i in range(64, 80)],
+                lowercase_love, react=_react_with(lowercase_love),
+                objectives={"love": lowercase_love, "help": lambda xs, ys: [min(1.0, len(y) / 8) for y in ys]},
+                metrics=diversity_metrics)
