@@ -53,7 +53,7 @@ TaskFactory = Callable[["Policy"], Task]
 
 
 def _builtin() -> dict[str, TaskFactory]:
-    from corll.tasks import dpo_expert, positive_review, reactions, synthetic
+    from corll.tasks import dpo_expert, positive_review, prelude, reactions, synthetic
 
     tiny_expert = dpo_expert.ExpertTraining(prompts=64, epochs=3, lr=1e-2, max_new_tokens=16)
     return {
@@ -63,11 +63,17 @@ def _builtin() -> dict[str, TaskFactory]:
         "synthetic-dpo": dpo_expert.wrap(synthetic.build, "synthetic", tiny_expert),
         "assistant-reactions": reactions.build_assistant,
         "synthetic-reactions": reactions.build_synthetic,
+        "prelude-summarize": lambda policy: prelude.build_prelude("summarize"),
+        "prelude-email": lambda policy: prelude.build_prelude("email"),
+        "prelude-summarize-shift": lambda policy: prelude.build_prelude(
+            "summarize", prelude.shifted(prelude.SUMMARIZE_SOURCES)),
+        "prelude-email-shift": lambda policy: prelude.build_prelude("email", prelude.shifted(prelude.EMAIL_SOURCES)),
     }
 
 
 TASK_NAMES = ("positive-review", "synthetic", "positive-review-dpo", "synthetic-dpo", "assistant-reactions",
-              "synthetic-reactions")
+              "synthetic-reactions", "prelude-summarize", "prelude-email", "prelude-summarize-shift",
+              "prelude-email-shift")
 
 
 def resolve_task(spec: str) -> TaskFactory:

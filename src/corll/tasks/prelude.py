@@ -1,0 +1,82 @@
+"""PRELUDE-style personalization tasks (seed 003; Gao et al. 2024): summaries and emails for users
+whose latent preference depends on the document's source.
+
+Documents were written for the project (`tasks/data/prelude/<source>.txt`, one per
+line, 20 per source). Episodes interleave the sources round-robin. The user is the
+source's rule editor (`users/preferences.py`): no edit when the response fits,
+otherwise a revision toward the preference; the true reward is minus the edit cost
+in words, R*(x, y) = −Δ_words(y, edit(y)), so 0 is a response the user keeps as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+
+from corll.feedback import word_edit_distance
+from corll.tasks import Task, TaskError
+from corll.users.preferences import revise
+
+SUMMARIZE_SOURCES = {"news": "news article", "forum": "personal forum post", "encyclopedia": "encyclopedia article",
+                     "abstract": "paper abstract", "review": "movie review"}
+EMAIL_SOURCES = {"paper-notes": "notes on a paper", "forum-notes": "notes on a forum thread",
+                 "review-notes": "review notes", "tweet-notes": "notes for a tweet"}
+MIN_DOCUMENTS = 20
+N_TEST_PER_SOURCE = 4
+
+
+def load_documents(source: str) -> list[str]:
+    """One document per line; a missing, short or malformed corpus file is an error naming the file."""
+    path = resources.files("corll.tasks").joinpath(f"data/prelude/{source}.txt")
+    if not path.is_file():
+        raise TaskError(f"corpus file for source {source!r} is missing: {path}")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as exc:
+        raise TaskError(f"corpus file {path} is not UTF-8 text: {exc}") from exc
+    documents = [line for line in lines if line]
+    if len(documents) < MIN_DOCUMENTS:
+        raise TaskError(f"corpus file {path} has {len(documents)} documents; at least {MIN_DOCUMENTS} are needed")
+    return documents
+
+
+def prompt_for(kind: str, label: str, document: str) -> str:
+    if kind == "summarize":
+        return f"Summarize this {label}:\n\n{document}"
+    return f"Write an email based on these {label}:\n\n{document}"
+
+
+def interleave(groups: Sequence[Sequence[str]]) -> list[str]:
+    """Round-robin over the groups: one item of each, then the next of each."""
+    return [group[i] for i in range(max(map(len, groups))) for group in groups if i < len(group)]
+
+
+def build_prelude(kind: str, preference_of_source: dict[str, str] | None = None) -> Task:
+    sources = SUMMARIZE_SOURCES if kind == "summarize" else EMAIL_SOURCES
+    preference_of_source = preference_of_source or {s: s for s in sources}
+    source_of: dict[str, str] = {}
+    train, test = [], []
+    for source, label in sources.items():
+        prompts = [prompt_for(kind, label, d) for d in load_documents(source)]
+        source_of.update({p: source for p in prompts})
+        train.append(prompts[N_TEST_PER_SOURCE:])
+        test.append(prompts[:N_TEST_PER_SOURCE])
+
+    def preference(prompt: str) -> str:
+        return preference_of_source[source_of[prompt]]
+
+    def local_edit(x: str, y: str) -> str:
+        return revise(preference(x), y)
+
+    def reward(xs: Sequence[str], ys: Sequence[str]) -> list[float]:
+        return [-float(word_edit_distance(y, local_edit(x, y))) for x, y in zip(xs, ys)]
+
+    suffix = "" if preference_of_source == {s: s for s in sources} else "-shift"
+    return Task(f"prelude-{kind}{suffix}", interleave(train), interleave(test), reward, local_edit=local_edit)
+
+
+def shifted(sources: Sequence[str]) -> dict[str, str]:
+    """The shift setting: each source's users now hold the next source's preference."""
+    names = list(sources)
+    return {s: names[(i + 1) % len(names)] for i, s in enumerate(names)}
+

@@ -1,0 +1,39 @@
+import pytest
+
+import corll.tasks.prelude as prelude
+from corll.tasks import TaskError, load_task
+from corll.users.preferences import PREFERENCES, revise
+
+
+def test_every_source_has_a_preference_and_a_shipped_corpus():
+    assert set(prelude.SUMMARIZE_SOURCES) | set(prelude.EMAIL_SOURCES) == set(PREFERENCES)
+    for source in PREFERENCES:
+        assert len(prelude.load_documents(source)) >= 20
+
+
+def test_sources_are_interleaved_and_the_reward_is_minus_the_edit_cost():
+    task = load_task("prelude-email", None)
+    heads = [p.split(":")[0] for p in task.train_prompts[:4]]
+    assert heads == [f"Write an email based on these {label}" for label in prelude.EMAIL_SOURCES.values()]
+    x = task.train_prompts[1]  # forum notes: informal greeting, no closing
+    assert task.reward([x], ["Hey! Sounds good."]) == [0.0]
+    assert task.reward([x], ["Sounds good.\nBest regards,\nSam"]) == [-4.0]  # add "Hey!", drop 3 closing words
+    assert task.local_edit(x, "Sounds good.\nBest regards,\nSam") == "Hey! Sounds good."
+
+
+def test_shift_gives_each_source_another_preference():
+    plain, shifted = load_task("prelude-summarize", None), load_task("prelude-summarize-shift", None)
+    x = plain.train_prompts[0]  # a news article
+    text = "A park opened."
+    assert plain.local_edit(x, text) == revise("news", text)
+    assert shifted.local_edit(x, text) == revise("forum", text)
+
+
+def test_a_missing_or_short_corpus_is_a_clear_error(monkeypatch, tmp_path):
+    (tmp_path / "data" / "prelude").mkdir(parents=True)
+    (tmp_path / "data" / "prelude" / "news.txt").write_text("one\ntwo\n")
+    monkeypatch.setattr(prelude.resources, "files", lambda package: tmp_path)
+    with pytest.raises(TaskError, match="has 2 documents; at least 20"):
+        prelude.load_documents("news")
+    with pytest.raises(TaskError, match="corpus file for source 'forum' is missing"):
+        prelude.load_documents("forum")
