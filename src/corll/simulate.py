@@ -24,6 +24,7 @@ import torch
 from corll.feedback import word_edit_distance
 from corll.learners import (
     ALGORITHMS,
+    EDIT_ALGORITHMS,
     REACTION_ALGORITHMS,
     RLUF,
     CoRLL,
@@ -36,6 +37,7 @@ from corll.learners import (
     RoundLog,
     parse_weights,
 )
+from corll.learners.edits import CostAgent, EarlyEnsemble, LateEnsemble, PreferenceAgent, SFTAgent, SFTLearner
 from corll.learners.rluf import weighted_reward
 from corll.learners.dpo import StepStats
 from corll.losses import DPO_LOSS_TYPES
@@ -141,7 +143,7 @@ def build_policy(config: SimulationConfig) -> Policy:
                        precision=config.precision, seed=config.seed)
 
 
-Algorithm = CoRLL | Dueling | RLUF | KTOFromReactions
+Algorithm = CoRLL | Dueling | RLUF | KTOFromReactions | SFTAgent | CostAgent | EarlyEnsemble | LateEnsemble
 
 
 def build_algorithm(name: str, config: SimulationConfig, policy: Policy, task: Task) -> Algorithm:
@@ -154,12 +156,12 @@ def build_algorithm(name: str, config: SimulationConfig, policy: Policy, task: T
     learner = DPOLearner(policy, DPOConfig(beta=config.beta, lr=config.lr, loss_type=config.loss_type,
                                            label_smoothing=config.label_smoothing,
                                            warmup_steps=config.warmup_rounds))
-    if name == "corll":
+    if name in EDIT_ALGORITHMS:
         if config.user == "local" and task.local_edit is None:
             raise ConfigError(f"task {task.name!r} defines no local edit: use --user expert")
         editor = LocalEditor(task) if config.user == "local" else ExpertEditor(
             task, l=config.l, alpha=config.alpha, noise_free=config.noise_free, epsilon=config.epsilon)
-        return CoRLL(policy, learner, editor, k=config.k, batch_size=config.batch_size)
+        return build_edit_learner(name, config, policy, learner, editor)
     if name == "rluf":
         try:
             reward = weighted_reward(task.objectives, parse_weights(config.weights))
@@ -167,6 +169,33 @@ def build_algorithm(name: str, config: SimulationConfig, policy: Policy, task: T
             raise ConfigError(str(exc)) from exc
         return RLUF(policy, learner, reward, n=max(config.k, 2), batch_size=config.batch_size)
     return Dueling(policy, learner, DuelingLabeller(task), batch_size=config.batch_size)
+
+
+def build_edit_learner(name: str, config: SimulationConfig, policy: Policy, learner: DPOLearner,
+                       editor) -> Algorithm:
+    """CoRLL and the seed-003 learners over the same editor: sft, cost, ensemble-early, ensemble-late."""
+    if name == "corll":
+        return CoRLL(policy, learner, editor, k=config.k, batch_size=config.batch_size)
+    if name == "sft":
+        return SFTAgent(policy, SFTLearner(policy, config.lr), editor, batch_size=config.batch_size)
+    if name == "cost":
+        return CostAgent(policy, learner, editor, k=max(config.k, 2), batch_size=config.batch_size)
+    if name == "ensemble-early":
+        return EarlyEnsemble(policy, learner, editor, k=config.k, batch_size=config.batch_size)
+    # ensemble-late: three learners on separate adapters over the same base weights' copies
+    members = []
+    for member in ("preference", "sft", "cost"):
+        own = policy if member == "preference" else build_policy(config)
+        dpo = learner if member == "preference" else DPOLearner(own, learner.config)
+        members.append(PreferenceAgent(own, dpo, k=config.k) if member == "preference" else
+                       SFTAgent(own, SFTLearner(own, config.lr), None) if member == "sft" else
+                       CostAgent(own, dpo, None, k=max(config.k, 2)))
+    return LateEnsemble(members, editor, batch_size=config.batch_size)
+
+
+def learner_of(algorithm: Algorithm):
+    """What holds an algorithm's training state beyond the policy's weights (optimizers, models, bandits)."""
+    return algorithm if hasattr(algorithm, "state_dict") else algorithm.learner
 
 
 class PromptStream:
@@ -220,9 +249,15 @@ class Interval:
     steps: int = 0
     labelled: int = 0
     loves: int = 0
+    cost: int = 0
+    shown: int = 0
+    unedited: int = 0
 
     def add(self, log: RoundLog, stats: StepStats | None) -> None:
         self.pairs += len(log.pairs)
+        self.cost += sum(log.costs)
+        self.shown += len(log.costs)
+        self.unedited += sum(c == 0 for c in log.costs)
         self.labelled += log.labelled
         self.loves += log.reactions
         self.mislabeled += sum(p.mislabeled for p in log.pairs)
@@ -243,7 +278,9 @@ class Interval:
                 "edit_distance": mean(self.edit_distance, self.edits),
                 "alpha_hat": mean(self.alpha_hat, self.alpha_count),
                 "skipped": self.skipped, "loss": mean(self.loss, self.steps),
-                "love_rate_observed": mean(self.loves, self.labelled)}
+                "love_rate_observed": mean(self.loves, self.labelled),
+                "edit_cost": mean(self.cost, self.shown), "cost_sum": self.cost,
+                "no_edit_share": mean(self.unedited, self.shown)}
 
 
 # --- run folder ----------------------------------------------------------------------------------
@@ -332,7 +369,7 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
     if checkpoint.exists():
         saved = torch.load(checkpoint, weights_only=False)
         policy.load_trainable_state(saved["trainable"])
-        algorithm.learner.load_state_dict(saved["learner"])
+        learner_of(algorithm).load_state_dict(saved["learner"])
         torch.set_rng_state(saved["rng"])
         stream.cursor = saved["cursor"]
         state = {**saved["state"], "interval": Interval(**saved["state"]["interval"])}
@@ -361,7 +398,7 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
             last = record_eval()
         if state["round"] % config.checkpoint_every == 0 or state["round"] == config.rounds:
             run.save_checkpoint(name, {
-                "trainable": policy.trainable_state(), "learner": algorithm.learner.state_dict(),
+                "trainable": policy.trainable_state(), "learner": learner_of(algorithm).state_dict(),
                 "rng": torch.get_rng_state(), "cursor": stream.cursor,
                 "state": {**state, "interval": dataclasses.asdict(state["interval"])},
             })

@@ -57,10 +57,13 @@ class PolicyOptimizer:
     clipping and a guard that refuses a non-finite step. Shared by the DPO and KTO learners."""
 
     def __init__(self, policy: Policy, lr: float, *, warmup_steps: int = 0, max_grad_norm: float = 10.0,
-                 accelerator: Accelerator | None = None) -> None:
+                 weight_decay: float = 0.0, accelerator: Accelerator | None = None) -> None:
         self.policy, self.max_grad_norm = policy, max_grad_norm
         self.accelerator = accelerator or make_accelerator()
-        optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=lr)
+        params = policy.trainable_parameters()
+        # Decoupled weight decay on a LoRA adapter pulls it toward zero, i.e. the policy toward π_0.
+        optimizer = (torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay) if weight_decay
+                     else torch.optim.Adam(params, lr=lr))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
         )

@@ -20,6 +20,7 @@ class RoundLog:
     edits: list[Edit] = field(default_factory=list)
     queries: int = 0
     skipped: int = 0
+    costs: list[int] = field(default_factory=list)  # edit cost (words) of every shown response, 0 if kept
     labelled: int = 0  # unpaired labelled examples (reaction learners: every shown response)
     reactions: int = 0  # loves among them
 
@@ -44,4 +45,5 @@ def gather(next_prompts: Callable[[int], list[str]], n: int, ask: Ask) -> RoundL
         log.edits += part.edits
         log.queries += part.queries
         log.skipped += part.skipped
+        log.costs += part.costs
     return log

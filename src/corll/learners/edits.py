@@ -1,0 +1,293 @@
+"""One edit, three signals (seed 003): learners for the preference, the supervision and the cost an
+edit carries, and their early and late ensembles. All share the policy layer and the round records.
+
+A logged edit (x, y, ȳ) gives: the pair ȳ ≻ y (DPO, as CoRLL), the target ȳ (SFT), and the cost
+c = Δ_words(y, ȳ) (0 when the user kept y). Every agent here answers `round(next_prompts)` like
+CoRLL, so `corll simulate --algorithm sft|cost|ensemble-early|ensemble-late` records the same metrics.
+
+- sft: show one sample; SFT on what the user kept (ȳ, or y itself when unedited); AdamW weight
+  decay on the adapter keeps π near π_ref.
+- cost: learns from c alone. A ridge-regression cost model on MiniLM embeddings of (x, y) is fitted
+  on every observed (x, y, c); the agent shows the lowest-predicted-cost of k samples, and trains on
+  the pair (lowest ≻ highest predicted cost) — preferences ordered by predicted cost, since only the
+  shown sample's cost is observed.
+- ensemble-early: one model, one step on w_pref·DPO(ȳ ≻ y) + w_sft·SFT(ȳ).
+- ensemble-late: the three learners on separate adapters; each round an EXP3 bandit over their
+  cumulative cost picks who answers, and every learner learns from the resulting edit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from corll.feedback import Edit, PreferencePair, word_edit_distance
+from corll.learners.dpo import DPOLearner, PolicyOptimizer, StepStats
+from corll.learners.rounds import RoundLog
+from corll.losses import dpo_loss
+from corll.policy import Policy, sequence_logprobs
+from corll.users import Editor
+
+
+def edit_costs(drafts: Sequence[str], edits: Sequence[Edit | None]) -> list[int]:
+    return [0 if e is None else word_edit_distance(y, e.text) for y, e in zip(drafts, edits)]
+
+
+def kept_text(draft: str, edit: Edit | None) -> str:
+    """What the user kept: the edit, or the draft itself when it needed none."""
+    return draft if edit is None else edit.text
+
+
+def sft_loss(policy: Policy, model: torch.nn.Module, prompts: Sequence[str], targets: Sequence[str],
+             n: int) -> torch.Tensor:
+    """Σ token-mean NLL of the targets, divided by the whole batch size n (for micro-batching)."""
+    batch = policy.encode(prompts, targets)
+    with policy.training_attention(), policy.autocast():
+        logps = sequence_logprobs(model, batch)
+    return (-logps / batch.response_mask.sum(-1).clamp(min=1)).sum() / n
+
+
+class SFTLearner:
+    """Token-mean NLL of the kept text; weight decay on the adapter regularises toward π_ref."""
+
+    def __init__(self, policy: Policy, lr: float, weight_decay: float = 0.01, micro_batch: int = 4) -> None:
+        self.policy, self.micro_batch = policy, micro_batch
+        self.optim = PolicyOptimizer(policy, lr, weight_decay=weight_decay)
+
+    def step(self, prompts: Sequence[str], targets: Sequence[str]) -> StepStats:
+        n, total = len(prompts), 0.0
+        self.optim.model.train()
+        for start in range(0, n, self.micro_batch):
+            part = slice(start, start + self.micro_batch)
+            loss = sft_loss(self.policy, self.optim.model, prompts[part], targets[part], n)
+            self.optim.backward(loss, "SFT loss")
+            total += loss.item()
+        return StepStats(loss=total, margin=0.0, accuracy=0.0, grad_norm=self.optim.apply("SFT"))
+
+    def state_dict(self) -> dict:
+        return self.optim.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optim.load_state_dict(state)
+
+
+def _log(prompts, drafts, edits, pairs=()) -> RoundLog:
+    kept = [e for e in edits if e is not None]
+    return RoundLog(pairs=list(pairs), edits=kept, queries=len(prompts), costs=edit_costs(drafts, edits))
+
+
+@dataclass
+class SFTAgent:
+    policy: Policy
+    learner: SFTLearner
+    editor: Editor | None
+    batch_size: int = 8
+
+    def act(self, prompts: list[str]) -> list[str]:
+        return [s[0] for s in self.policy.sample(prompts, 1)]
+
+    def learn(self, prompts: list[str], drafts: list[str], edits: list[Edit | None]) -> StepStats:
+        return self.learner.step(prompts, [kept_text(y, e) for y, e in zip(drafts, edits)])
+
+    def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats]:
+        prompts = next_prompts(self.batch_size)
+        drafts = self.act(prompts)
+        edits = self.editor.edit(prompts, drafts)
+        return _log(prompts, drafts, edits), self.learn(prompts, drafts, edits)
+
+
+@dataclass
+class PreferenceAgent:
+    """CoRLL as a member of the late ensemble: argmax-of-k drafts, DPO on ȳ ≻ y."""
+
+    policy: Policy
+    learner: DPOLearner
+    k: int = 2
+
+    def act(self, prompts: list[str]) -> list[str]:
+        from corll.learners.corll import CoRLL
+
+        return CoRLL(self.policy, self.learner, editor=None, k=self.k).draft(prompts)
+
+    def learn(self, prompts: list[str], drafts: list[str], edits: list[Edit | None]) -> StepStats | None:
+        pairs = [e.to_pair(x) for x, e in zip(prompts, edits) if e is not None]
+        return self.learner.step(pairs) if pairs else None
+
+
+class CostModel:
+    """Ridge regression of the normalised edit cost c/words(y) on [e(y), e(x)⊙e(y)]."""
+
+    def __init__(self, l2: float = 1.0) -> None:
+        self.l2, self.features, self.targets, self.weights = l2, [], [], None
+
+    @staticmethod
+    def featurize(prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        from corll.reward_model import embedding_features
+
+        return torch.cat([embedding_features(prompts, responses), torch.ones(len(responses), 1)], dim=-1)
+
+    def observe(self, prompts: Sequence[str], responses: Sequence[str], costs: Sequence[int]) -> None:
+        self.features.append(self.featurize(prompts, responses))
+        self.targets += [c / max(1, len(y.split())) for y, c in zip(responses, costs)]
+        x, y = torch.cat(self.features), torch.tensor(self.targets)
+        self.weights = torch.linalg.solve(x.T @ x + self.l2 * torch.eye(x.shape[1]), x.T @ y)
+
+    def state_dict(self) -> dict:
+        return {"features": [f.clone() for f in self.features], "targets": list(self.targets), "weights": self.weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.features, self.targets, self.weights = state["features"], state["targets"], state["weights"]
+
+    def predict(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        if self.weights is None:
+            return [0.0] * len(responses)
+        return (self.featurize(prompts, responses) @ self.weights).tolist()
+
+
+@dataclass
+class CostAgent:
+    policy: Policy
+    learner: DPOLearner
+    editor: Editor | None
+    k: int = 4
+    batch_size: int = 8
+    model: CostModel = field(default_factory=CostModel)
+    pending: list[PreferencePair] = field(default_factory=list)
+
+    def act_with_pairs(self, prompts: list[str]) -> tuple[list[str], list[PreferencePair]]:
+        samples = self.policy.sample(prompts, self.k)
+        predicted = self.model.predict([x for x in prompts for _ in range(self.k)], [y for s in samples for y in s])
+        drafts, pairs = [], []
+        for i, (x, ys) in enumerate(zip(prompts, samples)):
+            c = predicted[i * self.k : (i + 1) * self.k]
+            low, high = min(range(self.k), key=c.__getitem__), max(range(self.k), key=c.__getitem__)
+            drafts.append(ys[low])
+            if c[high] > c[low] and ys[high] != ys[low]:
+                pairs.append(PreferencePair(x, ys[low], ys[high]))
+        return drafts, pairs
+
+    def act(self, prompts: list[str]) -> list[str]:
+        drafts, self.pending = self.act_with_pairs(prompts)
+        return drafts
+
+    def learn(self, prompts: list[str], drafts: list[str], edits: list[Edit | None]) -> StepStats | None:
+        """Refit the cost model on the observed costs; step on the pairs of its own last act, if any."""
+        self.model.observe(prompts, drafts, edit_costs(drafts, edits))
+        pairs, self.pending = getattr(self, "pending", []), []
+        return self.learner.step(pairs) if pairs else None
+
+    def state_dict(self) -> dict:
+        return {"learner": self.learner.state_dict(), "cost_model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.learner.load_state_dict(state["learner"])
+        self.model.load_state_dict(state["cost_model"])
+
+    def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
+        prompts = next_prompts(self.batch_size)
+        drafts = self.act(prompts)
+        pairs = list(self.pending)
+        edits = self.editor.edit(prompts, drafts)
+        return _log(prompts, drafts, edits, pairs), self.learn(prompts, drafts, edits)
+
+
+class EarlyEnsemble:
+    """One model, one step on w_pref·DPO(ȳ ≻ y) + w_sft·SFT(kept text)."""
+
+    def __init__(self, policy: Policy, dpo: DPOLearner, editor: Editor, *, k: int = 2, batch_size: int = 8,
+                 preference_weight: float = 1.0, sft_weight: float = 1.0) -> None:
+        self.policy, self.dpo, self.editor = policy, dpo, editor
+        self.k, self.batch_size = k, batch_size
+        self.preference_weight, self.sft_weight = preference_weight, sft_weight
+
+    def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats]:
+        from corll.learners.corll import CoRLL
+
+        prompts = next_prompts(self.batch_size)
+        drafts = CoRLL(self.policy, self.dpo, self.editor, k=self.k).draft(prompts)
+        edits = self.editor.edit(prompts, drafts)
+        pairs = [e.to_pair(x) for x, e in zip(prompts, edits) if e is not None]
+        n = len(prompts)
+        optim = self.dpo.optim
+        optim.model.train()
+        total = self.sft_weight * sft_loss(self.policy, optim.model, prompts,
+                                           [kept_text(y, e) for y, e in zip(drafts, edits)], n)
+        if pairs:
+            m = len(pairs)
+            xs, ys = [p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs]
+            ref = self.policy.logprobs(xs, ys, reference=True)
+            with self.policy.training_attention(), self.policy.autocast():
+                logps = sequence_logprobs(optim.model, self.policy.encode(xs, ys))
+            total = total + self.preference_weight * dpo_loss(logps[:m], logps[m:], ref[:m], ref[m:],
+                                                              beta=self.dpo.config.beta).mean()
+        optim.backward(total, "early-ensemble loss")
+        stats = StepStats(loss=total.item(), margin=0.0, accuracy=0.0, grad_norm=optim.apply("early ensemble"))
+        return _log(prompts, drafts, edits, pairs), stats
+
+    def state_dict(self) -> dict:
+        return self.dpo.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dpo.load_state_dict(state)
+
+
+class Exp3:
+    """EXP3 over arms with losses in [0, 1] (here: normalised edit cost); seeded through torch."""
+
+    def __init__(self, arms: int, gamma: float = 0.2) -> None:
+        self.arms, self.gamma = arms, gamma
+        self.log_weights = [0.0] * arms
+
+    def probabilities(self) -> list[float]:
+        top = max(self.log_weights)
+        w = [math.exp(v - top) for v in self.log_weights]
+        return [(1 - self.gamma) * x / sum(w) + self.gamma / self.arms for x in w]
+
+    def choose(self) -> int:
+        return int(torch.multinomial(torch.tensor(self.probabilities()), 1).item())
+
+    def update(self, arm: int, loss: float) -> None:
+        p = self.probabilities()[arm]
+        self.log_weights[arm] -= self.gamma * min(1.0, max(0.0, loss)) / (p * self.arms)
+
+
+class LateEnsemble:
+    """Separately trained learners; a bandit over their observed edit cost chooses who answers each round."""
+
+    def __init__(self, agents: Sequence, editor: Editor, *, batch_size: int = 8) -> None:
+        self.agents, self.editor, self.batch_size = list(agents), editor, batch_size
+        self.bandit = Exp3(len(self.agents))
+        self.chosen: list[int] = []
+
+    def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
+        prompts = next_prompts(self.batch_size)
+        arm = self.bandit.choose()
+        self.chosen.append(arm)
+        agent = self.agents[arm]
+        drafts = agent.act(prompts)
+        edits = self.editor.edit(prompts, drafts)
+        costs = edit_costs(drafts, edits)
+        self.bandit.update(arm, sum(c / max(1, len(y.split())) for c, y in zip(costs, drafts)) / len(drafts))
+        stats = None
+        for i, other in enumerate(self.agents):  # every learner learns from the edit it can use
+            learned = other.learn(prompts, drafts, edits)
+            stats = learned if i == arm else stats
+        return _log(prompts, drafts, edits), stats
+
+    def state_dict(self) -> dict:
+        """Every member's weights and optimizer (they train separate adapters), and the bandit."""
+        return {"members": [{"trainable": a.policy.trainable_state(), "learner": a.learner.state_dict(),
+                             **({"cost_model": a.model.state_dict()} if isinstance(a, CostAgent) else {})}
+                            for a in self.agents],
+                "bandit": list(self.bandit.log_weights), "chosen": list(self.chosen)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for agent, saved in zip(self.agents, state["members"]):
+            agent.policy.load_trainable_state(saved["trainable"])
+            agent.learner.load_state_dict(saved["learner"])
+            if isinstance(agent, CostAgent):
+                agent.model.load_state_dict(saved["cost_model"])
+        self.bandit.log_weights, self.chosen = list(state["bandit"]), list(state["chosen"])

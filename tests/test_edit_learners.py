@@ -1,0 +1,66 @@
+"""Seed 003's learners on the tiny model: each learns; the late ensemble's bandit finds the cheapest learner."""
+
+import pytest
+import torch
+
+from corll.learners.edits import Exp3, edit_costs, kept_text
+from corll.feedback import Edit
+from corll.simulate import RunDir, run_simulation
+from tests.conftest import tiny_config
+
+
+@pytest.mark.parametrize("algorithm", ["sft", "ensemble-early", "ensemble-late"])
+def test_each_edit_learner_raises_held_out_reward_and_records_costs(tmp_path, algorithm):
+    run_simulation(tiny_config(algorithms=[algorithm], rounds=12, eval_every=6), tmp_path / "run")
+    records = RunDir(tmp_path / "run").read_metrics()
+    assert records[-1]["reward"] > records[0]["reward"] + 0.05, [r["reward"] for r in records]
+    assert records[-1]["cost_sum"] > 0 and 0 <= records[-1]["no_edit_share"] <= 1
+
+
+def test_the_cost_model_learns_which_responses_need_more_editing():
+    from corll.learners.edits import CostModel
+
+    polite = ["Thank you, here is the summary you asked for.", "Sure, here are the key points in brief.",
+              "Happy to help: the article says the park opened.", "Here is a short, friendly summary."]
+    rude = ["WHATEVER. READ IT YOURSELF.", "NO SUMMARY. TOO LONG.", "UGH, FINE: PARK. DONE.", "STOP ASKING ME THINGS."]
+    model = CostModel()
+    model.observe(["Summarize."] * 8, polite + rude, [0, 0, 0, 0, 6, 5, 6, 5])
+    predicted = model.predict(["Summarize."] * 2, ["Here is a brief and kind summary.", "NO. GO AWAY NOW."])
+    assert predicted[0] < predicted[1], predicted
+
+
+def test_exp3_concentrates_on_the_arm_with_the_lowest_cost():
+    torch.manual_seed(0)
+    bandit = Exp3(3, gamma=0.1)
+    costs = [0.9, 0.1, 0.6]  # arm 1 needs the fewest edits
+    picks = []
+    for _ in range(300):
+        arm = bandit.choose()
+        picks.append(arm)
+        bandit.update(arm, costs[arm])
+    assert picks[-100:].count(1) > 80
+    assert max(range(3), key=bandit.probabilities().__getitem__) == 1
+
+
+def test_costs_and_kept_text_by_hand():
+    edit = Edit(draft="a b c", text="a x c d")
+    assert edit_costs(["a b c", "same"], [edit, None]) == [2, 0]
+    assert kept_text("same", None) == "same" and kept_text("a b c", edit) == "a x c d"
+
+
+def test_an_interrupted_late_ensemble_resumes_exactly(tmp_path):
+    config = tiny_config(algorithms=["ensemble-late"], rounds=4, eval_every=2, checkpoint_every=2)
+    run_simulation(config, tmp_path / "full")
+
+    class Stop(Exception):
+        pass
+
+    def stop(name, done, record):
+        if done == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_simulation(config, tmp_path / "cut", progress=stop)
+    run_simulation(config, tmp_path / "cut", resume=True)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time"} for r in rs]  # noqa: E731
+    assert strip(RunDir(tmp_path / "cut").read_metrics()) == strip(RunDir(tmp_path / "full").read_metrics())
