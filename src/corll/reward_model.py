@@ -139,3 +139,46 @@ def evaluate_reward_model(model: RewardModel, features: torch.Tensor, labels: Se
     return {"auroc": auroc(probabilities, labels), "ece": expected_calibration_error(probabilities, labels, bins),
             "bins": [dataclasses.asdict(b) for b in reliability_bins(probabilities, labels, bins)],
             "base_rate": sum(labels) / len(labels), "mean_prediction": sum(probabilities) / len(probabilities)}
+
+
+def reaction_log_from_store(store, tenant: str | None = None) -> tuple[list[str], list[str], list[int]]:
+    """(request, response, loved) for every logged interaction: a "love" is 1, anything else
+    (no reaction, like, dislike) is 0 — the sparse binary signal seed 004 models."""
+    prompts, responses, labels = [], [], []
+    for interaction in store.all_interactions(tenant):
+        users = [m["content"] for m in interaction.messages if m["role"] == "user"]
+        prompts.append(users[-1] if users else "")
+        responses.append(interaction.response)
+        labels.append(int(any(f.reaction == "love" for f in interaction.feedback)))
+    return prompts, responses, labels
+
+
+def simulated_reaction_log(task, policy, per_prompt: int, prompts: Sequence[str]) -> tuple[list[str], list[str], list[int]]:
+    """π_0's answers to `prompts` and the task's simulated reactions to them."""
+    samples = policy.sample(list(prompts), per_prompt, use_reference=True)
+    xs = [x for x in prompts for _ in range(per_prompt)]
+    ys = [y for s in samples for y in s]
+    return xs, ys, [int(v) for v in task.react(xs, ys)]
+
+
+def plot_reliability(bins: list[dict], out: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
+    ax.plot([b["mean_predicted"] for b in bins], [b["observed_rate"] for b in bins], marker="o", label="P[Love]")
+    for b in bins:
+        ax.annotate(str(b["count"]), (b["mean_predicted"], b["observed_rate"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel("predicted P[Love] (bin mean)")
+    ax.set_ylabel("observed love rate")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

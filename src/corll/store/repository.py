@@ -153,6 +153,15 @@ class Store:
             query = query.order_by(Interaction.created_at.desc(), Interaction.id.desc()).limit(limit)
             return list(s.scalars(query))
 
+    def all_interactions(self, tenant: str | None = None) -> list[Interaction]:
+        """Every interaction with its feedback, oldest first (for training data and export)."""
+        with self.sessions() as s:
+            query = select(Interaction).options(selectinload(Interaction.feedback)).order_by(Interaction.created_at,
+                                                                                            Interaction.id)
+            if tenant is not None:
+                query = query.where(Interaction.tenant == tenant)
+            return list(s.scalars(query))
+
     def feedback(self, *, tenant: str | None = None, after_event: int = 0, kind: str | None = None) -> list[FeedbackRecord]:
         """Feedback events with their interactions, oldest first, optionally after an event id."""
         with self.sessions() as s:
