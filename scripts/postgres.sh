@@ -5,6 +5,8 @@
 # PostgreSQL refuses to run as root, so as root the server runs as the 'postgres' user.
 set -euo pipefail
 cmd=$1 dir=$2 port=${3:-55432}
+# Debian keeps the server binaries off PATH.
+for bin in /usr/lib/postgresql/*/bin; do [ -d "$bin" ] && PATH="$PATH:$bin"; done
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 case "$cmd" in
   start)

@@ -3,4 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The store tests need a PostgreSQL server binary (they start a throw-away server themselves).
+if ! command -v pg_ctl >/dev/null && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get install -y -q postgresql >/dev/null
+  else
+    echo "PostgreSQL is not installed: install Debian's 'postgresql' package for the store tests" >&2
+  fi
+fi
 exec .venv/bin/python -m pytest "$@"
