@@ -227,7 +227,7 @@ def reaction_data(task: str, model: str, db: str | None, tenant: str | None, per
     if spec.react is None:
         fail(f"task {task!r} has no reaction users: use assistant-reactions or synthetic-reactions")
     prompts = spec.train_prompts if split == "train" else spec.test_prompts
-    return simulated_reaction_log(spec, policy, per_prompt, prompts)
+    return simulated_reaction_log(spec.react, policy, per_prompt, prompts)
 
 
 @rm_app.command("train")

@@ -185,7 +185,7 @@ def best_of_expert(experiment: Experiment) -> dict[str, float]:
     cache = experiment.out / "best-of-expert.json"
     known = json.loads(cache.read_text()) if cache.exists() else {}
     for config in experiment.arms.values():
-        key = f"{config.task}|{config.model}|{config.eval_prompts}|{config.max_new_tokens}|{experiment.regret_samples}"
+        key = _regret_key(experiment, config)
         if key in known:
             continue
         import torch
@@ -203,12 +203,16 @@ def best_of_expert(experiment: Experiment) -> dict[str, float]:
     return known
 
 
+def _regret_key(experiment: Experiment, config: SimulationConfig) -> str:
+    """What R*(y*) depends on: the task, the model, the held-out prompts, the length cap and M."""
+    return f"{config.task}|{config.model}|{config.eval_prompts}|{config.max_new_tokens}|{experiment.regret_samples}"
+
+
 def regret_reference(experiment: Experiment, config: SimulationConfig) -> float | None:
     cache = experiment.out / "best-of-expert.json"
     if not experiment.regret_samples or not cache.exists():
         return None
-    key = f"{config.task}|{config.model}|{config.eval_prompts}|{config.max_new_tokens}|{experiment.regret_samples}"
-    return json.loads(cache.read_text()).get(key)
+    return json.loads(cache.read_text()).get(_regret_key(experiment, config))
 
 
 # --- aggregate ------------------------------------------------------------------------------------

@@ -88,9 +88,11 @@ def train_from_log(store: Store, config: LogTrainingConfig, log=lambda _: None) 
     trained = []
     for tenant in tenants:
         if config.per_user:
-            users = sorted({r.user for r in store.feedback(tenant=tenant, kind="edit")})
-            groups = [(user, [r for r in store.feedback(tenant=tenant, after_event=_first_event(
-                store, tenant, user, config.since_version)) if r.user == user]) for user in users]
+            logged = store.feedback(tenant=tenant)  # read once; each user's new part is filtered from it
+            marks = {user: _first_event(store, tenant, user, config.since_version)
+                     for user in sorted({r.user for r in logged if r.kind == "edit"})}
+            groups = [(user, [r for r in logged if r.user == user and r.event_id > mark])
+                      for user, mark in marks.items()]
         else:
             groups = [(None, store.feedback(tenant=tenant, after_event=_first_event(
                 store, tenant, None, config.since_version)))]

@@ -153,12 +153,12 @@ def reaction_log_from_store(store, tenant: str | None = None) -> tuple[list[str]
     return prompts, responses, labels
 
 
-def simulated_reaction_log(task, policy, per_prompt: int, prompts: Sequence[str]) -> tuple[list[str], list[str], list[int]]:
-    """π_0's answers to `prompts` and the task's simulated reactions to them."""
+def simulated_reaction_log(react, policy, per_prompt: int, prompts: Sequence[str]) -> tuple[list[str], list[str], list[int]]:
+    """π_0's answers to `prompts` and the simulated users' reactions (`react(xs, ys)`) to them."""
     samples = policy.sample(list(prompts), per_prompt, use_reference=True)
     xs = [x for x in prompts for _ in range(per_prompt)]
     ys = [y for s in samples for y in s]
-    return xs, ys, [int(v) for v in task.react(xs, ys)]
+    return xs, ys, [int(v) for v in react(xs, ys)]
 
 
 def plot_reliability(bins: list[dict], out: Path, title: str) -> Path:

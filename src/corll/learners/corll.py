@@ -22,6 +22,16 @@ from corll.policy import Policy
 from corll.users import Editor
 
 
+def argmax_draft(policy: Policy, prompts: Sequence[str], k: int, beta: float) -> list[str]:
+    """y = argmax over k samples of the implicit reward β·(log π_t − log π_0)."""
+    samples = policy.sample(prompts, k)
+    if k == 1:
+        return [s[0] for s in samples]
+    flat_prompts = [x for x in prompts for _ in range(k)]
+    rewards = policy.implicit_reward(flat_prompts, [y for s in samples for y in s], beta).view(len(prompts), k)
+    return [s[i] for s, i in zip(samples, rewards.argmax(dim=1).tolist())]
+
+
 class CoRLL:
     def __init__(self, policy: Policy, learner: DPOLearner, editor: Editor, *, k: int = 4,
                  batch_size: int = 8) -> None:
@@ -30,13 +40,7 @@ class CoRLL:
 
     def draft(self, prompts: Sequence[str]) -> list[str]:
         """y_t = argmax over k samples of the implicit reward β·(log π_t − log π_0)."""
-        samples = self.policy.sample(prompts, self.k)
-        if self.k == 1:
-            return [s[0] for s in samples]
-        flat_prompts = [x for x in prompts for _ in range(self.k)]
-        rewards = self.policy.implicit_reward(flat_prompts, [y for s in samples for y in s],
-                                              self.learner.config.beta).view(len(prompts), self.k)
-        return [s[i] for s, i in zip(samples, rewards.argmax(dim=1).tolist())]
+        return argmax_draft(self.policy, prompts, self.k, self.learner.config.beta)
 
     def ask(self, prompts: list[str]) -> RoundLog:
         drafts = self.draft(prompts)

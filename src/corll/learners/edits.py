@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from corll.feedback import Edit, PreferencePair, word_edit_distance
+from corll.learners.corll import argmax_draft
 from corll.learners.dpo import DPOLearner, PolicyOptimizer, StepStats
 from corll.learners.rounds import RoundLog
 from corll.losses import dpo_loss
@@ -108,9 +109,7 @@ class PreferenceAgent:
     k: int = 2
 
     def act(self, prompts: list[str]) -> list[str]:
-        from corll.learners.corll import CoRLL
-
-        return CoRLL(self.policy, self.learner, editor=None, k=self.k).draft(prompts)
+        return argmax_draft(self.policy, prompts, self.k, self.learner.config.beta)
 
     def learn(self, prompts: list[str], drafts: list[str], edits: list[Edit | None]) -> StepStats | None:
         pairs = [e.to_pair(x) for x, e in zip(prompts, edits) if e is not None]
@@ -204,10 +203,8 @@ class EarlyEnsemble:
         self.preference_weight, self.sft_weight = preference_weight, sft_weight
 
     def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats]:
-        from corll.learners.corll import CoRLL
-
         prompts = next_prompts(self.batch_size)
-        drafts = CoRLL(self.policy, self.dpo, self.editor, k=self.k).draft(prompts)
+        drafts = argmax_draft(self.policy, prompts, self.k, self.dpo.config.beta)
         edits = self.editor.edit(prompts, drafts)
         pairs = [e.to_pair(x) for x, e in zip(prompts, edits) if e is not None]
         n = len(prompts)

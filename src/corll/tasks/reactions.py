@@ -76,15 +76,13 @@ def build_assistant(policy) -> Task:
     panel = ReactionPanel(panel_users(), [x for x in train[:32] for _ in range(2)], [y for s in reference for y in s])
 
     def love_rate(xs: Sequence[str], ys: Sequence[str]) -> list[float]:
-        per_user = [panel.love_probability(u, xs, ys) for u in range(len(panel.users))]
+        per_user = panel.love_probabilities(xs, ys)
         return [sum(column) / len(column) for column in zip(*per_user)]
 
     def react(xs: Sequence[str], ys: Sequence[str]) -> list[bool]:
         users = [int(torch.randint(len(panel.users), ()).item()) for _ in ys]
-        out = []
-        for user, x, y in zip(users, xs, ys):
-            out.append(bool(torch.rand(()).item() < panel.love_probability(user, [x], [y])[0]))
-        return out
+        per_user = panel.love_probabilities(xs, ys)
+        return [bool(torch.rand(()).item() < per_user[user][i]) for i, user in enumerate(users)]
 
     reward_model = _cached_reward_model(policy, train, react)
 
@@ -96,10 +94,11 @@ def build_assistant(policy) -> Task:
     return Task("assistant-reactions", train, test, love_rate, react=react, objectives=objectives, metrics=metrics)
 
 
-def _cached_reward_model(policy, train: list[str], react):
+def _cached_reward_model(policy, train: list[str], react: ReactFn):
     """P[Love] trained on a log of π_0's answers and the panel's reactions; cached per model."""
     from corll.policy import default_cache_dir
-    from corll.reward_model import RewardModel, RewardModelConfig, embedding_features, train_reward_model
+    from corll.reward_model import (RewardModel, RewardModelConfig, embedding_features, simulated_reaction_log,
+                                    train_reward_model)
 
     source = policy.source or ("unknown", 0)
     key = hashlib.sha256(repr((source, policy.sampling.max_new_tokens, LOG_SAMPLES_PER_PROMPT)).encode()).hexdigest()[:12]
@@ -109,10 +108,7 @@ def _cached_reward_model(policy, train: list[str], react):
     print(f"training the P[Love] reward model once from a simulated reaction log; cached in {path}", file=sys.stderr)
     with torch.random.fork_rng():
         torch.manual_seed(SPLIT_SEED + 1)
-        samples = policy.sample(train, LOG_SAMPLES_PER_PROMPT, use_reference=True)
-        xs = [x for x in train for _ in range(LOG_SAMPLES_PER_PROMPT)]
-        ys = [y for s in samples for y in s]
-        labels = [int(v) for v in react(xs, ys)]
+        xs, ys, labels = simulated_reaction_log(react, policy, LOG_SAMPLES_PER_PROMPT, train)
     model = train_reward_model(embedding_features(xs, ys), labels, RewardModelConfig())
     model.save(path, details={"logged": len(ys), "loves": sum(labels)})
     return model

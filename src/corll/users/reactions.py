@@ -15,6 +15,7 @@ love what the others dislike (their utility is negated) or react at random.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -27,12 +28,17 @@ CLOSINGS = re.compile(r"(hope this helps|let me know|happy to help|enjoy|cheers|
 ADVERSARIAL_MODES = ("none", "inverted", "random")
 
 
-def features(prompts: Sequence[str], responses: Sequence[str]) -> list[dict[str, float]]:
+@functools.lru_cache(maxsize=1)
+def _sentiment_analyzer():
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+    return SentimentIntensityAnalyzer()  # loads its lexicon from disk: once per process
+
+
+def features(prompts: Sequence[str], responses: Sequence[str]) -> list[dict[str, float]]:
     from corll.embeddings import relevance
 
-    analyzer = SentimentIntensityAnalyzer()
+    analyzer = _sentiment_analyzer()
     similarity = relevance(prompts, responses)
     return [{"sentiment": analyzer.polarity_scores(y)["compound"], "relevance": s, "words": float(len(y.split())),
              "emoji": float(bool(EMOJI.search(y))), "closing": float(bool(CLOSINGS.search(y.strip())))}
@@ -87,11 +93,19 @@ class ReactionPanel:
         reference = features(reference_prompts, reference_responses)
         self.biases = [calibrate_bias([u.utility(f) for f in reference], u.scale, u.base_rate) for u in self.users]
 
-    def love_probability(self, user: int, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+    def _probabilities(self, user: int, found: list[dict[str, float]]) -> list[float]:
         u, b = self.users[user], self.biases[user]
         if u.adversarial == "random":
-            return [u.base_rate] * len(responses)
-        return [1 / (1 + math.exp(-(u.scale * u.utility(f) + b))) for f in features(prompts, responses)]
+            return [u.base_rate] * len(found)
+        return [1 / (1 + math.exp(-(u.scale * u.utility(f) + b))) for f in found]
+
+    def love_probability(self, user: int, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        return self._probabilities(user, features(prompts, responses))
+
+    def love_probabilities(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[float]]:
+        """Every user's love probability for each response (features computed once): [user][response]."""
+        found = features(prompts, responses)
+        return [self._probabilities(user, found) for user in range(len(self.users))]
 
     def react(self, user: int, prompts: Sequence[str], responses: Sequence[str]) -> list[bool]:
         """True where the user sends a "love"; False means no reaction (the usual case)."""
