@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-for config in experiments/paper-dpo-expert.yaml experiments/paper-prompted-expert.yaml; do
+for config in experiments/paper-prompted-expert.yaml experiments/paper-dpo-expert.yaml; do
   .venv/bin/corll experiment "$config"
 done

@@ -93,3 +93,26 @@ def test_bad_experiment_files_are_refused_with_the_key_named(tmp_path, edit, mes
 def test_experiment_cli_reports_a_missing_file(tmp_path):
     result = CliRunner().invoke(app, ["experiment", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2 and "does not exist" in " ".join(result.output.split())
+
+
+PROTOCOL_EXPERIMENT = """
+name: tiny-protocol
+seeds: [0, 1]
+base: {task: synthetic-personal, model: tiny, precision: fp32, offline_edits: 8, rounds: 2, k: 2, batch_size: 4,
+       lr: 0.01, max_new_tokens: 3, eval_every: 2, eval_prompts: 4, eval_samples: 1, checkpoint_every: 2}
+arms:
+  floor: {algorithms: [floor]}
+  preference: {algorithms: [corll]}
+baseline: floor
+figures:
+  online-cost: {arms: [floor, preference], metrics: [edit_cost, no_edit_share]}
+"""
+
+
+def test_a_protocol_experiment_reports_cost_over_the_same_episodes_for_every_agent(tmp_path):
+    result = run_experiment(load_experiment(write(tmp_path, PROTOCOL_EXPERIMENT), tmp_path / "out"))
+    for arm in ("floor", "preference"):
+        runs = [RunDir(tmp_path / "out" / arm / f"seed-{s}").read_metrics()[-1] for s in (0, 1)]
+        per_episode = [r["cumulative_cost"] / r["queries"] * 8 for r in runs]  # T = 2 rounds × 4
+        assert result["arms"][arm]["cumulative_cost"]["mean"] == pytest.approx(sum(per_episode) / 2)
+    assert "online cumulative cost" in (tmp_path / "out" / "results.md").read_text()

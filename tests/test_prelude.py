@@ -37,3 +37,18 @@ def test_a_missing_or_short_corpus_is_a_clear_error(monkeypatch, tmp_path):
         prelude.load_documents("news")
     with pytest.raises(TaskError, match="corpus file for source 'forum' is missing"):
         prelude.load_documents("forum")
+
+
+def test_the_offline_log_of_the_shift_setting_comes_from_the_old_preferences():
+    shifted = load_task("prelude-summarize-shift", None)
+    x, text = shifted.train_prompts[0], "A park opened."  # a news article
+    assert shifted.offline_edit(x, text) == revise("news", text) != shifted.local_edit(x, text)
+
+
+def test_the_oracle_description_names_each_users_preference():
+    from corll.users.preferences import DESCRIPTIONS
+
+    assert set(DESCRIPTIONS) == set(PREFERENCES)
+    task = load_task("prelude-email", None)
+    x = task.train_prompts[1]  # forum notes: "Hey!", no closing
+    assert "Hey!" in task.describe_user(x) and "no closing" in task.describe_user(x)

@@ -46,3 +46,21 @@ def test_reaction_learners_refuse_tasks_without_reactions(tmp_path):
     with pytest.raises(ConfigError, match="needs a reaction task"):
         run_simulation(tiny_config(algorithms=["kto"]), tmp_path / "run")
     assert parse_weights("love=1, help=0.5") == {"love": 1.0, "help": 0.5}
+
+
+def test_leave_one_out_advantage_by_hand():
+    import torch
+
+    from corll.learners.rluf import leave_one_out
+
+    advantage = leave_one_out(torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 4.0]]))
+    assert advantage.tolist() == [[-1.5, 0.0, 1.5], [-2.0, -2.0, 4.0]]
+
+
+def test_rloo_raises_the_love_rate_on_a_synthetic_reaction_user(tmp_path):
+    config = tiny_config(task="synthetic-reactions", algorithms=["rloo"], weights="love=1", rounds=12,
+                         eval_prompts=16, eval_samples=2)
+    summary = run_simulation(config, tmp_path / "run")
+    curve = [r["reward"] for r in RunDir(tmp_path / "run").read_metrics()]
+    assert curve[-1] > curve[0] + 0.1, curve
+    assert isinstance(summary["rloo"]["monitor_flags"], list)

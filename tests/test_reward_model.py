@@ -10,8 +10,8 @@ from corll.reward_model import (
     RewardModel,
     RewardModelConfig,
     RewardModelFileError,
-    embedding_features,
     evaluate_reward_model,
+    reward_features,
     reward_model_loss,
     train_reward_model,
 )
@@ -32,13 +32,13 @@ def log():
         responses.append(TOPICAL.format(x=x) if topical else OFF_TOPIC)
         truth.append(0.25 if topical else 0.01)
         labels.append(int(rng.random() < truth[-1]))
-    return embedding_features(prompts, responses), labels, truth
+    return reward_features(prompts, responses, "embeddings"), labels, truth
 
 
 def test_reward_model_learns_to_rank_reactions_and_stays_calibrated(log):
     features, labels, truth = log
     cut = 200
-    model = train_reward_model(features[:cut], labels[:cut], RewardModelConfig(loss="weighted"))
+    model = train_reward_model(features[:cut], labels[:cut], RewardModelConfig(loss="weighted", features="embeddings"))
     report = evaluate_reward_model(model, features[cut:], labels[cut:])
     best = auroc(truth[cut:], labels[cut:])  # the true love probability: no model can rank better on average
     assert report["auroc"] > best - 0.06 and report["auroc"] > 0.7, (report["auroc"], best)
@@ -55,7 +55,7 @@ def test_weighting_changes_the_loss_by_the_class_ratio():
 
 def test_save_load_round_trip_and_refusals(log, tmp_path):
     features, labels, _ = log
-    model = train_reward_model(features[:120], labels[:120], RewardModelConfig(epochs=20))
+    model = train_reward_model(features[:120], labels[:120], RewardModelConfig(epochs=20, features="embeddings"))
     model.save(tmp_path / "rm.pt")
     again = RewardModel.load(tmp_path / "rm.pt")
     assert torch.allclose(again(features[:10]), model(features[:10]))
@@ -68,6 +68,19 @@ def test_save_load_round_trip_and_refusals(log, tmp_path):
     with pytest.raises(RewardModelFileError, match="not a corll reward model"):
         RewardModel.load(tmp_path / "junk.pt")
     with pytest.raises(ValueError, match="both reactions and silences"):
-        train_reward_model(features[:5], [0] * 5, RewardModelConfig())
+        train_reward_model(features[:5], [0] * 5, RewardModelConfig(features="embeddings"))
     with pytest.raises(ValueError, match="unknown reward-model loss 'hinge'"):
         RewardModelConfig(loss="hinge")
+
+
+def test_feature_sets_and_a_text_model_round_trip(tmp_path):
+    prompts, responses = ["How do I boil an egg?"] * 2, ["Boil it for nine minutes 😊. Hope this helps!", "No."]
+    assert [reward_features(prompts, responses, kind).shape[1] for kind in ("text", "embeddings", "both")] == [
+        5, 768, 773]
+    text = reward_features(prompts, responses, "text")
+    assert text[0, 3] == 1.0 and text[0, 4] == 1.0 and text[1, 3] == 0.0  # emoji and closing columns
+    model = train_reward_model(text.repeat(4, 1), [1, 0] * 4, RewardModelConfig(epochs=50, features="text"))
+    model.save(tmp_path / "rm.pt")
+    again = RewardModel.load(tmp_path / "rm.pt")
+    assert again.features == "text" and again.predict(prompts, responses) == pytest.approx(model.predict(prompts, responses))
+    assert again.predict(prompts, responses)[0] > again.predict(prompts, responses)[1]

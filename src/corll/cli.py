@@ -68,8 +68,9 @@ def simulate(
     k: Annotated[int, typer.Option("--k", help="CoRLL argmax samples per prompt (paper: 9 IMDB, 1 at 7B).")] = D.k,
     batch_size: Annotated[int, typer.Option("--batch-size", "-N",
                                             help="N preferences per DPO step (paper: 64).")] = D.batch_size,
-    user: Annotated[str, typer.Option(help="Simulated editor: local (revises the draft in place) or expert "
-                                           "(the paper's: picks among l expert candidates).")] = D.user,
+    user: Annotated[str, typer.Option(help="Simulated editor: local (revises the draft in place), expert "
+                                           "(the paper's: picks among l expert candidates) or llm (π_0 "
+                                           "prompted with the user's preference revises it).")] = D.user,
     l: Annotated[int, typer.Option("--l", help="Expert candidates per edit (paper: 25 IMDB, 5 at 7B).")] = D.l,
     alpha: Annotated[Optional[float], typer.Option(
         help="Feedback strength α in (0, 1]; unset = minimal improvement (paper ablation: 0.6).")] = D.alpha,
@@ -97,6 +98,9 @@ def simulate(
     eval_prompts: Annotated[int, typer.Option(help="Held-out prompts per evaluation.")] = D.eval_prompts,
     eval_samples: Annotated[int, typer.Option(help="Samples per held-out prompt.")] = D.eval_samples,
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every C rounds.")] = D.checkpoint_every,
+    offline_edits: Annotated[int, typer.Option(
+        help="Seed 003's protocol: first learn from this many logged edits of π_0's drafts, then run "
+             "--rounds online episodes (edit learners; floor and oracle agents never learn).")] = D.offline_edits,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
 ) -> None:
     """Train learners against simulated users and compare their held-out true reward."""
@@ -107,7 +111,7 @@ def simulate(
         loss_type=loss, label_smoothing=label_smoothing, warmup_rounds=warmup_rounds, temperature=temperature,
         top_k=top_k, max_new_tokens=max_new_tokens, precision=precision, full_finetune=full_finetune, lora_r=lora_r,
         lora_alpha=lora_alpha, init_adapter=init_adapter, eval_every=eval_every, eval_prompts=eval_prompts,
-        eval_samples=eval_samples, checkpoint_every=checkpoint_every,
+        eval_samples=eval_samples, checkpoint_every=checkpoint_every, offline_edits=offline_edits,
     )
     try:
         config.validate()
@@ -126,13 +130,16 @@ def simulate(
             bar.update(bars[name], completed=done, **({"status": status} if status else {}))
 
         try:
-            run_simulation(config, out, resume=resume, progress=progress)
+            summary = run_simulation(config, out, resume=resume, progress=progress)
         except (RunExistsError, ConfigError) as exc:
             fail(str(exc))
         except NonFiniteLossError as exc:
             fail(f"{exc}; the run stopped and its last good checkpoint is in {out / 'checkpoints'} "
                  "(continue with --resume, e.g. after lowering --lr)")
     console.print(summary_table([out]))
+    for name, result in summary.items():
+        for flag in result.get("monitor_flags", []):
+            console.print(f"[bold yellow]reward-hacking monitor ({name}):[/] {flag}")
     console.print(f"run folder: {out}")
 
 
@@ -239,18 +246,19 @@ def reward_model_train(
     tenant: Annotated[Optional[str], typer.Option(help="With --db: only this tenant.")] = None,
     per_prompt: Annotated[int, typer.Option(help="Simulated answers logged per training prompt.")] = 8,
     loss: Annotated[str, typer.Option(help="weighted | focal | plain (imbalance handling).")] = "weighted",
+    features: Annotated[str, typer.Option(help="text | embeddings | both (the model's input).")] = "text",
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Train P[Love] on a reaction log: from the store (--db) or simulated with the task's users."""
-    from corll.reward_model import RewardModelConfig, embedding_features, train_reward_model
+    from corll.reward_model import RewardModelConfig, reward_features, train_reward_model
 
     try:
-        config = RewardModelConfig(loss=loss, seed=seed)
+        config = RewardModelConfig(loss=loss, features=features, seed=seed)
     except ValueError as exc:
         fail(str(exc))
     prompts, responses, labels = reaction_data(task, model, db, tenant, per_prompt, "train", seed)
     try:
-        rm = train_reward_model(embedding_features(prompts, responses), labels, config)
+        rm = train_reward_model(reward_features(prompts, responses, features), labels, config)
     except ValueError as exc:
         fail(f"{exc} ({len(labels)} logged responses, {sum(labels)} loves)")
     rm.save(out, details={"source": db or task, "logged": len(labels), "loves": sum(labels), "loss": loss})
@@ -269,8 +277,8 @@ def reward_model_eval(
     seed: Annotated[int, typer.Option()] = 1,
 ) -> None:
     """AUROC, ECE and a reliability plot on held-out reactions."""
-    from corll.reward_model import (RewardModel, RewardModelFileError, embedding_features, evaluate_reward_model,
-                                    plot_reliability)
+    from corll.reward_model import (RewardModel, RewardModelFileError, evaluate_reward_model, plot_reliability,
+                                    reward_features)
 
     try:
         rm = RewardModel.load(file)
@@ -278,7 +286,7 @@ def reward_model_eval(
         fail(str(exc))
     prompts, responses, labels = reaction_data(task, model, db, tenant, per_prompt, "test", seed)
     try:
-        report = evaluate_reward_model(rm, embedding_features(prompts, responses), labels)
+        report = evaluate_reward_model(rm, reward_features(prompts, responses, rm.features), labels)
     except ValueError as exc:
         fail(f"{exc} ({len(labels)} responses, {sum(labels)} loves): log more reactions")
     plot_reliability(report["bins"], plot, f"P[Love] reliability (n={len(labels)})")

@@ -42,6 +42,9 @@ METRICS = {
     "mislabel_rate": "realised mislabel rate",
     "alpha_hat": "realised feedback strength α̂",
     "edit_distance": "edit size (words changed)",
+    "edit_cost": "edit cost per response (words)",
+    "cumulative_cost": "cumulative online edit cost (words)",
+    "no_edit_share": "share of responses kept unedited",
 }
 
 
@@ -146,7 +149,8 @@ def check_folder_matches(folder: Path, config: SimulationConfig) -> None:
     if not saved_file.exists():
         return
     saved, wanted = json.loads(saved_file.read_text()), dataclasses.asdict(config)
-    changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+    defaults = dataclasses.asdict(SimulationConfig())  # a setting added later reads as its default
+    changed = sorted(k for k in wanted if saved.get(k, defaults[k]) != wanted[k])
     if changed:
         raise ExperimentError(f"{folder} holds a run with different settings ({', '.join(changed)}): "
                               "delete that folder or choose another output folder")
@@ -257,6 +261,13 @@ def aggregate(experiment: Experiment) -> dict:
             entry["final_reward"] = _interval_dict(t_interval([recs[-1]["reward"] for recs in finished.values()]))
             entry["gain"] = _interval_dict(t_interval([recs[-1]["reward"] - recs[0]["reward"]
                                                        for recs in finished.values()]))
+            config = experiment.arms[arm]
+            if config.offline_edits:  # seed 003's protocol: the online cost is the measure. CoRLL shows more
+                # responses per round (it asks until it has N preferences), so cost is compared per episode
+                # and reported over the same T = rounds × N episodes for every agent.
+                episodes = config.rounds * config.batch_size
+                entry["cumulative_cost"] = _interval_dict(t_interval([
+                    recs[-1]["cumulative_cost"] / recs[-1]["queries"] * episodes for recs in finished.values()]))
             regrets = [statistics.fmean(r["regret"] for r in recs) for recs in finished.values() if "regret" in recs[0]]
             if regrets:
                 entry["mean_regret"] = _interval_dict(t_interval(regrets))
@@ -331,18 +342,21 @@ def _fmt(interval: dict | None) -> str:
 
 def results_markdown(experiment: Experiment, result: dict) -> str:
     """The tables of the results page for this experiment (figures are next to it)."""
+    costs = any(config.offline_edits for config in experiment.arms.values())
     lines = [f"# {experiment.name}", "", experiment.description, "",
              "Final held-out R* per arm (mean and 95% t interval over finished seeds):", "",
-             "| arm | seeds finished | feedback | R* final | ΔR* (final − initial) | mean regret |",
-             "|---|---|---|---|---|---|"]
+             "| arm | seeds finished | feedback | R* final | ΔR* (final − initial) | mean regret |"
+             + (" online cumulative cost (rounds × N episodes) |" if costs else ""),
+             "|---|---|---|---|---|---|" + ("---|" if costs else "")]
     for arm in experiment.arms:
         entry = result["arms"].get(arm)
         if entry is None:
-            lines.append(f"| {arm} | 0 | – | – | – | – |")
+            lines.append(f"| {arm} | 0 | – | – | – | – |" + (" – |" if costs else ""))
             continue
         feedback = entry["curve"][-1]["feedback"] if entry["curve"] else 0
         lines.append(f"| {arm} | {len(entry['finished_seeds'])}/{len(experiment.seeds)} | {feedback:.0f} | "
-                     f"{_fmt(entry.get('final_reward'))} | {_fmt(entry.get('gain'))} | {_fmt(entry.get('mean_regret'))} |")
+                     f"{_fmt(entry.get('final_reward'))} | {_fmt(entry.get('gain'))} | {_fmt(entry.get('mean_regret'))} |"
+                     + (f" {_fmt(entry.get('cumulative_cost'))} |" if costs else ""))
     if result.get("paired"):
         lines += ["", f"Paired by seed against `{experiment.baseline}` at equal feedback "
                       "(arm − baseline held-out R*, 95% t interval, paired t-test p):", "",

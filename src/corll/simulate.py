@@ -26,6 +26,7 @@ from corll.learners import (
     ALGORITHMS,
     EDIT_ALGORITHMS,
     REACTION_ALGORITHMS,
+    RLOO,
     RLUF,
     CoRLL,
     DPOConfig,
@@ -37,13 +38,15 @@ from corll.learners import (
     RoundLog,
     parse_weights,
 )
-from corll.learners.edits import CostAgent, EarlyEnsemble, LateEnsemble, PreferenceAgent, SFTAgent, SFTLearner
+from corll.learners.edits import (CostAgent, EarlyEnsemble, FloorAgent, LateEnsemble, OracleAgent, PreferenceAgent,
+                                  SFTAgent, SFTLearner)
 from corll.learners.rluf import weighted_reward
 from corll.learners.dpo import StepStats
 from corll.losses import DPO_LOSS_TYPES
+from corll.monitor import monitor_records
 from corll.policy import PRECISIONS, LoraSettings, Policy, SamplingConfig, load_policy, resolve_model
 from corll.tasks import Task, load_task, resolve_task
-from corll.users import EDITORS, DuelingLabeller, ExpertEditor, LocalEditor
+from corll.users import EDITORS, DuelingLabeller, ExpertEditor, LLMEditor, LocalEditor
 
 
 class ConfigError(ValueError):
@@ -61,7 +64,7 @@ class SimulationConfig:
     seed: int = 0
     k: int = 2  # argmax samples; paper IMDB 9, 7B runs 1
     batch_size: int = 8  # N preferences per DPO step; paper 64
-    user: str = "local"  # local: revises the draft (small edits); expert: the paper's expert-based editor
+    user: str = "local"  # local: revises the draft (small edits); expert: the paper's expert-based editor; llm: prompted π_0
     l: int = 4  # expert candidates per edit; paper IMDB 25, 7B runs 5
     alpha: float | None = None  # None: minimal improvement; paper ablation 0.6
     noise_free: bool = False
@@ -84,6 +87,7 @@ class SimulationConfig:
     eval_prompts: int = 16
     eval_samples: int = 2
     checkpoint_every: int = 5
+    offline_edits: int = 0  # seed 003's protocol: learn from this many logged edits of π_0's drafts first
 
     def validate(self) -> None:
         """Reject impossible settings before any model loads, naming the option."""
@@ -106,6 +110,7 @@ class SimulationConfig:
             (self.eval_samples >= 1, "--eval-samples must be >= 1"),
             (self.checkpoint_every >= 1, "--checkpoint-every must be >= 1"),
             (self.warmup_rounds >= 0, "--warmup-rounds must be >= 0"),
+            (self.offline_edits >= 0, "--offline-edits must be >= 0"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
             (bool(self.algorithms), "--algorithm: give at least one"),
         ]
@@ -143,13 +148,25 @@ def build_policy(config: SimulationConfig) -> Policy:
                        precision=config.precision, seed=config.seed)
 
 
-Algorithm = CoRLL | Dueling | RLUF | KTOFromReactions | SFTAgent | CostAgent | EarlyEnsemble | LateEnsemble
+Algorithm = (CoRLL | Dueling | RLUF | RLOO | KTOFromReactions | SFTAgent | CostAgent | EarlyEnsemble | LateEnsemble
+             | FloorAgent | OracleAgent)
+
+
+def objective_reward(task: Task, config: SimulationConfig):
+    """Σ w·objective for the RLUF learners, from --weights."""
+    try:
+        return weighted_reward(task.objectives, parse_weights(config.weights))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def build_algorithm(name: str, config: SimulationConfig, policy: Policy, task: Task) -> Algorithm:
     if name in REACTION_ALGORITHMS and (task.react is None or task.objectives is None):
         raise ConfigError(f"--algorithm {name} needs a reaction task (assistant-reactions, synthetic-reactions), "
                           f"not {task.name!r}")
+    if name == "rloo":
+        return RLOO(policy, objective_reward(task, config), n=max(config.k, 2), batch_size=config.batch_size,
+                    lr=config.lr, beta=config.beta)
     if name == "kto":
         learner = KTOLearner(policy, KTOConfig(beta=config.beta, lr=config.lr))
         return KTOFromReactions(policy, learner, task.react, batch_size=config.batch_size)
@@ -159,16 +176,23 @@ def build_algorithm(name: str, config: SimulationConfig, policy: Policy, task: T
     if name in EDIT_ALGORITHMS:
         if config.user == "local" and task.local_edit is None:
             raise ConfigError(f"task {task.name!r} defines no local edit: use --user expert")
-        editor = LocalEditor(task) if config.user == "local" else ExpertEditor(
-            task, l=config.l, alpha=config.alpha, noise_free=config.noise_free, epsilon=config.epsilon)
+        editor = build_editor(config, policy, task)
         return build_edit_learner(name, config, policy, learner, editor)
     if name == "rluf":
-        try:
-            reward = weighted_reward(task.objectives, parse_weights(config.weights))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
+        reward = objective_reward(task, config)
         return RLUF(policy, learner, reward, n=max(config.k, 2), batch_size=config.batch_size)
     return Dueling(policy, learner, DuelingLabeller(task), batch_size=config.batch_size)
+
+
+def build_editor(config: SimulationConfig, policy: Policy, task: Task):
+    if config.user == "local":
+        return LocalEditor(task)
+    if config.user == "llm":
+        try:
+            return LLMEditor(task, policy)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+    return ExpertEditor(task, l=config.l, alpha=config.alpha, noise_free=config.noise_free, epsilon=config.epsilon)
 
 
 def build_edit_learner(name: str, config: SimulationConfig, policy: Policy, learner: DPOLearner,
@@ -176,6 +200,13 @@ def build_edit_learner(name: str, config: SimulationConfig, policy: Policy, lear
     """CoRLL and the seed-003 learners over the same editor: sft, cost, ensemble-early, ensemble-late."""
     if name == "corll":
         return CoRLL(policy, learner, editor, k=config.k, batch_size=config.batch_size)
+    if name == "floor":
+        return FloorAgent(policy, editor, batch_size=config.batch_size)
+    if name == "oracle":
+        if editor.task.describe_user is None:
+            raise ConfigError(f"--algorithm oracle needs a task that describes its users' preferences "
+                              f"(prelude-summarize, prelude-email, their -shift variants), not {editor.task.name!r}")
+        return OracleAgent(policy, editor, batch_size=config.batch_size, describe_user=editor.task.describe_user)
     if name == "sft":
         return SFTAgent(policy, SFTLearner(policy, config.lr), editor, batch_size=config.batch_size)
     if name == "cost":
@@ -355,6 +386,25 @@ def prepare_run_dir(out: Path, config: SimulationConfig, resume: bool) -> tuple[
 ProgressFn = Callable[[str, int, dict | None], None]
 
 
+def offline_phase(algorithm: Algorithm, task: Task, policy: Policy, stream: PromptStream, n: int,
+                  batch_size: int) -> int:
+    """Seed 003's offline phase: π_0 drafts for the next n prompts, edited by the users behind the log
+    (`task.offline_edit`: in the shift setting, users with other preferences than the online ones); the
+    agent learns from them batch by batch as it would online. Returns how many drafts were edited."""
+    if not hasattr(algorithm, "learn") or task.local_edit is None:
+        raise ConfigError(f"--offline-edits needs an edit learner ({', '.join(EDIT_ALGORITHMS)}) and a task "
+                          f"with a local editor, not {task.name!r}")
+    editor = LocalEditor(dataclasses.replace(task, local_edit=task.offline_edit or task.local_edit))
+    edited = 0
+    for start in range(0, n, batch_size):
+        prompts = stream(min(batch_size, n - start))
+        drafts = [s[0] for s in policy.sample(prompts, 1, use_reference=True)]
+        edits = editor.edit(prompts, drafts)
+        edited += sum(e is not None for e in edits)
+        algorithm.learn(prompts, drafts, edits)
+    return edited
+
+
 def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: ProgressFn) -> dict:
     """Train one algorithm from its seed (or last checkpoint) to `config.rounds`; return its summary."""
     torch.manual_seed(config.seed)
@@ -362,7 +412,8 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
     task = load_task(config.task, policy)
     algorithm = build_algorithm(name, config, policy, task)
     stream = PromptStream(task.train_prompts, config.seed)
-    state = {"round": 0, "feedback": 0, "queries": 0, "interval": Interval(), "wall_time": 0.0}
+    state = {"round": 0, "feedback": 0, "queries": 0, "interval": Interval(), "wall_time": 0.0, "cost_total": 0,
+             "kept_total": 0, "shown_total": 0, "offline_edited": 0}
 
     checkpoint = run.checkpoint(name)
     records = [r for r in run.read_metrics() if r["algorithm"] != name]
@@ -372,14 +423,19 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
         learner_of(algorithm).load_state_dict(saved["learner"])
         torch.set_rng_state(saved["rng"])
         stream.cursor = saved["cursor"]
-        state = {**saved["state"], "interval": Interval(**saved["state"]["interval"])}
+        state = {**state, **saved["state"], "interval": Interval(**saved["state"]["interval"])}
         records += [r for r in run.read_metrics() if r["algorithm"] == name and r["round"] <= state["round"]]
+    elif config.offline_edits:
+        started = time.perf_counter()
+        state["offline_edited"] = offline_phase(algorithm, task, policy, stream, config.offline_edits,
+                                                config.batch_size)
+        state["wall_time"] += time.perf_counter() - started
     run.write_metrics(records)
 
     def record_eval() -> dict:
         record = {"algorithm": name, "seed": config.seed, "round": state["round"], "feedback": state["feedback"],
                   "queries": state["queries"], **evaluate(policy, task, config), **state["interval"].record(),
-                  "wall_time": round(state["wall_time"], 2)}
+                  "cumulative_cost": state["cost_total"], "wall_time": round(state["wall_time"], 2)}
         run.append_metric(record)
         state["interval"] = Interval()
         return record
@@ -393,6 +449,9 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
         state["feedback"] += log.feedback
         state["queries"] += log.queries
         state["interval"].add(log, stats)
+        state["cost_total"] += sum(log.costs)
+        state["kept_total"] += sum(c == 0 for c in log.costs)
+        state["shown_total"] += len(log.costs)
         state["wall_time"] += time.perf_counter() - started
         if state["round"] % config.eval_every == 0 or state["round"] == config.rounds:
             last = record_eval()
@@ -406,9 +465,19 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
     if hasattr(policy.model, "save_pretrained") and not config.full_finetune:
         policy.model.save_pretrained(run.path / "policies" / name)
     ours = [r for r in run.read_metrics() if r["algorithm"] == name]
-    return {"rounds": state["round"], "feedback": state["feedback"], "queries": state["queries"],
-            "reward_initial": ours[0]["reward"], "reward_final": ours[-1]["reward"], "kl_final": ours[-1]["kl"],
-            "wall_time": round(state["wall_time"], 1)}
+    summary = {"rounds": state["round"], "feedback": state["feedback"], "queries": state["queries"],
+               "reward_initial": ours[0]["reward"], "reward_final": ours[-1]["reward"], "kl_final": ours[-1]["kl"],
+               "wall_time": round(state["wall_time"], 1)}
+    if config.offline_edits:
+        summary |= {"offline_edits": config.offline_edits, "offline_edited": state["offline_edited"],
+                    "cumulative_cost": state["cost_total"], "episodes": state["shown_total"],
+                    # CoRLL asks until it has N preferences per step, so it shows more responses per round
+                    # than one-batch agents: compare agents per episode (shown response)
+                    "cost_per_episode": state["cost_total"] / max(1, state["shown_total"]),
+                    "no_edit_share": state["kept_total"] / max(1, state["shown_total"])}
+    if task.objectives is not None:  # reaction tasks: watch for reward hacking (seed 004)
+        summary["monitor_flags"] = monitor_records(ours)
+    return summary
 
 
 def run_simulation(config: SimulationConfig, out: Path, *, resume: bool = False,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from corll.feedback import word_edit_distance
+from corll.feedback import Edit, word_edit_distance
 from corll.learners.dpo import DPOLearner, StepStats
 from corll.learners.rounds import RoundLog, gather
 from corll.policy import Policy
@@ -53,3 +53,8 @@ class CoRLL:
     def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
         log = gather(next_prompts, self.batch_size, self.ask)
         return log, self.learner.step(log.pairs) if log.pairs else None
+
+    def learn(self, prompts: Sequence[str], drafts: Sequence[str], edits: Sequence[Edit | None]) -> StepStats | None:
+        """One DPO step on logged edits (the offline phase of seed 003's protocol): ȳ ≻ y for each edit."""
+        pairs = [e.to_pair(x) for x, e in zip(prompts, edits) if e is not None]
+        return self.learner.step(pairs) if pairs else None

@@ -80,6 +80,51 @@ def _log(prompts, drafts, edits, pairs=()) -> RoundLog:
     return RoundLog(pairs=list(pairs), edits=kept, queries=len(prompts), costs=edit_costs(drafts, edits))
 
 
+def edit_round(agent, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
+    """One online episode of any agent with `act`/`learn`: show drafts, observe edits, learn from them."""
+    prompts = next_prompts(agent.batch_size)
+    drafts = agent.act(prompts)
+    edits = agent.editor.edit(prompts, drafts)
+    pairs = [e.to_pair(x) for x, e in zip(prompts, edits) if e is not None]
+    return _log(prompts, drafts, edits, pairs), agent.learn(prompts, drafts, edits)
+
+
+@dataclass
+class FloorAgent:
+    """The protocol's floor: π_0's answers, never learning."""
+
+    policy: Policy
+    editor: Editor | None
+    batch_size: int = 8
+
+    def act(self, prompts: list[str]) -> list[str]:
+        return [s[0] for s in self.policy.sample(prompts, 1, use_reference=True)]
+
+    def learn(self, prompts: list[str], drafts: list[str], edits: list[Edit | None]) -> None:
+        return None
+
+    def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
+        return edit_round(self, next_prompts)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+@dataclass
+class OracleAgent(FloorAgent):
+    """The protocol's ceiling: π_0 told each user's true preference in a system prompt, never learning."""
+
+    describe_user: Callable[[str], str] = lambda prompt: ""
+
+    def act(self, prompts: list[str]) -> list[str]:
+        chats = [[{"role": "system", "content": self.describe_user(x)}, {"role": "user", "content": x}]
+                 for x in prompts]
+        return [s[0] for s in self.policy.sample(chats, 1, use_reference=True)]
+
+
 @dataclass
 class SFTAgent:
     policy: Policy
@@ -94,10 +139,7 @@ class SFTAgent:
         return self.learner.step(prompts, [kept_text(y, e) for y, e in zip(drafts, edits)])
 
     def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats]:
-        prompts = next_prompts(self.batch_size)
-        drafts = self.act(prompts)
-        edits = self.editor.edit(prompts, drafts)
-        return _log(prompts, drafts, edits), self.learn(prompts, drafts, edits)
+        return edit_round(self, next_prompts)
 
 
 @dataclass
@@ -124,9 +166,9 @@ class CostModel:
 
     @staticmethod
     def featurize(prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        from corll.reward_model import embedding_features
+        from corll.reward_model import reward_features
 
-        return torch.cat([embedding_features(prompts, responses), torch.ones(len(responses), 1)], dim=-1)
+        return torch.cat([reward_features(prompts, responses, "embeddings"), torch.ones(len(responses), 1)], dim=-1)
 
     def observe(self, prompts: Sequence[str], responses: Sequence[str], costs: Sequence[int]) -> None:
         self.features.append(self.featurize(prompts, responses))
@@ -202,10 +244,10 @@ class EarlyEnsemble:
         self.k, self.batch_size = k, batch_size
         self.preference_weight, self.sft_weight = preference_weight, sft_weight
 
-    def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats]:
-        prompts = next_prompts(self.batch_size)
-        drafts = argmax_draft(self.policy, prompts, self.k, self.dpo.config.beta)
-        edits = self.editor.edit(prompts, drafts)
+    def act(self, prompts: list[str]) -> list[str]:
+        return argmax_draft(self.policy, prompts, self.k, self.dpo.config.beta)
+
+    def learn(self, prompts: list[str], drafts: list[str], edits: list[Edit | None]) -> StepStats:
         pairs = [e.to_pair(x) for x, e in zip(prompts, edits) if e is not None]
         n = len(prompts)
         optim = self.dpo.optim
@@ -221,8 +263,10 @@ class EarlyEnsemble:
             total = total + self.preference_weight * dpo_loss(logps[:m], logps[m:], ref[:m], ref[m:],
                                                               beta=self.dpo.config.beta).mean()
         optim.backward(total, "early-ensemble loss")
-        stats = StepStats(loss=total.item(), margin=0.0, accuracy=0.0, grad_norm=optim.apply("early ensemble"))
-        return _log(prompts, drafts, edits, pairs), stats
+        return StepStats(loss=total.item(), margin=0.0, accuracy=0.0, grad_norm=optim.apply("early ensemble"))
+
+    def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats]:
+        return edit_round(self, next_prompts)
 
     def state_dict(self) -> dict:
         return self.dpo.state_dict()
@@ -258,21 +302,28 @@ class LateEnsemble:
         self.agents, self.editor, self.batch_size = list(agents), editor, batch_size
         self.bandit = Exp3(len(self.agents))
         self.chosen: list[int] = []
+        self.current: int | None = None  # the member whose drafts are out for editing
+
+    def act(self, prompts: list[str]) -> list[str]:
+        self.current = self.bandit.choose()
+        self.chosen.append(self.current)
+        return self.agents[self.current].act(prompts)
+
+    def learn(self, prompts: list[str], drafts: list[str], edits: list[Edit | None]) -> StepStats | None:
+        """Charge the member that answered its normalised edit cost (none in the offline phase, where
+        π_0 answered), then let every member learn from the edits."""
+        arm, self.current = self.current, None
+        if arm is not None:
+            costs = edit_costs(drafts, edits)
+            self.bandit.update(arm, sum(c / max(1, len(y.split())) for c, y in zip(costs, drafts)) / len(drafts))
+        stats = None
+        for i, member in enumerate(self.agents):
+            learned = member.learn(prompts, drafts, edits)
+            stats = learned if i == arm or stats is None else stats
+        return stats
 
     def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
-        prompts = next_prompts(self.batch_size)
-        arm = self.bandit.choose()
-        self.chosen.append(arm)
-        agent = self.agents[arm]
-        drafts = agent.act(prompts)
-        edits = self.editor.edit(prompts, drafts)
-        costs = edit_costs(drafts, edits)
-        self.bandit.update(arm, sum(c / max(1, len(y.split())) for c, y in zip(costs, drafts)) / len(drafts))
-        stats = None
-        for i, other in enumerate(self.agents):  # every learner learns from the edit it can use
-            learned = other.learn(prompts, drafts, edits)
-            stats = learned if i == arm else stats
-        return _log(prompts, drafts, edits), stats
+        return edit_round(self, next_prompts)
 
     def state_dict(self) -> dict:
         """Every member's weights and optimizer (they train separate adapters), and the bandit."""

@@ -6,9 +6,10 @@
         D ← D ∪ {(x, chosen = argmax_j R, rejected = argmin_j R)}   when they differ
         every N pairs: one DPO step; β and the frozen π_0 keep π_t close (KL control)
 
-Why best-vs-worst DPO rather than RLOO: it reuses the CoRLL learner, its reference
-cache and its KL control unchanged, and needs no value baseline; with n = 4 samples
-the pair spans most of the reward range the policy can currently reach.
+`RLOO` is the alternative update over the same n samples: REINFORCE with each sample's
+reward minus the mean of the other n − 1 (the leave-one-out baseline), and the KL to π_0
+charged inside the reward. docs/reactions.md compares the two at the same samples and
+reward; DPO stays the default (why: see there).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import torch
+
 from corll.feedback import PreferencePair
-from corll.learners.dpo import DPOLearner, StepStats
+from corll.learners.dpo import DPOLearner, PolicyOptimizer, StepStats
 from corll.learners.rounds import RoundLog, gather
-from corll.policy import Policy
+from corll.policy import Policy, sequence_logprobs
 from corll.tasks import RewardFn
 
 
@@ -79,3 +82,49 @@ class RLUF:
     def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
         log = gather(next_prompts, self.batch_size, self.ask)
         return log, self.learner.step(log.pairs) if log.pairs else None
+
+
+def leave_one_out(rewards: torch.Tensor) -> torch.Tensor:
+    """Each sample's reward minus the mean reward of the other samples of its prompt (rows = prompts)."""
+    n = rewards.shape[1]
+    return rewards - (rewards.sum(1, keepdim=True) - rewards) / (n - 1)
+
+
+class RLOO:
+    """REINFORCE leave-one-out on Σ w·objective − β·KL: one step per round of N prompts × n samples."""
+
+    def __init__(self, policy: Policy, reward: RewardFn, *, n: int = 4, batch_size: int = 8, lr: float = 2e-4,
+                 beta: float = 0.1, micro_batch: int = 8) -> None:
+        if n < 2:
+            raise ValueError("RLOO needs n >= 2 samples per prompt for its leave-one-out baseline")
+        self.policy, self.reward, self.n, self.batch_size = policy, reward, n, batch_size
+        self.beta, self.micro_batch = beta, micro_batch
+        self.optim = PolicyOptimizer(policy, lr)
+
+    def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats]:
+        prompts = next_prompts(self.batch_size)
+        samples = self.policy.sample(prompts, self.n)
+        xs, ys = [x for x in prompts for _ in range(self.n)], [y for s in samples for y in s]
+        scores = torch.tensor(self.reward(xs, ys), dtype=torch.float32).view(len(prompts), self.n)
+        with torch.no_grad():
+            kl = (self.policy.logprobs(xs, ys) - self.policy.logprobs(xs, ys, reference=True)).view_as(scores)
+        shaped = scores - self.beta * kl
+        advantage = leave_one_out(shaped).flatten()
+        self.optim.model.train()
+        total = 0.0
+        for start in range(0, len(ys), self.micro_batch):
+            part = slice(start, start + self.micro_batch)
+            with self.policy.training_attention(), self.policy.autocast():
+                logps = sequence_logprobs(self.optim.model, self.policy.encode(xs[part], ys[part]))
+            loss = -(advantage[part] * logps.float()).sum() / len(ys)
+            self.optim.backward(loss, "RLOO loss")
+            total += loss.item()
+        stats = StepStats(loss=total, margin=float(scores.mean()), accuracy=float((advantage > 0).float().mean()),
+                          grad_norm=self.optim.apply("RLOO"))
+        return RoundLog(queries=len(prompts), labelled=len(ys)), stats
+
+    def state_dict(self) -> dict:
+        return self.optim.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optim.load_state_dict(state)

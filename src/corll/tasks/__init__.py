@@ -29,6 +29,10 @@ class Task:
     """Prompts, the true reward R*(x, y) (batched), the expert π* (l candidates per prompt) and,
     optionally, how a user of this task revises a draft in place (`local_edit(x, y) -> ȳ`).
 
+    Personalization tasks (seed 003) may say how the users behind an offline log edited
+    (`offline_edit`, different from `local_edit` in the shift setting) and describe each
+    prompt's user in words (`describe_user`, for the oracle agent).
+
     Reaction tasks (seed 004) have no expert; they give `react` (which responses get a
     "love" — drawn, rare), `objectives` (scorers the RLUF learner may weight: love,
     help, safe), and `metrics` (extra held-out measurements: helpfulness, diversity…).
@@ -43,6 +47,8 @@ class Task:
     react: ReactFn | None = None
     objectives: dict[str, RewardFn] | None = None
     metrics: MetricsFn | None = None
+    offline_edit: LocalEditFn | None = None  # how the users behind the offline log edited (default: local_edit)
+    describe_user: Callable[[str], str] | None = None  # prompt -> its user's preference in words (oracle only)
 
 
 class TaskError(ValueError):
@@ -59,6 +65,7 @@ def _builtin() -> dict[str, TaskFactory]:
     return {
         "positive-review": positive_review.build,
         "synthetic": synthetic.build,
+        "synthetic-personal": synthetic.build_personal,
         "positive-review-dpo": dpo_expert.wrap(positive_review.build, "positive-review"),
         "synthetic-dpo": dpo_expert.wrap(synthetic.build, "synthetic", tiny_expert),
         "assistant-reactions": reactions.build_assistant,
@@ -73,7 +80,7 @@ def _builtin() -> dict[str, TaskFactory]:
 
 TASK_NAMES = ("positive-review", "synthetic", "positive-review-dpo", "synthetic-dpo", "assistant-reactions",
               "synthetic-reactions", "prelude-summarize", "prelude-email", "prelude-summarize-shift",
-              "prelude-email-shift")
+              "prelude-email-shift", "synthetic-personal")
 
 
 def resolve_task(spec: str) -> TaskFactory:

@@ -6,6 +6,8 @@ line, 20 per source). Episodes interleave the sources round-robin. The user is t
 source's rule editor (`users/preferences.py`): no edit when the response fits,
 otherwise a revision toward the preference; the true reward is minus the edit cost
 in words, R*(x, y) = −Δ_words(y, edit(y)), so 0 is a response the user keeps as is.
+In the `-shift` variants the online users hold another source's preference while the
+offline log (`offline_edit`) was made by users who kept their source's own.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from importlib import resources
 
 from corll.feedback import word_edit_distance
 from corll.tasks import Task, TaskError
-from corll.users.preferences import revise
+from corll.users.preferences import DESCRIPTIONS, revise
 
 SUMMARIZE_SOURCES = {"news": "news article", "forum": "personal forum post", "encyclopedia": "encyclopedia article",
                      "abstract": "paper abstract", "review": "movie review"}
@@ -71,8 +73,16 @@ def build_prelude(kind: str, preference_of_source: dict[str, str] | None = None)
     def reward(xs: Sequence[str], ys: Sequence[str]) -> list[float]:
         return [-float(word_edit_distance(y, local_edit(x, y))) for x, y in zip(xs, ys)]
 
+    def offline_edit(x: str, y: str) -> str:
+        """The offline log's users keep each source's own preference, also in the shift setting."""
+        return revise(source_of[x], y)
+
+    def describe_user(x: str) -> str:
+        return DESCRIPTIONS[preference(x)]
+
     suffix = "" if preference_of_source == {s: s for s in sources} else "-shift"
-    return Task(f"prelude-{kind}{suffix}", interleave(train), interleave(test), reward, local_edit=local_edit)
+    return Task(f"prelude-{kind}{suffix}", interleave(train), interleave(test), reward, local_edit=local_edit,
+                offline_edit=offline_edit, describe_user=describe_user)
 
 
 def shifted(sources: Sequence[str]) -> dict[str, str]:

@@ -17,11 +17,13 @@ tests isolate the optimizer.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 import sys
 from collections.abc import Sequence
 from importlib import resources
+from pathlib import Path
 
 import torch
 
@@ -95,23 +97,64 @@ def build_assistant(policy) -> Task:
 
 
 def _cached_reward_model(policy, train: list[str], react: ReactFn):
-    """P[Love] trained on a log of π_0's answers and the panel's reactions; cached per model."""
-    from corll.policy import default_cache_dir
-    from corll.reward_model import (RewardModel, RewardModelConfig, embedding_features, simulated_reaction_log,
-                                    train_reward_model)
+    """P[Love] trained on a log of π_0's answers and the panel's reactions; log and model cached per policy."""
+    from corll.reward_model import RewardModel, RewardModelConfig, reward_features, train_reward_model
 
-    source = policy.source or ("unknown", 0)
-    key = hashlib.sha256(repr((source, policy.sampling.max_new_tokens, LOG_SAMPLES_PER_PROMPT)).encode()).hexdigest()[:12]
-    path = default_cache_dir() / "reward-models" / f"assistant-reactions-{key}.pt"
+    config = RewardModelConfig()
+    path = cached_reward_model_path(policy, config.features)
     if path.exists():
         return RewardModel.load(path)
-    print(f"training the P[Love] reward model once from a simulated reaction log; cached in {path}", file=sys.stderr)
+    xs, ys, labels = cached_reaction_log(policy, train, react)
+    model = train_reward_model(reward_features(xs, ys, config.features), labels, config)
+    model.save(path, details={"logged": len(ys), "loves": sum(labels), "features": config.features})
+    return model
+
+
+def cached_reaction_log(policy, train: list[str], react: ReactFn) -> tuple[list[str], list[str], list[int]]:
+    """The simulated log: π_0's answers to the training requests and the panel's reactions, kept so that
+    every learner (the reward model, KTO) can be compared on exactly the same feedback."""
+    from corll.reward_model import simulated_reaction_log
+
+    path = reaction_log_path(policy)
+    if path.exists():
+        return read_reaction_log(path)
+    print(f"logging π_0's answers and simulated reactions once; cached in {path}", file=sys.stderr)
     with torch.random.fork_rng():
         torch.manual_seed(SPLIT_SEED + 1)
         xs, ys, labels = simulated_reaction_log(react, policy, LOG_SAMPLES_PER_PROMPT, train)
-    model = train_reward_model(embedding_features(xs, ys), labels, RewardModelConfig())
-    model.save(path, details={"logged": len(ys), "loves": sum(labels)})
-    return model
+    write_reaction_log(path, xs, ys, labels)
+    return xs, ys, labels
+
+
+def write_reaction_log(path: Path, xs: Sequence[str], ys: Sequence[str], labels: Sequence[int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for x, y, label in zip(xs, ys, labels):
+            f.write(json.dumps({"prompt": x, "response": y, "love": int(label)}) + "\n")
+    tmp.replace(path)
+
+
+def read_reaction_log(path: Path) -> tuple[list[str], list[str], list[int]]:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r["prompt"] for r in rows], [r["response"] for r in rows], [int(r["love"]) for r in rows]
+
+
+def _log_key(policy) -> str:
+    source = policy.source or ("unknown", 0)
+    return hashlib.sha256(repr((source, policy.sampling.max_new_tokens, LOG_SAMPLES_PER_PROMPT)).encode()).hexdigest()[:12]
+
+
+def reaction_log_path(policy) -> Path:
+    from corll.policy import default_cache_dir
+
+    return default_cache_dir() / "reward-models" / f"assistant-reactions-{_log_key(policy)}.log.jsonl"
+
+
+def cached_reward_model_path(policy, features: str = "text") -> Path:
+    from corll.policy import default_cache_dir
+
+    return default_cache_dir() / "reward-models" / f"assistant-reactions-{_log_key(policy)}-{features}.pt"
 
 
 def lowercase_love(xs: Sequence[str], ys: Sequence[str]) -> list[float]:

@@ -1,9 +1,15 @@
-"""A tiny task with an exact reward, for tests and quick trials on the tiny model.
+"""Tiny tasks with exact rewards, for tests and quick trials on the tiny model.
 
-R*(x, y) is the share of characters of y that are lowercase letters (an empty
-response scores 0). The expert writes short strings whose lowercase share varies
-from candidate to candidate, so some beat a draft and some do not — exactly what
-the expert-based editor needs.
+`synthetic`: R*(x, y) is the share of characters of y that are lowercase letters (an
+empty response scores 0). The expert writes short strings whose lowercase share varies
+from candidate to candidate, so some beat a draft and some do not — exactly what the
+expert-based editor needs.
+
+`synthetic-personal` (seed 003's protocol in miniature): two users by the prompt's
+parity, one who wants a response to start with a lowercase letter and one who also
+accepts a digit; each fixes the first character when it is wrong, and R* = −(words
+changed). The tiny model cannot learn to tell the users apart in a few steps, so the
+users overlap: what both accept is learnable.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
+from corll.feedback import word_edit_distance
 from corll.tasks import Task
 
 GOOD = string.ascii_lowercase
@@ -62,3 +69,32 @@ def build(policy=None) -> Task:
         expert=expert,
         local_edit=local_edit,
     )
+
+
+PERSONAL_USERS = {"lower": (GOOD, "e", "Start with a lowercase letter."),
+                  "lower-or-digit": (GOOD + string.digits, "7", "Start with a lowercase letter or a digit.")}
+
+
+def personal_user(prompt: str) -> str:
+    return "lower" if int(prompt.split()[-1]) % 2 == 0 else "lower-or-digit"
+
+
+def personal_edit(prompt: str, response: str) -> str:
+    """Replace the first visible character if the prompt's user does not accept it (extend an empty draft)."""
+    accepted, replacement, _ = PERSONAL_USERS[personal_user(prompt)]
+    stripped = response.lstrip()
+    if not stripped:
+        return replacement
+    if stripped[0] in accepted:
+        return response
+    i = len(response) - len(stripped)
+    return response[:i] + replacement + response[i + 1:]
+
+
+def build_personal(policy=None) -> Task:
+    def reward(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        return [-float(word_edit_distance(y, personal_edit(x, y))) for x, y in zip(prompts, responses)]
+
+    return Task(name="synthetic-personal", train_prompts=[f"word {i}" for i in range(64)],
+                test_prompts=[f"word {i}" for i in range(64, 80)], reward=reward, local_edit=personal_edit,
+                describe_user=lambda prompt: PERSONAL_USERS[personal_user(prompt)][2])

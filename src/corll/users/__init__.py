@@ -10,9 +10,10 @@ from typing import Protocol
 from corll.feedback import Edit
 from corll.users.dueling import DuelingLabeller, Duel
 from corll.users.expert_editor import EditChoice, ExpertEditor, choose_edit
+from corll.users.llm_editor import LLMEditor
 from corll.users.local_editor import LocalEditor
 
-EDITORS = ("local", "expert")
+EDITORS = ("local", "expert", "llm")
 
 
 class Editor(Protocol):
@@ -20,4 +21,4 @@ class Editor(Protocol):
 
     def edit(self, prompts: Sequence[str], drafts: Sequence[str]) -> list[Edit | None]: ...
 
-__all__ = ["EDITORS", "Duel", "Editor", "DuelingLabeller", "EditChoice", "ExpertEditor", "LocalEditor", "choose_edit"]
+__all__ = ["EDITORS", "Duel", "Editor", "DuelingLabeller", "EditChoice", "ExpertEditor", "LLMEditor", "LocalEditor", "choose_edit"]

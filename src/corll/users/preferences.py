@@ -209,6 +209,26 @@ PREFERENCES: dict[str, list[Trait]] = {
 }
 
 
+# Each preference in words, as a user would state it if asked: what the oracle agent of seed 003's
+# protocol is told in its system prompt (the learners never see it).
+DESCRIPTIONS: dict[str, str] = {
+    "news": "Use only positive words and sentences of at most 12 words. Start with 'Once upon a time,' "
+            "and end with a playful exclamation such as 'What a day!'",
+    "forum": "Use at most 50 words, address the reader as 'you' (never 'I' or 'we'), and end with a "
+             "question such as 'How would you feel?'",
+    "encyclopedia": "Use at most 50 words, written as bullet points, each line starting with '- '.",
+    "abstract": "Write one tweet of at most 280 characters on a single line, ending with a question and an "
+                "emoji, such as 'Curious? 🚀'",
+    "review": "Use at most 60 words in question-answer format: a line 'Q: What is it about?' and then a line "
+              "starting with 'A: '.",
+    "paper-notes": "Start with 'Dear colleague,' on its own line, write the body as bullet points starting "
+                   "with '- ', and close with 'Kind regards'.",
+    "forum-notes": "Start with 'Hey!' and write no closing line or signature.",
+    "review-notes": "Use only positive words, write no closing line, and end with 'Can you take a look this week?'",
+    "tweet-notes": "Start with 'Hi there,' and close with 'Thank you so much for your time!'",
+}
+
+
 def fits(preference: str, text: str) -> bool:
     return all(trait.fits(text) for trait in PREFERENCES[preference])
 
