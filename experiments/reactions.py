@@ -41,10 +41,13 @@ from corll.tasks.reactions import cached_reward_model_path, read_reaction_log, r
 
 BASE = SimulationConfig(task="assistant-reactions", rounds=10, batch_size=8, k=4, lr=5e-4, beta=0.1,
                         max_new_tokens=32, eval_every=5, eval_prompts=30, eval_samples=2, checkpoint_every=5)
-WEIGHTS = {"balanced": "love=1,help=1,safe=0.5", "love-only": "love=1"}
-# run name -> (update, weighting): the two weightings with RLUF's DPO update, and RLOO at the balanced one
-RUNS = {"rluf-balanced": ("rluf", "balanced"), "rluf-love-only": ("rluf", "love-only"),
-        "rloo-balanced": ("rloo", "balanced")}
+WEIGHTS = {"balanced": "love=5,help=1,safe=1", "love-only": "love=1"}
+# run name -> (update, weighting, settings beyond BASE): the two weightings with RLUF's DPO update, RLOO at
+# the balanced one, and both weightings again optimized harder (4× the learning rate, twice the rounds)
+STRONG = {"lr": 2e-3, "rounds": 20, "eval_every": 10, "checkpoint_every": 5}
+RUNS = {"rluf-balanced": ("rluf", "balanced", {}), "rluf-love-only": ("rluf", "love-only", {}),
+        "rloo-balanced": ("rloo", "balanced", {}),
+        "rluf-balanced-strong": ("rluf", "balanced", STRONG), "rluf-love-only-strong": ("rluf", "love-only", STRONG)}
 HELD_OUT_SAMPLES = 8  # π_0 answers per test request for the reward model's held-out evaluation
 REACTION_DRAWS = 20  # reactions drawn per held-out answer: a low-noise estimate of AUROC on reactions
 VARIANT_SAMPLES = 3
@@ -119,8 +122,8 @@ def reward_model_stage(policy, task, figures: Path) -> dict:
 
 
 def rluf_stage(out: Path, base: SimulationConfig, name: str) -> dict:
-    algorithm, weighting = RUNS[name]
-    config = dataclasses.replace(base, algorithms=[algorithm], weights=WEIGHTS[weighting])
+    algorithm, weighting, settings = RUNS[name]
+    config = dataclasses.replace(base, algorithms=[algorithm], weights=WEIGHTS[weighting], **settings)
     summary = run_simulation(config, out / name, resume=(out / name).exists())
     records = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
     return {"algorithm": algorithm, "weights": WEIGHTS[weighting], "summary": summary[algorithm], "curve": records,
@@ -233,7 +236,7 @@ def main() -> None:
     runs = {name: stage(args.out, name, lambda name=name: rluf_stage(args.out, base, name)) for name in RUNS}
     kto = stage(args.out, "kto", lambda: kto_stage(args.out, base, task))
     plot_rluf(runs, kto, args.figures / "reactions-rluf.png")
-    adapters = {f"RLUF {RUNS[name][1]}": runs[name]["adapter"] for name in ("rluf-balanced", "rluf-love-only")}
+    adapters = {name: runs[name]["adapter"] for name in RUNS if name.startswith("rluf")}
     adapters["KTO"] = kto["adapter"]
     results |= {"rluf": runs, "kto": kto,
                 "variants": stage(args.out, "variants", lambda: variants_stage(policy, base, task, adapters,

@@ -30,3 +30,15 @@ def test_monitor_flags_a_planted_degenerate_policy_and_stays_quiet_on_a_healthy_
     flags = hacked.observe(record(DEGENERATE, 0.30, 10))
     assert any("helpfulness fell" in f for f in flags) and any("distinct-2 fell" in f for f in flags)
     assert any("repeated phrases" in f for f in flags)
+
+
+def test_monitor_reads_simulation_records_by_the_love_the_optimizer_sees():
+    from corll.monitor import monitor_records
+
+    start = {"round": 0, "reward": 0.05, "love_model": 0.04, "help": 0.6, "distinct_2": 0.9, "repetition": 0.0,
+             "kl": 0.0}
+    hacked = {**start, "round": 10, "reward": 0.05, "love_model": 0.20, "help": 0.4, "distinct_2": 0.5}
+    flags = monitor_records([start, hacked])
+    assert any("helpfulness fell" in f for f in flags) and any("distinct-2 fell" in f for f in flags)
+    # without a reward model the true love rate stands in: unchanged here, so no love-driven flag
+    assert monitor_records([{k: v for k, v in r.items() if k != "love_model"} for r in (start, hacked)]) == []

@@ -245,16 +245,20 @@ class PromptStream:
         return out
 
 
-def evaluate(policy: Policy, task: Task, config: SimulationConfig) -> dict[str, float]:
+def evaluate(policy: Policy, task: Task, config: SimulationConfig,
+             system_for: Callable[[str], str] | None = None) -> dict[str, float]:
     """Mean R* of the policy's samples on held-out prompts, and a Monte-Carlo KL(π‖π_0).
 
     Sampling uses its own fixed seed inside a forked RNG, so evaluation neither
     disturbs nor depends on the training randomness: curves compare like with like.
+    `system_for` gives each prompt a system message (the oracle agent answers that way).
     """
     prompts = task.test_prompts[: config.eval_prompts]
+    asked = prompts if system_for is None else [
+        [{"role": "system", "content": system_for(x)}, {"role": "user", "content": x}] for x in prompts]
     with torch.random.fork_rng():
         torch.manual_seed(10_000 + config.seed)
-        samples = policy.sample(prompts, config.eval_samples)
+        samples = policy.sample(asked, config.eval_samples)
     xs = [x for x in prompts for _ in range(config.eval_samples)]
     ys = [y for s in samples for y in s]
     rewards = task.reward(xs, ys)
@@ -432,9 +436,12 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
         state["wall_time"] += time.perf_counter() - started
     run.write_metrics(records)
 
+    system_for = algorithm.describe_user if isinstance(algorithm, OracleAgent) else None
+
     def record_eval() -> dict:
         record = {"algorithm": name, "seed": config.seed, "round": state["round"], "feedback": state["feedback"],
-                  "queries": state["queries"], **evaluate(policy, task, config), **state["interval"].record(),
+                  "queries": state["queries"], **evaluate(policy, task, config, system_for),
+                  **state["interval"].record(),
                   "cumulative_cost": state["cost_total"], "wall_time": round(state["wall_time"], 2)}
         run.append_metric(record)
         state["interval"] = Interval()
