@@ -11,8 +11,9 @@ study resumes; the RLUF runs resume from their checkpoints):
    panel's true love probability; a reliability plot.
 2. rluf-*, rloo-* — online RLUF (best-vs-worst of n DPO) at a balanced and a love-only
    weighting, and RLOO at the balanced one, with the reward-hacking monitor's flags.
-3. kto — KTO trained offline on exactly the reaction log the reward model was trained on
-   (equal feedback), evaluated like the RLUF runs.
+3. kto, kto-low-lr — KTO trained offline on exactly the reaction log the reward model was
+   trained on (equal feedback), at RLUF's learning rate and at a fifth of it, evaluated like
+   the RLUF runs.
 4. variants — offline mean P[Love] vs simulated online love rate over policy variants
    (π_0 under different system prompts, and the trained policies): Pearson r.
 """
@@ -108,8 +109,7 @@ def reward_model_stage(policy, task, figures: Path) -> dict:
             "spearman_vs_true_probability": spearmanr(predicted, truth).statistic}
         if kind == RewardModelConfig().features:
             bins = [dataclasses.asdict(b) for b in reliability_bins(predicted_rep, labels, 10)]
-            plot_reliability(bins, figures / "reactions-reliability.png",
-                             f"P[Love] on held-out π_0 answers ({len(ys)} × {REACTION_DRAWS} reactions)")
+            plot_reliability(bins, figures / "reactions-reliability.png", f"P[Love], {len(ys)} held-out answers")
     return {
         "train_log": {"answers": len(train_labels), "loves": sum(train_labels),
                       "base_rate": sum(train_labels) / len(train_labels)},
@@ -130,20 +130,20 @@ def rluf_stage(out: Path, base: SimulationConfig, name: str) -> dict:
             "adapter": str(out / name / "policies" / algorithm)}
 
 
-def kto_stage(out: Path, base: SimulationConfig, task) -> dict:
+def kto_stage(out: Path, base: SimulationConfig, task, name: str, lr: float) -> dict:
     """KTO on the same logged reactions the reward model saw: one epoch, batches of 16."""
     policy = build_policy(base)
     xs, ys, labels = read_reaction_log(reaction_log_path(policy))
     examples = [Reaction(x, y, bool(v)) for x, y, v in zip(xs, ys, labels)]
     random.Random(0).shuffle(examples)
-    learner = KTOLearner(policy, KTOConfig(beta=base.beta, lr=base.lr))
+    learner = KTOLearner(policy, KTOConfig(beta=base.beta, lr=lr))
     before = evaluate(policy, task, base)
     for start in range(0, len(examples), 16):
         learner.step(examples[start:start + 16])
     after = evaluate(policy, task, base)
-    adapter = out / "kto-adapter"
+    adapter = out / f"{name}-adapter"
     policy.model.save_pretrained(adapter)
-    return {"feedback": len(examples), "loves": sum(labels), "steps": -(-len(examples) // 16),
+    return {"lr": lr, "feedback": len(examples), "loves": sum(labels), "steps": -(-len(examples) // 16),
             "before": before, "after": after, "adapter": str(adapter)}
 
 
@@ -188,6 +188,8 @@ def plot_variants(rows: dict, out: Path) -> None:
         ax.scatter(r["offline_p_love"], r["online_love_rate"])
         ax.annotate(name, (r["offline_p_love"], r["online_love_rate"]), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")
+    ax.set_xscale("log")  # the prompted variants sit within a point of each other; trained ones far away
+    ax.set_yscale("log")
     ax.set_xlabel("offline: mean P[Love] of the reward model")
     ax.set_ylabel("online: simulated love rate")
     ax.set_title("Offline reward model vs online behaviour, per policy variant")
@@ -234,11 +236,13 @@ def main() -> None:
     task = load_task(base.task, policy)  # trains and caches P[Love] on first use
     results = {"reward_model": stage(args.out, "reward-model", lambda: reward_model_stage(policy, task, args.figures))}
     runs = {name: stage(args.out, name, lambda name=name: rluf_stage(args.out, base, name)) for name in RUNS}
-    kto = stage(args.out, "kto", lambda: kto_stage(args.out, base, task))
+    kto = stage(args.out, "kto", lambda: kto_stage(args.out, base, task, "kto", base.lr))
     plot_rluf(runs, kto, args.figures / "reactions-rluf.png")
     adapters = {name: runs[name]["adapter"] for name in RUNS if name.startswith("rluf")}
     adapters["KTO"] = kto["adapter"]
-    results |= {"rluf": runs, "kto": kto,
+    # KTO again with a fifth of the learning rate: at RLUF's rate its 45 steps drifted far from π_0
+    kto_low = stage(args.out, "kto-low-lr", lambda: kto_stage(args.out, base, task, "kto-low-lr", base.lr / 5))
+    results |= {"rluf": runs, "kto": kto, "kto_low_lr": kto_low,
                 "variants": stage(args.out, "variants", lambda: variants_stage(policy, base, task, adapters,
                                                                            args.figures))}
     (args.out / "reactions.json").write_text(json.dumps(results, indent=1))
