@@ -37,6 +37,10 @@ def test_dpo_expert_is_trained_once_cached_and_better_than_the_reference(cache):
     again = load_task("synthetic-dpo", policy)
     assert again.reward(flat, expert_samples) == pytest.approx(task.reward(flat, expert_samples), abs=1e-5)
     assert len(list((cache / "experts").iterdir())) == 1
+    # The expert is the user, not part of the learner: a run with another seed meets the same one.
+    other_seed = load_policy("tiny", lora=LoraSettings(), sampling=SamplingConfig(max_new_tokens=16), seed=5)
+    load_task("synthetic-dpo", other_seed)
+    assert len(list((cache / "experts").iterdir())) == 1
 
 
 def test_corll_learns_from_the_dpo_expert(cache, tmp_path):

@@ -48,6 +48,11 @@ class ExpertTraining:
     beta: float = EXPERT_BETA
 
 
+# The expert is the simulated user: one per task and model, whatever the learner's seed (seeds vary the
+# learner's randomness, not who the user is).
+EXPERT_SEED = 0
+
+
 def expert_dir(base_name: str, source: tuple[str, int], settings: ExpertTraining, cache_dir: Path | None = None) -> Path:
     from corll.policy import default_cache_dir
 
@@ -112,11 +117,12 @@ def load_expert(base_build: Callable, base_name: str, policy, settings: ExpertTr
     """π* as a Policy whose reference (adapter off) is π_0; trained and cached on first use."""
     if policy.source is None:
         raise ValueError("a DPO expert needs a policy loaded by name (load_policy), to share its base model")
-    folder = expert_dir(base_name, policy.source, settings)
+    source = (policy.source[0], EXPERT_SEED)
+    folder = expert_dir(base_name, source, settings)
     weights = folder / "expert.pt"
     if not weights.exists():
         print(f"training the DPO expert for {base_name} once; cached in {folder}", file=sys.stderr)
-        trained = train_dpo_expert(base_build, base_name, policy.source, settings, policy.precision,
+        trained = train_dpo_expert(base_build, base_name, source, settings, policy.precision,
                                    log=lambda m: print(m, file=sys.stderr))
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".train-"))
@@ -127,7 +133,7 @@ def load_expert(base_build: Callable, base_name: str, policy, settings: ExpertTr
             os.replace(staging, folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    expert = _load_base_policy(policy.source, policy.precision, policy.sampling.max_new_tokens)
+    expert = _load_base_policy(source, policy.precision, policy.sampling.max_new_tokens)
     expert.sampling = policy.sampling
     expert.load_trainable_state(torch.load(weights, weights_only=True))
     expert.model.requires_grad_(False)
