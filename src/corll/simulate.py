@@ -39,7 +39,7 @@ from corll.learners import (
     parse_weights,
 )
 from corll.learners.edits import (CostAgent, EarlyEnsemble, FloorAgent, LateEnsemble, OracleAgent, PreferenceAgent,
-                                  SFTAgent, SFTLearner)
+                                  SFTAgent, SFTLearner, told)
 from corll.learners.rluf import weighted_reward
 from corll.learners.dpo import StepStats
 from corll.losses import DPO_LOSS_TYPES
@@ -254,8 +254,7 @@ def evaluate(policy: Policy, task: Task, config: SimulationConfig,
     `system_for` gives each prompt a system message (the oracle agent answers that way).
     """
     prompts = task.test_prompts[: config.eval_prompts]
-    asked = prompts if system_for is None else [
-        [{"role": "system", "content": system_for(x)}, {"role": "user", "content": x}] for x in prompts]
+    asked = prompts if system_for is None else told(prompts, system_for)
     with torch.random.fork_rng():
         torch.manual_seed(10_000 + config.seed)
         samples = policy.sample(asked, config.eval_samples)

@@ -113,6 +113,11 @@ class FloorAgent:
         pass
 
 
+def told(prompts: Sequence[str], describe_user: Callable[[str], str]) -> list[list[dict]]:
+    """Each prompt as a chat whose system message states its user's preference (how the oracle answers)."""
+    return [[{"role": "system", "content": describe_user(x)}, {"role": "user", "content": x}] for x in prompts]
+
+
 @dataclass
 class OracleAgent(FloorAgent):
     """The protocol's ceiling: π_0 told each user's true preference in a system prompt, never learning."""
@@ -120,9 +125,7 @@ class OracleAgent(FloorAgent):
     describe_user: Callable[[str], str] = lambda prompt: ""
 
     def act(self, prompts: list[str]) -> list[str]:
-        chats = [[{"role": "system", "content": self.describe_user(x)}, {"role": "user", "content": x}]
-                 for x in prompts]
-        return [s[0] for s in self.policy.sample(chats, 1, use_reference=True)]
+        return [s[0] for s in self.policy.sample(told(prompts, self.describe_user), 1, use_reference=True)]
 
 
 @dataclass
