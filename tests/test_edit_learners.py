@@ -50,7 +50,7 @@ def test_costs_and_kept_text_by_hand():
 
 def test_an_interrupted_late_ensemble_resumes_exactly(tmp_path):
     config = tiny_config(algorithms=["ensemble-late"], rounds=4, eval_every=2, checkpoint_every=2)
-    run_simulation(config, tmp_path / "full")
+    full = run_simulation(config, tmp_path / "full")
 
     class Stop(Exception):
         pass
@@ -61,6 +61,10 @@ def test_an_interrupted_late_ensemble_resumes_exactly(tmp_path):
 
     with pytest.raises(Stop):
         run_simulation(config, tmp_path / "cut", progress=stop)
-    run_simulation(config, tmp_path / "cut", resume=True)
+    cut = run_simulation(config, tmp_path / "cut", resume=True)
+    # the bandit's choices are reported by name, one per online round, and survive the interruption
+    chosen = full["ensemble-late"]["chosen"]
+    assert len(chosen) == 4 and set(chosen) <= {"preference", "sft", "cost"}
+    assert cut["ensemble-late"]["chosen"] == chosen
     strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time"} for r in rs]  # noqa: E731
     assert strip(RunDir(tmp_path / "cut").read_metrics()) == strip(RunDir(tmp_path / "full").read_metrics())

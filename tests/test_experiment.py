@@ -83,6 +83,8 @@ def test_an_interrupted_run_resumes_and_a_changed_setting_is_refused(tmp_path):
     (("name: tiny-grid", "nam: tiny-grid"), "unknown key\\(s\\) nam"),
     (("lr: 0.01", "lr: -1"), "arm 'corll': --lr must be > 0"),
     (("arms:", "arms: ["), "not valid YAML"),
+    (("metrics: [reward, regret]", "metrics: [reward], x: time"), "x must be one of feedback, queries"),
+    (("metrics: [reward, regret]", "metric: [reward]"), "figure 'main': unknown key\\(s\\) metric"),
 ])
 def test_bad_experiment_files_are_refused_with_the_key_named(tmp_path, edit, message):
     with pytest.raises(ExperimentError, match=message):
@@ -105,14 +107,21 @@ arms:
   preference: {algorithms: [corll]}
 baseline: floor
 figures:
-  online-cost: {arms: [floor, preference], metrics: [edit_cost, no_edit_share]}
+  online-cost: {arms: [floor, preference], metrics: [edit_cost, cumulative_cost], x: queries}
 """
 
 
 def test_a_protocol_experiment_reports_cost_over_the_same_episodes_for_every_agent(tmp_path):
     result = run_experiment(load_experiment(write(tmp_path, PROTOCOL_EXPERIMENT), tmp_path / "out"))
+    over_t = {}
     for arm in ("floor", "preference"):
         runs = [RunDir(tmp_path / "out" / arm / f"seed-{s}").read_metrics()[-1] for s in (0, 1)]
-        per_episode = [r["cumulative_cost"] / r["queries"] * 8 for r in runs]  # T = 2 rounds × 4
-        assert result["arms"][arm]["cumulative_cost"]["mean"] == pytest.approx(sum(per_episode) / 2)
-    assert "online cumulative cost" in (tmp_path / "out" / "results.md").read_text()
+        over_t[arm] = [r["cumulative_cost"] / r["queries"] * 8 for r in runs]  # T = 2 rounds × 4
+        assert result["arms"][arm]["cumulative_cost"]["mean"] == pytest.approx(sum(over_t[arm]) / 2)
+    # paired by seed: the mean of the per-seed differences to the floor
+    difference = [a - b for a, b in zip(over_t["preference"], over_t["floor"])]
+    assert result["paired_cost"]["preference"]["difference"]["mean"] == pytest.approx(sum(difference) / 2)
+    assert result["paired_cost"]["preference"]["seeds"] == [0, 1]
+    page = (tmp_path / "out" / "results.md").read_text()
+    assert "online cumulative cost" in page and "Cumulative online cost paired by seed against `floor`" in page
+    assert (tmp_path / "out" / "online-cost.png").stat().st_size > 0

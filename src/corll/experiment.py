@@ -52,10 +52,14 @@ class ExperimentError(ValueError):
     """The experiment file is missing, malformed, or describes impossible runs."""
 
 
+AXES = {"feedback": "preferences used (feedback)", "queries": "episodes (responses shown)"}
+
+
 @dataclass
 class Figure:
     arms: list[str]
     metrics: list[str] = field(default_factory=lambda: ["reward"])
+    x: str = "feedback"  # cost curves run over episodes: agents that skip unedited responses learn from fewer
 
 
 @dataclass
@@ -120,9 +124,14 @@ def load_experiment(path: Path, out: Path | None = None) -> Experiment:
         raise ExperimentError(f"baseline {baseline!r} is not one of the arms ({', '.join(arms)})")
     figures = {}
     for name, spec in (raw.get("figures") or {}).items():
-        figure = Figure(**spec) if isinstance(spec, dict) else None
+        unknown = set(spec) - {f.name for f in dataclasses.fields(Figure)} if isinstance(spec, dict) else set()
+        if unknown:
+            raise ExperimentError(f"figure {name!r}: unknown key(s) {', '.join(sorted(unknown))}")
+        figure = Figure(**spec) if isinstance(spec, dict) and "arms" in spec else None
         if figure is None or not figure.arms:
-            raise ExperimentError(f"figure {name!r}: give 'arms' (and optionally 'metrics')")
+            raise ExperimentError(f"figure {name!r}: give 'arms' (and optionally 'metrics', 'x')")
+        if figure.x not in AXES:
+            raise ExperimentError(f"figure {name!r}: x must be one of {', '.join(AXES)}, not {figure.x!r}")
         for arm in figure.arms:
             if arm not in arms:
                 raise ExperimentError(f"figure {name!r}: unknown arm {arm!r}")
@@ -249,36 +258,69 @@ def aggregate(experiment: Experiment) -> dict:
         curve = []
         for rnd in rounds:
             at = [r for recs in by_seed.values() for r in recs if r["round"] == rnd]
-            point = {"round": rnd, "feedback": statistics.fmean(r["feedback"] for r in at), "seeds": len(at)}
+            point = {"round": rnd, "feedback": statistics.fmean(r["feedback"] for r in at),
+                     "queries": statistics.fmean(r["queries"] for r in at), "seeds": len(at)}
             for metric in METRICS:
                 values = [r[metric] for r in at if r.get(metric) is not None]
                 if values:
                     point[metric] = _interval_dict(t_interval(values))
             curve.append(point)
-        finished = {s: recs for s, recs in by_seed.items() if recs[-1]["round"] == experiment.arms[arm].rounds}
+        finished = finished_runs(by_seed, experiment.arms[arm])
         entry = {"curve": curve, "finished_seeds": sorted(finished)}
         if finished:
             entry["final_reward"] = _interval_dict(t_interval([recs[-1]["reward"] for recs in finished.values()]))
             entry["gain"] = _interval_dict(t_interval([recs[-1]["reward"] - recs[0]["reward"]
                                                        for recs in finished.values()]))
             config = experiment.arms[arm]
-            if config.offline_edits:  # seed 003's protocol: the online cost is the measure. CoRLL shows more
-                # responses per round (it asks until it has N preferences), so cost is compared per episode
-                # and reported over the same T = rounds × N episodes for every agent.
-                episodes = config.rounds * config.batch_size
-                entry["cumulative_cost"] = _interval_dict(t_interval([
-                    recs[-1]["cumulative_cost"] / recs[-1]["queries"] * episodes for recs in finished.values()]))
+            if config.offline_edits:
+                costs = cost_over_episodes(config, finished)
+                entry["cumulative_cost"] = _interval_dict(t_interval(list(costs.values())))
             regrets = [statistics.fmean(r["regret"] for r in recs) for recs in finished.values() if "regret" in recs[0]]
             if regrets:
                 entry["mean_regret"] = _interval_dict(t_interval(regrets))
         result["arms"][arm] = entry
     if experiment.baseline in records:
         result["paired"] = paired_to_baseline(experiment, records)
+        if experiment.arms[experiment.baseline].offline_edits:
+            result["paired_cost"] = paired_cost_to_baseline(experiment, records)
     RunDir(experiment.out).write_json(experiment.out / "aggregate.json", result)
     for name, figure in experiment.figures.items():
         plot_figure(result, figure, experiment.out / f"{name}.png", title=name)
     RunDir(experiment.out).write_text(experiment.out / "results.md", results_markdown(experiment, result))
     return result
+
+
+def finished_runs(by_seed: dict[int, list[dict]], config: SimulationConfig) -> dict[int, list[dict]]:
+    """The seeds whose run reached its last round (a run still going is left out of final figures)."""
+    return {seed: recs for seed, recs in by_seed.items() if recs[-1]["round"] == config.rounds}
+
+
+def cost_over_episodes(config: SimulationConfig, finished: dict[int, list[dict]]) -> dict[int, float]:
+    """seed -> cumulative online edit cost over T = rounds × N episodes (seed 003's measure).
+
+    CoRLL shows more responses per round (it asks until it has N preferences), so the cost is
+    taken per episode and scaled to the same T for every agent."""
+    episodes = config.rounds * config.batch_size
+    return {seed: recs[-1]["cumulative_cost"] / recs[-1]["queries"] * episodes for seed, recs in finished.items()}
+
+
+def paired_cost_to_baseline(experiment: Experiment, records: dict[str, dict[int, list[dict]]]) -> dict:
+    """For each arm: its cumulative cost − the baseline's, paired by seed (the same prompts and offline log)."""
+    def finished_costs(arm: str) -> dict[int, float]:
+        return cost_over_episodes(experiment.arms[arm], finished_runs(records[arm], experiment.arms[arm]))
+
+    base = finished_costs(experiment.baseline)
+    paired = {}
+    for arm in records:
+        if arm == experiment.baseline or not experiment.arms[arm].offline_edits:
+            continue
+        costs = finished_costs(arm)
+        seeds = sorted(set(costs) & set(base))
+        if seeds:
+            comparison = paired_comparison([costs[s] for s in seeds], [base[s] for s in seeds])
+            paired[arm] = {"seeds": seeds, "difference": _interval_dict(comparison.difference),
+                           "p_value": comparison.p_value}
+    return paired
 
 
 def paired_to_baseline(experiment: Experiment, records: dict[str, dict[int, list[dict]]]) -> dict:
@@ -317,12 +359,12 @@ def plot_figure(result: dict, figure: Figure, out: Path, title: str) -> Path:
             points = [p for p in result["arms"].get(arm, {}).get("curve", []) if metric in p]
             if not points:
                 continue
-            xs = [p["feedback"] for p in points]
+            xs = [p[figure.x] for p in points]
             ax.plot(xs, [p[metric]["mean"] for p in points], marker="o", markersize=3,
                     label=f"{arm} (n={max(p['seeds'] for p in points)})")
             ax.fill_between(xs, [p[metric]["low"] for p in points], [p[metric]["high"] for p in points], alpha=0.2)
         ax.set_title(METRICS[metric])
-        ax.set_xlabel("preferences used (feedback)")
+        ax.set_xlabel(AXES[figure.x])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{title}: mean over seeds, 95% t interval")
@@ -365,5 +407,11 @@ def results_markdown(experiment: Experiment, result: dict) -> str:
             for row in rows[1:]:  # round 0 is the shared starting policy
                 lines.append(f"| {arm} | {row['round']} | {row['feedback']:.0f} | {_fmt(row['difference'])} | "
                              f"{row['p_value']:.3f} |")
+    if result.get("paired_cost"):
+        lines += ["", f"Cumulative online cost paired by seed against `{experiment.baseline}` "
+                      "(arm − baseline, words over the same episodes; 95% t interval, paired t-test p):", "",
+                  "| arm | seeds | difference | p |", "|---|---|---|---|"]
+        for arm, row in result["paired_cost"].items():
+            lines.append(f"| {arm} | {len(row['seeds'])} | {_fmt(row['difference'])} | {row['p_value']:.3f} |")
     lines += ["", *[f"![{name}]({name}.png)" for name in experiment.figures], ""]
     return "\n".join(lines)

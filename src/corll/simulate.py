@@ -195,6 +195,9 @@ def build_editor(config: SimulationConfig, policy: Policy, task: Task):
     return ExpertEditor(task, l=config.l, alpha=config.alpha, noise_free=config.noise_free, epsilon=config.epsilon)
 
 
+LATE_MEMBERS = ("preference", "sft", "cost")  # the late ensemble's learners, in the bandit's arm order
+
+
 def build_edit_learner(name: str, config: SimulationConfig, policy: Policy, learner: DPOLearner,
                        editor) -> Algorithm:
     """CoRLL and the seed-003 learners over the same editor: sft, cost, ensemble-early, ensemble-late."""
@@ -215,7 +218,7 @@ def build_edit_learner(name: str, config: SimulationConfig, policy: Policy, lear
         return EarlyEnsemble(policy, learner, editor, k=config.k, batch_size=config.batch_size)
     # ensemble-late: three learners on separate adapters over the same base weights' copies
     members = []
-    for member in ("preference", "sft", "cost"):
+    for member in LATE_MEMBERS:
         own = policy if member == "preference" else build_policy(config)
         dpo = learner if member == "preference" else DPOLearner(own, learner.config)
         members.append(PreferenceAgent(own, dpo, k=config.k) if member == "preference" else
@@ -481,6 +484,8 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
                     # than one-batch agents: compare agents per episode (shown response)
                     "cost_per_episode": state["cost_total"] / max(1, state["shown_total"]),
                     "no_edit_share": state["kept_total"] / max(1, state["shown_total"])}
+    if isinstance(algorithm, LateEnsemble):  # whom the bandit let answer, round by round
+        summary["chosen"] = [LATE_MEMBERS[i] for i in algorithm.chosen]
     if task.objectives is not None:  # reaction tasks: watch for reward hacking (seed 004)
         summary["monitor_flags"] = monitor_records(ours)
     return summary
