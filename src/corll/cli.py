@@ -149,12 +149,17 @@ def experiment(
     out: Annotated[Optional[Path], typer.Option(
         help="Experiment folder (default: the file's 'out', else runs/experiments/NAME).")] = None,
     aggregate_only: Annotated[bool, typer.Option(help="Rebuild the aggregate from existing runs; run nothing.")] = False,
+    seeds: Annotated[Optional[str], typer.Option(
+        help="Only these of the file's seeds, e.g. '0,1': split one experiment over processes or machines "
+             "sharing its folder, then --aggregate-only without --seeds.")] = None,
 ) -> None:
     """Run a grid of simulations (arms × seeds) resumably, then aggregate them with intervals and plots."""
-    from corll.experiment import ExperimentError, aggregate, load_experiment, run_experiment, run_is_finished
+    from corll.experiment import ExperimentError, aggregate, load_experiment, only_seeds, run_experiment, run_is_finished
 
     try:
         spec = load_experiment(config, out)
+        if seeds is not None:
+            spec = only_seeds(spec, seeds)
     except ExperimentError as exc:
         fail(str(exc))
     runs = spec.runs()

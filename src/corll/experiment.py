@@ -147,6 +147,19 @@ def load_experiment(path: Path, out: Path | None = None) -> Experiment:
                       figures=figures, regret_samples=regret_samples, description=str(raw.get("description", "")))
 
 
+def only_seeds(experiment: Experiment, seeds: str) -> Experiment:
+    """The same experiment restricted to some of its seeds, given as '0,2' (all must be the file's own)."""
+    try:
+        chosen = [int(s) for s in seeds.split(",")]
+    except ValueError:
+        raise ExperimentError(f"--seeds takes comma-separated integers such as '0,1', not {seeds!r}") from None
+    strangers = [s for s in chosen if s not in experiment.seeds]
+    if strangers:
+        raise ExperimentError(f"--seeds {', '.join(map(str, strangers))} not in the experiment's seeds "
+                              f"{experiment.seeds}")
+    return dataclasses.replace(experiment, seeds=[s for s in experiment.seeds if s in chosen])
+
+
 def run_is_finished(folder: Path, config: SimulationConfig) -> bool:
     summary = folder / "summary.json"
     return summary.exists() and json.loads(summary.read_text()).get(config.algorithms[0], {}).get("rounds") == config.rounds
