@@ -1,10 +1,13 @@
 """Seed 003's learners on the tiny model: each learns; the late ensemble's bandit finds the cheapest learner."""
 
+import math
+
 import pytest
 import torch
 
-from corll.learners.edits import Exp3, edit_costs, kept_text
-from corll.feedback import Edit
+from corll.feedback import Edit, PreferencePair
+from corll.learners.dpo import DPOConfig, DPOLearner
+from corll.learners.edits import EarlyEnsemble, Exp3, edit_costs, kept_text, sft_loss
 from corll.simulate import RunDir, run_simulation
 from tests.conftest import tiny_config
 
@@ -46,6 +49,21 @@ def test_costs_and_kept_text_by_hand():
     edit = Edit(draft="a b c", text="a x c d")
     assert edit_costs(["a b c", "same"], [edit, None]) == [2, 0]
     assert kept_text("same", None) == "same" and kept_text("a b c", edit) == "a x c d"
+
+
+def test_the_early_ensemble_adds_its_three_weighted_losses(policy):
+    """At the start π = π_ref, so every DPO term is log 2: the weights can be read off the total."""
+    prompts, drafts = ["ab", "cd", "ef"], ["x y", "z", "w"]
+    edits = [Edit(draft="x y", text="x q y"), Edit(draft="z", text="z z"), None]
+    ensemble = EarlyEnsemble(policy, DPOLearner(policy, DPOConfig(lr=1e-3)), editor=None,
+                             preference_weight=2.0, sft_weight=0.5, cost_weight=3.0)
+    ensemble.pending = [PreferencePair("ab", "x y", "y x")]  # a cost pair from the last act
+    with torch.no_grad():
+        sft = sft_loss(policy, ensemble.dpo.optim.model, prompts, ["x q y", "z z", "w"], 3).item()
+    stats = ensemble.learn(prompts, drafts, edits)
+    assert stats.loss == pytest.approx(0.5 * sft + 2.0 * math.log(2) + 3.0 * math.log(2), rel=1e-4)
+    assert ensemble.model.targets == [0.5, 1.0, 0.0]  # normalised costs: 1 of 2 words, 1 of 1, kept
+    assert ensemble.pending == []  # the cost pairs are used once
 
 
 def test_an_interrupted_late_ensemble_resumes_exactly(tmp_path):

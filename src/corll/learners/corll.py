@@ -24,7 +24,13 @@ from corll.users import Editor
 
 def argmax_draft(policy: Policy, prompts: Sequence[str], k: int, beta: float) -> list[str]:
     """y = argmax over k samples of the implicit reward β·(log π_t − log π_0)."""
-    samples = policy.sample(prompts, k)
+    return implicit_argmax(policy, prompts, policy.sample(prompts, k), beta)
+
+
+def implicit_argmax(policy: Policy, prompts: Sequence[str], samples: Sequence[Sequence[str]],
+                    beta: float) -> list[str]:
+    """Per prompt, the sample with the highest implicit reward (for callers that reuse the samples)."""
+    k = len(samples[0])
     if k == 1:
         return [s[0] for s in samples]
     flat_prompts = [x for x in prompts for _ in range(k)]

@@ -11,7 +11,8 @@ CoRLL, so `corll simulate --algorithm sft|cost|ensemble-early|ensemble-late` rec
   on every observed (x, y, c); the agent shows the lowest-predicted-cost of k samples, and trains on
   the pair (lowest ≻ highest predicted cost) — preferences ordered by predicted cost, since only the
   shown sample's cost is observed.
-- ensemble-early: one model, one step on w_pref·DPO(ȳ ≻ y) + w_sft·SFT(ȳ).
+- ensemble-early: one model, one step on w_pref·DPO(ȳ ≻ y) + w_sft·SFT(ȳ) + w_cost·DPO(lowest ≻ highest
+  predicted cost among its k samples); it shows the implicit-reward argmax of the same samples, as CoRLL.
 - ensemble-late: the three learners on separate adapters; each round an EXP3 bandit over their
   cumulative cost picks who answers, and every learner learns from the resulting edit.
 """
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from corll.feedback import Edit, PreferencePair, word_edit_distance
-from corll.learners.corll import argmax_draft
+from corll.learners.corll import argmax_draft, implicit_argmax
 from corll.learners.dpo import DPOLearner, PolicyOptimizer, StepStats
 from corll.learners.rounds import RoundLog
 from corll.losses import dpo_loss
@@ -190,6 +191,20 @@ class CostModel:
             return [0.0] * len(responses)
         return (self.featurize(prompts, responses) @ self.weights).tolist()
 
+    def rank(self, prompts: Sequence[str], samples: Sequence[Sequence[str]]) -> tuple[list[str], list[PreferencePair]]:
+        """Per prompt, the sample with the lowest predicted cost, and the pairs (lowest ≻ highest predicted
+        cost) where the two differ: the cost signal as preferences, since only a shown sample's cost is seen."""
+        k = len(samples[0])
+        predicted = self.predict([x for x in prompts for _ in range(k)], [y for s in samples for y in s])
+        lowest, pairs = [], []
+        for i, (x, ys) in enumerate(zip(prompts, samples)):
+            c = predicted[i * k : (i + 1) * k]
+            low, high = min(range(k), key=c.__getitem__), max(range(k), key=c.__getitem__)
+            lowest.append(ys[low])
+            if c[high] > c[low] and ys[high] != ys[low]:
+                pairs.append(PreferencePair(x, ys[low], ys[high]))
+        return lowest, pairs
+
 
 @dataclass
 class CostAgent:
@@ -201,26 +216,14 @@ class CostAgent:
     model: CostModel = field(default_factory=CostModel)
     pending: list[PreferencePair] = field(default_factory=list)
 
-    def act_with_pairs(self, prompts: list[str]) -> tuple[list[str], list[PreferencePair]]:
-        samples = self.policy.sample(prompts, self.k)
-        predicted = self.model.predict([x for x in prompts for _ in range(self.k)], [y for s in samples for y in s])
-        drafts, pairs = [], []
-        for i, (x, ys) in enumerate(zip(prompts, samples)):
-            c = predicted[i * self.k : (i + 1) * self.k]
-            low, high = min(range(self.k), key=c.__getitem__), max(range(self.k), key=c.__getitem__)
-            drafts.append(ys[low])
-            if c[high] > c[low] and ys[high] != ys[low]:
-                pairs.append(PreferencePair(x, ys[low], ys[high]))
-        return drafts, pairs
-
     def act(self, prompts: list[str]) -> list[str]:
-        drafts, self.pending = self.act_with_pairs(prompts)
+        drafts, self.pending = self.model.rank(prompts, self.policy.sample(prompts, self.k))
         return drafts
 
     def learn(self, prompts: list[str], drafts: list[str], edits: list[Edit | None]) -> StepStats | None:
         """Refit the cost model on the observed costs; step on the pairs of its own last act, if any."""
         self.model.observe(prompts, drafts, edit_costs(drafts, edits))
-        pairs, self.pending = getattr(self, "pending", []), []
+        pairs, self.pending = self.pending, []
         return self.learner.step(pairs) if pairs else None
 
     def state_dict(self) -> dict:
@@ -239,32 +242,43 @@ class CostAgent:
 
 
 class EarlyEnsemble:
-    """One model, one step on w_pref·DPO(ȳ ≻ y) + w_sft·SFT(kept text)."""
+    """One model, one step on w_pref·DPO(ȳ ≻ y) + w_sft·SFT(kept text) + w_cost·DPO(cost-ranked samples)."""
 
     def __init__(self, policy: Policy, dpo: DPOLearner, editor: Editor, *, k: int = 2, batch_size: int = 8,
-                 preference_weight: float = 1.0, sft_weight: float = 1.0) -> None:
+                 preference_weight: float = 1.0, sft_weight: float = 1.0, cost_weight: float = 1.0) -> None:
         self.policy, self.dpo, self.editor = policy, dpo, editor
         self.k, self.batch_size = k, batch_size
-        self.preference_weight, self.sft_weight = preference_weight, sft_weight
+        self.preference_weight, self.sft_weight, self.cost_weight = preference_weight, sft_weight, cost_weight
+        self.model = CostModel()
+        self.pending: list[PreferencePair] = []  # cost pairs among the samples of the last act
 
     def act(self, prompts: list[str]) -> list[str]:
-        return argmax_draft(self.policy, prompts, self.k, self.dpo.config.beta)
+        samples = self.policy.sample(prompts, self.k)
+        _, self.pending = self.model.rank(prompts, samples)
+        return implicit_argmax(self.policy, prompts, samples, self.dpo.config.beta)
 
     def learn(self, prompts: list[str], drafts: list[str], edits: list[Edit | None]) -> StepStats:
-        pairs = [e.to_pair(x) for x, e in zip(prompts, edits) if e is not None]
-        n = len(prompts)
+        self.model.observe(prompts, drafts, edit_costs(drafts, edits))
+        groups = [(self.preference_weight, [e.to_pair(x) for x, e in zip(prompts, edits) if e is not None]),
+                  (self.cost_weight, self.pending)]
+        self.pending = []
         optim = self.dpo.optim
         optim.model.train()
         total = self.sft_weight * sft_loss(self.policy, optim.model, prompts,
-                                           [kept_text(y, e) for y, e in zip(drafts, edits)], n)
-        if pairs:
+                                           [kept_text(y, e) for y, e in zip(drafts, edits)], len(prompts))
+        pairs = [p for _, group in groups for p in group]
+        if pairs:  # one forward over both kinds of pair; each kind's mean DPO loss enters with its weight
             m = len(pairs)
             xs, ys = [p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs]
             ref = self.policy.logprobs(xs, ys, reference=True)
             with self.policy.training_attention(), self.policy.autocast():
                 logps = sequence_logprobs(optim.model, self.policy.encode(xs, ys))
-            total = total + self.preference_weight * dpo_loss(logps[:m], logps[m:], ref[:m], ref[m:],
-                                                              beta=self.dpo.config.beta).mean()
+            losses = dpo_loss(logps[:m], logps[m:], ref[:m], ref[m:], beta=self.dpo.config.beta)
+            start = 0
+            for weight, group in groups:
+                if group:
+                    total = total + weight * losses[start : start + len(group)].mean()
+                start += len(group)
         optim.backward(total, "early-ensemble loss")
         return StepStats(loss=total.item(), margin=0.0, accuracy=0.0, grad_norm=optim.apply("early ensemble"))
 
@@ -272,10 +286,11 @@ class EarlyEnsemble:
         return edit_round(self, next_prompts)
 
     def state_dict(self) -> dict:
-        return self.dpo.state_dict()
+        return {"dpo": self.dpo.state_dict(), "cost_model": self.model.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.dpo.load_state_dict(state)
+        self.dpo.load_state_dict(state["dpo"])
+        self.model.load_state_dict(state["cost_model"])
 
 
 class Exp3:
