@@ -98,17 +98,21 @@ def test_seeds_split_an_experiment_and_the_aggregate_joins_them(tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/seed-*")) == ["corll/seed-1", "dueling/seed-1"]
     assert "| corll | 1/1 |" in (out / "results.md").read_text()  # this process's share only
-    assert CliRunner().invoke(app, ["experiment", str(path), "--out", str(out), "--seeds", "0"]).exit_code == 0
+    for arm in ("corll", "dueling"):
+        assert CliRunner().invoke(app, ["experiment", str(path), "--out", str(out), "--seeds", "0",
+                                        "--arms", arm]).exit_code == 0
     result = CliRunner().invoke(app, ["experiment", str(path), "--out", str(out), "--aggregate-only"])
     assert result.exit_code == 0 and "4 runs (4 finished)" in " ".join(result.output.split())
     assert "| corll | 2/2 |" in (out / "results.md").read_text()
 
 
-@pytest.mark.parametrize(("seeds", "message"), [("3", "--seeds 3 not in the experiment's seeds [0, 1]"),
-                                                ("0;1", "comma-separated integers")])
-def test_bad_seeds_are_refused_and_nothing_runs(tmp_path, seeds, message):
-    result = CliRunner().invoke(app, ["experiment", str(write(tmp_path)), "--out", str(tmp_path / "out"),
-                                      "--seeds", seeds])
+@pytest.mark.parametrize(("option", "message"), [
+    (["--seeds", "3"], "--seeds 3 not in the experiment's seeds [0, 1]"),
+    (["--seeds", "0;1"], "comma-separated integers"),
+    (["--arms", "corll,kto"], "--arms kto not in the experiment's arms (corll, dueling)"),
+])
+def test_bad_seeds_or_arms_are_refused_and_nothing_runs(tmp_path, option, message):
+    result = CliRunner().invoke(app, ["experiment", str(write(tmp_path)), "--out", str(tmp_path / "out"), *option])
     assert result.exit_code == 2 and message in " ".join(result.output.split())
     assert not (tmp_path / "out").exists()
 

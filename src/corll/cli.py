@@ -152,14 +152,15 @@ def experiment(
     seeds: Annotated[Optional[str], typer.Option(
         help="Only these of the file's seeds, e.g. '0,1': split one experiment over processes or machines "
              "sharing its folder, then --aggregate-only without --seeds.")] = None,
+    arms: Annotated[Optional[str], typer.Option(
+        help="Only these of the file's arms, e.g. 'floor,oracle' (splits like --seeds).")] = None,
 ) -> None:
     """Run a grid of simulations (arms × seeds) resumably, then aggregate them with intervals and plots."""
-    from corll.experiment import ExperimentError, aggregate, load_experiment, only_seeds, run_experiment, run_is_finished
+    from corll.experiment import ExperimentError, aggregate, load_experiment, run_experiment, run_is_finished, subset
 
     try:
         spec = load_experiment(config, out)
-        if seeds is not None:
-            spec = only_seeds(spec, seeds)
+        spec = subset(spec, seeds, arms)
     except ExperimentError as exc:
         fail(str(exc))
     runs = spec.runs()

@@ -147,17 +147,27 @@ def load_experiment(path: Path, out: Path | None = None) -> Experiment:
                       figures=figures, regret_samples=regret_samples, description=str(raw.get("description", "")))
 
 
-def only_seeds(experiment: Experiment, seeds: str) -> Experiment:
-    """The same experiment restricted to some of its seeds, given as '0,2' (all must be the file's own)."""
-    try:
-        chosen = [int(s) for s in seeds.split(",")]
-    except ValueError:
-        raise ExperimentError(f"--seeds takes comma-separated integers such as '0,1', not {seeds!r}") from None
-    strangers = [s for s in chosen if s not in experiment.seeds]
-    if strangers:
-        raise ExperimentError(f"--seeds {', '.join(map(str, strangers))} not in the experiment's seeds "
-                              f"{experiment.seeds}")
-    return dataclasses.replace(experiment, seeds=[s for s in experiment.seeds if s in chosen])
+def subset(experiment: Experiment, seeds: str | None = None, arms: str | None = None) -> Experiment:
+    """The same experiment restricted to some of its seeds ('0,2') and arms ('floor,oracle'), so that
+    several processes or machines sharing its folder can split the runs; all must be the file's own."""
+    chosen_seeds = experiment.seeds
+    if seeds is not None:
+        try:
+            chosen_seeds = [int(s) for s in seeds.split(",")]
+        except ValueError:
+            raise ExperimentError(f"--seeds takes comma-separated integers such as '0,1', not {seeds!r}") from None
+        strangers = [str(s) for s in chosen_seeds if s not in experiment.seeds]
+        if strangers:
+            raise ExperimentError(f"--seeds {', '.join(strangers)} not in the experiment's seeds {experiment.seeds}")
+    chosen_arms = list(experiment.arms)
+    if arms is not None:
+        chosen_arms = [a.strip() for a in arms.split(",")]
+        strangers = [a for a in chosen_arms if a not in experiment.arms]
+        if strangers:
+            raise ExperimentError(f"--arms {', '.join(strangers)} not in the experiment's arms "
+                                  f"({', '.join(experiment.arms)})")
+    return dataclasses.replace(experiment, seeds=[s for s in experiment.seeds if s in chosen_seeds],
+                               arms={a: c for a, c in experiment.arms.items() if a in chosen_arms})
 
 
 def run_is_finished(folder: Path, config: SimulationConfig) -> bool:
