@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from corll.feedback import Edit, PreferencePair
+from corll.feedback import Edit, PreferencePair, edit_costs, relative_cost
 from corll.learners.dpo import DPOConfig, DPOLearner
-from corll.learners.edits import EarlyEnsemble, Exp3, edit_costs, kept_text, sft_loss
+from corll.learners.edits import EarlyEnsemble, Exp3, kept_text, sft_loss
 from corll.simulate import RunDir, run_simulation
 from tests.conftest import tiny_config
 
@@ -48,6 +48,7 @@ def test_exp3_concentrates_on_the_arm_with_the_lowest_cost():
 def test_costs_and_kept_text_by_hand():
     edit = Edit(draft="a b c", text="a x c d")
     assert edit_costs(["a b c", "same"], [edit, None]) == [2, 0]
+    assert relative_cost("a b c", 2) == pytest.approx(2 / 3) and relative_cost("", 0) == 0.0
     assert kept_text("same", None) == "same" and kept_text("a b c", edit) == "a x c d"
 
 

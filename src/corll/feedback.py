@@ -58,3 +58,14 @@ class Edit:
 def word_edit_distance(a: str, b: str) -> int:
     """Levenshtein distance over whitespace-separated words: how many words the user had to change."""
     return Levenshtein.distance(a.split(), b.split())
+
+
+def edit_costs(drafts: Sequence[str], edits: Sequence[Edit | None]) -> list[int]:
+    """The cost of each shown draft: the words its user changed, 0 when it was kept as it was."""
+    return [0 if e is None else word_edit_distance(y, e.text) for y, e in zip(drafts, edits)]
+
+
+def relative_cost(draft: str, cost: int) -> float:
+    """The normalised edit cost: words changed per word of the draft, so that short and long responses
+    compare (it exceeds 1 when the user writes more than was there)."""
+    return cost / max(1, len(draft.split()))

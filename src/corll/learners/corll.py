@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from corll.feedback import Edit, word_edit_distance
+from corll.feedback import Edit, edit_costs
 from corll.learners.dpo import DPOLearner, StepStats
 from corll.learners.rounds import RoundLog, gather
 from corll.policy import Policy
@@ -53,7 +53,7 @@ class CoRLL:
         edits = self.editor.edit(prompts, drafts)
         kept = [(x, e) for x, e in zip(prompts, edits) if e is not None]
         return RoundLog(pairs=[e.to_pair(x) for x, e in kept], edits=[e for _, e in kept],
-                        costs=[0 if e is None else word_edit_distance(y, e.text) for y, e in zip(drafts, edits)],
+                        costs=edit_costs(drafts, edits),
                         queries=len(prompts), skipped=len(prompts) - len(kept))
 
     def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:

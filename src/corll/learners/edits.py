@@ -25,17 +25,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from corll.feedback import Edit, PreferencePair, word_edit_distance
+from corll.feedback import Edit, PreferencePair, edit_costs, relative_cost
 from corll.learners.corll import argmax_draft, implicit_argmax
 from corll.learners.dpo import DPOLearner, PolicyOptimizer, StepStats
 from corll.learners.rounds import RoundLog
 from corll.losses import dpo_loss
 from corll.policy import Policy, sequence_logprobs
 from corll.users import Editor
-
-
-def edit_costs(drafts: Sequence[str], edits: Sequence[Edit | None]) -> list[int]:
-    return [0 if e is None else word_edit_distance(y, e.text) for y, e in zip(drafts, edits)]
 
 
 def kept_text(draft: str, edit: Edit | None) -> str:
@@ -176,7 +172,7 @@ class CostModel:
 
     def observe(self, prompts: Sequence[str], responses: Sequence[str], costs: Sequence[int]) -> None:
         self.features.append(self.featurize(prompts, responses))
-        self.targets += [c / max(1, len(y.split())) for y, c in zip(responses, costs)]
+        self.targets += [relative_cost(y, c) for y, c in zip(responses, costs)]
         x, y = torch.cat(self.features), torch.tensor(self.targets)
         self.weights = torch.linalg.solve(x.T @ x + self.l2 * torch.eye(x.shape[1]), x.T @ y)
 
@@ -333,7 +329,7 @@ class LateEnsemble:
         arm, self.current = self.current, None
         if arm is not None:
             costs = edit_costs(drafts, edits)
-            self.bandit.update(arm, sum(c / max(1, len(y.split())) for c, y in zip(costs, drafts)) / len(drafts))
+            self.bandit.update(arm, sum(relative_cost(y, c) for c, y in zip(costs, drafts)) / len(drafts))
         stats = None
         for i, member in enumerate(self.agents):
             learned = member.learn(prompts, drafts, edits)
