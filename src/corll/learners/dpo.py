@@ -107,8 +107,8 @@ class DPOLearner:
         totals = self.accumulate_gradients(pairs)
         return StepStats(grad_norm=self.optim.apply("DPO"), **totals)
 
-    def accumulate_gradients(self, pairs: Sequence[PreferencePair]) -> dict[str, float]:
-        """Backpropagate the mean DPO loss over these pairs, in micro-batches of chosen and
+    def accumulate_gradients(self, pairs: Sequence[PreferencePair], weight: float = 1.0) -> dict[str, float]:
+        """Backpropagate weight × the mean DPO loss over these pairs, in micro-batches of chosen and
         rejected together; log π_0 comes from the policy's cache. Returns loss, margin, accuracy."""
         if not pairs:
             raise ValueError("a DPO step needs at least one preference pair")
@@ -126,7 +126,7 @@ class DPOLearner:
             m = len(chunk)
             losses = dpo_loss(logps[:m], logps[m:], ref[:m], ref[m:], beta=cfg.beta,
                               label_smoothing=cfg.label_smoothing, loss_type=cfg.loss_type)
-            loss = losses.sum() / n
+            loss = weight * losses.sum() / n
             self.optim.backward(loss, f"DPO loss on a batch of {n} pairs")
             margins = dpo_margin(logps[:m], logps[m:], ref[:m], ref[m:]).detach()
             totals["loss"] += loss.item()

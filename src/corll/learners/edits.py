@@ -29,7 +29,6 @@ from corll.feedback import Edit, PreferencePair, edit_costs, relative_cost
 from corll.learners.corll import argmax_draft, implicit_argmax
 from corll.learners.dpo import DPOLearner, PolicyOptimizer, StepStats
 from corll.learners.rounds import RoundLog
-from corll.losses import dpo_loss
 from corll.policy import Policy, sequence_logprobs
 from corll.users import Editor
 
@@ -48,6 +47,19 @@ def sft_loss(policy: Policy, model: torch.nn.Module, prompts: Sequence[str], tar
     return (-logps / batch.response_mask.sum(-1).clamp(min=1)).sum() / n
 
 
+def accumulate_sft(policy: Policy, optim: PolicyOptimizer, prompts: Sequence[str], targets: Sequence[str],
+                   micro_batch: int = 4, weight: float = 1.0) -> float:
+    """Backpropagate weight × the batch-mean NLL of the targets in micro-batches; returns that loss."""
+    n, total = len(prompts), 0.0
+    optim.model.train()
+    for start in range(0, n, micro_batch):
+        part = slice(start, start + micro_batch)
+        loss = weight * sft_loss(policy, optim.model, prompts[part], targets[part], n)
+        optim.backward(loss, "SFT loss")
+        total += loss.item()
+    return total
+
+
 class SFTLearner:
     """Token-mean NLL of the kept text; weight decay on the adapter regularises toward π_ref."""
 
@@ -56,14 +68,8 @@ class SFTLearner:
         self.optim = PolicyOptimizer(policy, lr, weight_decay=weight_decay)
 
     def step(self, prompts: Sequence[str], targets: Sequence[str]) -> StepStats:
-        n, total = len(prompts), 0.0
-        self.optim.model.train()
-        for start in range(0, n, self.micro_batch):
-            part = slice(start, start + self.micro_batch)
-            loss = sft_loss(self.policy, self.optim.model, prompts[part], targets[part], n)
-            self.optim.backward(loss, "SFT loss")
-            total += loss.item()
-        return StepStats(loss=total, margin=0.0, accuracy=0.0, grad_norm=self.optim.apply("SFT"))
+        loss = accumulate_sft(self.policy, self.optim, prompts, targets, self.micro_batch)
+        return StepStats(loss=loss, margin=0.0, accuracy=0.0, grad_norm=self.optim.apply("SFT"))
 
     def state_dict(self) -> dict:
         return self.optim.state_dict()
@@ -254,29 +260,17 @@ class EarlyEnsemble:
         return implicit_argmax(self.policy, prompts, samples, self.dpo.config.beta)
 
     def learn(self, prompts: list[str], drafts: list[str], edits: list[Edit | None]) -> StepStats:
+        """One step on the weighted sum, accumulated in micro-batches: memory stays that of one micro-batch
+        however many pairs of both kinds a round brings."""
         self.model.observe(prompts, drafts, edit_costs(drafts, edits))
-        groups = [(self.preference_weight, [e.to_pair(x) for x, e in zip(prompts, edits) if e is not None]),
-                  (self.cost_weight, self.pending)]
-        self.pending = []
-        optim = self.dpo.optim
-        optim.model.train()
-        total = self.sft_weight * sft_loss(self.policy, optim.model, prompts,
-                                           [kept_text(y, e) for y, e in zip(drafts, edits)], len(prompts))
-        pairs = [p for _, group in groups for p in group]
-        if pairs:  # one forward over both kinds of pair; each kind's mean DPO loss enters with its weight
-            m = len(pairs)
-            xs, ys = [p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs]
-            ref = self.policy.logprobs(xs, ys, reference=True)
-            with self.policy.training_attention(), self.policy.autocast():
-                logps = sequence_logprobs(optim.model, self.policy.encode(xs, ys))
-            losses = dpo_loss(logps[:m], logps[m:], ref[:m], ref[m:], beta=self.dpo.config.beta)
-            start = 0
-            for weight, group in groups:
-                if group:
-                    total = total + weight * losses[start : start + len(group)].mean()
-                start += len(group)
-        optim.backward(total, "early-ensemble loss")
-        return StepStats(loss=total.item(), margin=0.0, accuracy=0.0, grad_norm=optim.apply("early ensemble"))
+        preference = [e.to_pair(x) for x, e in zip(prompts, edits) if e is not None]
+        cost, self.pending = self.pending, []
+        loss = accumulate_sft(self.policy, self.dpo.optim, prompts, [kept_text(y, e) for y, e in zip(drafts, edits)],
+                              weight=self.sft_weight)
+        for weight, pairs in ((self.preference_weight, preference), (self.cost_weight, cost)):
+            if pairs:
+                loss += self.dpo.accumulate_gradients(pairs, weight)["loss"]
+        return StepStats(loss=loss, margin=0.0, accuracy=0.0, grad_norm=self.dpo.optim.apply("early ensemble"))
 
     def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats]:
         return edit_round(self, next_prompts)
