@@ -7,7 +7,7 @@ import torch
 
 from corll.feedback import Edit, PreferencePair, edit_costs, relative_cost
 from corll.learners.dpo import DPOConfig, DPOLearner
-from corll.learners.edits import EarlyEnsemble, Exp3, kept_text, sft_loss
+from corll.learners.edits import EarlyEnsemble, Exp3, LateEnsemble, kept_text, sft_loss
 from corll.simulate import RunDir, run_simulation
 from tests.conftest import tiny_config
 
@@ -43,6 +43,39 @@ def test_exp3_concentrates_on_the_arm_with_the_lowest_cost():
         bandit.update(arm, costs[arm])
     assert picks[-100:].count(1) > 80
     assert max(range(3), key=bandit.probabilities().__getitem__) == 1
+
+
+class Fixed:
+    """A member that always answers the same text and never learns."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def act(self, prompts):
+        return [self.text] * len(prompts)
+
+    def learn(self, prompts, drafts, edits):
+        return None
+
+
+class Picky:
+    """A user who keeps 'short fine answer' and otherwise rewrites the draft to it."""
+
+    def edit(self, prompts, drafts):
+        return [None if y == "short fine answer" else Edit(draft=y, text="short fine answer") for y in drafts]
+
+
+def test_the_late_ensemble_lets_the_cheapest_member_answer():
+    torch.manual_seed(0)
+    members = [Fixed("a long answer that the user rewrites"), Fixed("short fine answer"), Fixed("short bad one")]
+    ensemble = LateEnsemble(members, Picky(), batch_size=8)
+    costs = []
+    for _ in range(30):
+        log, _ = ensemble.round(lambda n: ["x"] * n)
+        costs.append(sum(log.costs))
+    assert len(ensemble.chosen) == 30 * 8
+    assert ensemble.chosen[-80:].count(1) > 60  # the member whose drafts need no edit answers
+    assert sum(costs[-10:]) < sum(costs[:10]) / 2
 
 
 def test_costs_and_kept_text_by_hand():
@@ -83,7 +116,7 @@ def test_an_interrupted_late_ensemble_resumes_exactly(tmp_path):
     cut = run_simulation(config, tmp_path / "cut", resume=True)
     # the bandit's choices are reported by name, one per online round, and survive the interruption
     chosen = full["ensemble-late"]["chosen"]
-    assert len(chosen) == 4 and set(chosen) <= {"preference", "sft", "cost"}
+    assert len(chosen) == 4 * 8 and set(chosen) <= {"preference", "sft", "cost"}  # one per episode
     assert cut["ensemble-late"]["chosen"] == chosen
     strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time"} for r in rs]  # noqa: E731
     assert strip(RunDir(tmp_path / "cut").read_metrics()) == strip(RunDir(tmp_path / "full").read_metrics())

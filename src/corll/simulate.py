@@ -484,7 +484,7 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
                     # than one-batch agents: compare agents per episode (shown response)
                     "cost_per_episode": state["cost_total"] / max(1, state["shown_total"]),
                     "no_edit_share": state["kept_total"] / max(1, state["shown_total"])}
-    if isinstance(algorithm, LateEnsemble):  # whom the bandit let answer, round by round
+    if isinstance(algorithm, LateEnsemble):  # whom the bandit let answer, episode by episode
         summary["chosen"] = [LATE_MEMBERS[i] for i in algorithm.chosen]
     if task.objectives is not None:  # reaction tasks: watch for reward hacking (seed 004)
         summary["monitor_flags"] = monitor_records(ours)

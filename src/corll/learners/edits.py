@@ -13,8 +13,8 @@ CoRLL, so `corll simulate --algorithm sft|cost|ensemble-early|ensemble-late` rec
   shown sample's cost is observed.
 - ensemble-early: one model, one step on w_pref·DPO(ȳ ≻ y) + w_sft·SFT(ȳ) + w_cost·DPO(lowest ≻ highest
   predicted cost among its k samples); it shows the implicit-reward argmax of the same samples, as CoRLL.
-- ensemble-late: the three learners on separate adapters; each round an EXP3 bandit over their
-  cumulative cost picks who answers, and every learner learns from the resulting edit.
+- ensemble-late: the three learners on separate adapters; for each episode an EXP3 bandit over their
+  observed cost picks who answers, and every learner learns from all the resulting edits.
 """
 
 from __future__ import annotations
@@ -304,31 +304,36 @@ class Exp3:
 
 
 class LateEnsemble:
-    """Separately trained learners; a bandit over their observed edit cost chooses who answers each round."""
+    """Separately trained learners; a bandit over their observed edit cost chooses who answers each episode
+    (each response), so it gets as many chances to learn whom to trust as there are episodes."""
 
     def __init__(self, agents: Sequence, editor: Editor, *, batch_size: int = 8) -> None:
         self.agents, self.editor, self.batch_size = list(agents), editor, batch_size
         self.bandit = Exp3(len(self.agents))
         self.chosen: list[int] = []
-        self.current: int | None = None  # the member whose drafts are out for editing
+        self.current: list[int] | None = None  # who answered each prompt whose draft is out for editing
 
     def act(self, prompts: list[str]) -> list[str]:
-        self.current = self.bandit.choose()
-        self.chosen.append(self.current)
-        return self.agents[self.current].act(prompts)
+        self.current = [self.bandit.choose() for _ in prompts]
+        self.chosen += self.current
+        drafts = [""] * len(prompts)
+        for i, member in enumerate(self.agents):
+            mine = [j for j, arm in enumerate(self.current) if arm == i]
+            if mine:
+                for j, draft in zip(mine, member.act([prompts[j] for j in mine])):
+                    drafts[j] = draft
+        return drafts
 
     def learn(self, prompts: list[str], drafts: list[str], edits: list[Edit | None]) -> StepStats | None:
-        """Charge the member that answered its normalised edit cost (none in the offline phase, where
-        π_0 answered), then let every member learn from the edits."""
-        arm, self.current = self.current, None
-        if arm is not None:
-            costs = edit_costs(drafts, edits)
-            self.bandit.update(arm, sum(relative_cost(y, c) for c, y in zip(costs, drafts)) / len(drafts))
-        stats = None
-        for i, member in enumerate(self.agents):
-            learned = member.learn(prompts, drafts, edits)
-            stats = learned if i == arm or stats is None else stats
-        return stats
+        """Charge each answering member its normalised edit cost (no one in the offline phase, where π_0
+        answered), then let every member learn from all the edits. Reports the step of the member that
+        answered most of the round."""
+        arms, self.current = self.current, None
+        if arms is not None:
+            for arm, draft, cost in zip(arms, drafts, edit_costs(drafts, edits)):
+                self.bandit.update(arm, relative_cost(draft, cost))
+        steps = [member.learn(prompts, drafts, edits) for member in self.agents]
+        return steps[max(set(arms), key=arms.count) if arms else 0]
 
     def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
         return edit_round(self, next_prompts)
