@@ -49,7 +49,7 @@ class Fixed:
     """A member that always answers the same text and never learns."""
 
     def __init__(self, text: str) -> None:
-        self.text = text
+        self.text = self.policy = text  # the text stands in for the member's policy
 
     def act(self, prompts):
         return [self.text] * len(prompts)
@@ -75,6 +75,7 @@ def test_the_late_ensemble_lets_the_cheapest_member_answer():
         costs.append(sum(log.costs))
     assert len(ensemble.chosen) == 30 * 8
     assert ensemble.chosen[-80:].count(1) > 60  # the member whose drafts need no edit answers
+    assert ensemble.favourite() == "short fine answer"  # and is the one evaluated and saved
     assert sum(costs[-10:]) < sum(costs[:10]) / 2
 
 

@@ -440,9 +440,13 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
 
     system_for = algorithm.describe_user if isinstance(algorithm, OracleAgent) else None
 
+    def evaluated() -> Policy:
+        """The policy evaluated and saved: for the late ensemble the member its bandit trusts most."""
+        return algorithm.favourite() if isinstance(algorithm, LateEnsemble) else policy
+
     def record_eval() -> dict:
         record = {"algorithm": name, "seed": config.seed, "round": state["round"], "feedback": state["feedback"],
-                  "queries": state["queries"], **evaluate(policy, task, config, system_for),
+                  "queries": state["queries"], **evaluate(evaluated(), task, config, system_for),
                   **state["interval"].record(),
                   "cumulative_cost": state["cost_total"], "wall_time": round(state["wall_time"], 2)}
         run.append_metric(record)
@@ -472,7 +476,7 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
             })
         progress(name, state["round"], last)
     if hasattr(policy.model, "save_pretrained") and not config.full_finetune:
-        policy.model.save_pretrained(run.path / "policies" / name)
+        evaluated().model.save_pretrained(run.path / "policies" / name)
     ours = [r for r in run.read_metrics() if r["algorithm"] == name]
     summary = {"rounds": state["round"], "feedback": state["feedback"], "queries": state["queries"],
                "reward_initial": ours[0]["reward"], "reward_final": ours[-1]["reward"], "kl_final": ours[-1]["kl"],

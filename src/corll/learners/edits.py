@@ -338,6 +338,11 @@ class LateEnsemble:
     def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
         return edit_round(self, next_prompts)
 
+    def favourite(self) -> Policy:
+        """The policy of the member the bandit now trusts most: what the ensemble is evaluated as."""
+        p = self.bandit.probabilities()
+        return self.agents[max(range(len(p)), key=p.__getitem__)].policy
+
     def state_dict(self) -> dict:
         """Every member's weights and optimizer (they train separate adapters), and the bandit."""
         return {"members": [{"trainable": a.policy.trainable_state(), "learner": a.learner.state_dict(),
