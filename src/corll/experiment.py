@@ -276,6 +276,7 @@ def aggregate(experiment: Experiment) -> dict:
     """Per arm and evaluation round: t intervals over seeds; final R*; paired differences to the baseline."""
     records = arm_records(experiment)
     result: dict = {"name": experiment.name, "seeds": experiment.seeds, "arms": {}}
+    costs: dict[str, dict[int, float]] = {}  # arm -> seed -> cumulative cost, for the protocol's arms
     for arm, by_seed in records.items():
         rounds = sorted({r["round"] for recs in by_seed.values() for r in recs})
         curve = []
@@ -296,16 +297,16 @@ def aggregate(experiment: Experiment) -> dict:
                                                        for recs in finished.values()]))
             config = experiment.arms[arm]
             if config.offline_edits:
-                costs = cost_over_episodes(config, finished)
-                entry["cumulative_cost"] = _interval_dict(t_interval(list(costs.values())))
+                costs[arm] = cost_over_episodes(config, finished)
+                entry["cumulative_cost"] = _interval_dict(t_interval(list(costs[arm].values())))
             regrets = [statistics.fmean(r["regret"] for r in recs) for recs in finished.values() if "regret" in recs[0]]
             if regrets:
                 entry["mean_regret"] = _interval_dict(t_interval(regrets))
         result["arms"][arm] = entry
     if experiment.baseline in records:
         result["paired"] = paired_to_baseline(experiment, records)
-        if experiment.arms[experiment.baseline].offline_edits:
-            result["paired_cost"] = paired_cost_to_baseline(experiment, records)
+        if experiment.baseline in costs:
+            result["paired_cost"] = paired_cost_to_baseline(experiment.baseline, costs)
     RunDir(experiment.out).write_json(experiment.out / "aggregate.json", result)
     for name, figure in experiment.figures.items():
         plot_figure(result, figure, experiment.out / f"{name}.png", title=name)
@@ -327,20 +328,13 @@ def cost_over_episodes(config: SimulationConfig, finished: dict[int, list[dict]]
     return {seed: recs[-1]["cumulative_cost"] / recs[-1]["queries"] * episodes for seed, recs in finished.items()}
 
 
-def paired_cost_to_baseline(experiment: Experiment, records: dict[str, dict[int, list[dict]]]) -> dict:
+def paired_cost_to_baseline(baseline: str, costs: dict[str, dict[int, float]]) -> dict:
     """For each arm: its cumulative cost − the baseline's, paired by seed (the same prompts and offline log)."""
-    def finished_costs(arm: str) -> dict[int, float]:
-        return cost_over_episodes(experiment.arms[arm], finished_runs(records[arm], experiment.arms[arm]))
-
-    base = finished_costs(experiment.baseline)
     paired = {}
-    for arm in records:
-        if arm == experiment.baseline or not experiment.arms[arm].offline_edits:
-            continue
-        costs = finished_costs(arm)
-        seeds = sorted(set(costs) & set(base))
-        if seeds:
-            comparison = paired_comparison([costs[s] for s in seeds], [base[s] for s in seeds])
+    for arm, by_seed in costs.items():
+        seeds = sorted(set(by_seed) & set(costs[baseline]))
+        if arm != baseline and seeds:
+            comparison = paired_comparison([by_seed[s] for s in seeds], [costs[baseline][s] for s in seeds])
             paired[arm] = {"seeds": seeds, "difference": _interval_dict(comparison.difference),
                            "p_value": comparison.p_value}
     return paired
