@@ -1,29 +1,32 @@
-"""CoRLL throughput: corll's loop against a straightforward loop built on TRL, side by side.
+"""CoRLL throughput: corll's loop against the loop a competent engineer builds on TRL, side by side.
 
     .venv/bin/pip install -e ".[bench]"
-    .venv/bin/python benchmarks/throughput.py --rounds 3 --out docs/performance-table.md
+    .venv/bin/python benchmarks/throughput.py --rounds 3 --out docs/performance-avx2-table.md  # one table per kind of CPU
 
 The same workload for both (SmolLM2-135M-Instruct, LoRA r=8, k=4 samples, N=8
 preferences per DPO step, 64 new tokens, the same prompts, the local editor as the
 user), in one process, the two arms alternating round by round so machine noise
-hits both alike. Reported: preferences/s end to end, seconds per phase (sample,
-score for the argmax, user, update), peak RSS per arm (each arm in a fresh
-subprocess, since a process's RSS does not shrink back), and the update's FLOP/s
-as a fraction of this machine's measured matmul peak.
+hits both alike. Both arms run in the precision each would pick on this machine
+(bf16 only where the hardware computes it natively). Reported: the machine (CPU
+model, vector capability, threads, measured matmul GFLOP/s per dtype),
+preferences/s end to end, seconds per phase (sample, score for the argmax, user,
+update), peak RSS per arm (each arm in a fresh subprocess, since a process's RSS
+does not shrink back), and the update's FLOP/s as a fraction of the matmul peak of
+the precision in use.
 
-The TRL arm is what a user would write first: `generate` per prompt, scoring
-with a full-vocabulary log-softmax in fp32 for policy and reference, and a
-`trl.DPOTrainer` (reference = adapter disabled) run for one step on the round's
-pairs. It re-creates the trainer each round, so its Adam state restarts each
-step and TRL copies the current adapter as its reference; that changes its
-learning, not its cost per step.
+The TRL arm is what a competent engineer writes in an afternoon: one batched
+`generate` for all prompts × k (left padding, `num_return_sequences=k`), batched
+forwards for policy and reference scoring with TRL's `selective_log_softmax`, and
+`trl.DPOTrainer` (reference = adapter disabled, gradient checkpointing off, the
+machine's precision) for one step per round. It creates the trainer each round (a
+trainer is bound to its dataset), so its Adam state restarts each step; that changes
+its learning, not its cost per step.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -36,6 +39,8 @@ from pathlib import Path
 import torch
 
 from corll.feedback import PreferencePair
+from corll.hardware import choose_precision, detect, set_threads
+from corll.learners.corll import implicit_argmax
 from corll.learners.dpo import DPOConfig, DPOLearner
 from corll.policy import LoraSettings, Policy, SamplingConfig, load_policy
 from corll.tasks import load_task
@@ -67,21 +72,25 @@ class PeakRSS:
         self.thread.join()
 
 
-def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
-    """Achieved FLOP/s of a square matmul: the machine's practical peak for that dtype."""
+def matmul_peak(dtype: torch.dtype, size: int = 1024, seconds: float = 2.0) -> float:
+    """Achieved FLOP/s of a square matmul over about `seconds`: the machine's practical peak for that dtype."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
+    start, repeats = time.perf_counter(), 0
+    while (elapsed := time.perf_counter() - start) < seconds:
         a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - start)
+        repeats += 1
+    return 2 * size**3 * repeats / elapsed
 
 
-def update_flops(policy: Policy, pairs: list[PreferencePair]) -> float:
-    """Forward + backward through the frozen weights ≈ 4·P·T for LoRA (no weight gradients)."""
+def update_flops(policy: Policy, pairs: list[PreferencePair], shared_prompt: bool) -> float:
+    """Forward + backward through the frozen weights ≈ 4·P·T for LoRA (no weight gradients), T the
+    token positions the arm computes (corll runs each pair's prompt once, TRL twice)."""
     params = sum(p.numel() for p in policy.model.parameters())
     batch = policy.encode([p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs])
-    return 4 * params * int(batch.attention_mask.sum())
+    tokens = batch.tokens if shared_prompt else int(batch.prompt_mask.sum(1)[batch.row_prompt].sum()
+                                                     + batch.response_mask.sum())
+    return 4 * params * tokens
 
 
 # --- the two arms ----------------------------------------------------------------------------
@@ -95,12 +104,11 @@ class CorllArm:
         self.learner = DPOLearner(policy, DPOConfig(beta=BETA, lr=LR))
 
     def sample(self, prompts):
-        return self.policy.sample(prompts, K)
+        samples, self.logps = self.policy.sample_scored(prompts, K)  # log π comes with the samples
+        return samples
 
     def score(self, prompts, samples):
-        flat = [x for x in prompts for _ in range(K)]
-        rewards = self.policy.implicit_reward(flat, [y for s in samples for y in s], BETA).view(len(prompts), K)
-        return [s[i] for s, i in zip(samples, rewards.argmax(1).tolist())]
+        return implicit_argmax(self.policy, prompts, samples, BETA, self.logps)
 
     def update(self, pairs):
         self.learner.step(pairs)
@@ -112,42 +120,47 @@ class TrlArm:
     def __init__(self, policy: Policy, editor: LocalEditor) -> None:
         self.policy, self.editor = policy, editor
         self.tokenizer = policy.tokenizer
+        self.tokenizer.padding_side = "left"
+
+    def _chat(self, prompt: str, response: str | None = None) -> str:
+        messages = [{"role": "user", "content": prompt}]
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return text if response is None else text + response
 
     def sample(self, prompts):
-        model, tok, out = self.policy.model, self.tokenizer, []
+        model, tok = self.policy.model, self.tokenizer
         model.eval()
-        for x in prompts:
-            ids = tok.apply_chat_template([{"role": "user", "content": x}], add_generation_prompt=True,
-                                          return_tensors="pt", return_dict=True)
-            gen = model.generate(**ids, do_sample=True, temperature=1.0, top_k=50, max_new_tokens=NEW_TOKENS,
+        batch = tok([self._chat(x) for x in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad(), self.policy.autocast():
+            gen = model.generate(**batch, do_sample=True, temperature=1.0, top_k=50, max_new_tokens=NEW_TOKENS,
                                  num_return_sequences=K, pad_token_id=tok.pad_token_id)
-            out.append(tok.batch_decode(gen[:, ids["input_ids"].shape[1]:], skip_special_tokens=True))
-        return out
+        texts = tok.batch_decode(gen[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        return [texts[i * K : (i + 1) * K] for i in range(len(prompts))]
 
-    def _logps(self, prompt: str, responses: list[str]) -> torch.Tensor:
+    def _logps(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        from trl.trainer.utils import selective_log_softmax
+
         tok, model = self.tokenizer, self.policy.model
-        prompt_ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
-        if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "input_ids"):
-            prompt_ids = prompt_ids["input_ids"]
-        rows = [prompt_ids + tok(r, add_special_tokens=False)["input_ids"] for r in responses]
-        width = max(map(len, rows))
-        ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1], -1)
-        token = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+        prompt_lengths = [len(tok(self._chat(x), add_special_tokens=False)["input_ids"]) for x in prompts]
+        batch = tok([self._chat(x, y) for x, y in zip(prompts, responses)], return_tensors="pt", padding=True,
+                    add_special_tokens=False)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        with torch.no_grad(), self.policy.autocast():
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        token = selective_log_softmax(logits.float(), ids[:, 1:])
         response = mask[:, 1:].clone()
-        response[:, : len(prompt_ids) - 1] = 0
+        for row, (length, total) in enumerate(zip(prompt_lengths, mask.sum(1).tolist())):
+            response[row, : ids.shape[1] - total + length - 1] = 0  # left padding, then the prompt
         return (token * response).sum(-1)
 
     def score(self, prompts, samples):
-        drafts = []
-        for x, ys in zip(prompts, samples):
-            policy = self._logps(x, ys)
-            with self.policy.model.disable_adapter():
-                ref = self._logps(x, ys)
-            drafts.append(ys[int((BETA * (policy - ref)).argmax())])
-        return drafts
+        flat_x = [x for x in prompts for _ in range(K)]
+        flat_y = [y for ys in samples for y in ys]
+        policy = self._logps(flat_x, flat_y)
+        with self.policy.model.disable_adapter():
+            ref = self._logps(flat_x, flat_y)
+        best = (BETA * (policy - ref)).view(len(prompts), K).argmax(1).tolist()
+        return [ys[i] for ys, i in zip(samples, best)]
 
     def update(self, pairs):
         from datasets import Dataset
@@ -160,7 +173,8 @@ class TrlArm:
         with tempfile.TemporaryDirectory() as out:
             args = TrlDPOConfig(output_dir=out, per_device_train_batch_size=len(pairs), max_steps=1,
                                 learning_rate=LR, beta=BETA, save_strategy="no", report_to=[], use_cpu=True,
-                                disable_tqdm=True, logging_steps=1000, seed=0)
+                                disable_tqdm=True, logging_steps=1000, seed=0, gradient_checkpointing=False,
+                                bf16=self.policy.precision == "bf16")
             if "ref" in getattr(self.policy.model, "peft_config", {}):
                 self.policy.model.delete_adapter("ref")  # the previous round's trainer left its reference copy
             trainer = DPOTrainer(model=self.policy.model, ref_model=None, args=args, train_dataset=data,
@@ -173,7 +187,7 @@ class TrlArm:
 
 def make_arm(name: str):
     torch.manual_seed(0)
-    precision = "bf16" if name == "corll" else "fp32"
+    precision = choose_precision("auto").precision  # each arm in what it would pick on this machine
     policy = load_policy("smollm2-135m-instruct", lora=LoraSettings(),
                          sampling=SamplingConfig(max_new_tokens=NEW_TOKENS), precision=precision)
     task = load_task("positive-review", policy)
@@ -195,12 +209,13 @@ def run_round(arm, prompts, times):
     for phase, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
         times[phase].append(seconds)
     times["pairs"].append(len(pairs))
-    times["update_flops"].append(update_flops(arm.policy, pairs) if pairs else 0)
+    times["update_flops"].append(update_flops(arm.policy, pairs, arm.name == "corll") if pairs else 0)
 
 
 def peak_rss_of(name: str, rounds: int) -> int:
     """Peak RSS of one arm alone, in a fresh process."""
-    out = subprocess.run([sys.executable, __file__, "--memory-only", name, "--rounds", str(rounds)],
+    out = subprocess.run([sys.executable, __file__, "--memory-only", name, "--rounds", str(rounds),
+                          "--threads", str(torch.get_num_threads())],
                          check=True, capture_output=True, text=True)
     return int(out.stdout.strip().splitlines()[-1])
 
@@ -210,8 +225,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds per arm (after one warm-up round)")
     parser.add_argument("--out", type=Path, help="write the results table (Markdown) here")
     parser.add_argument("--memory-only", choices=("corll", "trl"), help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, help="threads (default: the CPUs available to this process)")
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    set_threads(args.threads)
 
     if args.memory_only:
         arm, task = make_arm(args.memory_only)
@@ -235,7 +251,7 @@ def main() -> None:
     rows = {}
     for name, t in times.items():
         total = sum(sum(t[p]) for p in PHASES)
-        update_peak = peaks["bf16" if name == "corll" else "fp32"]
+        update_peak = peaks[choose_precision("auto").precision]
         rows[name] = {
             "prefs_per_s": sum(t["pairs"]) / total,
             **{p: statistics.fmean(t[p]) for p in PHASES},
@@ -247,15 +263,26 @@ def main() -> None:
     print(report)
     if args.out:
         args.out.write_text(report)
-        (args.out.with_suffix(".json")).write_text(json.dumps({"rows": rows, "peaks": peaks}, indent=2))
+        (args.out.with_suffix(".json")).write_text(json.dumps(
+            {"machine": detect().as_dict(), "threads": torch.get_num_threads(), "rows": rows, "peaks": peaks},
+            indent=2))
+
+
+def machine_line(peaks: dict) -> str:
+    """The machine a table was measured on: CPU, capability, threads, matmul peak per dtype."""
+    hw = detect()
+    return (f"**{hw.cpu}** ({hw.capability}, {'native' if hw.native_bf16 else 'no native'} bf16), "
+            f"{torch.get_num_threads()} threads of {hw.cpus} CPUs; matmul peak fp32 {peaks['fp32'] / 1e9:.1f} "
+            f"GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s; both arms in {choose_precision('auto').precision}.")
 
 
 def render(rows: dict, peaks: dict, rounds: int) -> str:
     c, t = rows["corll"], rows["trl"]
     lines = [
+        machine_line(peaks),
+        "",
         f"Measured rounds per arm: {rounds} (plus one warm-up), alternating; workload: SmolLM2-135M-Instruct, "
         f"LoRA r=8, k={K}, N={N}, {NEW_TOKENS} new tokens.",
-        f"Matmul peak on this machine: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s.",
         "",
         "| arm | preferences/s | s/round | sample s | score s | user s | update s | peak RSS GiB | update GFLOP/s "
         "| of matmul peak |",

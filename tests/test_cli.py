@@ -117,3 +117,72 @@ def test_resume_refuses_options_that_differ_from_the_saved_run(tmp_path):
     assert result.exit_code == 2 and "--lr (saved 0.0002, given 0.5)" in " ".join(result.output.split())
     assert (out / "metrics.jsonl").read_text() == before
     assert CliRunner().invoke(app, [*args, "--resume"]).exit_code == 0  # the same options resume fine
+
+
+def test_the_command_line_answers_without_loading_torch():
+    """--help and the store's commands must be instant: torch, transformers and the server load in the
+    commands that need them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, corll.cli; heavy = [m for m in ('torch', 'transformers', 'peft', 'fastapi', 'matplotlib') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_serve_names_a_busy_port_before_loading_the_model(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["serve", "--model", "tiny", "--port", str(port),
+                                     "--db", f"sqlite:///{tmp_path / 'corll.db'}"])
+    assert result.exit_code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in said(result) and "--port" in result.output
+    assert "serving" not in result.output
+
+
+def said(result) -> str:
+    """The command's output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+def test_nothing_is_lost_or_silent_on_wrong_paths(tmp_path):
+    # --resume on a folder that holds no run
+    result = runner.invoke(app, ["simulate", *FAST, "--out", str(tmp_path / "none"), "--resume"])
+    assert result.exit_code == 2 and "holds no run" in said(result)
+    assert not (tmp_path / "none" / "metrics.jsonl").exists()
+    # a mistyped database is an error for commands that read the log, and is not created
+    missing = tmp_path / "typo.db"
+    for command in (["versions"], ["rollback", "1"], ["export", "--format", "sft", "--out", str(tmp_path / "x.jsonl")],
+                    ["train", "--model", "tiny"]):
+        result = runner.invoke(app, [*command, "--db", str(missing)])
+        assert result.exit_code == 2 and f"{missing} does not exist" in said(result), (command, result.output)
+        assert not missing.exists()
+    # a task file without its factory
+    task_file = tmp_path / "mytask.py"
+    task_file.write_text("")
+    result = runner.invoke(app, ["simulate", *FAST, "--task", str(task_file), "--out", str(tmp_path / "t")])
+    assert result.exit_code == 2 and "names a file but not its factory" in said(result)
+    # report on a run with nothing recorded writes no figure
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text(json.dumps({"task": "synthetic", "algorithms": ["corll"]}))
+    (empty / "metrics.jsonl").write_text("")
+    result = runner.invoke(app, ["report", str(empty), "--out", str(tmp_path / "r.png")])
+    assert result.exit_code == 2 and "nothing to report yet" in said(result)
+    assert not (tmp_path / "r.png").exists()
+
+
+def test_a_task_whose_reward_is_not_batched_is_named_at_load(tmp_path):
+    task_file = tmp_path / "mytask.py"
+    task_file.write_text(
+        "from corll.tasks import Task\n"
+        "def factory(policy):\n"
+        "    return Task('mine', ['a', 'b'], ['c', 'd'], reward=lambda x, y: len(y))\n")
+    result = runner.invoke(app, ["simulate", *FAST, "--task", f"{task_file}:factory", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "its reward returned 2 for two responses" in said(result) and "one number per response" in said(result)

@@ -51,12 +51,52 @@ def test_only_response_tokens_are_scored_and_no_special_token_is_doubled(policy)
     batch = policy.encode(PROMPTS, RESPONSES)
     tok = policy.tokenizer
     for row, response in enumerate(RESPONSES):
-        scored = batch.input_ids[row][batch.response_mask[row]].tolist()
+        scored = batch.response_ids[row][batch.response_mask[row].bool()].tolist()
         assert scored == tok(response, add_special_tokens=False)["input_ids"]
         assert tok.eos_token_id not in scored
-        ids = batch.input_ids[row][batch.attention_mask[row].bool()].tolist()
+        prompt = batch.row_prompt[row]
+        ids = batch.prompt_ids[prompt][batch.prompt_mask[prompt].bool()].tolist()
+        assert ids == policy.prompt_ids(PROMPTS[row])
         assert ids.count(tok.bos_token_id) == 2  # the system-less template: one user and one assistant header
         assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id
+
+
+def test_a_prompt_shared_by_several_rows_is_encoded_once_and_scores_like_separate_rows(policy):
+    """k samples (or chosen and rejected) continue one prompt: it is run once, with the same values and
+    the same gradients as running every row whole."""
+    perturb_lora(policy)
+    prompts = ["hello", "a much longer prompt here", "hello", "hello", "x"]
+    responses = ["abc def", "z", "", "the quick brown fox", "q"]
+    shared = policy.encode(prompts, responses)
+    assert shared.prompt_ids.shape[0] == 3 and shared.row_prompt.tolist() == [0, 1, 0, 0, 2]
+    whole = encode_responses(policy.tokenizer, [policy.prompt_ids(x) for x in prompts], responses)
+    values = {}
+    for name, batch in (("shared", shared), ("whole", whole)):
+        policy.model.zero_grad()
+        logps = sequence_logprobs(policy.model, batch)
+        (logps * torch.arange(1.0, 6.0)).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in policy.trainable_parameters()])
+        values[name] = (logps.detach(), grads)
+    assert torch.allclose(values["shared"][0], values["whole"][0], atol=1e-4)
+    assert values["shared"][0][2] == 0  # an empty response has log-probability 0
+    loop = torch.tensor([per_token_reference(policy, x, y) for x, y in zip(prompts, responses)])
+    assert torch.allclose(values["shared"][0], loop, atol=1e-4)
+    shared_grad, whole_grad = values["shared"][1], values["whole"][1]
+    assert (shared_grad - whole_grad).norm() < 1e-4 * whole_grad.norm()
+
+
+def test_sampling_encodes_each_prompt_once_and_draws_what_generate_would(policy, monkeypatch):
+    """Greedy decoding from the shared prompt cache gives the tokens of plain generate (prompts repeated k times)."""
+    import corll.policy as policy_module
+
+    perturb_lora(policy)
+    policy.sampling.temperature = 0.0
+    shared = policy.sample(PROMPTS, 2)
+    calls = []
+    monkeypatch.setattr(policy_module, "prefill_cache", lambda *args: calls.append(args) or None)
+    plain = policy.sample(PROMPTS, 2)
+    assert len(calls) == 1 and calls[0][1].shape[0] == len(PROMPTS)  # one row per prompt, not per sample
+    assert shared == plain and all(len(s) == 2 for s in shared)
 
 
 def test_reference_equals_policy_at_adapter_init_and_stays_fixed(policy):
@@ -128,3 +168,17 @@ def test_an_unknown_model_lists_the_available_ones():
 
     with pytest.raises(ValueError, match="unknown model 'nope': use one of smollm2-135m-instruct, tiny"):
         load_policy("nope")
+
+
+def test_sampled_log_probabilities_equal_a_forward_pass(policy):
+    """log π of the samples read off generate's own logits equal `logprobs` (no second forward)."""
+    perturb_lora(policy)
+    policy.sampling.max_new_tokens = 10
+    torch.manual_seed(4)
+    samples, logps = policy.sample_scored(PROMPTS, 3)
+    assert logps.shape == (3, 3) and [len(s) for s in samples] == [3, 3, 3]
+    flat_x = [x for x in PROMPTS for _ in range(3)]
+    forward = policy.logprobs(flat_x, [y for s in samples for y in s]).view(3, 3)
+    assert torch.allclose(logps, forward, atol=1e-4), (logps, forward)
+    torch.manual_seed(4)
+    assert policy.sample(PROMPTS, 3) == samples  # the recorder does not change what is drawn

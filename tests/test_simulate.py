@@ -83,3 +83,21 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     assert all(torch.isfinite(v).all() for v in saved["trainable"].values())
     assert [r["round"] for r in RunDir(out).read_metrics()] == [0, 5]
     assert json.loads((out / "config.json").read_text())["rounds"] == 10
+
+
+def test_algorithms_trained_in_parallel_processes_give_the_same_results(tmp_path):
+    """--jobs 2: each algorithm in its own process, progress relayed, one metrics file, same numbers."""
+    config = tiny_config(algorithms=["corll", "dueling"], rounds=4, eval_every=2)
+    run_simulation(config, tmp_path / "one")
+    seen = []
+    run_simulation(config, tmp_path / "two", jobs=2, progress=lambda name, done, record: seen.append((name, done)))
+    key = lambda r: (r["algorithm"], r["round"])  # noqa: E731 - parallel runs interleave their records
+    one, two = (sorted(without_time(RunDir(tmp_path / n).read_metrics()), key=key) for n in ("one", "two"))
+    assert [key(r) for r in two] == [(a, r) for a in ("corll", "dueling") for r in (0, 2, 4)]
+    for a, b in zip(one, two):
+        assert a.keys() == b.keys()
+        for field in a:
+            assert a[field] == pytest.approx(b[field], abs=1e-4), field
+    assert {("corll", 4), ("dueling", 4)} <= set(seen)  # the workers' progress reached this process
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert set(summary) == {"corll", "dueling"}

@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from transformers.utils import logging as hf_logging
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from corll.learners import ALGORITHMS, NonFiniteLossError
-from corll.losses import DPO_LOSS_TYPES
-from corll.policy import BUILTIN_MODELS
-from corll.report import plot_curves, summary_table
-from corll.simulate import ConfigError, RunExistsError, SimulationConfig, run_simulation
-from corll.tasks import TASK_NAMES
+from corll.config import ALGORITHMS, BUILTIN_MODELS, DPO_LOSS_TYPES, ConfigError, SimulationConfig
+from corll.hardware import prepare_threads
+from corll.tasks import TASK_NAMES, TaskError
 
-# Library chatter (deprecation notices, per-shard progress bars) would bury our own progress display.
-warnings.filterwarnings("ignore", category=FutureWarning)
-hf_logging.set_verbosity_error()
-hf_logging.disable_progress_bar()
+# Torch, transformers and the server load inside the commands that need them, so that --help and
+# the store's commands answer at once. Before torch loads: the OpenMP wait policy is read once.
+prepare_threads()
+
 
 app = typer.Typer(help="corll: make LLMs learn from the edits and reactions users already give.",
                   no_args_is_help=True, add_completion=False)
@@ -33,6 +28,31 @@ D = SimulationConfig()
 def fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code=2)
+
+
+PrecisionOption = Annotated[str, typer.Option(
+    help="auto (bf16 where the hardware computes it natively, else fp32), fp32, or bf16 autocast "
+         "(trained weights and optimizer stay fp32).")]
+ThreadsOption = Annotated[Optional[int], typer.Option(
+    help="Threads for the model's math (default: the CPUs this process may use).")]
+
+
+def use_hardware(precision: str, threads: int | None) -> str:
+    """Set the thread count, say which precision runs and why (and warn when it is a slow choice);
+    returns the resolved precision."""
+    from corll.hardware import PrecisionError, choose_precision, set_threads
+    from corll.policy import quiet_libraries
+
+    quiet_libraries()
+    try:
+        count = set_threads(threads)
+        choice = choose_precision(precision)
+    except (PrecisionError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"{choice.reason} · {count} thread{'s' if count > 1 else ''}", style="dim")
+    if choice.warning:
+        console.print(f"[bold yellow]warning:[/] {choice.warning}")
+    return choice.precision
 
 
 # CLI option -> SimulationConfig field, where the names differ
@@ -59,10 +79,12 @@ def options_changed_on_resume(ctx: typer.Context, out: Path, config: SimulationC
 def simulate(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Run folder: config.json, metrics.jsonl, summary.json, curves.png.")],
-    task: Annotated[str, typer.Option(help=f"{' | '.join(TASK_NAMES)} | path/to/file.py:factory")] = D.task,
+    task: Annotated[str, typer.Option(help=f"{' | '.join(TASK_NAMES)} | path/to/file.py:factory "
+                                           "(`corll tasks` describes each).")] = D.task,
     model: Annotated[str, typer.Option(help=f"{' | '.join(BUILTIN_MODELS)} | a local model directory")] = D.model,
     algorithm: Annotated[Optional[list[str]], typer.Option(
-        help=f"Learner(s) to run side by side, repeatable: {', '.join(ALGORITHMS)}.")] = None,
+        help=f"Learner(s) to run side by side, repeatable: {', '.join(ALGORITHMS)} "
+             f"(`corll learners` describes each) [default: {', '.join(D.algorithms)}].")] = None,
     rounds: Annotated[int, typer.Option(help="DPO steps per algorithm; each uses N new preferences.")] = D.rounds,
     seed: Annotated[int, typer.Option(help="Seed for every source of randomness.")] = D.seed,
     k: Annotated[int, typer.Option("--k", help="CoRLL argmax samples per prompt (paper: 9 IMDB, 1 at 7B).")] = D.k,
@@ -73,12 +95,14 @@ def simulate(
                                            "prompted with the user's preference revises it).")] = D.user,
     l: Annotated[int, typer.Option("--l", help="Expert candidates per edit (paper: 25 IMDB, 5 at 7B).")] = D.l,
     alpha: Annotated[Optional[float], typer.Option(
-        help="Feedback strength α in (0, 1]; unset = minimal improvement (paper ablation: 0.6).")] = D.alpha,
+        help="--user expert only: feedback strength α in (0, 1] [default: unset = minimal improvement; "
+             "paper ablation: 0.6].")] = D.alpha,
     noise_free: Annotated[bool, typer.Option(
         help="Drop rounds where no expert candidate beats the draft (paper: noisy by default).")] = D.noise_free,
     epsilon: Annotated[float, typer.Option(help="Injected mislabel probability ε in [0, 1] (paper: 0).")] = D.epsilon,
     weights: Annotated[str, typer.Option(
-        help="RLUF objective weights, e.g. love=1,help=0.5,safe=0.5 (non-negative, not all zero).")] = D.weights,
+        help="rluf and rloo only: objective weights, e.g. love=1,help=0.5,safe=0.5 (non-negative, not all "
+             "zero).")] = D.weights,
     beta: Annotated[float, typer.Option(help="KL strength β of DPO and the implicit reward (paper: 0.1).")] = D.beta,
     lr: Annotated[float, typer.Option(help="Adam learning rate (paper: 1e-5 full FT; LoRA here: 2e-4).")] = D.lr,
     loss: Annotated[str, typer.Option(help=f"DPO loss: {', '.join(DPO_LOSS_TYPES)}.")] = D.loss_type,
@@ -88,7 +112,11 @@ def simulate(
     temperature: Annotated[float, typer.Option(help="Sampling temperature (paper: 1).")] = D.temperature,
     top_k: Annotated[int, typer.Option(help="Top-k sampling (paper: 50).")] = D.top_k,
     max_new_tokens: Annotated[int, typer.Option(help="Response length cap in tokens.")] = D.max_new_tokens,
-    precision: Annotated[str, typer.Option(help="fp32, or bf16 autocast (trained weights and optimizer stay fp32).")] = D.precision,
+    precision: PrecisionOption = D.precision,
+    threads: ThreadsOption = None,
+    jobs: Annotated[int, typer.Option(
+        help="Train this many algorithms at once, in separate processes sharing the CPUs "
+             "(on 2 cores, 2 one-thread processes finish more work than one two-thread process).")] = 1,
     full_finetune: Annotated[bool, typer.Option(help="Train all weights instead of a LoRA adapter.")] = False,
     lora_r: Annotated[int, typer.Option(help="LoRA rank (paper 7B: 8).")] = D.lora_r,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (paper 7B: 64; 16 here).")] = D.lora_alpha,
@@ -99,7 +127,7 @@ def simulate(
     eval_samples: Annotated[int, typer.Option(help="Samples per held-out prompt.")] = D.eval_samples,
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every C rounds.")] = D.checkpoint_every,
     offline_edits: Annotated[int, typer.Option(
-        help="Seed 003's protocol: first learn from this many logged edits of π_0's drafts, then run "
+        help="Learning from user edits (edit learners only): first learn from this many logged edits of π_0's drafts, then run "
              "--rounds online episodes (edit learners; floor and oracle agents never learn).")] = D.offline_edits,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
 ) -> None:
@@ -120,6 +148,12 @@ def simulate(
     if resume and (changed := options_changed_on_resume(ctx, out, config)):
         fail("--resume continues a run with the settings it was started with; these options differ: "
              + ", ".join(changed))
+    if jobs < 1:
+        fail("--jobs must be >= 1")
+    use_hardware(config.precision, threads)
+    from corll.learners import NonFiniteLossError
+    from corll.report import summary_table
+    from corll.simulate import RunExistsError, run_simulation
     columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}"))
     with Progress(*columns, console=console) as bar:
@@ -130,8 +164,8 @@ def simulate(
             bar.update(bars[name], completed=done, **({"status": status} if status else {}))
 
         try:
-            summary = run_simulation(config, out, resume=resume, progress=progress)
-        except (RunExistsError, ConfigError) as exc:
+            summary = run_simulation(config, out, resume=resume, progress=progress, jobs=jobs)
+        except (RunExistsError, ConfigError, TaskError) as exc:
             fail(str(exc))
         except NonFiniteLossError as exc:
             fail(f"{exc}; the run stopped and its last good checkpoint is in {out / 'checkpoints'} "
@@ -141,6 +175,36 @@ def simulate(
         for flag in result.get("monitor_flags", []):
             console.print(f"[bold yellow]reward-hacking monitor ({name}):[/] {flag}")
     console.print(f"run folder: {out}")
+
+
+@app.command()
+def learners() -> None:
+    """The learners --algorithm accepts: what each learns from and which options it reads."""
+    from rich.table import Table
+
+    from corll.learners.registry import LEARNERS
+
+    table = Table(title="learners (corll simulate --algorithm NAME)")
+    for column in ("name", "learns from", "what it does", "its own options"):
+        table.add_column(column)
+    for spec in LEARNERS.values():
+        table.add_row(spec.name, spec.feedback, spec.summary, " ".join(f"--{o}" for o in spec.options))
+    console.print(table)
+
+
+@app.command()
+def tasks() -> None:
+    """The built-in tasks --task accepts (or bring your own: path/to/file.py:factory)."""
+    from rich.table import Table
+
+    from corll.tasks import TASK_DESCRIPTIONS
+
+    table = Table(title="tasks (corll simulate --task NAME)")
+    table.add_column("name")
+    table.add_column("what it is")
+    for name, description in TASK_DESCRIPTIONS.items():
+        table.add_row(name, description)
+    console.print(table)
 
 
 @app.command()
@@ -154,15 +218,19 @@ def experiment(
              "sharing its folder, then --aggregate-only without --seeds.")] = None,
     arms: Annotated[Optional[str], typer.Option(
         help="Only these of the file's arms, e.g. 'floor,oracle' (splits like --seeds).")] = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Run a grid of simulations (arms × seeds) resumably, then aggregate them with intervals and plots."""
     from corll.experiment import ExperimentError, aggregate, load_experiment, run_experiment, run_is_finished, subset
+    from corll.learners import NonFiniteLossError
 
     try:
         spec = load_experiment(config, out)
         spec = subset(spec, seeds, arms)
     except ExperimentError as exc:
         fail(str(exc))
+    if not aggregate_only:
+        use_hardware(spec.runs()[0][2].precision if spec.runs() else "auto", threads)
     runs = spec.runs()
     todo = [r for r in runs if not run_is_finished(r[3], r[2])]
     console.print(f"experiment {spec.name}: {len(runs)} runs ({len(runs) - len(todo)} finished) in {spec.out}")
@@ -205,7 +273,12 @@ def report(
     out: Annotated[Path, typer.Option(help="Where to write the plot.")] = Path("report.png"),
 ) -> None:
     """Plot and tabulate any runs together (seeds of the same configuration are pooled)."""
+    from corll.report import load_series, plot_curves, summary_table
+
     try:
+        if not load_series(runs):
+            fail(f"nothing to report yet: no evaluation is recorded in {', '.join(map(str, runs))} "
+                 "(a run records one when it starts and every --eval-every rounds)")
         plot_curves(runs, out)
         console.print(summary_table(runs))
     except FileNotFoundError as exc:
@@ -215,16 +288,18 @@ def report(
 
 # --- reward models of reactions ----------------------------------------------------------------
 
-rm_app = typer.Typer(help="P[Love] reward models of binary reactions (seed 004).", no_args_is_help=True)
+rm_app = typer.Typer(help="P[Love] reward models of users' binary reactions (love or not).", no_args_is_help=True)
 app.add_typer(rm_app, name="reward-model")
 
 
-def reaction_data(task: str, model: str, db: str | None, tenant: str | None, per_prompt: int, split: str, seed: int):
+def reaction_data(task: str, model: str, db: str | None, tenant: str | None, per_prompt: int, split: str, seed: int,
+                  precision: str, threads: int | None):
     """(prompts, responses, labels) from the store, or simulated on the task's train or test prompts."""
     if db is not None:
         from corll.reward_model import reaction_log_from_store
 
         return reaction_log_from_store(open_store(db), tenant)
+    precision = use_hardware(precision, threads)
     import torch
 
     from corll.policy import LoraSettings, SamplingConfig, load_policy
@@ -232,7 +307,8 @@ def reaction_data(task: str, model: str, db: str | None, tenant: str | None, per
     from corll.tasks import TaskError, load_task
 
     torch.manual_seed(seed)
-    policy = load_policy(model, lora=LoraSettings(), sampling=SamplingConfig(max_new_tokens=D.max_new_tokens))
+    policy = load_policy(model, lora=LoraSettings(), sampling=SamplingConfig(max_new_tokens=D.max_new_tokens),
+                         precision=precision)
     try:
         spec = load_task(task, policy)
     except (TaskError, ValueError) as exc:
@@ -254,6 +330,8 @@ def reward_model_train(
     loss: Annotated[str, typer.Option(help="weighted | focal | plain (imbalance handling).")] = "weighted",
     features: Annotated[str, typer.Option(help="text | embeddings | both (the model's input).")] = "text",
     seed: Annotated[int, typer.Option()] = 0,
+    precision: PrecisionOption = "auto",
+    threads: ThreadsOption = None,
 ) -> None:
     """Train P[Love] on a reaction log: from the store (--db) or simulated with the task's users."""
     from corll.reward_model import RewardModelConfig, reward_features, train_reward_model
@@ -262,7 +340,7 @@ def reward_model_train(
         config = RewardModelConfig(loss=loss, features=features, seed=seed)
     except ValueError as exc:
         fail(str(exc))
-    prompts, responses, labels = reaction_data(task, model, db, tenant, per_prompt, "train", seed)
+    prompts, responses, labels = reaction_data(task, model, db, tenant, per_prompt, "train", seed, precision, threads)
     try:
         rm = train_reward_model(reward_features(prompts, responses, features), labels, config)
     except ValueError as exc:
@@ -281,6 +359,8 @@ def reward_model_eval(
     per_prompt: Annotated[int, typer.Option(help="Simulated answers per held-out prompt.")] = 16,
     plot: Annotated[Path, typer.Option(help="Reliability plot (PNG).")] = Path("reliability.png"),
     seed: Annotated[int, typer.Option()] = 1,
+    precision: PrecisionOption = "auto",
+    threads: ThreadsOption = None,
 ) -> None:
     """AUROC, ECE and a reliability plot on held-out reactions."""
     from corll.reward_model import (RewardModel, RewardModelFileError, evaluate_reward_model, plot_reliability,
@@ -290,7 +370,7 @@ def reward_model_eval(
         rm = RewardModel.load(file)
     except RewardModelFileError as exc:
         fail(str(exc))
-    prompts, responses, labels = reaction_data(task, model, db, tenant, per_prompt, "test", seed)
+    prompts, responses, labels = reaction_data(task, model, db, tenant, per_prompt, "test", seed, precision, threads)
     try:
         report = evaluate_reward_model(rm, reward_features(prompts, responses, rm.features), labels)
     except ValueError as exc:
@@ -308,11 +388,21 @@ DbOption = Annotated[Optional[str], typer.Option(
     "--db", help="Database URL or SQLite file (default: $CORLL_DATABASE_URL, else ./corll.db).")]
 
 
-def open_store(db: str | None):
+def open_store(db: str | None, *, must_exist: bool = True):
+    """The feedback log. Commands that only read it (must_exist) refuse a SQLite file that does not
+    exist, so a mistyped --db is an error rather than a new empty database; commands that start a
+    deployment (keys create, serve) may create it."""
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
     from corll.store import Store
+    from corll.store.repository import database_url
 
+    url = make_url(database_url(db))
+    if must_exist and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+            and not Path(url.database).exists():
+        fail(f"the database {url.database} does not exist (check --db or $CORLL_DATABASE_URL; "
+             "`corll keys create` or `corll serve` creates one)")
     try:
         return Store(db)
     except SQLAlchemyError as exc:
@@ -329,9 +419,23 @@ def keys_create(
     from corll.store import StoreError
 
     try:
-        print(open_store(db).create_api_key(tenant, user))
+        print(open_store(db, must_exist=False).create_api_key(tenant, user))
     except StoreError as exc:
         fail(str(exc))
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port (None if it can)."""
+    import socket
+
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(info[0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(info[4])
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc} (choose another --port)"
+    return None
 
 
 @app.command()
@@ -340,13 +444,14 @@ def serve(
     db: DbOption = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    precision: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
+    precision: PrecisionOption = "auto",
+    threads: ThreadsOption = None,
     max_tokens: Annotated[int, typer.Option(help="Default response length cap in tokens.")] = 128,
 ) -> None:
     """Serve the current policy behind an OpenAI-compatible API and take feedback."""
     import uvicorn
 
-    from corll.policy import ModelNotFoundError, resolve_model
+    from corll.config import ModelNotFoundError, resolve_model
     from corll.server.app import create_app
     from corll.server.engine import PolicyEngine
 
@@ -354,7 +459,10 @@ def serve(
         resolve_model(model)
     except ModelNotFoundError as exc:
         fail(str(exc))
-    store = open_store(db)
+    if problem := port_problem(host, port):  # before the model loads, not 30 s later
+        fail(problem)
+    store = open_store(db, must_exist=False)
+    precision = use_hardware(precision, threads)
     engine = PolicyEngine(model, store, precision=precision, default_max_tokens=max_tokens)
     console.print(f"serving {model} on http://{host}:{port}/v1 (store: {store.url.split('@')[-1]})")
     uvicorn.run(create_app(store, engine), host=host, port=port, log_level="warning")
@@ -374,7 +482,8 @@ def train(
     batch_size: Annotated[int, typer.Option("--batch-size", "-N", help="Preferences per DPO step.")] = 8,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = D.lr,
     beta: Annotated[float, typer.Option(help="DPO β.")] = D.beta,
-    precision: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
+    precision: PrecisionOption = "auto",
+    threads: ThreadsOption = None,
 ) -> None:
     """Turn new edits in the log into CoRLL updates; each trained adapter becomes the active version."""
     from corll.learners.dpo import DPOConfig
@@ -383,13 +492,26 @@ def train(
 
     if min_feedback < 1 or epochs < 1 or batch_size < 1 or lr <= 0 or beta <= 0:
         fail("--min-feedback, --epochs and --batch-size must be >= 1; --lr and --beta > 0")
+    precision = use_hardware(precision, threads)
     config = LogTrainingConfig(model=model, adapters_dir=adapters, tenant=tenant, since_version=since_version,
                                per_user=per_user, min_feedback=min_feedback, epochs=epochs, batch_size=batch_size,
                                dpo=DPOConfig(lr=lr, beta=beta), precision=precision)
-    try:
-        trained = train_from_log(open_store(db), config, log=console.print)
-    except NotFoundError as exc:
-        fail(str(exc))
+    store = open_store(db)
+    columns = (TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[status]}"))
+    with Progress(*columns, console=console) as bar:
+        bars: dict[str, int] = {}
+
+        def progress(who: str, done: int, total: int, loss: float) -> None:
+            if who not in bars:
+                bars[who] = bar.add_task(who, total=total, status="")
+            bar.update(bars[who], completed=done, status=f"DPO step {done}/{total} · loss {loss:.4f}" if done else
+                       "first step")
+
+        try:
+            trained = train_from_log(store, config, log=console.print, progress=progress)
+        except NotFoundError as exc:
+            fail(str(exc))
     for v in trained:
         console.print(f"version {v.version_id}: {v.tenant}/{v.user or 'shared'} from {v.pairs} preferences "
                       f"({v.unchanged_edits} unchanged edits skipped), final loss {v.final_loss:.4f}")

@@ -37,6 +37,7 @@ from corll.tasks import load_task
 EXPERIMENT_KEYS = {"name", "description", "seeds", "base", "arms", "baseline", "figures", "regret_samples", "out"}
 METRICS = {
     "reward": "held-out mean R*",
+    "shown_reward": "mean R* of the responses shown in training",
     "regret": "held-out regret R*(y*) − R*(y)",
     "kl": "KL(π‖π_0) estimate",
     "mislabel_rate": "realised mislabel rate",

@@ -10,8 +10,9 @@ that the server picks up at its next request.
 
 from __future__ import annotations
 
+import math
 import uuid
-from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,7 @@ class LogTrainingConfig:
     epochs: int = 2
     batch_size: int = 8
     dpo: DPOConfig = field(default_factory=DPOConfig)
-    precision: str = "fp32"
+    precision: str = "auto"
     seed: int = 0
 
 
@@ -82,8 +83,13 @@ def _first_event(store: Store, tenant: str, user: str | None, since_version: int
     return int(version.details.get("trained_through_event", 0))
 
 
-def train_from_log(store: Store, config: LogTrainingConfig, log=lambda _: None) -> list[TrainedVersion]:
-    """Train one new version per tenant (or per user with `per_user`) that has enough new preferences."""
+StepProgress = Callable[[str, int, int, float], None]  # who, steps done, steps in all, last loss
+
+
+def train_from_log(store: Store, config: LogTrainingConfig, log=lambda _: None,
+                   progress: StepProgress = lambda *_: None) -> list[TrainedVersion]:
+    """Train one new version per tenant (or per user with `per_user`) that has enough new preferences;
+    `progress` hears of every DPO step."""
     tenants = sorted({r.tenant for r in store.feedback(kind="edit")}) if config.tenant is None else [config.tenant]
     trained = []
     for tenant in tenants:
@@ -102,12 +108,12 @@ def train_from_log(store: Store, config: LogTrainingConfig, log=lambda _: None) 
             if len(signals.pairs) < config.min_feedback:
                 log(f"{who}: {len(signals.pairs)} new preferences (< {config.min_feedback}); not trained")
                 continue
-            trained.append(_train_version(store, config, tenant, user, signals, log))
+            trained.append(_train_version(store, config, tenant, user, signals, log, progress))
     return trained
 
 
 def _train_version(store: Store, config: LogTrainingConfig, tenant: str, user: str | None, signals: Signals,
-                   log) -> TrainedVersion:
+                   log, progress: StepProgress) -> TrainedVersion:
     torch.manual_seed(config.seed)
     policy = load_policy(config.model, lora=LoraSettings(), precision=config.precision, seed=config.seed)
     parent = store.active_version(tenant, user)
@@ -118,11 +124,17 @@ def _train_version(store: Store, config: LogTrainingConfig, tenant: str, user: s
         set_peft_model_state_dict(policy.model, load_file(Path(parent.adapter_path) / "adapter_model.safetensors"))
     learner = DPOLearner(policy, config.dpo)
     loss = float("nan")
+    who = f"{tenant}/{user or 'shared'}"
+    steps = config.epochs * math.ceil(len(signals.pairs) / config.batch_size)
+    done = 0
+    progress(who, done, steps, loss)
     for epoch in range(config.epochs):
         order = torch.randperm(len(signals.pairs)).tolist()
         for start in range(0, len(order), config.batch_size):
             loss = learner.step([signals.pairs[i] for i in order[start : start + config.batch_size]]).loss
-        log(f"{tenant}/{user or 'shared'}: epoch {epoch + 1}/{config.epochs}, loss {loss:.4f}")
+            done += 1
+            progress(who, done, steps, loss)
+        log(f"{who}: epoch {epoch + 1}/{config.epochs}, loss {loss:.4f}")
     folder = (config.adapters_dir / tenant / (user or "shared") / uuid.uuid4().hex).resolve()
     policy.model.save_pretrained(folder)
     details = {"trained_through_event": signals.last_event, "pairs": len(signals.pairs),

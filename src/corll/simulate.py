@@ -15,127 +15,26 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from corll.config import ConfigError, SimulationConfig
 from corll.feedback import word_edit_distance
-from corll.learners import (
-    ALGORITHMS,
-    EDIT_ALGORITHMS,
-    REACTION_ALGORITHMS,
-    RLOO,
-    RLUF,
-    CoRLL,
-    DPOConfig,
-    DPOLearner,
-    Dueling,
-    KTOConfig,
-    KTOFromReactions,
-    KTOLearner,
-    RoundLog,
-    parse_weights,
-)
-from corll.learners.edits import (CostAgent, EarlyEnsemble, FloorAgent, LateEnsemble, OracleAgent, PreferenceAgent,
-                                  SFTAgent, SFTLearner, told)
-from corll.learners.rluf import weighted_reward
+from corll.config import EDIT_ALGORITHMS
 from corll.learners.dpo import StepStats
-from corll.losses import DPO_LOSS_TYPES
+from corll.learners.edits import LateEnsemble, OracleAgent, told
+from corll.learners.registry import LATE_MEMBERS, LEARNERS, Setup
+from corll.learners.rounds import RoundLog
 from corll.monitor import monitor_records
-from corll.policy import PRECISIONS, LoraSettings, Policy, SamplingConfig, load_policy, resolve_model
-from corll.tasks import Task, load_task, resolve_task
-from corll.users import EDITORS, DuelingLabeller, ExpertEditor, LLMEditor, LocalEditor
-
-
-class ConfigError(ValueError):
-    """An impossible setting, named by its option."""
-
-
-@dataclass
-class SimulationConfig:
-    """Everything a run depends on. Paper values (seed 002) are noted where ours differ."""
-
-    task: str = "positive-review"
-    model: str = "smollm2-135m-instruct"
-    algorithms: list[str] = field(default_factory=lambda: ["corll", "dueling"])
-    rounds: int = 30
-    seed: int = 0
-    k: int = 2  # argmax samples; paper IMDB 9, 7B runs 1
-    batch_size: int = 8  # N preferences per DPO step; paper 64
-    user: str = "local"  # local: revises the draft (small edits); expert: the paper's expert-based editor; llm: prompted π_0
-    l: int = 4  # expert candidates per edit; paper IMDB 25, 7B runs 5
-    alpha: float | None = None  # None: minimal improvement; paper ablation 0.6
-    noise_free: bool = False
-    epsilon: float = 0.0
-    weights: str = "love=1,help=0.5,safe=0.5"  # RLUF objectives (reaction tasks); k is its n samples per prompt
-    beta: float = 0.1
-    lr: float = 2e-4  # paper 1e-5 full fine-tuning; LoRA on 135M needs more (5e-4 over-optimizes in 30 rounds)
-    loss_type: str = "sigmoid"
-    label_smoothing: float = 0.0
-    warmup_rounds: int = 0
-    temperature: float = 1.0
-    top_k: int = 50
-    max_new_tokens: int = 32
-    precision: str = "bf16"  # bf16 autocast: ~2x faster training on CPUs with native bf16
-    full_finetune: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
-    init_adapter: str | None = None
-    eval_every: int = 5
-    eval_prompts: int = 16
-    eval_samples: int = 2
-    checkpoint_every: int = 5
-    offline_edits: int = 0  # seed 003's protocol: learn from this many logged edits of π_0's drafts first
-
-    def validate(self) -> None:
-        """Reject impossible settings before any model loads, naming the option."""
-        checks = [
-            (self.rounds >= 1, "--rounds must be >= 1"),
-            (self.k >= 1, "--k must be >= 1"),
-            (self.batch_size >= 1, "--batch-size (N) must be >= 1"),
-            (self.l >= 1, "--l must be >= 1"),
-            (self.beta > 0, "--beta must be > 0"),
-            (self.lr > 0, "--lr must be > 0"),
-            (0.0 <= self.epsilon <= 1.0, "--epsilon must be in [0, 1]"),
-            (self.alpha is None or 0.0 < self.alpha <= 1.0, "--alpha must be in (0, 1]"),
-            (0.0 <= self.label_smoothing < 0.5, "--label-smoothing must be in [0, 0.5)"),
-            (self.loss_type in DPO_LOSS_TYPES, f"--loss must be one of {', '.join(DPO_LOSS_TYPES)}"),
-            (self.temperature > 0, "--temperature must be > 0"),
-            (self.top_k >= 1, "--top-k must be >= 1"),
-            (self.max_new_tokens >= 1, "--max-new-tokens must be >= 1"),
-            (self.eval_every >= 1, "--eval-every must be >= 1"),
-            (self.eval_prompts >= 1, "--eval-prompts must be >= 1"),
-            (self.eval_samples >= 1, "--eval-samples must be >= 1"),
-            (self.checkpoint_every >= 1, "--checkpoint-every must be >= 1"),
-            (self.warmup_rounds >= 0, "--warmup-rounds must be >= 0"),
-            (self.offline_edits >= 0, "--offline-edits must be >= 0"),
-            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
-            (bool(self.algorithms), "--algorithm: give at least one"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        if self.user not in EDITORS:
-            raise ConfigError(f"unknown user {self.user!r}: use one of {', '.join(EDITORS)}")
-        for name in self.algorithms:
-            if name not in ALGORITHMS:
-                raise ConfigError(f"unknown algorithm {name!r}: use one of {', '.join(ALGORITHMS)}")
-        if "rluf" in self.algorithms:
-            try:
-                parse_weights(self.weights)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from exc
-        if len(set(self.algorithms)) != len(self.algorithms):
-            raise ConfigError("--algorithm: each algorithm may be given once")
-        if self.full_finetune and self.init_adapter:
-            raise ConfigError("--init-adapter needs LoRA; it cannot be combined with --full-finetune")
-        try:
-            resolve_model(self.model)
-            resolve_task(self.task)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
+from corll import hardware
+from corll.hardware import choose_precision
+from corll.policy import LoraSettings, Policy, SamplingConfig, load_policy
+from corll.tasks import Task, load_task
+from corll.users import LocalEditor
 
 
 # --- building blocks ---------------------------------------------------------------------------
@@ -148,83 +47,12 @@ def build_policy(config: SimulationConfig) -> Policy:
                        precision=config.precision, seed=config.seed)
 
 
-Algorithm = (CoRLL | Dueling | RLUF | RLOO | KTOFromReactions | SFTAgent | CostAgent | EarlyEnsemble | LateEnsemble
-             | FloorAgent | OracleAgent)
-
-
-def objective_reward(task: Task, config: SimulationConfig):
-    """Σ w·objective for the RLUF learners, from --weights."""
-    try:
-        return weighted_reward(task.objectives, parse_weights(config.weights))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+Algorithm = Any  # whatever a registered learner's builder returns (learners/registry.py)
 
 
 def build_algorithm(name: str, config: SimulationConfig, policy: Policy, task: Task) -> Algorithm:
-    if name in REACTION_ALGORITHMS and (task.react is None or task.objectives is None):
-        raise ConfigError(f"--algorithm {name} needs a reaction task (assistant-reactions, synthetic-reactions), "
-                          f"not {task.name!r}")
-    if name == "rloo":
-        return RLOO(policy, objective_reward(task, config), n=max(config.k, 2), batch_size=config.batch_size,
-                    lr=config.lr, beta=config.beta)
-    if name == "kto":
-        learner = KTOLearner(policy, KTOConfig(beta=config.beta, lr=config.lr))
-        return KTOFromReactions(policy, learner, task.react, batch_size=config.batch_size)
-    learner = DPOLearner(policy, DPOConfig(beta=config.beta, lr=config.lr, loss_type=config.loss_type,
-                                           label_smoothing=config.label_smoothing,
-                                           warmup_steps=config.warmup_rounds))
-    if name in EDIT_ALGORITHMS:
-        if config.user == "local" and task.local_edit is None:
-            raise ConfigError(f"task {task.name!r} defines no local edit: use --user expert")
-        editor = build_editor(config, policy, task)
-        return build_edit_learner(name, config, policy, learner, editor)
-    if name == "rluf":
-        reward = objective_reward(task, config)
-        return RLUF(policy, learner, reward, n=max(config.k, 2), batch_size=config.batch_size)
-    return Dueling(policy, learner, DuelingLabeller(task), batch_size=config.batch_size)
-
-
-def build_editor(config: SimulationConfig, policy: Policy, task: Task):
-    if config.user == "local":
-        return LocalEditor(task)
-    if config.user == "llm":
-        try:
-            return LLMEditor(task, policy)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-    return ExpertEditor(task, l=config.l, alpha=config.alpha, noise_free=config.noise_free, epsilon=config.epsilon)
-
-
-LATE_MEMBERS = ("preference", "sft", "cost")  # the late ensemble's learners, in the bandit's arm order
-
-
-def build_edit_learner(name: str, config: SimulationConfig, policy: Policy, learner: DPOLearner,
-                       editor) -> Algorithm:
-    """CoRLL and the seed-003 learners over the same editor: sft, cost, ensemble-early, ensemble-late."""
-    if name == "corll":
-        return CoRLL(policy, learner, editor, k=config.k, batch_size=config.batch_size)
-    if name == "floor":
-        return FloorAgent(policy, editor, batch_size=config.batch_size)
-    if name == "oracle":
-        if editor.task.describe_user is None:
-            raise ConfigError(f"--algorithm oracle needs a task that describes its users' preferences "
-                              f"(prelude-summarize, prelude-email, their -shift variants), not {editor.task.name!r}")
-        return OracleAgent(policy, editor, batch_size=config.batch_size, describe_user=editor.task.describe_user)
-    if name == "sft":
-        return SFTAgent(policy, SFTLearner(policy, config.lr), editor, batch_size=config.batch_size)
-    if name == "cost":
-        return CostAgent(policy, learner, editor, k=max(config.k, 2), batch_size=config.batch_size)
-    if name == "ensemble-early":
-        return EarlyEnsemble(policy, learner, editor, k=config.k, batch_size=config.batch_size)
-    # ensemble-late: three learners on separate adapters over the same base weights' copies
-    members = []
-    for member in LATE_MEMBERS:
-        own = policy if member == "preference" else build_policy(config)
-        dpo = learner if member == "preference" else DPOLearner(own, learner.config)
-        members.append(PreferenceAgent(own, dpo, k=config.k) if member == "preference" else
-                       SFTAgent(own, SFTLearner(own, config.lr), None) if member == "sft" else
-                       CostAgent(own, dpo, None, k=max(config.k, 2)))
-    return LateEnsemble(members, editor, batch_size=config.batch_size)
+    """The learner registered under `name`, built for this run."""
+    return LEARNERS[name].build(Setup(config, policy, task))
 
 
 def learner_of(algorithm: Algorithm):
@@ -260,11 +88,15 @@ def evaluate(policy: Policy, task: Task, config: SimulationConfig,
     asked = prompts if system_for is None else told(prompts, system_for)
     with torch.random.fork_rng():
         torch.manual_seed(10_000 + config.seed)
-        samples = policy.sample(asked, config.eval_samples)
+        if system_for is None:  # log π of the samples comes with them
+            samples, logps = policy.sample_scored(prompts, config.eval_samples)
+        else:
+            samples, logps = policy.sample(asked, config.eval_samples), None
     xs = [x for x in prompts for _ in range(config.eval_samples)]
     ys = [y for s in samples for y in s]
     rewards = task.reward(xs, ys)
-    kl = (policy.logprobs(xs, ys) - policy.logprobs(xs, ys, reference=True)).mean().item()
+    logps = policy.logprobs(xs, ys) if logps is None else logps.flatten()
+    kl = (logps - policy.logprobs(xs, ys, reference=True)).mean().item()
     extra = task.metrics(xs, ys) if task.metrics is not None else {}
     return {"reward": statistics.fmean(rewards),
             "reward_sem": statistics.stdev(rewards) / math.sqrt(len(rewards)) if len(rewards) > 1 else 0.0,
@@ -289,8 +121,12 @@ class Interval:
     cost: int = 0
     shown: int = 0
     unedited: int = 0
+    shown_reward: float = 0.0  # R* of the responses users were shown (the paper's own measure)
+    shown_rewarded: int = 0
 
-    def add(self, log: RoundLog, stats: StepStats | None) -> None:
+    def add(self, log: RoundLog, stats: StepStats | None, shown_rewards: list[float]) -> None:
+        self.shown_reward += sum(shown_rewards)
+        self.shown_rewarded += len(shown_rewards)
         self.pairs += len(log.pairs)
         self.cost += sum(log.costs)
         self.shown += len(log.costs)
@@ -317,7 +153,8 @@ class Interval:
                 "skipped": self.skipped, "loss": mean(self.loss, self.steps),
                 "love_rate_observed": mean(self.loves, self.labelled),
                 "edit_cost": mean(self.cost, self.shown), "cost_sum": self.cost,
-                "no_edit_share": mean(self.unedited, self.shown)}
+                "no_edit_share": mean(self.unedited, self.shown),
+                "shown_reward": mean(self.shown_reward, self.shown_rewarded)}
 
 
 # --- run folder ----------------------------------------------------------------------------------
@@ -349,16 +186,29 @@ class RunDir:
     def write_json(self, path: Path, value) -> None:
         self.write_text(path, json.dumps(value, indent=2) + "\n")
 
+    def metrics_lock(self):
+        """Algorithms of one run may train in parallel processes (--jobs); they share metrics.jsonl."""
+        from filelock import FileLock
+
+        return FileLock(str(self.path / ".metrics.lock"))
+
     def read_metrics(self) -> list[dict]:
         if not self.metrics_file.exists():
             return []
         return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
 
-    def write_metrics(self, records: list[dict]) -> None:
-        self.write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in records))
+    def keep_metrics(self, algorithm: str, up_to_round: int) -> list[dict]:
+        """Drop `algorithm`'s records after `up_to_round` (what its checkpoint has not seen), keep every
+        other algorithm's; returns the algorithm's kept records."""
+        with self.metrics_lock():
+            records = self.read_metrics()
+            kept = [r for r in records if r["algorithm"] != algorithm or r["round"] <= up_to_round]
+            if len(kept) != len(records):
+                self.write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
+        return [r for r in kept if r["algorithm"] == algorithm]
 
     def append_metric(self, record: dict) -> None:
-        with self.metrics_file.open("a") as f:
+        with self.metrics_lock(), self.metrics_file.open("a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -378,15 +228,28 @@ class RunExistsError(FileExistsError):
 def prepare_run_dir(out: Path, config: SimulationConfig, resume: bool) -> tuple[RunDir, SimulationConfig]:
     """Create the run folder, or reopen it to resume with the configuration it was started with."""
     run = RunDir(out)
+    if resume and not run.config_file.exists():
+        raise ConfigError(f"--resume: {out} holds no run (no config.json); leave out --resume to start one there")
     if run.config_file.exists():
         if not resume:
             raise RunExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-        saved = SimulationConfig(**json.loads(run.config_file.read_text()))
-        saved.validate()
-        return run, saved
+        saved = json.loads(run.config_file.read_text())
+        saved.pop(HARDWARE_KEY, None)
+        resumed = SimulationConfig(**saved)
+        resumed.validate()
+        return run, resumed
     out.mkdir(parents=True, exist_ok=True)
-    run.write_json(run.config_file, dataclasses.asdict(config))
+    run.write_json(run.config_file, {**dataclasses.asdict(config), HARDWARE_KEY: hardware_record(config)})
     return run, config
+
+
+HARDWARE_KEY = "hardware"  # in config.json: where the run started, not a setting
+
+
+def hardware_record(config: SimulationConfig) -> dict:
+    """The machine a run started on and what `auto` resolved to there (precision, threads)."""
+    return {**hardware.detect().as_dict(), "precision": choose_precision(config.precision).precision,
+            "threads": torch.get_num_threads()}
 
 
 ProgressFn = Callable[[str, int, dict | None], None]
@@ -394,7 +257,7 @@ ProgressFn = Callable[[str, int, dict | None], None]
 
 def offline_phase(algorithm: Algorithm, task: Task, policy: Policy, stream: PromptStream, n: int,
                   batch_size: int) -> int:
-    """Seed 003's offline phase: π_0 drafts for the next n prompts, edited by the users behind the log
+    """The offline phase of learning from user edits: π_0 drafts for the next n prompts, edited by the users behind the log
     (`task.offline_edit`: in the shift setting, users with other preferences than the online ones); the
     agent learns from them batch by batch as it would online. Returns how many drafts were edited."""
     if not hasattr(algorithm, "learn") or task.local_edit is None:
@@ -422,7 +285,6 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
              "kept_total": 0, "shown_total": 0, "offline_edited": 0}
 
     checkpoint = run.checkpoint(name)
-    records = [r for r in run.read_metrics() if r["algorithm"] != name]
     if checkpoint.exists():
         saved = torch.load(checkpoint, weights_only=False)
         policy.load_trainable_state(saved["trainable"])
@@ -430,13 +292,12 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
         torch.set_rng_state(saved["rng"])
         stream.cursor = saved["cursor"]
         state = {**state, **saved["state"], "interval": Interval(**saved["state"]["interval"])}
-        records += [r for r in run.read_metrics() if r["algorithm"] == name and r["round"] <= state["round"]]
-    elif config.offline_edits:
+    run.keep_metrics(name, state["round"] if checkpoint.exists() else -1)
+    if not checkpoint.exists() and config.offline_edits:
         started = time.perf_counter()
         state["offline_edited"] = offline_phase(algorithm, task, policy, stream, config.offline_edits,
                                                 config.batch_size)
         state["wall_time"] += time.perf_counter() - started
-    run.write_metrics(records)
 
     system_for = algorithm.describe_user if isinstance(algorithm, OracleAgent) else None
 
@@ -461,7 +322,7 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
         state["round"] += 1
         state["feedback"] += log.feedback
         state["queries"] += log.queries
-        state["interval"].add(log, stats)
+        state["interval"].add(log, stats, task.reward(*map(list, zip(*log.shown))) if log.shown else [])
         state["cost_total"] += sum(log.costs)
         state["kept_total"] += sum(c == 0 for c in log.costs)
         state["shown_total"] += len(log.costs)
@@ -490,26 +351,89 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
                     "no_edit_share": state["kept_total"] / max(1, state["shown_total"])}
     if isinstance(algorithm, LateEnsemble):  # whom the bandit let answer, episode by episode
         summary["chosen"] = [LATE_MEMBERS[i] for i in algorithm.chosen]
-    if task.objectives is not None:  # reaction tasks: watch for reward hacking (seed 004)
+    if task.objectives is not None:  # reaction tasks: watch for reward hacking
         summary["monitor_flags"] = monitor_records(ours)
     return summary
 
 
 def run_simulation(config: SimulationConfig, out: Path, *, resume: bool = False,
-                   progress: ProgressFn = lambda *_: None) -> dict:
-    """Run every algorithm of `config` into `out`; returns the summary (also written to summary.json)."""
+                   progress: ProgressFn = lambda *_: None, jobs: int = 1) -> dict:
+    """Run every algorithm of `config` into `out`; returns the summary (also written to summary.json).
+
+    With `jobs` > 1 the algorithms train in that many processes at once, each with its share of
+    the CPUs as threads: on a small CPU, two one-thread processes finish more work than one
+    two-thread process (decoding does not scale with threads), and the results are the same.
+    """
     config.validate()
     run, config = prepare_run_dir(out, config, resume)
     summary_file = run.path / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    todo = [name for name in config.algorithms if summary.get(name, {}).get("rounds") != config.rounds]
     for name in config.algorithms:
-        if summary.get(name, {}).get("rounds") == config.rounds:
+        if name not in todo:
             progress(name, config.rounds, None)
-            continue
-        summary[name] = run_algorithm(name, config, run, progress)
+    for name, result in run_algorithms(todo, config, run, progress, jobs):
+        summary[name] = result
         run.write_json(summary_file, summary)
     from corll.report import plot_curves
 
     plot_curves([run.path], run.path / "curves.png")
     return summary
 
+
+
+def run_algorithms(names: list[str], config: SimulationConfig, run: RunDir, progress: ProgressFn,
+                   jobs: int) -> Iterator[tuple[str, dict]]:
+    """(name, summary) as each algorithm finishes: in this process, or in `jobs` worker processes
+    whose progress is relayed here."""
+    jobs = min(jobs, len(names))
+    if jobs <= 1:
+        for name in names:
+            yield name, run_algorithm(name, config, run, progress)
+        return
+    import multiprocessing
+    import threading
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        queue = manager.Queue()
+        # How many algorithms are still training: when one finishes, the others take its CPUs.
+        running = manager.Value("i", len(names))
+        relay = threading.Thread(target=_relay, args=(queue, progress), daemon=True)
+        relay.start()
+        try:
+            with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+                futures = {pool.submit(_run_in_worker, name, config, run.path, queue, running, jobs): name
+                           for name in names}
+                for future in as_completed(futures):
+                    running.value -= 1
+                    yield futures[future], future.result()
+        finally:
+            queue.put(None)
+            relay.join()
+
+
+def _relay(queue, progress: ProgressFn) -> None:
+    while (message := queue.get()) is not None:
+        progress(*message)
+
+
+def _run_in_worker(name: str, config: SimulationConfig, path: Path, queue, running, jobs: int) -> dict:
+    """One algorithm in a worker process (it inherits the parent's OpenMP wait policy). Its thread
+    count is its share of the CPUs among the algorithms still training, checked every round."""
+    from corll.hardware import available_cpus
+    from corll.policy import quiet_libraries
+
+    quiet_libraries()
+    cpus = available_cpus()
+
+    def share() -> None:
+        torch.set_num_threads(max(1, cpus // max(1, min(jobs, running.value))))
+
+    def report(*message) -> None:
+        share()
+        queue.put(message)
+
+    share()
+    return run_algorithm(name, config, RunDir(path), report)

@@ -1,15 +1,25 @@
-"""Learners turn feedback into policy updates. Each `round` collects N preferences and takes one step."""
+"""Learners turn feedback into policy updates. Each `round` collects N preferences and takes one step.
 
-from corll.learners.corll import CoRLL
-from corll.learners.dpo import DPOConfig, DPOLearner, NonFiniteLossError
-from corll.learners.dueling import Dueling
-from corll.learners.kto import KTOConfig, KTOFromReactions, KTOLearner
-from corll.learners.rluf import RLOO, RLUF, parse_weights, weighted_reward
-from corll.learners.rounds import RoundLog
+The names below load on first use, so that `corll.learners.registry` (which names every
+learner) can be read without loading torch.
+"""
 
-ALGORITHMS = ("corll", "dueling", "rluf", "rloo", "kto", "sft", "cost", "ensemble-early", "ensemble-late", "floor", "oracle")
-EDIT_ALGORITHMS = ("corll", "sft", "cost", "ensemble-early", "ensemble-late", "floor", "oracle")
-REACTION_ALGORITHMS = ("rluf", "rloo", "kto")
+import importlib
 
-__all__ = ["ALGORITHMS", "EDIT_ALGORITHMS", "REACTION_ALGORITHMS", "RLOO", "RLUF", "CoRLL", "DPOConfig", "DPOLearner", "Dueling", "KTOConfig",
-           "KTOFromReactions", "KTOLearner", "NonFiniteLossError", "RoundLog", "parse_weights", "weighted_reward"]
+_HOMES = {
+    "CoRLL": "corll.learners.corll",
+    "DPOConfig": "corll.learners.dpo", "DPOLearner": "corll.learners.dpo", "NonFiniteLossError": "corll.learners.dpo",
+    "Dueling": "corll.learners.dueling",
+    "KTOConfig": "corll.learners.kto", "KTOFromReactions": "corll.learners.kto", "KTOLearner": "corll.learners.kto",
+    "RLOO": "corll.learners.rluf", "RLUF": "corll.learners.rluf", "parse_weights": "corll.learners.rluf",
+    "weighted_reward": "corll.learners.rluf",
+    "RoundLog": "corll.learners.rounds",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'corll.learners' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

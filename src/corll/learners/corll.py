@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
+
 from corll.feedback import Edit, edit_costs
 from corll.learners.dpo import DPOLearner, StepStats
 from corll.learners.rounds import RoundLog, gather
@@ -24,17 +26,26 @@ from corll.users import Editor
 
 def argmax_draft(policy: Policy, prompts: Sequence[str], k: int, beta: float) -> list[str]:
     """y = argmax over k samples of the implicit reward β·(log π_t − log π_0)."""
-    return implicit_argmax(policy, prompts, policy.sample(prompts, k), beta)
+    if k == 1:
+        return [s[0] for s in policy.sample(prompts, 1)]
+    samples, logps = policy.sample_scored(prompts, k)  # log π_t comes with the samples
+    return implicit_argmax(policy, prompts, samples, beta, logps)
 
 
 def implicit_argmax(policy: Policy, prompts: Sequence[str], samples: Sequence[Sequence[str]],
-                    beta: float) -> list[str]:
-    """Per prompt, the sample with the highest implicit reward (for callers that reuse the samples)."""
+                    beta: float, logps: torch.Tensor | None = None) -> list[str]:
+    """Per prompt, the sample with the highest implicit reward (for callers that reuse the samples);
+    `logps` ([prompts, k]) are log π_t of the samples when the caller already has them."""
     k = len(samples[0])
     if k == 1:
         return [s[0] for s in samples]
     flat_prompts = [x for x in prompts for _ in range(k)]
-    rewards = policy.implicit_reward(flat_prompts, [y for s in samples for y in s], beta).view(len(prompts), k)
+    flat = [y for s in samples for y in s]
+    if logps is None:
+        rewards = policy.implicit_reward(flat_prompts, flat, beta)
+    else:
+        rewards = beta * (logps.flatten() - policy.logprobs(flat_prompts, flat, reference=True))
+    rewards = rewards.view(len(prompts), k)
     return [s[i] for s, i in zip(samples, rewards.argmax(dim=1).tolist())]
 
 
@@ -53,8 +64,8 @@ class CoRLL:
         edits = self.editor.edit(prompts, drafts)
         kept = [(x, e) for x, e in zip(prompts, edits) if e is not None]
         return RoundLog(pairs=[e.to_pair(x) for x, e in kept], edits=[e for _, e in kept],
-                        costs=edit_costs(drafts, edits),
-                        queries=len(prompts), skipped=len(prompts) - len(kept))
+                        costs=edit_costs(drafts, edits), queries=len(prompts), skipped=len(prompts) - len(kept),
+                        shown=list(zip(prompts, drafts)))
 
     def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
         log = gather(next_prompts, self.batch_size, self.ask)

@@ -41,7 +41,7 @@ class DPOConfig:
     label_smoothing: float = 0.0
     warmup_steps: int = 0
     max_grad_norm: float = 10.0
-    micro_batch_pairs: int = 2
+    micro_batch_pairs: int = 4
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ class RoundLog:
     costs: list[int] = field(default_factory=list)  # edit cost (words) of every shown response, 0 if kept
     labelled: int = 0  # unpaired labelled examples (reaction learners: every shown response)
     reactions: int = 0  # loves among them
+    shown: list[tuple[str, str]] = field(default_factory=list)  # (prompt, response) the users were shown
 
     @property
     def feedback(self) -> int:
@@ -46,4 +47,5 @@ def gather(next_prompts: Callable[[int], list[str]], n: int, ask: Ask) -> RoundL
         log.queries += part.queries
         log.skipped += part.skipped
         log.costs += part.costs
+        log.shown += part.shown
     return log

@@ -36,7 +36,7 @@ def load_adapter_weights(policy: Policy, adapter_dir: str | Path, name: str) -> 
 
 
 class PolicyEngine:
-    def __init__(self, model: str, store: Store, *, precision: str = "fp32", seed: int = 0,
+    def __init__(self, model: str, store: Store, *, precision: str = "auto", seed: int = 0,
                  default_max_tokens: int = 128, max_tokens_limit: int = 1024) -> None:
         torch.manual_seed(seed)
         self.policy = load_policy(model, lora=LoraSettings(), sampling=SamplingConfig(), precision=precision, seed=seed)
@@ -72,8 +72,8 @@ class PolicyEngine:
                 with torch.random.fork_rng():
                     if seed is not None:
                         torch.manual_seed(seed)
-                    text = self.policy.sample([messages], 1)[0][0]
-                logprob = float(self.policy.logprobs([messages], [text])[0])
+                    texts, logps = self.policy.sample_scored([messages], 1)  # log π comes with the sample
+                text, logprob = texts[0][0], float(logps[0, 0])
             finally:
                 self.policy.sampling = previous
             prompt_tokens = len(self.policy.prompt_ids(messages))

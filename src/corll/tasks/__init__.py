@@ -78,9 +78,24 @@ def _builtin() -> dict[str, TaskFactory]:
     }
 
 
-TASK_NAMES = ("positive-review", "synthetic", "positive-review-dpo", "synthetic-dpo", "assistant-reactions",
-              "synthetic-reactions", "prelude-summarize", "prelude-email", "prelude-summarize-shift",
-              "prelude-email-shift", "synthetic-personal")
+TASK_DESCRIPTIONS = {
+    "positive-review": "continue a movie review; R* rewards positive sentiment and fluency; the local user "
+                       "swaps negative words (coactive learning's demo)",
+    "synthetic": "tiny-model task with an exact reward (share of lowercase characters), for tests and quick trials",
+    "positive-review-dpo": "positive-review with the paper's expert: SmolLM2 with a DPO-trained adapter "
+                           "(trained once, ~5 min); R* = 0.1·log π*/π₀",
+    "synthetic-dpo": "synthetic with a DPO-trained expert, for tests",
+    "assistant-reactions": "119 assistant requests and a panel of simulated users who rarely love an answer "
+                           "(reactions)",
+    "synthetic-reactions": "tiny-model reaction task, for tests",
+    "prelude-summarize": "summarize documents from nine sources, each user with a latent style preference; "
+                         "R* = minus the words the user changes (learning from user edits)",
+    "prelude-email": "write emails from notes, each user with a latent preference (learning from user edits)",
+    "prelude-summarize-shift": "prelude-summarize where the offline log came from users with other preferences",
+    "prelude-email-shift": "prelude-email where the offline log came from users with other preferences",
+    "synthetic-personal": "tiny-model personalization task with rule editors, for tests and quick trials",
+}
+TASK_NAMES = tuple(TASK_DESCRIPTIONS)
 
 
 def resolve_task(spec: str) -> TaskFactory:
@@ -88,6 +103,9 @@ def resolve_task(spec: str) -> TaskFactory:
     if spec in TASK_NAMES:
         return _builtin()[spec]
     path, sep, attr = spec.rpartition(":")
+    if not sep and spec.endswith(".py"):
+        raise TaskError(f"task {spec!r} names a file but not its factory: use {spec}:FACTORY, where "
+                        "FACTORY(policy) returns a corll.tasks.Task")
     if not sep or not path.endswith(".py"):
         raise TaskError(f"unknown task {spec!r}: use one of {', '.join(TASK_NAMES)} or path/to/file.py:factory")
     file = Path(path)
@@ -109,4 +127,22 @@ def load_task(spec: str, policy: Policy) -> Task:
     task = resolve_task(spec)(policy)
     if not isinstance(task, Task) or not task.train_prompts or not task.test_prompts:
         raise TaskError(f"task {spec!r} must return a Task with train and test prompts")
+    check_reward(spec, task)
     return task
+
+
+def check_reward(spec: str, task: Task) -> None:
+    """Call the reward once, as evaluation will: batched, reward(prompts, responses) -> one float each.
+    A wrong contract is named here with its task, not as a traceback at the first evaluation."""
+    contract = "reward(prompts, responses) must take lists and return one number per response"
+    try:
+        values = task.reward(task.test_prompts[:2], ["A short test response.", "Another one."])
+    except Exception as exc:  # any error inside the user's reward is reported with its task
+        raise TaskError(f"task {spec!r}: its reward failed on a batch of two ({type(exc).__name__}: {exc}); "
+                        f"{contract}") from exc
+    try:
+        ok = len(values) == 2 and all(isinstance(float(v), float) for v in values)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise TaskError(f"task {spec!r}: its reward returned {values!r} for two responses; {contract}")

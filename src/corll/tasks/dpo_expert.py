@@ -71,7 +71,7 @@ def _load_base_policy(source: tuple[str, int], precision: str, max_new_tokens: i
 
 
 def train_dpo_expert(base_build: Callable, base_name: str, source: tuple[str, int], settings: ExpertTraining,
-                     precision: str = "bf16", log: Callable[[str], None] = lambda _: None) -> dict:
+                     precision: str = "auto", log: Callable[[str], None] = lambda _: None) -> dict:
     """Train π* (a LoRA adapter) by offline DPO on best-vs-worst π_0 samples; return its weights and a report."""
     from corll.learners.dpo import DPOConfig, DPOLearner
 

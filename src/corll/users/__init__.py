@@ -7,13 +7,13 @@ person through the store: an editor returns `Edit`s, a labeller returns preferen
 from collections.abc import Sequence
 from typing import Protocol
 
+from corll.config import EDITORS
 from corll.feedback import Edit
 from corll.users.dueling import DuelingLabeller, Duel
 from corll.users.expert_editor import EditChoice, ExpertEditor, choose_edit
 from corll.users.llm_editor import LLMEditor
 from corll.users.local_editor import LocalEditor
 
-EDITORS = ("local", "expert", "llm")
 
 
 class Editor(Protocol):

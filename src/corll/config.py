@@ -1,0 +1,125 @@
+"""Names and settings, importable without torch: the CLI answers --help, checks a command's
+options and names the problem before any model (or torch) loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from corll.hardware import PRECISIONS
+from corll.learners.registry import LEARNERS, learners_for
+
+SMOLLM2 = "smollm2-135m-instruct"
+TINY = "tiny"
+BUILTIN_MODELS = (SMOLLM2, TINY)
+DPO_LOSS_TYPES = ("sigmoid", "ipo")
+EDITORS = ("local", "expert", "llm")
+ALGORITHMS = tuple(LEARNERS)
+EDIT_ALGORITHMS = learners_for("edits")
+REACTION_ALGORITHMS = learners_for("reactions")
+
+
+class ModelNotFoundError(ValueError):
+    """The model name is neither a built-in model nor a local directory."""
+
+
+def resolve_model(name: str) -> str:
+    """Check a model name before anything loads: a built-in name or an existing local directory."""
+    if name in BUILTIN_MODELS or Path(name).is_dir():
+        return name
+    raise ModelNotFoundError(
+        f"unknown model {name!r}: use one of {', '.join(BUILTIN_MODELS)} or a local model directory"
+    )
+
+
+class ConfigError(ValueError):
+    """An impossible setting, named by its option."""
+
+
+@dataclass
+class SimulationConfig:
+    """Everything a run depends on. Values of the coactive-learning paper are noted where ours differ."""
+
+    task: str = "positive-review"
+    model: str = "smollm2-135m-instruct"
+    algorithms: list[str] = field(default_factory=lambda: ["corll", "dueling"])
+    rounds: int = 30
+    seed: int = 0
+    k: int = 2  # argmax samples; paper IMDB 9, 7B runs 1
+    batch_size: int = 8  # N preferences per DPO step; paper 64
+    user: str = "local"  # local: revises the draft (small edits); expert: the paper's expert-based editor; llm: prompted π_0
+    l: int = 4  # expert candidates per edit; paper IMDB 25, 7B runs 5
+    alpha: float | None = None  # None: minimal improvement; paper ablation 0.6
+    noise_free: bool = False
+    epsilon: float = 0.0
+    weights: str = "love=1,help=0.5,safe=0.5"  # RLUF objectives (reaction tasks); k is its n samples per prompt
+    beta: float = 0.1
+    lr: float = 2e-4  # paper 1e-5 full fine-tuning; LoRA on 135M needs more (5e-4 over-optimizes in 30 rounds)
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    warmup_rounds: int = 0
+    temperature: float = 1.0
+    top_k: int = 50
+    max_new_tokens: int = 32
+    precision: str = "auto"  # auto: bf16 autocast where the hardware computes bf16 natively, else fp32
+    full_finetune: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    init_adapter: str | None = None
+    eval_every: int = 5
+    eval_prompts: int = 16
+    eval_samples: int = 2
+    checkpoint_every: int = 5
+    offline_edits: int = 0  # learning from user edits: learn from this many logged edits of π_0's drafts first
+
+    def validate(self) -> None:
+        """Reject impossible settings before any model loads, naming the option."""
+        checks = [
+            (self.rounds >= 1, "--rounds must be >= 1"),
+            (self.k >= 1, "--k must be >= 1"),
+            (self.batch_size >= 1, "--batch-size (N) must be >= 1"),
+            (self.l >= 1, "--l must be >= 1"),
+            (self.beta > 0, "--beta must be > 0"),
+            (self.lr > 0, "--lr must be > 0"),
+            (0.0 <= self.epsilon <= 1.0, "--epsilon must be in [0, 1]"),
+            (self.alpha is None or 0.0 < self.alpha <= 1.0, "--alpha must be in (0, 1]"),
+            (0.0 <= self.label_smoothing < 0.5, "--label-smoothing must be in [0, 0.5)"),
+            (self.loss_type in DPO_LOSS_TYPES, f"--loss must be one of {', '.join(DPO_LOSS_TYPES)}"),
+            (self.temperature > 0, "--temperature must be > 0"),
+            (self.top_k >= 1, "--top-k must be >= 1"),
+            (self.max_new_tokens >= 1, "--max-new-tokens must be >= 1"),
+            (self.eval_every >= 1, "--eval-every must be >= 1"),
+            (self.eval_prompts >= 1, "--eval-prompts must be >= 1"),
+            (self.eval_samples >= 1, "--eval-samples must be >= 1"),
+            (self.checkpoint_every >= 1, "--checkpoint-every must be >= 1"),
+            (self.warmup_rounds >= 0, "--warmup-rounds must be >= 0"),
+            (self.offline_edits >= 0, "--offline-edits must be >= 0"),
+            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
+            (bool(self.algorithms), "--algorithm: give at least one"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if self.user not in EDITORS:
+            raise ConfigError(f"unknown user {self.user!r}: use one of {', '.join(EDITORS)}")
+        for name in self.algorithms:
+            if name not in LEARNERS:
+                raise ConfigError(f"unknown algorithm {name!r}: use one of {', '.join(LEARNERS)}")
+        if "rluf" in self.algorithms:
+            from corll.learners.rluf import parse_weights
+
+            try:
+                parse_weights(self.weights)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+        if len(set(self.algorithms)) != len(self.algorithms):
+            raise ConfigError("--algorithm: each algorithm may be given once")
+        if self.full_finetune and self.init_adapter:
+            raise ConfigError("--init-adapter needs LoRA; it cannot be combined with --full-finetune")
+        from corll.tasks import resolve_task
+
+        try:
+            resolve_model(self.model)
+            resolve_task(self.task)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc

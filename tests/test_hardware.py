@@ -1,0 +1,148 @@
+"""Precision `auto`, thread counts, and the model cache under concurrency."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import corll.hardware as hardware
+from corll.cli import app
+from corll.hardware import Hardware, choose_precision
+from corll.policy import cached_build, load_policy
+
+@pytest.fixture(autouse=True)
+def keep_thread_count():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+AVX2 = Hardware("cpu", "AMD EPYC", "AVX2", False, 2)
+AVX512_BF16 = Hardware("cpu", "Intel Xeon", "AVX512-BF16", True, 2)
+
+
+def test_auto_picks_fp32_without_native_bf16_and_says_why():
+    choice = choose_precision("auto", AVX2)
+    assert choice.precision == "fp32" and choice.warning is None
+    assert choice.reason == "precision fp32: this CPU (AVX2) has no native bf16"
+
+
+def test_auto_picks_bf16_where_the_cpu_computes_it_natively():
+    choice = choose_precision("auto", AVX512_BF16)
+    assert choice.precision == "bf16" and "natively" in choice.reason
+
+
+def test_explicit_bf16_on_a_cpu_without_it_runs_with_a_warning_naming_the_slowdown():
+    choice = choose_precision("bf16", AVX2)
+    assert choice.precision == "bf16"
+    assert "slower than fp32" in choice.warning and "×12" in choice.warning
+    assert choose_precision("bf16", AVX512_BF16).warning is None
+    assert choose_precision("fp32", AVX512_BF16).precision == "fp32"
+
+
+def test_unknown_precision_is_named():
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        choose_precision("fp8", AVX2)
+
+
+def test_native_bf16_needs_a_bf16_unit_not_only_onednn_support(monkeypatch):
+    """oneDNN reports bf16 support on AVX512 CPUs that only emulate it; the flags decide."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for flags, native, name in [({"avx2", "avx512f"}, False, None), ({"avx512f", "avx512_bf16"}, True, "AVX512-BF16"),
+                                ({"amx_bf16", "avx512_bf16"}, True, "AMX")]:
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: flags)
+        hardware.detect.cache_clear()
+        detected = hardware.detect()
+        assert detected.native_bf16 is native
+        if name:
+            assert detected.capability == name
+    hardware.detect.cache_clear()
+
+
+def test_load_policy_resolves_auto_by_the_hardware(monkeypatch):
+    monkeypatch.setattr(hardware, "detect", lambda: AVX2)
+    assert load_policy("tiny").precision == "fp32"
+    monkeypatch.setattr(hardware, "detect", lambda: AVX512_BF16)
+    assert load_policy("tiny").precision == "bf16"
+
+
+def test_simulate_says_the_choice_and_records_it_in_config_json(tmp_path, monkeypatch):
+    monkeypatch.setattr(hardware, "detect", lambda: AVX2)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["simulate", "--task", "synthetic", "--model", "tiny", "--rounds", "1",
+                                      "--algorithm", "corll", "--max-new-tokens", "4", "--batch-size", "2",
+                                      "--eval-prompts", "2", "--threads", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "precision fp32: this CPU (AVX2) has no native bf16 · 1 thread" in result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["precision"] == "auto"
+    assert config["hardware"] == {**AVX2.as_dict(), "precision": "fp32", "threads": 1}
+    # the record is not a setting: the run resumes
+    again = CliRunner().invoke(app, ["simulate", "--out", str(out), "--resume"])
+    assert again.exit_code == 0, again.output
+
+
+def test_explicit_bf16_warns_on_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(hardware, "detect", lambda: AVX2)
+    result = CliRunner().invoke(app, ["simulate", "--task", "synthetic", "--model", "tiny", "--rounds", "1",
+                                      "--algorithm", "corll", "--max-new-tokens", "4", "--batch-size", "2",
+                                      "--eval-prompts", "2", "--precision", "bf16", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.output and "slower than fp32" in result.output
+
+
+def test_available_cpus_respects_the_affinity_mask():
+    allowed = len(__import__("os").sched_getaffinity(0))
+    assert 1 <= hardware.available_cpus() <= allowed
+
+
+def test_bad_thread_count_is_refused(tmp_path):
+    result = CliRunner().invoke(app, ["simulate", "--task", "synthetic", "--model", "tiny", "--threads", "0",
+                                      "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "--threads must be >= 1" in result.output
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
+BUILDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from corll.policy import cached_build
+
+    def build(staging):
+        (staging / "weights").write_text(sys.argv[2])
+        time.sleep(1.0)  # both processes are inside the build at once without the lock
+        (staging / "config.json").write_text("{}")
+
+    print(cached_build(Path(sys.argv[1]), build))
+""")
+
+
+def test_two_processes_building_the_model_cache_at_once_both_succeed(tmp_path):
+    """The first conversion used to crash the loser with 'Directory not empty' at the rename."""
+    target = tmp_path / "cache" / "model"
+    procs = [subprocess.Popen([sys.executable, "-c", BUILDER, str(target), name], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for name in ("first", "second")]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert {o[0].strip() for o in outputs} == {str(target)}
+    assert (target / "weights").read_text() in ("first", "second")
+    assert sorted(p.name for p in target.parent.iterdir() if not p.name.endswith(".lock")) == ["model"]
+
+
+def test_a_lost_rename_uses_the_winners_copy(tmp_path):
+    """Without the lock's protection (another machine on a shared cache), losing the rename is no error."""
+    target = tmp_path / "model"
+
+    def build(staging):
+        (staging / "config.json").write_text("{}")
+        target.mkdir()
+        (target / "config.json").write_text('{"winner": true}')  # another process renamed first
+
+    assert cached_build(target, build) == target
+    assert json.loads((target / "config.json").read_text()) == {"winner": True}
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == ["model"]
