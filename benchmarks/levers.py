@@ -70,8 +70,11 @@ def whole_rows(batch) -> EncodedBatch:
     return EncodedBatch(ids, attention, response_mask)
 
 
+SEQUENCE_LOGPROBS = policy_module.sequence_logprobs  # the shipped function, before any lever patches it
+
+
 def whole_row_logprobs(model, batch) -> torch.Tensor:
-    return policy_module.sequence_logprobs(model, whole_rows(batch))
+    return SEQUENCE_LOGPROBS(model, whole_rows(batch))
 
 
 def separate_forwards(model, batch) -> torch.Tensor:
@@ -80,7 +83,7 @@ def separate_forwards(model, batch) -> torch.Tensor:
     half = batch.input_ids.shape[0] // 2
     parts = [EncodedBatch(batch.input_ids[s], batch.attention_mask[s], batch.response_mask[s])
              for s in (slice(0, half), slice(half, None))]
-    return torch.cat([policy_module.sequence_logprobs(model, part) for part in parts])
+    return torch.cat([SEQUENCE_LOGPROBS(model, part) for part in parts])
 
 
 @contextlib.contextmanager
@@ -150,6 +153,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the table (Markdown) here")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of one DPO step")
     parser.add_argument("--skip-threads", action="store_true", help="leave out the thread levers")
+    parser.add_argument("--phase", action="append", help="only the levers of this phase (repeatable), e.g. update")
     args = parser.parse_args()
     torch.set_num_threads(available_cpus())
     precision = choose_precision("auto").precision
@@ -225,6 +229,8 @@ def main() -> None:
             ("frozen weights stored in bf16 (vs cast at every op under autocast)", "update",
              update(autocast_only), update(fast)),
         ]
+    if args.phase:
+        levers = [lever for lever in levers if lever[1] in args.phase]
     for _, phase, off, on in levers:  # warm-up: a learner's first step pays one-off costs (optimizer state)
         if phase == "update":
             off(), on()

@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 exec .venv/bin/corll simulate --task positive-review --algorithm corll --algorithm dueling \
-  --rounds 12 --batch-size 4 --lr 6e-4 --eval-every 12 --jobs 2 --seed 0 --out runs/demo "$@"
+  --rounds 12 --batch-size 4 --lr 6e-4 --eval-every 6 --jobs 2 --seed 0 --out runs/demo "$@"

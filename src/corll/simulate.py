@@ -398,16 +398,14 @@ def run_algorithms(names: list[str], config: SimulationConfig, run: RunDir, prog
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager:
         queue = manager.Queue()
-        # How many algorithms are still training: when one finishes, the others take its CPUs.
-        running = manager.Value("i", len(names))
         relay = threading.Thread(target=_relay, args=(queue, progress), daemon=True)
         relay.start()
+        threads = worker_threads(jobs)
         try:
             with ProcessPoolExecutor(jobs, mp_context=context) as pool:
-                futures = {pool.submit(_run_in_worker, name, config, run.path, queue, running, jobs): name
+                futures = {pool.submit(_run_in_worker, name, config, run.path, queue, threads): name
                            for name in names}
                 for future in as_completed(futures):
-                    running.value -= 1
                     yield futures[future], future.result()
         finally:
             queue.put(None)
@@ -419,21 +417,18 @@ def _relay(queue, progress: ProgressFn) -> None:
         progress(*message)
 
 
-def _run_in_worker(name: str, config: SimulationConfig, path: Path, queue, running, jobs: int) -> dict:
-    """One algorithm in a worker process (it inherits the parent's OpenMP wait policy). Its thread
-    count is its share of the CPUs among the algorithms still training, checked every round."""
+def worker_threads(jobs: int) -> int:
+    """Each worker's fixed share of the CPUs. Fixed, not handed over when a worker finishes: the thread
+    count changes floating-point sums, and a run must replay exactly from its seed."""
     from corll.hardware import available_cpus
+
+    return max(1, available_cpus() // jobs)
+
+
+def _run_in_worker(name: str, config: SimulationConfig, path: Path, queue, threads: int) -> dict:
+    """One algorithm in a worker process (it inherits the parent's OpenMP wait policy)."""
     from corll.policy import quiet_libraries
 
     quiet_libraries()
-    cpus = available_cpus()
-
-    def share() -> None:
-        torch.set_num_threads(max(1, cpus // max(1, min(jobs, running.value))))
-
-    def report(*message) -> None:
-        share()
-        queue.put(message)
-
-    share()
-    return run_algorithm(name, config, RunDir(path), report)
+    torch.set_num_threads(threads)
+    return run_algorithm(name, config, RunDir(path), lambda *message: queue.put(message))
