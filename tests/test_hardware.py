@@ -96,9 +96,18 @@ def test_explicit_bf16_warns_on_the_command_line(tmp_path, monkeypatch):
     assert "warning:" in result.output and "slower than fp32" in result.output
 
 
-def test_available_cpus_respects_the_affinity_mask():
-    allowed = len(__import__("os").sched_getaffinity(0))
-    assert 1 <= hardware.available_cpus() <= allowed
+def test_available_cpus_respects_the_affinity_mask_and_the_cgroup_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    quota = tmp_path / "cpu.max"
+    monkeypatch.setattr(hardware, "CGROUP_CPU_MAX", quota)
+    quota.write_text("max 100000\n")
+    assert hardware.available_cpus() == 4  # no quota: the affinity mask
+    quota.write_text("150000 100000\n")
+    assert hardware.available_cpus() == 2  # 1.5 CPUs of quota: two threads
+    quota.write_text("800000 100000\n")
+    assert hardware.available_cpus() == 4  # a quota above the mask does not add CPUs
+    quota.unlink()
+    assert hardware.available_cpus() == 4
 
 
 def test_bad_thread_count_is_refused(tmp_path):

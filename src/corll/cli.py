@@ -229,9 +229,9 @@ def experiment(
         spec = subset(spec, seeds, arms)
     except ExperimentError as exc:
         fail(str(exc))
-    if not aggregate_only:
-        use_hardware(spec.runs()[0][2].precision if spec.runs() else "auto", threads)
     runs = spec.runs()
+    if not aggregate_only:
+        use_hardware(runs[0][2].precision if runs else "auto", threads)
     todo = [r for r in runs if not run_is_finished(r[3], r[2])]
     console.print(f"experiment {spec.name}: {len(runs)} runs ({len(runs) - len(todo)} finished) in {spec.out}")
     try:
