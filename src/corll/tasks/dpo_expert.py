@@ -16,11 +16,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +25,7 @@ from pathlib import Path
 import torch
 
 from corll.feedback import PreferencePair
+from corll.policy import cached_build
 from corll.tasks import Task
 
 EXPERT_BETA = 0.1
@@ -120,19 +118,16 @@ def load_expert(base_build: Callable, base_name: str, policy, settings: ExpertTr
     source = (policy.source[0], EXPERT_SEED)
     folder = expert_dir(base_name, source, settings)
     weights = folder / "expert.pt"
-    if not weights.exists():
+
+    def train(staging: Path) -> None:
         print(f"training the DPO expert for {base_name} once; cached in {folder}", file=sys.stderr)
         trained = train_dpo_expert(base_build, base_name, source, settings, policy.precision,
                                    log=lambda m: print(m, file=sys.stderr))
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".train-"))
-        try:
-            torch.save(trained["trainable"], staging / "expert.pt")
-            (staging / "report.json").write_text(json.dumps(trained["report"], indent=2) + "\n")
-            (staging / "settings.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
-            os.replace(staging, folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        (staging / "report.json").write_text(json.dumps(trained["report"], indent=2) + "\n")
+        (staging / "settings.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
+        torch.save(trained["trainable"], staging / "expert.pt")
+
+    cached_build(folder, train, marker="expert.pt")  # processes starting together train it once
     expert = _load_base_policy(source, policy.precision, policy.sampling.max_new_tokens)
     expert.sampling = policy.sampling
     expert.load_trainable_state(torch.load(weights, weights_only=True))
