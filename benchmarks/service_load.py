@@ -42,12 +42,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(db: str) -> tuple[subprocess.Popen, str]:
+def start_server(db: str, *options: str, model: str = "tiny") -> tuple[subprocess.Popen, str]:
+    """A `corll serve` process on a free loopback port, once its health check answers."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "corll.cli", "serve", "--model", "tiny", "--db", db,
-                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "corll.cli", "serve", "--model", model, "--db", db,
+                                "--port", str(port), *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    for _ in range(1200):
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return process, url

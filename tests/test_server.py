@@ -1,6 +1,7 @@
 """The service end to end: a real uvicorn server on loopback, the tiny model, SQLite."""
 
 import asyncio
+import json
 import threading
 import time
 
@@ -96,19 +97,25 @@ def test_other_tenants_get_404_and_cannot_list_or_attach(service):
 
 @pytest.mark.parametrize(("body", "status", "needle"), [
     ({"completion_id": "chatcmpl-nope", "reaction": "love"}, 404, "no completion"),
-    ({"completion_id": "ID", "edit": ""}, 422, "'edit' is empty"),
-    ({"completion_id": "ID", "edit": "x" * 40_000}, 422, "edit"),
-    ({"completion_id": "ID", "reaction": "meh"}, 422, "reaction"),
-    ({"completion_id": "ID"}, 422, "exactly one"),
-    ({"completion_id": "ID", "edit": 5}, 422, "edit"),
-    ({"completion_id": "ID", "reaction": "love", "extra": 1}, 422, "extra"),
+    ({"completion_id": "ID", "edit": ""}, 400, "'edit' is empty"),
+    ({"completion_id": "ID", "edit": "x" * 40_000}, 400, "edit"),
+    ({"completion_id": "ID", "reaction": "meh"}, 400, "reaction"),
+    ({"completion_id": "ID"}, 400, "exactly one"),
+    ({"completion_id": "ID", "edit": 5}, 400, "edit"),
+    ({"completion_id": "ID", "reaction": "love", "extra": 1}, 400, "extra"),
+    ({"completion_id": "ID", "edit": "bad \ud800 text"}, 400, "surrogate"),
+    ({"completion_id": "ID", "edit": "nul \x00 inside"}, 400, "NUL"),
+    ({"completion_id": "ID", "reaction": "love", "choice": 1}, 404, "no completion"),
 ])
 def test_bad_feedback_gets_4xx_naming_the_problem_and_nothing_is_stored(service, body, status, needle):
     server, store, keys, _ = service
     completion = ask(server, keys["alice"])
     body = {k: (completion.id if v == "ID" else v) for k, v in body.items()}
-    response = httpx.post(f"{server.url}/v1/feedback", json=body, headers={"Authorization": f"Bearer {keys['alice']}"})
+    response = httpx.post(f"{server.url}/v1/feedback", content=json.dumps(body),  # ASCII: "\ud800" as an escape
+                          headers={"Authorization": f"Bearer {keys['alice']}", "Content-Type": "application/json"})
     assert response.status_code == status and needle in response.text
+    problem = response.json()["error"]  # OpenAI's error shape, with the field named where there is one
+    assert set(problem) == {"message", "type", "param", "code"} and problem["type"] == "invalid_request_error"
     assert store.feedback() == []
 
 
@@ -120,12 +127,12 @@ def test_auth_json_and_size_errors(service):
     wrong = httpx.post(url, json={"completion_id": "x", "reaction": "love"}, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and "invalid API key" in wrong.text
     malformed = httpx.post(url, content=b"{not json", headers={**auth, "Content-Type": "application/json"})
-    assert malformed.status_code == 422 and "json" in malformed.text.lower()
+    assert malformed.status_code == 400 and "json" in malformed.text.lower()
     huge = httpx.post(url, content=b"x" * (MAX_BODY_BYTES + 1), headers=auth)
     assert huge.status_code == 413
     chat = httpx.post(f"{server.url}/v1/chat/completions", headers=auth,
                       json={"model": "tiny", "messages": [{"role": "assistant", "content": "hi"}]})
-    assert chat.status_code == 422 and "last message must have role 'user'" in chat.text
+    assert chat.status_code == 400 and "last message must have role 'user'" in chat.text
     assert store.feedback() == [] and store.list_interactions("acme") == []
     assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
     assert "/v1/feedback" in httpx.get(f"{server.url}/openapi.json").json()["paths"]

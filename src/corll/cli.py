@@ -447,6 +447,9 @@ def serve(
     precision: PrecisionOption = "auto",
     threads: ThreadsOption = None,
     max_tokens: Annotated[int, typer.Option(help="Default response length cap in tokens.")] = 128,
+    max_batch: Annotated[int, typer.Option(
+        help="Sequences decoded together (continuous batching across users' adapters); 1 serves one at a time.",
+        min=1)] = 32,
 ) -> None:
     """Serve the current policy behind an OpenAI-compatible API and take feedback."""
     import uvicorn
@@ -463,7 +466,7 @@ def serve(
         fail(problem)
     store = open_store(db, must_exist=False)
     precision = use_hardware(precision, threads)
-    engine = PolicyEngine(model, store, precision=precision, default_max_tokens=max_tokens)
+    engine = PolicyEngine(model, store, precision=precision, default_max_tokens=max_tokens, max_batch=max_batch)
     console.print(f"serving {model} on http://{host}:{port}/v1 (store: {store.url.split('@')[-1]})")
     uvicorn.run(create_app(store, engine), host=host, port=port, log_level="warning")
 

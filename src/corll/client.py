@@ -44,6 +44,10 @@ def json_detail(body: dict) -> str:
     return str(detail)
 
 
+def _body(completion_id: str, choice: int, **signal: str) -> dict:
+    return {"completion_id": completion_id, **({"choice": choice} if choice else {}), **signal}
+
+
 def _base(base_url: str) -> str:
     return base_url.rstrip("/").removesuffix("/v1")
 
@@ -53,13 +57,14 @@ class Client:
         self.http = httpx.Client(base_url=_base(base_url), headers={"Authorization": f"Bearer {api_key}"},
                                  timeout=timeout)
 
-    def edit(self, completion_id: str, text: str) -> dict:
-        """Record that the user kept `text` instead of the completion (an edit: a preference ȳ ≻ y)."""
-        return _check(self.http.post("/v1/feedback", json={"completion_id": completion_id, "edit": text}))
+    def edit(self, completion_id: str, text: str, *, choice: int = 0) -> dict:
+        """Record that the user kept `text` instead of the completion (an edit: a preference ȳ ≻ y);
+        `choice` picks one of an n > 1 completion's choices."""
+        return _check(self.http.post("/v1/feedback", json=_body(completion_id, choice, edit=text)))
 
-    def react(self, completion_id: str, reaction: str) -> dict:
+    def react(self, completion_id: str, reaction: str, *, choice: int = 0) -> dict:
         """Record a reaction: 'love', 'like' or 'dislike'."""
-        return _check(self.http.post("/v1/feedback", json={"completion_id": completion_id, "reaction": reaction}))
+        return _check(self.http.post("/v1/feedback", json=_body(completion_id, choice, reaction=reaction)))
 
     def interactions(self, *, limit: int = 50, before: str | None = None) -> dict:
         params = {"limit": limit, **({"before": before} if before else {})}
@@ -80,11 +85,11 @@ class AsyncClient:
         self.http = httpx.AsyncClient(base_url=_base(base_url), headers={"Authorization": f"Bearer {api_key}"},
                                       timeout=timeout)
 
-    async def edit(self, completion_id: str, text: str) -> dict:
-        return _check(await self.http.post("/v1/feedback", json={"completion_id": completion_id, "edit": text}))
+    async def edit(self, completion_id: str, text: str, *, choice: int = 0) -> dict:
+        return _check(await self.http.post("/v1/feedback", json=_body(completion_id, choice, edit=text)))
 
-    async def react(self, completion_id: str, reaction: str) -> dict:
-        return _check(await self.http.post("/v1/feedback", json={"completion_id": completion_id, "reaction": reaction}))
+    async def react(self, completion_id: str, reaction: str, *, choice: int = 0) -> dict:
+        return _check(await self.http.post("/v1/feedback", json=_body(completion_id, choice, reaction=reaction)))
 
     async def interactions(self, *, limit: int = 50, before: str | None = None) -> dict:
         params = {"limit": limit, **({"before": before} if before else {})}

@@ -1,67 +1,150 @@
 """The HTTP service: OpenAI-compatible chat completions that log every interaction, and feedback.
 
-    POST /v1/chat/completions   (the official `openai` client works against it; `stream` supported)
+    POST /v1/chat/completions   the official `openai` client works unchanged: n, stop, logprobs,
+                                seed, streaming token by token (`stream_options.include_usage`)
+    GET  /v1/models             the base model and the policy versions the caller may pin
     POST /v1/feedback           {completion_id, edit | reaction}
     GET  /v1/interactions       the caller's tenant's interactions, newest first, paged
     GET  /healthz               liveness and database reachability
 
 Every request carries `Authorization: Bearer <API key>`; a key is bound to one
 tenant and one user. Another tenant's completion id answers 404, like an id that
-does not exist, so ids cannot be probed. Bad input answers 4xx with a message
-naming the problem and writes nothing; a database outage answers 503.
+does not exist, so ids cannot be probed. Every refused request answers 4xx in
+OpenAI's error shape (`{"error": {"message", "type", "param", "code"}}`), naming
+the field and the problem, and writes nothing; a database outage answers 503.
+
+`model` is the served model's name (the caller's active version: their own
+adapter, else their tenant's, else the base model) or `<name>:v<id>` to pin one
+version, as vLLM addresses its LoRA modules. A completion is logged once it has
+finished, before its last chunk leaves: an id whose answer the client saw exists.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Header, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.exc import SQLAlchemyError
 
-from corll.server.engine import PolicyEngine
+from corll.server.engine import Choice, Engine, GenerationRequest, ServedModel, Stream, gather
 from corll.store import MAX_EDIT_CHARS, NotFoundError, Principal, Store, StoreError
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_MESSAGES = 64
 MAX_MESSAGE_CHARS = 32_000
+MAX_CHOICES = 8
+MAX_STOPS = 4
+MAX_STOP_CHARS = 64
+
+
+def storable(text: str) -> str:
+    """Text every backend stores losslessly: no lone surrogate (not UTF-8), no NUL (PostgreSQL refuses it)."""
+    if "\x00" in text:
+        raise ValueError("contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("contains a lone surrogate (not valid Unicode text)") from exc
+    return text
+
+
+Text = Annotated[str, AfterValidator(storable)]
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: Text = Field(max_length=MAX_MESSAGE_CHARS)
 
 
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=MAX_MESSAGE_CHARS)
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Text | list[TextPart] = Field(max_length=MAX_MESSAGE_CHARS)
+    name: str | None = Field(default=None, max_length=64)
+
+    def plain(self) -> dict:
+        """{role, content} as the chat template takes it (a developer message is a system message)."""
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+# OpenAI parameters corll cannot honour: refused by name rather than answered wrongly.
+REFUSED = {
+    "tools": "tool calls are not supported", "tool_choice": "tool calls are not supported",
+    "functions": "function calls are not supported", "function_call": "function calls are not supported",
+    "audio": "audio output is not supported", "prediction": "predicted outputs are not supported",
+    "logit_bias": "logit_bias is not supported", "web_search_options": "web search is not supported",
+    "reasoning_effort": "this model does not reason", "frequency_penalty": "penalties are not supported",
+    "presence_penalty": "penalties are not supported", "top_k": "not an OpenAI parameter; corll samples with top-k 50",
+}
+# Accepted without effect: bookkeeping fields that do not change the answer.
+IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls"}
 
 
 class ChatCompletionRequest(BaseModel):
-    """The subset of OpenAI's request that corll honours; other OpenAI fields are accepted and ignored."""
+    """OpenAI's chat request as far as corll honours it; anything else is refused by name."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
     model: str = Field(max_length=256)
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     temperature: float | None = Field(default=None, ge=0, le=2, description="0 (or below 0.01): greedy")
     top_p: float | None = Field(default=None, gt=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1, le=1024)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=1024)
-    n: int = Field(default=1, ge=1, le=1)
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES, description="choices, sampled together")
+    stop: Text | list[Text] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=5)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    stream: bool = False
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    modalities: list[Literal["text"]] | None = None
+    response_format: dict | None = None
 
     @model_validator(mode="after")
-    def _ends_with_a_user_turn(self) -> ChatCompletionRequest:
+    def _honourable(self) -> ChatCompletionRequest:
+        for name, value in (self.model_extra or {}).items():
+            if name in REFUSED and value not in (None, 0, [], {}):
+                raise ValueError(f"'{name}': {REFUSED[name]}")
+            if name not in REFUSED and name not in IGNORED:
+                raise ValueError(f"unrecognized request argument '{name}'")
         if self.messages[-1].role != "user":
             raise ValueError("the last message must have role 'user'")
+        if len(self.stops()) > MAX_STOPS or not all(0 < len(s) <= MAX_STOP_CHARS for s in self.stops()):
+            raise ValueError(f"'stop': at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("'top_logprobs' needs 'logprobs': true")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("'stream_options' is only allowed with 'stream': true")
+        if self.response_format is not None and self.response_format.get("type") != "text":
+            raise ValueError("'response_format': only {'type': 'text'} is supported")
         return self
+
+    def stops(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
 
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     completion_id: str = Field(min_length=1, max_length=64)
-    edit: str | None = Field(default=None, max_length=MAX_EDIT_CHARS,
-                             description="The text the user kept after editing the response.")
+    choice: int = Field(default=0, ge=0, lt=MAX_CHOICES, description="Which choice of an n > 1 completion.")
+    edit: Text | None = Field(default=None, max_length=MAX_EDIT_CHARS,
+                              description="The text the user kept after editing the response.")
     reaction: Literal["love", "like", "dislike"] | None = None
 
     @model_validator(mode="after")
@@ -94,8 +177,27 @@ class InteractionPage(BaseModel):
     next_before: str | None
 
 
-def error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+def error(status: int, message: str, kind: str = "invalid_request_error", *, param: str | None = None,
+          code: str | None = None) -> JSONResponse:
+    """OpenAI's error shape: the official client reads `message`, `type`, `param` and `code` from it."""
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                        status_code=status)
+
+
+def validation_error(exc: RequestValidationError) -> JSONResponse:
+    """The first problem, naming its field (never echoing the input, which may not even be encodable)."""
+    first = exc.errors()[0]
+    where = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return error(400, "the request body is not valid JSON", code="invalid_json")
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    param = ".".join(where) or None
+    return error(400, f"{param}: {message}" if param else message, param=param, code="invalid_value")
+
+
+def choice_id(completion_id: str, index: int) -> str:
+    """The logged interaction behind choice `index` of a completion (choice 0 keeps the completion's id)."""
+    return completion_id if index == 0 else f"{completion_id}-{index}"
 
 
 class BodySizeLimit:
@@ -147,23 +249,31 @@ def principal(request: Request, authorization: Annotated[str | None, Header()] =
 Caller = Annotated[Principal, Depends(principal)]
 
 
-def create_app(store: Store, engine: PolicyEngine) -> FastAPI:
+def create_app(store: Store, engine: Engine) -> FastAPI:
     app = FastAPI(title="corll", version="0.1.0",
                   description="OpenAI-compatible completions that learn from users' edits and reactions.")
 
     app.state.store = store
 
+    @app.exception_handler(RequestValidationError)
+    def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error(exc)
+
     @app.exception_handler(Unauthorized)
     def _unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:
-        return error(401, str(exc), "authentication_error")
+        return error(401, str(exc), "authentication_error", code="invalid_api_key")
+
+    @app.exception_handler(ModelNotFound)
+    def _no_model(_: Request, exc: ModelNotFound) -> JSONResponse:
+        return error(404, str(exc), param="model", code="model_not_found")
 
     @app.exception_handler(NotFoundError)
     def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
-        return error(404, str(exc), "not_found")
+        return error(404, str(exc), code="not_found")
 
     @app.exception_handler(StoreError)
     def _refused(_: Request, exc: StoreError) -> JSONResponse:
-        return error(422, str(exc), "invalid_request_error")
+        return error(400, str(exc), code="invalid_value")
 
     @app.exception_handler(SQLAlchemyError)
     def _database_down(_: Request, exc: SQLAlchemyError) -> JSONResponse:
@@ -177,32 +287,46 @@ def create_app(store: Store, engine: PolicyEngine) -> FastAPI:
             return error(503, "database unreachable", "unavailable")
         return JSONResponse({"status": "ok", "model": engine.model_name})
 
+    @app.get("/v1/models")
+    def models(who: Caller) -> dict:
+        return {"object": "list", "data": served_models(store, engine.model_name, who)}
+
+    @app.get("/v1/models/{model_id:path}")
+    def model(model_id: str, who: Caller) -> dict:
+        found = [m for m in served_models(store, engine.model_name, who) if m["id"] == model_id]
+        if not found:
+            raise ModelNotFound(f"the model '{model_id}' does not exist")
+        return found[0]
+
     @app.post("/v1/chat/completions", response_model=None)
-    def chat_completions(body: ChatCompletionRequest, who: Caller):
-        messages = [m.model_dump() for m in body.messages]
-        completion = engine.complete(who.tenant, who.user, messages, temperature=body.temperature,
-                                     top_p=body.top_p, max_tokens=body.max_completion_tokens or body.max_tokens,
-                                     seed=body.seed)
-        # Logged before the answer leaves: an id the client receives always exists in the store.
-        completion_id = store.record_interaction(who, messages, completion.text,
-                                                 policy_version_id=completion.version_id,
-                                                 sampling=completion.sampling, response_logprob=completion.logprob)
-        created = int(time.time())
+    async def chat_completions(body: ChatCompletionRequest, request: Request, who: Caller):
+        messages = [m.plain() for m in body.messages]
+        served, prompt_ids = await run_in_threadpool(
+            lambda: (resolve_model(store, engine.model_name, who, body.model), engine.prompt_ids(messages)))
+        max_tokens = min(body.max_completion_tokens or body.max_tokens or engine.default_max_tokens,
+                         engine.max_tokens_limit)
+        if len(prompt_ids) + max_tokens > engine.context_length:
+            return error(400, f"the prompt has {len(prompt_ids)} tokens; with max_tokens {max_tokens} that exceeds "
+                              f"the model's context of {engine.context_length}", param="messages",
+                         code="context_length_exceeded")
+        generation = GenerationRequest(
+            prompt_ids, served, n=body.n or 1, temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=body.top_p or 1.0, max_tokens=max_tokens, stop=body.stops(), seed=body.seed,
+            logprobs=bool(body.logprobs), top_logprobs=body.top_logprobs or 0)
+        stream = engine.submit(generation, asyncio.get_running_loop())
+        answer = Answer(store, who, body, messages, stream, engine.model_name)
         if body.stream:
-            return StreamingResponse(stream_chunks(completion_id, created, body.model, completion.text,
-                                                   completion.finish_reason), media_type="text/event-stream")
-        return {
-            "id": completion_id, "object": "chat.completion", "created": created, "model": body.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text},
-                         "finish_reason": completion.finish_reason, "logprobs": None}],
-            "usage": {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
-                      "total_tokens": completion.prompt_tokens + completion.completion_tokens},
-            "system_fingerprint": f"corll-policy-{completion.version_id or 0}",
-        }
+            return StreamingResponse(answer.events(), media_type="text/event-stream")
+        choices = await answer.wait(request)
+        if choices is None:  # the client left: nothing to answer, nothing logged
+            return Response(status_code=499)
+        ids = await run_in_threadpool(answer.record, choices)
+        return answer.completion(ids[0], choices)
 
     @app.post("/v1/feedback", response_model=FeedbackResponse)
     def feedback(body: FeedbackRequest, who: Caller) -> FeedbackResponse:
-        event_id = store.add_feedback(who, body.completion_id, edit=body.edit, reaction=body.reaction)
+        event_id = store.add_feedback(who, choice_id(body.completion_id, body.choice), edit=body.edit,
+                                      reaction=body.reaction)
         return FeedbackResponse(id=event_id, completion_id=body.completion_id,
                                 kind="edit" if body.edit is not None else "reaction")
 
@@ -221,16 +345,146 @@ def create_app(store: Store, engine: PolicyEngine) -> FastAPI:
     return app
 
 
-def stream_chunks(completion_id: str, created: int, model: str, text: str, finish_reason: str) -> Iterator[str]:
-    """Server-sent events in OpenAI's chat.completion.chunk format, word by word."""
-    def chunk(delta: dict, finish: str | None = None) -> str:
-        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+class ModelNotFound(Exception):
+    pass
+
+
+def version_model(base: str, version_id: int) -> str:
+    return f"{base}:v{version_id}"
+
+
+def served_models(store: Store, base: str, who: Principal) -> list[dict]:
+    """The base name (the caller's active version) and each version the caller may pin: the
+    tenant's shared ones and the caller's own."""
+    listed = [{"id": base, "object": "model", "created": 0, "owned_by": "corll", "root": base, "parent": None}]
+    for v in store.versions(who.tenant):
+        if v.user in (None, who.user):
+            listed.append({"id": version_model(base, v.id), "object": "model",
+                           "created": int(v.created_at.timestamp()), "owned_by": who.tenant, "root": base,
+                           "parent": base, "active": v.active, "user": v.user})
+    return listed
+
+
+def resolve_model(store: Store, base: str, who: Principal, name: str) -> ServedModel:
+    """What `model` names for this caller; unknown names (and other users' versions) are not found."""
+    if name == base:
+        version = store.active_version(who.tenant, who.user)
+    else:
+        prefix = f"{base}:v"
+        version_id = name.removeprefix(prefix) if name.startswith(prefix) else ""
+        version = None
+        if version_id.isdigit():
+            try:
+                version = store.version(int(version_id))
+            except NotFoundError:
+                version = None
+        if version is None or version.tenant != who.tenant or version.user not in (None, who.user):
+            known = ", ".join(m["id"] for m in served_models(store, base, who)[:5])
+            raise ModelNotFound(f"the model '{name}' does not exist; this server has: {known}")
+    if version is None:
+        return ServedModel(None, None)
+    return ServedModel(version.id, version.adapter_path)
+
+
+class Answer:
+    """One chat completion on its way out: gathered or streamed, then logged."""
+
+    def __init__(self, store: Store, who: Principal, body: ChatCompletionRequest, messages: list[dict],
+                 stream: Stream, model: str) -> None:
+        self.store, self.who, self.body, self.messages, self.stream = store, who, body, messages, stream
+        self.model = body.model or model
+        self.id = new_completion_id()
+        self.created = int(time.time())
+        self.fingerprint = f"corll-policy-{stream.request.model.version_id or 0}"
+
+    async def wait(self, request: Request) -> list[Choice] | None:
+        """Every choice, or None if the client disconnected first (its rows are freed)."""
+        choices = [Choice() for _ in range(self.stream.request.n)]
+        waiter = asyncio.ensure_future(self._gather(choices))
+        while not waiter.done():
+            done, _ = await asyncio.wait({waiter}, timeout=0.5)
+            if not done and await request.is_disconnected():
+                self.stream.cancel()
+                waiter.cancel()
+                return None
+        waiter.result()
+        return choices
+
+    async def _gather(self, choices: list[Choice]) -> None:
+        async for delta in self.stream.deltas():
+            gather(choices[delta.index], delta)
+
+    def record(self, choices: list[Choice]) -> list[str]:
+        """Log every choice (one transaction); returns their interaction ids."""
+        sampling = {"temperature": self.stream.request.temperature, "top_p": self.stream.request.top_p,
+                    "top_k": self.stream.request.top_k, "max_new_tokens": self.stream.request.max_tokens,
+                    "seed": self.stream.seed, "stop": list(self.stream.request.stop), "n": len(choices)}
+        return self.store.record_interactions(
+            self.who, self.messages, [(choice_id(self.id, i), c.text, c.logprob) for i, c in enumerate(choices)],
+            policy_version_id=self.stream.request.model.version_id, sampling=sampling)
+
+    def usage(self, choices: list[Choice]) -> dict:
+        completion = sum(c.tokens for c in choices)
+        return {"prompt_tokens": self.stream.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.stream.prompt_tokens + completion}
+
+    def logprobs(self, entries) -> dict | None:
+        if not self.body.logprobs:
+            return None
+        return {"content": [{"token": e.token, "logprob": e.logprob, "bytes": list(e.token.encode()),
+                             "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())}
+                                              for t, v in e.top]} for e in entries]}
+
+    def completion(self, completion_id: str, choices: list[Choice]) -> dict:
+        return {
+            "id": completion_id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
+                         "finish_reason": c.finish_reason, "logprobs": self.logprobs(c.logprobs)}
+                        for i, c in enumerate(choices)],
+            "usage": self.usage(choices), "system_fingerprint": self.fingerprint,
+        }
+
+    def chunk(self, choices: list[dict], **extra) -> str:
+        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "system_fingerprint": self.fingerprint, "choices": choices, **extra}
         return f"data: {json.dumps(body)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""})
-    pieces = text.split(" ")
-    for i, piece in enumerate(pieces):
-        yield chunk({"content": piece if i == 0 else " " + piece})
-    yield chunk({}, finish_reason)
-    yield "data: [DONE]\n\n"
+    async def events(self) -> AsyncIterator[str]:
+        """Server-sent events as tokens are decoded; the log is written before the finishing chunks."""
+        usage = {"usage": None} if self.body.stream_options and self.body.stream_options.include_usage else {}
+        choices = [Choice() for _ in range(self.stream.request.n)]
+        finishing: list[str] = []
+        try:
+            for i in range(len(choices)):
+                yield self.chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                   "finish_reason": None}], **usage)
+            async for delta in self.stream.deltas():
+                gather(choices[delta.index], delta)
+                if delta.text or delta.logprobs:
+                    yield self.chunk([{"index": delta.index, "delta": {"content": delta.text},
+                                       "logprobs": self.logprobs(delta.logprobs), "finish_reason": None}], **usage)
+                if delta.finish_reason:
+                    finishing.append(self.chunk([{"index": delta.index, "delta": {}, "logprobs": None,
+                                                  "finish_reason": delta.finish_reason}], **usage))
+            await run_in_threadpool(self.record, choices)
+        except SQLAlchemyError:
+            yield error_event(503, "the feedback store is unavailable; this completion was not logged", "unavailable")
+            return
+        except Exception as exc:  # noqa: BLE001 - the stream has started: report in-band, as OpenAI does
+            yield error_event(500, f"generation failed: {exc}", "server_error")
+            return
+        finally:
+            self.stream.cancel()  # a no-op when finished; frees the rows when the client left mid-stream
+        for event in finishing:
+            yield event
+        if usage:
+            yield self.chunk([], usage=self.usage(choices))
+        yield "data: [DONE]\n\n"
+
+
+def error_event(status: int, message: str, kind: str) -> str:
+    return f"data: {json.dumps({'error': {'message': message, 'type': kind, 'param': None, 'code': str(status)}})}\n\n"
+
+
+def new_completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"

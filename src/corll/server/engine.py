@@ -1,84 +1,443 @@
-"""The model behind the server: one base model, one LoRA adapter per policy version, loaded on demand.
+"""The model behind the server: continuous batching across users' LoRA adapters, token by token.
 
-Each request is answered by the version the store says is active for its user
-(their own adapter if `corll train --per-user` made one, else the tenant's shared
-one, else the base model). A version trained while the server runs is picked up
-at the next request: no restart. Generation holds a lock — one model, one
-request at a time; run several server processes to serve more.
+    submit(GenerationRequest) -> Stream      # the whole interface the HTTP layer uses
+
+One scheduler thread owns the model. Requests that arrive while it is busy join the
+running batch at the next decoding step: each newcomer's prompt is prefilled, its
+KV cache left-padded and stacked onto the batch's, and from then on every row
+advances one token per step. Rows may belong to different users' adapters: peft's
+mixed-adapter batches (`adapter_names`, one per row) apply each row's own LoRA
+weights inside one forward pass, so nobody waits for an adapter switch. A row
+leaves the batch when it ends (EOS, a stop string, its own token limit) or its
+client goes away, and its cache rows are dropped at once.
+
+Each request samples from its own `torch.Generator`, seeded by the request's
+`seed` or, without one, by fresh entropy, so two users asking the same thing get
+different drafts, and a seeded request gets the same text alone or inside any
+batch (up to floating-point ties). Text streams out as it is decoded: a token
+that ends inside a multi-byte character, or text that may be the start of a stop
+string, is held back until it is certain.
+
+A GPU deployment would put an engine with the same `submit` behind the same
+server (vLLM with its multi-LoRA support); the README says what that involves.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import queue
+import secrets
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
+from transformers import DynamicCache
 
-from corll.policy import LoraSettings, Policy, SamplingConfig, load_policy
+from corll.policy import GREEDY_BELOW, LoraSettings, Policy, SamplingConfig, load_policy
 from corll.store import Store
+
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
 
 
 @dataclass(frozen=True)
-class Completion:
-    text: str
+class ServedModel:
+    """What a request's `model` names: the base model, the caller's active version, or a pinned one."""
+
+    version_id: int | None  # None: the base model
+    adapter_path: str | None
+
+
+@dataclass
+class GenerationRequest:
+    prompt_ids: list[int]
+    model: ServedModel
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = SamplingConfig.top_k
+    max_tokens: int = 128
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0  # alternatives per token, with `logprobs`
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
     logprob: float
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    version_id: int | None
-    sampling: dict
+    top: tuple[tuple[str, float], ...] = ()
 
 
-def load_adapter_weights(policy: Policy, adapter_dir: str | Path, name: str) -> None:
-    """Load a saved adapter into the policy's model under `name` (not trainable)."""
-    policy.model.load_adapter(str(adapter_dir), adapter_name=name, is_trainable=False)
+@dataclass(frozen=True)
+class Delta:
+    """New text of one choice; `finish_reason` is set on the choice's last delta."""
+
+    index: int
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+    finish_reason: str | None = None
+    logprob: float = 0.0  # on the last delta: log π of the choice's generated tokens
+    tokens: int = 0  # on the last delta: how many tokens the choice generated
+
+
+@dataclass
+class Choice:
+    text: str = ""
+    logprob: float = 0.0  # log π(tokens | prompt) of what was generated
+    tokens: int = 0
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+class Stream:
+    """A request's deltas as they are decoded; iterate them (sync or async) or wait for the whole answer.
+
+    The scheduler thread pushes; a consumer on an asyncio loop gets the deltas through that loop."""
+
+    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.request = request
+        self.seed = request.seed if request.seed is not None else secrets.randbits(31)
+        self.cancelled = threading.Event()
+        self.prompt_tokens = len(request.prompt_ids)
+        self._loop = loop
+        self._async: asyncio.Queue | None = asyncio.Queue() if loop else None
+        self._sync: queue.Queue = queue.Queue()
+        self.finished = 0  # choices done (the scheduler's count)
+
+    def push(self, item: Delta | BaseException | None) -> None:
+        """Called by the scheduler: a delta, an error, or None once every choice has finished."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._async.put_nowait, item)
+        else:
+            self._sync.put(item)
+
+    def cancel(self) -> None:
+        """The client went away: the scheduler drops this request's rows at its next step."""
+        self.cancelled.set()
+
+    def __iter__(self) -> Iterator[Delta]:
+        while (item := self._sync.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def deltas(self, poll: float = 0.5):
+        """Async iteration; `poll` bounds how long a cancelled consumer keeps the slot."""
+        while True:
+            try:
+                item = await asyncio.wait_for(self._async.get(), poll)
+            except TimeoutError:
+                if self.cancelled.is_set():
+                    return
+                continue
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    @staticmethod
+    def collect(deltas, n: int) -> list[Choice]:
+        choices = [Choice() for _ in range(n)]
+        for d in deltas:
+            gather(choices[d.index], d)
+        return choices
+
+    def result(self) -> list[Choice]:
+        """Block until every choice has finished (for callers without an event loop)."""
+        return self.collect(self, self.request.n)
+
+
+def gather(choice: Choice, delta: Delta) -> None:
+    choice.text += delta.text
+    choice.logprobs.extend(delta.logprobs)
+    if delta.finish_reason:
+        choice.finish_reason, choice.logprob, choice.tokens = delta.finish_reason, delta.logprob, delta.tokens
+
+
+class Engine(Protocol):
+    """What the HTTP layer needs from an engine: a GPU engine (e.g. vLLM) would implement the same."""
+
+    model_name: str
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]: ...
+
+    def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None) -> Stream: ...
+
+
+@dataclass
+class _Row:
+    """One choice being generated: its request, its tokens so far, and what it has already sent."""
+
+    stream: Stream
+    index: int
+    generator: torch.Generator
+    adapter: str
+    tokens: list[int] = field(default_factory=list)
+    sent: int = 0  # characters of the decoded text already sent
+    logprob: float = 0.0
+    pending: list[TokenLogprob] = field(default_factory=list)
+    position: int = 0  # position id of the next token
 
 
 class PolicyEngine:
+    """The transformers engine: continuous batching, mixed adapters, streaming (see the module doc)."""
+
     def __init__(self, model: str, store: Store, *, precision: str = "auto", seed: int = 0,
-                 default_max_tokens: int = 128, max_tokens_limit: int = 1024) -> None:
-        torch.manual_seed(seed)
-        self.policy = load_policy(model, lora=LoraSettings(), sampling=SamplingConfig(), precision=precision, seed=seed)
+                 default_max_tokens: int = 128, max_tokens_limit: int = 1024, max_batch: int = 32,
+                 batch_wait: float = 0.005) -> None:
+        self.policy: Policy = load_policy(model, lora=LoraSettings(), sampling=SamplingConfig(),
+                                          precision=precision, seed=seed)
+        self.policy.model.eval()
         self.model_name = model
         self.store = store
         self.default_max_tokens = default_max_tokens
         self.max_tokens_limit = max_tokens_limit  # a request may ask for less, never for more
-        self.lock = threading.Lock()
+        self.max_batch = max_batch  # rows decoded together; 1 serves one request at a time
+        self.batch_wait = batch_wait  # how long an idle engine waits for company before starting
         self.loaded: set[str] = set()
+        self.eos = {self.policy.tokenizer.eos_token_id}
+        self.context_length = getattr(self.policy.model.config, "max_position_embeddings", 2048)
+        self.running = 0  # rows in the batch now, and the most ever decoded together
+        self.peak = 0
+        self._queue: queue.Queue[Stream] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="corll-engine", daemon=True)
+        self._thread.start()
 
-    def _use_version(self, tenant: str, user: str) -> int | None:
-        """Switch the model to the active version for this user; returns its id (None: base model)."""
-        version = self.store.active_version(tenant, user)
-        if version is None or version.adapter_path is None:
-            self.policy.model.set_adapter("default")  # the fresh adapter: the base model exactly
-            return None if version is None else version.id
-        name = f"v{version.id}"
-        if name not in self.loaded:
-            load_adapter_weights(self.policy, version.adapter_path, name)
-            self.loaded.add(name)
-        self.policy.model.set_adapter(name)
-        return version.id
+    # --- the interface -------------------------------------------------------------------------
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        return self.policy.prompt_ids(messages)
 
-    def complete(self, tenant: str, user: str, messages: list[dict], *, temperature: float | None,
-                 top_p: float | None, max_tokens: int | None, seed: int | None = None) -> Completion:
-        sampling = SamplingConfig(temperature=temperature if temperature is not None else 1.0,
-                                  top_p=top_p if top_p is not None else 1.0,
-                                  max_new_tokens=min(max_tokens or self.default_max_tokens, self.max_tokens_limit))
-        with self.lock:
-            version_id = self._use_version(tenant, user)
-            previous, self.policy.sampling = self.policy.sampling, sampling
+    def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None) -> Stream:
+        stream = Stream(request, loop)
+        self._queue.put(stream)
+        return stream
+
+    # --- the scheduler ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        rows: list[_Row] = []
+        cache: DynamicCache | None = None
+        mask = torch.zeros(0, 0, dtype=torch.long)
+        waiting: list[Stream] = []
+        while True:
+            waiting += self._arrivals(block=not rows and not waiting)
+            admitted, waiting = self._admit(waiting, len(rows))
             try:
-                with torch.random.fork_rng():
-                    if seed is not None:
-                        torch.manual_seed(seed)
-                    texts, logps = self.policy.sample_scored([messages], 1)  # log π comes with the sample
-                text, logprob = texts[0][0], float(logps[0, 0])
-            finally:
-                self.policy.sampling = previous
-            prompt_tokens = len(self.policy.prompt_ids(messages))
-            completion_tokens = len(self.policy.tokenizer(text, add_special_tokens=False)["input_ids"])
-        finish = "length" if completion_tokens >= sampling.max_new_tokens else "stop"
-        return Completion(text, logprob, finish, prompt_tokens, completion_tokens, version_id,
-                          {"temperature": sampling.temperature, "top_k": sampling.top_k,
-                           "max_new_tokens": sampling.max_new_tokens, "top_p": sampling.top_p, "seed": seed})
+                rows, cache, mask = self._step(rows, cache, mask, admitted)
+            except Exception as exc:  # noqa: BLE001 - a failed step fails its requests, never the server
+                for stream in {id(s): s for s in [r.stream for r in rows] + admitted}.values():
+                    stream.push(exc)
+                rows, cache, mask = [], None, torch.zeros(0, 0, dtype=torch.long)
+            self.running = len(rows)
+
+    def _arrivals(self, block: bool) -> list[Stream]:
+        """New requests: wait for the first if idle, then whatever arrives within `batch_wait`."""
+        arrived = []
+        if block:
+            arrived.append(self._queue.get())
+            deadline = self.batch_wait
+            try:
+                while len(arrived) < self.max_batch:
+                    arrived.append(self._queue.get(timeout=deadline))
+            except queue.Empty:
+                pass
+        while True:
+            try:
+                arrived.append(self._queue.get_nowait())
+            except queue.Empty:
+                return arrived
+
+    @torch.no_grad()
+    def _step(self, rows: list[_Row], cache: DynamicCache | None, mask: torch.Tensor,
+              admitted: list[Stream]) -> tuple[list[_Row], DynamicCache | None, torch.Tensor]:
+        """One decoding step for the running rows, with the admitted newcomers prefilled beside them."""
+        keep = [i for i, r in enumerate(rows) if not r.stream.cancelled.is_set()]
+        if len(keep) < len(rows):
+            rows, cache, mask = self._select(rows, cache, mask, keep)
+        logits = []
+        if rows:
+            step_ids = torch.tensor([[r.tokens[-1]] for r in rows])
+            mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
+            positions = torch.tensor([[r.position] for r in rows])
+            logits.append(self._forward(step_ids, mask, positions, cache, [r.adapter for r in rows]))
+            for r in rows:
+                r.position += 1
+        if admitted:
+            new_rows, new_cache, new_mask, new_logits = self._prefill(admitted)
+            if new_rows:
+                logits.append(new_logits)
+                cache, mask = (new_cache, new_mask) if not rows else _stack(cache, mask, new_cache, new_mask)
+                rows = rows + new_rows
+        if not rows:
+            return [], None, torch.zeros(0, 0, dtype=torch.long)
+        self.peak = max(self.peak, len(rows))
+        finished = self._advance(rows, torch.cat(logits).float())
+        if finished:
+            rows, cache, mask = self._select(rows, cache, mask, [i for i in range(len(rows)) if i not in finished])
+        return rows, cache, mask
+
+    def _admit(self, waiting: list[Stream], busy: int) -> tuple[list[Stream], list[Stream]]:
+        """Newcomers that fit beside `busy` rows (a request's n choices enter together); the rest wait."""
+        admitted, rest = [], []
+        for stream in waiting:
+            if stream.cancelled.is_set():
+                stream.push(None)
+            elif busy + stream.request.n <= max(self.max_batch, stream.request.n) and not rest:
+                admitted.append(stream)
+                busy += stream.request.n
+            else:
+                rest.append(stream)
+        return admitted, rest
+
+    def _adapter(self, model: ServedModel) -> str:
+        """The peft adapter name for a served model, loading its weights on first use."""
+        if model.adapter_path is None:
+            return BASE_ADAPTER
+        name = f"v{model.version_id}"
+        if name not in self.loaded:
+            self.policy.model.load_adapter(str(Path(model.adapter_path)), adapter_name=name, is_trainable=False)
+            self.loaded.add(name)
+        return name
+
+    def _prefill(self, streams: list[Stream]) -> tuple[list[_Row], DynamicCache, torch.Tensor, torch.Tensor]:
+        rows, ids = [], []
+        for stream in streams:
+            try:
+                adapter = self._adapter(stream.request.model)
+            except Exception as exc:  # noqa: BLE001 - an adapter that cannot load fails its own request only
+                stream.push(exc)
+                continue
+            generator = torch.Generator().manual_seed(stream.seed)
+            for index in range(stream.request.n):
+                rows.append(_Row(stream, index, generator, adapter, position=len(stream.request.prompt_ids)))
+                ids.append(stream.request.prompt_ids)
+        if not rows:
+            return [], None, torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 0)
+        width = max(len(p) for p in ids)
+        pad = self.policy.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in ids])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ids])
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = self._forward(input_ids, mask, positions, cache, [r.adapter for r in rows])
+        return rows, cache, mask, logits
+
+    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                 cache: DynamicCache, adapters: list[str]) -> torch.Tensor:
+        """Last-position logits; each row through its own adapter."""
+        mixed = {"adapter_names": adapters} if any(a != BASE_ADAPTER for a in adapters) else {}
+        context = self.policy.model.disable_adapter() if not mixed else contextlib.nullcontext()
+        with context, self.policy.autocast():
+            out = self.policy.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                    past_key_values=cache, use_cache=True, logits_to_keep=1, **mixed)
+        return out.logits[:, -1]
+
+    def _advance(self, rows: list[_Row], logits: torch.Tensor) -> set[int]:
+        """Sample each row's next token and send the text that became certain; returns the rows that ended."""
+        logps = torch.log_softmax(logits, dim=-1)  # the model's own log π, before temperature and top-k/p
+        finished = set()
+        for i, (row, token) in enumerate(zip(rows, self._sample(rows, logits))):
+            request = row.stream.request
+            row.logprob += logps[i, token].item()
+            reason = "stop" if token in self.eos else None
+            if reason is None:
+                row.tokens.append(token)
+                if request.logprobs:
+                    row.pending.append(self._token_logprob(token, logps[i], request.top_logprobs))
+            text = self.policy.tokenizer.decode(row.tokens, skip_special_tokens=True)
+            if reason is None and (stop_at := _first_stop(text, request.stop, row.sent)) is not None:
+                text, reason = text[:stop_at], "stop"
+            elif reason is None and len(row.tokens) >= request.max_tokens:
+                reason = "length"
+            if reason is not None:
+                self._emit(row, text, reason)
+                finished.add(i)
+            elif not text.endswith("\ufffd"):  # else a multi-byte character is still incomplete
+                self._emit(row, text[: len(text) - _held_back(text, request.stop)])
+        return finished
+
+    @staticmethod
+    def _sample(rows: list[_Row], logits: torch.Tensor) -> list[int]:
+        """Next tokens: temperature, then top-k, then top-p (as `generate` applies them), computed for the
+        whole batch at once; the draw itself uses each request's own generator."""
+        requests = [r.stream.request for r in rows]
+        temperature = torch.tensor([max(q.temperature, GREEDY_BELOW) for q in requests])
+        widest = max(q.top_k if 0 < q.top_k < logits.shape[1] else logits.shape[1] for q in requests)
+        values, ids = (logits / temperature[:, None]).topk(widest)  # sorted, best first
+        k = torch.tensor([q.top_k if q.top_k > 0 else widest for q in requests])
+        values = values.masked_fill(torch.arange(widest)[None] >= k[:, None], float("-inf"))
+        probs = torch.softmax(values, dim=-1)
+        top_p = torch.tensor([q.top_p for q in requests])
+        probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p[:, None], 0.0)  # smallest set reaching top_p
+        return [int(ids[i, 0]) if q.temperature < GREEDY_BELOW
+                else int(ids[i, torch.multinomial(probs[i], 1, generator=r.generator)])
+                for i, (q, r) in enumerate(zip(requests, rows))]
+
+    def _token_logprob(self, token: int, logps: torch.Tensor, top: int) -> TokenLogprob:
+        decode = self.policy.tokenizer.decode
+        best = torch.topk(logps, top) if top else None
+        alternatives = () if best is None else tuple((decode([int(t)]), v.item())
+                                                     for v, t in zip(best.values, best.indices))
+        return TokenLogprob(decode([token]), logps[token].item(), alternatives)
+
+    @staticmethod
+    def _emit(row: _Row, text: str, reason: str | None = None) -> None:
+        """Send the text beyond what was sent (with its tokens' logprobs); on the last delta, the totals."""
+        if len(text) > row.sent or reason is not None:
+            row.stream.push(Delta(row.index, text[row.sent:], tuple(row.pending), reason, row.logprob, len(row.tokens)))
+            row.sent, row.pending = max(row.sent, len(text)), []
+        if reason is not None:
+            row.stream.finished += 1
+            if row.stream.finished == row.stream.request.n:
+                row.stream.push(None)
+
+    @staticmethod
+    def _select(rows: list[_Row], cache: DynamicCache | None, mask: torch.Tensor,
+                keep: list[int]) -> tuple[list[_Row], DynamicCache | None, torch.Tensor]:
+        """Only the rows at `keep`, with the left padding no remaining row needs cut off."""
+        if not keep:
+            return [], None, torch.zeros(0, 0, dtype=torch.long)
+        index = torch.tensor(keep)
+        mask = mask[index]
+        start = int(mask.any(0).long().argmax())
+        for layer in cache.layers:
+            layer.keys = layer.keys[index, :, start:]
+            layer.values = layer.values[index, :, start:]
+        return [rows[i] for i in keep], cache, mask[:, start:]
+
+
+def _stack(cache: DynamicCache, mask: torch.Tensor, other: DynamicCache,
+           other_mask: torch.Tensor) -> tuple[DynamicCache, torch.Tensor]:
+    """Two batches' caches as one: the shorter left-padded (masked out), rows stacked."""
+    width = max(mask.shape[1], other_mask.shape[1])
+
+    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+        missing = width - t.shape[dim]
+        if missing == 0:
+            return t
+        shape = list(t.shape)
+        shape[dim] = missing
+        return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+    for mine, theirs in zip(cache.layers, other.layers):
+        mine.keys = torch.cat([pad(mine.keys, 2), pad(theirs.keys, 2)])
+        mine.values = torch.cat([pad(mine.values, 2), pad(theirs.values, 2)])
+    return cache, torch.cat([pad(mask, 1), pad(other_mask, 1)])
+
+
+def _first_stop(text: str, stops: tuple[str, ...], sent: int) -> int | None:
+    """Where the earliest stop string begins, searching only where a new one can be."""
+    found = [i for s in stops if (i := text.find(s, max(0, sent - len(s) + 1))) >= 0]
+    return min(found) if found else None
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters could still become a stop string."""
+    return max((n for s in stops for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])),
+               default=0)
+

@@ -104,11 +104,18 @@ class Store:
     def record_interaction(self, who: Principal, messages: list, response: str, *, policy_version_id: int | None,
                            sampling: dict, response_logprob: float | None) -> str:
         interaction_id = f"chatcmpl-{uuid.uuid4().hex}"
+        return self.record_interactions(who, messages, [(interaction_id, response, response_logprob)],
+                                        policy_version_id=policy_version_id, sampling=sampling)[0]
+
+    def record_interactions(self, who: Principal, messages: list, responses: list[tuple[str, str, float | None]], *,
+                            policy_version_id: int | None, sampling: dict) -> list[str]:
+        """Several responses to one prompt (a completion's choices) as (id, text, log π), all or none."""
         with self.transaction() as s:
-            s.add(Interaction(id=interaction_id, tenant=who.tenant, user=who.user, messages=messages,
-                              response=response, policy_version_id=policy_version_id, sampling=sampling,
-                              response_logprob=response_logprob))
-        return interaction_id
+            for interaction_id, response, logprob in responses:
+                s.add(Interaction(id=interaction_id, tenant=who.tenant, user=who.user, messages=messages,
+                                  response=response, policy_version_id=policy_version_id, sampling=sampling,
+                                  response_logprob=logprob))
+        return [r[0] for r in responses]
 
     def add_feedback(self, who: Principal, interaction_id: str, *, edit: str | None = None,
                      reaction: str | None = None) -> int:

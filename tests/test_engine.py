@@ -1,0 +1,84 @@
+"""The serving engine without HTTP: continuous batching, per-request randomness, stop strings, cancellation."""
+
+import time
+
+import pytest
+import torch
+
+from corll.server.engine import GenerationRequest, PolicyEngine, ServedModel, _held_back
+from corll.store import Store
+
+BASE = ServedModel(None, None)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    store = Store(f"sqlite:///{tmp_path_factory.mktemp('engine') / 'corll.db'}")
+    return PolicyEngine("tiny", store, batch_wait=0.2)
+
+
+def request(engine, text, **kwargs):
+    kwargs.setdefault("max_tokens", 16)
+    return GenerationRequest(engine.prompt_ids([{"role": "user", "content": text}]), BASE, **kwargs)
+
+
+def test_a_seed_gives_the_same_text_alone_and_inside_a_batch_and_no_seed_gives_fresh_drafts(engine):
+    alone = engine.submit(request(engine, "Say hello.", seed=11)).result()[0]
+    crowd = [engine.submit(request(engine, "x" * i, seed=i)) for i in range(1, 7)]
+    inside = engine.submit(request(engine, "Say hello.", seed=11))
+    assert inside.result()[0].text == alone.text
+    assert all(s.result()[0].finish_reason in ("length", "stop") for s in crowd)
+    assert engine.peak >= 7  # they really shared a batch (batch_wait gathers them)
+    unseeded = {engine.submit(request(engine, "Say hello.")).result()[0].text for _ in range(3)}
+    assert len(unseeded) == 3
+
+
+def test_logprob_of_a_choice_equals_a_forward_pass_and_n_choices_differ(engine):
+    choices = engine.submit(request(engine, "Count.", n=3, seed=5, logprobs=True, top_logprobs=2)).result()
+    assert len({c.text for c in choices}) == 3
+    # max_tokens ends every choice here, so no EOS term: log π of the tokens themselves, token by token ...
+    assert all(c.finish_reason == "length" for c in choices)
+    for c in choices:
+        assert sum(t.logprob for t in c.logprobs) == pytest.approx(c.logprob, abs=1e-4)
+    # ... and equal to a forward pass over the text wherever the text is the tokens (no special token sampled).
+    tokenizer = engine.policy.tokenizer
+    plain = [c for c in choices if [tokenizer.decode([i]) for i in tokenizer(c.text, add_special_tokens=False)
+                                    ["input_ids"]] == [t.token for t in c.logprobs]]
+    assert plain
+    scored = engine.policy.logprobs(["Count."] * len(plain), [c.text for c in plain])
+    assert torch.allclose(torch.tensor([c.logprob for c in plain]), scored, atol=1e-3)
+    first = choices[0].logprobs[0]
+    assert len(choices[0].logprobs) == 16 and len(first.top) == 2
+    assert first.top[0][1] >= first.top[1][1] and first.top[0][1] >= first.logprob - 1e-6
+
+
+def test_stop_strings_end_a_choice_before_the_stop_and_are_never_streamed(engine):
+    free = engine.submit(request(engine, "Go.", seed=3, max_tokens=30)).result()[0].text
+    stop = free[10:12]
+    stopped = engine.submit(request(engine, "Go.", seed=3, max_tokens=30, stop=(stop,)))
+    deltas = list(stopped)
+    text = "".join(d.text for d in deltas)
+    assert text == free[: free.index(stop)] and deltas[-1].finish_reason == "stop"
+    assert _held_back("abc<en", ("<end>",)) == 3 and _held_back("abc", ("<end>",)) == 0
+
+
+def test_deltas_arrive_while_the_choice_is_still_being_generated(engine):
+    stream = engine.submit(request(engine, "Talk.", temperature=0.0, max_tokens=200))  # greedy: no early EOS
+    first = next(iter(stream))
+    assert first.text and first.finish_reason is None and stream.finished == 0
+    rest = list(stream)
+    assert rest[-1].finish_reason == "length"
+
+
+def test_a_cancelled_request_leaves_the_batch(engine):
+    greedy = {"temperature": 0.0, "max_tokens": 400}
+    assert engine.submit(request(engine, "Talk.", **greedy)).result()[0].finish_reason == "length"  # no early EOS
+    long = engine.submit(request(engine, "Talk.", **greedy))
+    next(iter(long))
+    long.cancel()
+    deadline = time.monotonic() + 10
+    while engine.running and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert engine.running == 0 and long.finished == 0  # dropped mid-way, not run to its 400 tokens
+    after = engine.submit(request(engine, "Still there?", seed=4)).result()[0]
+    assert after.finish_reason in ("length", "stop")  # the engine still serves
