@@ -108,3 +108,24 @@ def test_algorithms_trained_in_parallel_processes_give_the_same_results(tmp_path
     assert {("corll", 4), ("dueling", 4)} <= set(seen)  # the workers' progress reached this process
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert set(summary) == {"corll", "dueling"}
+
+
+def test_rank_agreement_is_a_spearman_correlation_and_zero_for_a_constant_ranking():
+    from corll.simulate import rank_agreement
+
+    assert rank_agreement([1.0, 2.0, 3.0], [0.3, 0.2, 0.1]) == pytest.approx(-1.0)
+    assert rank_agreement([0.1, 0.5, 0.3, 0.2], [1.0, 4.0, 3.0, 2.0]) == pytest.approx(1.0)
+    assert rank_agreement([0.0, 0.0, 0.0], [1.0, 2.0, 3.0]) == 0.0  # a fresh adapter ranks nothing
+    assert rank_agreement([1e-5, -2e-5, 0.0], [1.0, 2.0, 3.0]) == 0.0  # ... up to float rounding
+
+
+def test_corll_logs_how_its_argmax_ranking_agrees_with_the_true_reward(tmp_path):
+    run_simulation(tiny_config(algorithms=["corll"], user="expert", rounds=8, k=3, eval_every=1,
+                               rank_agreement=True), tmp_path / "run")
+    records = [r for r in RunDir(tmp_path / "run").read_metrics() if r["round"] > 0]
+    # Round 1 ranks with a fresh adapter: every implicit reward is 0, the argmax is a random pick.
+    assert records[0]["rank_spearman"] == 0.0
+    assert all(-1.0 <= r["rank_spearman"] <= 1.0 for r in records)
+    assert any(r["rank_spearman"] != 0.0 for r in records[1:])  # once trained, the ranking says something
+    # Learning on the lowercase reward makes the argmax pick above-average samples on average.
+    assert sum(r["argmax_gain"] for r in records[4:]) > 0

@@ -268,6 +268,23 @@ def experiment(
 
 
 @app.command()
+def verdicts(
+    claims: Annotated[Path, typer.Argument(help="Claims file (YAML): each claim's experiment, arms, measure.")] = Path(
+        "experiments/claims.yaml"),
+    out: Annotated[Path, typer.Option(help="Folder for results.md, results.json and figures/.")] = Path("docs"),
+) -> None:
+    """Judge a paper's claims from the experiments run so far: one primary test, the rest Holm-corrected."""
+    from corll.experiment import ExperimentError
+    from corll.verdicts import ClaimsError, write_results
+
+    try:
+        page, data = write_results(claims, out)
+    except (ClaimsError, ExperimentError) as exc:
+        fail(str(exc))
+    console.print(f"verdicts: {page}, {data}")
+
+
+@app.command()
 def report(
     runs: Annotated[list[Path], typer.Argument(help="Run folders to tabulate and plot together.")],
     out: Annotated[Path, typer.Option(help="Where to write the plot.")] = Path("report.png"),

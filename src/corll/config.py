@@ -71,6 +71,7 @@ class SimulationConfig:
     eval_samples: int = 2
     checkpoint_every: int = 5
     offline_edits: int = 0  # learning from user edits: learn from this many logged edits of π_0's drafts first
+    rank_agreement: bool = False  # CoRLL: log how the implicit-reward ranking of the k samples agrees with R*
 
     def validate(self) -> None:
         """Reject impossible settings before any model loads, naming the option."""

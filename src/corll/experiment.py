@@ -46,6 +46,8 @@ METRICS = {
     "edit_cost": "edit cost per response (words)",
     "cumulative_cost": "cumulative online edit cost (words)",
     "no_edit_share": "share of responses kept unedited",
+    "rank_spearman": "Spearman(implicit reward, R*) over the k samples",
+    "argmax_gain": "R* of the argmax − mean R* of the k samples",
 }
 
 
@@ -384,7 +386,8 @@ def plot_figure(result: dict, figure: Figure, out: Path, title: str) -> Path:
         ax.set_title(METRICS[metric])
         ax.set_xlabel(AXES[figure.x])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle(f"{title}: mean over seeds, 95% t interval")
     fig.tight_layout()
     fig.savefig(out, dpi=110)

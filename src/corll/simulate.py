@@ -15,7 +15,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,10 +123,18 @@ class Interval:
     unedited: int = 0
     shown_reward: float = 0.0  # R* of the responses users were shown (the paper's own measure)
     shown_rewarded: int = 0
+    rank_spearman: float = 0.0  # agreement of the implicit-reward ranking of k samples with R*
+    argmax_gain: float = 0.0  # R* of the argmax − mean R* of the k samples (what the argmax buys)
+    ranked: int = 0
 
-    def add(self, log: RoundLog, stats: StepStats | None, shown_rewards: list[float]) -> None:
+    def add(self, log: RoundLog, stats: StepStats | None, shown_rewards: list[float],
+            candidate_rewards: list[list[float]] = ()) -> None:
         self.shown_reward += sum(shown_rewards)
         self.shown_rewarded += len(shown_rewards)
+        for (_, _, implicit), true in zip(log.candidates, candidate_rewards):
+            self.rank_spearman += rank_agreement(implicit, true)
+            self.argmax_gain += true[max(range(len(implicit)), key=implicit.__getitem__)] - statistics.fmean(true)
+            self.ranked += 1
         self.pairs += len(log.pairs)
         self.cost += sum(log.costs)
         self.shown += len(log.costs)
@@ -154,7 +162,32 @@ class Interval:
                 "love_rate_observed": mean(self.loves, self.labelled),
                 "edit_cost": mean(self.cost, self.shown), "cost_sum": self.cost,
                 "no_edit_share": mean(self.unedited, self.shown),
-                "shown_reward": mean(self.shown_reward, self.shown_rewarded)}
+                "shown_reward": mean(self.shown_reward, self.shown_rewarded),
+                "rank_spearman": mean(self.rank_spearman, self.ranked),
+                "argmax_gain": mean(self.argmax_gain, self.ranked)}
+
+
+def candidate_rewards(task: Task, log: RoundLog) -> list[list[float]]:
+    """R* of each prompt's k candidates (only when the learner logged them)."""
+    if not log.candidates:
+        return []
+    k = len(log.candidates[0][1])
+    flat = task.reward([x for x, ys, _ in log.candidates for _ in ys], [y for _, ys, _ in log.candidates for y in ys])
+    return [flat[i * k:(i + 1) * k] for i in range(len(log.candidates))]
+
+
+TIE = 1e-3  # implicit rewards closer than this are ties: float rounding, not a ranking
+
+
+def rank_agreement(implicit: Sequence[float], true: Sequence[float]) -> float:
+    """Spearman correlation of two scorings of the same samples; 0 where either is constant. A fresh
+    adapter's implicit rewards are 0 up to float rounding (log π read off sampling vs log π_0 from a
+    forward pass), so its ranking carries no information and counts as none."""
+    from scipy.stats import spearmanr
+
+    if max(implicit) - min(implicit) < TIE or len(set(true)) < 2:
+        return 0.0
+    return float(spearmanr(implicit, true).statistic)
 
 
 # --- run folder ----------------------------------------------------------------------------------
@@ -322,7 +355,8 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
         state["round"] += 1
         state["feedback"] += log.feedback
         state["queries"] += log.queries
-        state["interval"].add(log, stats, task.reward(*map(list, zip(*log.shown))) if log.shown else [])
+        state["interval"].add(log, stats, task.reward(*map(list, zip(*log.shown))) if log.shown else [],
+                              candidate_rewards(task, log))
         state["cost_total"] += sum(log.costs)
         state["kept_total"] += sum(c == 0 for c in log.costs)
         state["shown_total"] += len(log.costs)

@@ -111,7 +111,8 @@ def learners_for(feedback: str) -> tuple[str, ...]:
 def _corll(s: Setup):
     from corll.learners.corll import CoRLL
 
-    return CoRLL(s.policy, s.dpo(), s.editor(), k=s.config.k, batch_size=s.config.batch_size)
+    return CoRLL(s.policy, s.dpo(), s.editor(), k=s.config.k, batch_size=s.config.batch_size,
+                 rank_agreement=s.config.rank_agreement)
 
 
 def _dueling(s: Setup):

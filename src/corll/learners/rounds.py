@@ -24,6 +24,8 @@ class RoundLog:
     labelled: int = 0  # unpaired labelled examples (reaction learners: every shown response)
     reactions: int = 0  # loves among them
     shown: list[tuple[str, str]] = field(default_factory=list)  # (prompt, response) the users were shown
+    # CoRLL with rank_agreement: (prompt, its k samples, their implicit rewards) behind each argmax
+    candidates: list[tuple[str, list[str], list[float]]] = field(default_factory=list)
 
     @property
     def feedback(self) -> int:
@@ -48,4 +50,5 @@ def gather(next_prompts: Callable[[int], list[str]], n: int, ask: Ask) -> RoundL
         log.skipped += part.skipped
         log.costs += part.costs
         log.shown += part.shown
+        log.candidates += part.candidates
     return log

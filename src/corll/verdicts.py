@@ -1,0 +1,285 @@
+"""Claims of a paper and the verdicts the experiments support: one page and one JSON file from one code path.
+
+A claims file names, for each claim, the experiment and arms that test it, the measure
+and the paper's direction. One claim is primary (tested at α = 0.05 alone); the rest
+are secondary and their p-values are Holm-corrected together across the page. Every
+verdict follows from its numbers by the same rule:
+
+- "reproduced": the (corrected) test rejects and the 95% interval excludes 0 in the
+  paper's direction;
+- "not reproduced": the interval excludes the paper's effect (every effect at least
+  `paper_effect` in the paper's direction);
+- "inconclusive (minimum detectable effect X)" otherwise, X being the effect a paired
+  t-test over these seeds would detect with 80% power at the claim's α.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from scipy import stats as scipy_stats
+
+from corll.experiment import Experiment, arm_records, finished_runs, load_experiment
+from corll.stats import paired_comparison
+
+ALPHA = 0.05
+POWER = 0.8
+
+MEASURES = {
+    "reward": "final held-out R*",
+    "shown_reward": "mean R* of the responses shown in training",
+    "gain": "held-out R* gain (final − initial)",
+    "rank_spearman": "mean Spearman(implicit reward, R*) over the run",
+}
+
+
+class ClaimsError(ValueError):
+    """The claims file is malformed or names an experiment or arm that does not exist."""
+
+
+@dataclass
+class Claim:
+    id: str
+    statement: str
+    experiment: str
+    arm: str
+    baseline: str | None = None  # None: the arm's own gain over its starting policy
+    measure: str = "reward"
+    direction: int = 1  # the paper's direction: +1 arm > baseline, -1 arm < baseline
+    paper_effect: float = 0.0  # the smallest effect (in the paper's direction) the claim asserts
+    primary: bool = False
+
+
+@dataclass
+class Claims:
+    title: str
+    setup: str
+    claims: list[Claim] = field(default_factory=list)
+
+
+def load_claims(path: Path) -> Claims:
+    try:
+        raw = yaml.safe_load(path.read_text())
+        claims = [Claim(**c) for c in raw["claims"]]
+        result = Claims(raw["title"], raw.get("setup", ""), claims)
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise ClaimsError(f"{path}: {exc}") from exc
+    if sum(c.primary for c in claims) != 1:
+        raise ClaimsError(f"{path}: exactly one claim must be primary")
+    for c in claims:
+        if c.measure not in MEASURES:
+            raise ClaimsError(f"{path}: claim {c.id}: unknown measure {c.measure!r} ({', '.join(MEASURES)})")
+    return result
+
+
+def run_value(records: list[dict], measure: str) -> float | None:
+    """One run's value of a measure."""
+    if measure == "reward":
+        return records[-1]["reward"]
+    if measure == "gain":
+        return records[-1]["reward"] - records[0]["reward"]
+    values = [r[measure] for r in records[1:] if r.get(measure) is not None]
+    return statistics.fmean(values) if values else None
+
+
+def minimum_detectable_effect(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The true mean difference a two-sided paired t-test over n pairs detects with `power`."""
+    if n < 2 or not math.isfinite(sd):
+        return math.inf
+    df = n - 1
+    return (scipy_stats.t.ppf(1 - alpha / 2, df) + scipy_stats.t.ppf(power, df)) * sd / math.sqrt(n)
+
+
+def seeds_needed(sd: float, effect: float, alpha: float = ALPHA, power: float = POWER, most: int = 200) -> int | None:
+    """The fewest seeds whose minimum detectable effect is at most `effect` (None: more than `most`)."""
+    return next((n for n in range(2, most + 1) if minimum_detectable_effect(sd, n, alpha, power) <= abs(effect)), None)
+
+
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down adjusted p-values (family-wise error at the nominal level)."""
+    ordered = sorted(p_values, key=p_values.get)
+    adjusted, running = {}, 0.0
+    for i, key in enumerate(ordered):
+        running = max(running, min(1.0, (len(ordered) - i) * p_values[key]))
+        adjusted[key] = running
+    return adjusted
+
+
+def measure_claim(claim: Claim, experiment: Experiment) -> dict:
+    """Per-seed values of the claim's measure (paired by seed with the baseline, if any) and the test."""
+    for arm in filter(None, (claim.arm, claim.baseline)):
+        if arm not in experiment.arms:
+            raise ClaimsError(f"claim {claim.id}: {experiment.name} has no arm {arm!r}")
+    records = arm_records(experiment)
+
+    def values(arm: str) -> dict[int, float]:
+        done = finished_runs(records.get(arm, {}), experiment.arms[arm])
+        found = {seed: run_value(recs, claim.measure) for seed, recs in done.items()}
+        return {seed: v for seed, v in found.items() if v is not None}
+
+    mine = values(claim.arm)
+    if claim.baseline is None:  # the arm's gain against its own start: a one-sample test of 0
+        seeds = sorted(mine)
+        theirs = {s: 0.0 for s in seeds}
+    else:
+        theirs = values(claim.baseline)
+        seeds = sorted(set(mine) & set(theirs))
+    entry = {"id": claim.id, "statement": claim.statement, "experiment": experiment.name,
+             "arms": [a for a in (claim.arm, claim.baseline) if a], "measure": claim.measure,
+             "direction": claim.direction, "primary": claim.primary, "seeds": seeds,
+             "feedback_per_arm": experiment.arms[claim.arm].rounds * experiment.arms[claim.arm].batch_size}
+    if len(seeds) < 2:
+        return {**entry, "effect": None, "low": None, "high": None, "p": None, "sd": None}
+    comparison = paired_comparison([mine[s] for s in seeds], [theirs[s] for s in seeds])
+    differences = [mine[s] - theirs[s] for s in seeds]
+    return {**entry, "effect": comparison.difference.mean, "low": comparison.difference.low,
+            "high": comparison.difference.high, "p": comparison.p_value, "sd": statistics.stdev(differences)}
+
+
+def verdict(entry: dict, alpha: float, paper_effect: float) -> str:
+    """The rule of the module doc, applied to one measured claim."""
+    if entry["effect"] is None:
+        return "not yet measured (fewer than 2 finished seed pairs)"
+    d = entry["direction"]
+    low, high = sorted((d * entry["low"], d * entry["high"]))  # in the paper's direction
+    if entry["p_adjusted"] < alpha and low > 0:
+        return "reproduced"
+    if high < paper_effect or high <= 0:  # every effect the paper asserts lies outside the interval
+        return "not reproduced"
+    return f"inconclusive (minimum detectable effect {entry['mde']:.3f})"
+
+
+def judge(claims: Claims) -> list[dict]:
+    """Measure every claim, correct the secondary ones together (Holm), and give each its verdict."""
+    experiments: dict[str, Experiment] = {}
+    entries = []
+    for claim in claims.claims:
+        if claim.experiment not in experiments:
+            experiments[claim.experiment] = load_experiment(Path(claim.experiment))
+        entries.append(measure_claim(claim, experiments[claim.experiment]))
+    secondary = {e["id"]: e["p"] for e in entries if not e["primary"] and e["p"] is not None}
+    adjusted = holm(secondary)
+    family = max(len(secondary), 1)
+    for claim, entry in zip(claims.claims, entries):
+        entry["p_adjusted"] = entry["p"] if claim.primary else adjusted.get(claim.id)
+        # The MDE at the level the claim is tested at: α for the primary, α/m (Holm's strictest step) otherwise.
+        level = ALPHA if claim.primary else ALPHA / family
+        entry["alpha"] = level
+        entry["mde"] = (minimum_detectable_effect(entry["sd"], len(entry["seeds"]), level)
+                        if entry["sd"] is not None else None)
+        entry["paper_effect"] = claim.paper_effect
+        entry["verdict"] = verdict(entry, ALPHA, claim.paper_effect)
+    return entries
+
+
+def _num(value: float | None, sign: bool = True) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:+.3f}" if sign else f"{value:.3f}"
+
+
+def verdict_table(entries: list[dict]) -> str:
+    lines = ["| claim | arms | measure | seeds | feedback/arm | effect [95% CI] | p | Holm p | MDE (80%) | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in entries:
+        interval = "–" if e["effect"] is None else f"{e['effect']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]"
+        holm_p = "primary" if e["primary"] else _num(e["p_adjusted"], False)
+        lines.append(f"| {e['statement']} | {' vs '.join(e['arms']) if len(e['arms']) > 1 else e['arms'][0] + ' (gain)'}"
+                     f" | {MEASURES[e['measure']]} | {len(e['seeds'])} | {e['feedback_per_arm']} | {interval} | "
+                     f"{_num(e['p'], False)} | {holm_p} | {_num(e['mde'], False)} | {e['verdict']} |")
+    return "\n".join(lines)
+
+
+def compute_cost(experiment: Experiment) -> dict:
+    """Wall time summed over the experiment's runs and the CPUs they ran on (from each run's config.json)."""
+    import json
+
+    seconds, cpus = 0.0, set()
+    for _, _, _, folder in experiment.runs():
+        metrics, config = folder / "metrics.jsonl", folder / "config.json"
+        if metrics.exists():
+            lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+            seconds += max((r.get("wall_time", 0.0) for r in lines), default=0.0)
+        if config.exists():
+            hw = json.loads(config.read_text()).get("hardware") or {}
+            if hw:
+                cpus.add(f"{hw.get('cpu')} ({hw.get('capability')}, {hw.get('precision')}, "
+                         f"{hw.get('threads')} thread{'s' if hw.get('threads') != 1 else ''})")
+    return {"hours": seconds / 3600, "cpus": sorted(cpus)}
+
+
+def sizing(entry: dict, effects: tuple[float, ...] = (0.05, 0.1, 0.2)) -> dict:
+    """From the seeds so far: the paired SD and the seeds a powered test of each effect needs."""
+    if entry["sd"] is None:
+        return {}
+    return {"sd": entry["sd"], "seeds": len(entry["seeds"]),
+            "needed": {f"{e:g}": seeds_needed(entry["sd"], e, entry["alpha"]) for e in effects}}
+
+
+def finite(value):
+    """JSON has no NaN or infinity: those become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def write_results(claims_path: Path, out: Path) -> tuple[Path, Path]:
+    """docs/results.md and docs/results.json from the claims file and whatever runs exist (paths in
+    claims and experiment files are relative to the working directory, the repository root)."""
+    import json
+    import shutil
+
+    from corll.experiment import aggregate, results_markdown
+
+    claims = load_claims(claims_path)
+    entries = judge(claims)
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    sections, costs = [], {}
+    for name in dict.fromkeys(c.experiment for c in claims.claims):
+        experiment = load_experiment(Path(name))
+        result = aggregate(experiment)
+        costs[experiment.name] = compute_cost(experiment)
+        table = results_markdown(experiment, result)
+        for figure in experiment.figures:
+            link = f"![{figure}]({figure}.png)"
+            if not result["arms"]:
+                table = table.replace(link, f"_{figure}: no runs yet._")
+                continue
+            shutil.copyfile(experiment.out / f"{figure}.png", figures / f"{experiment.name}-{figure}.png")
+            table = table.replace(link, f"![{figure}](figures/{experiment.name}-{figure}.png)")
+        cost = costs[experiment.name]
+        table = table.replace(f"# {experiment.name}\n", f"## {experiment.name}\n\nConfig `{name}`; "
+                              f"{cost['hours']:.1f} hours of training rounds so far (evaluations not counted) on {', '.join(cost['cpus']) or '–'}.\n", 1)
+        sections.append(table)
+    primary = next(e for e in entries if e["primary"])
+    size = sizing(primary)
+    report = {"title": claims.title, "alpha": ALPHA, "power": POWER, "claims": entries, "compute": costs,
+              "primary_sizing": size}
+    json_path = out / "results.json"
+    json_path.write_text(json.dumps(finite(report), indent=2) + "\n")
+    lines = [f"# {claims.title}", "", claims.setup.strip(), "", "## Verdicts", "",
+             (f"One primary test (α = {ALPHA}); every other claim is secondary, its p-value Holm-corrected across "
+             "this page. \"Reproduced\" needs the corrected test to reject and the 95% interval to exclude 0 in "
+             "the paper's direction; \"not reproduced\" needs the interval to exclude the paper's effect; "
+             "otherwise \"inconclusive\" with the minimum detectable effect (80% power, paired t over the seeds "
+             "finished, at the claim's level). Generated by `corll verdicts` from "
+             f"`{claims_path.as_posix()}`; the same numbers are in `results.json`."), "",
+             verdict_table(entries), ""]
+    if size:
+        needed = ", ".join(f"{k}: {v if v is not None else '> 200'}" for k, v in size["needed"].items())
+        lines += ["## Sizing the primary test", "",
+                  (f"Paired SD of the primary measure over {size['seeds']} seeds: {size['sd']:.3f}. Seeds a paired "
+                  f"t-test needs for 80% power at α = {ALPHA}, by true effect: {needed}."), ""]
+    lines += sections
+    md_path = out / "results.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    return md_path, json_path

@@ -1,0 +1,66 @@
+"""Verdicts follow from the numbers: Holm's correction, the minimum detectable effect, the rule, the page."""
+
+import json
+
+import pytest
+
+from corll.verdicts import holm, minimum_detectable_effect, seeds_needed, verdict, write_results
+
+
+def test_holm_adjusts_by_hand():
+    # sorted 0.01, 0.02, 0.04 -> 3·0.01, max(0.03, 2·0.02), max(0.04, 1·0.04)
+    assert holm({"a": 0.04, "b": 0.01, "c": 0.02}) == pytest.approx({"b": 0.03, "c": 0.04, "a": 0.04})
+    assert holm({"a": 0.5, "b": 0.6}) == pytest.approx({"a": 1.0, "b": 1.0})  # capped at 1, monotone
+
+
+def test_minimum_detectable_effect_of_a_paired_t_test():
+    # n = 8, sd = 1: (t_.975,7 + t_.8,7) / sqrt(8) = (2.3646 + 0.8960) / 2.8284
+    assert minimum_detectable_effect(1.0, 8) == pytest.approx(1.1528, abs=1e-3)
+    assert minimum_detectable_effect(1.0, 8, alpha=0.01) > minimum_detectable_effect(1.0, 8)
+    assert seeds_needed(1.0, minimum_detectable_effect(1.0, 8) + 1e-9) == 8
+
+
+@pytest.mark.parametrize(("low", "high", "p", "direction", "paper", "expected"), [
+    (0.1, 0.3, 0.01, 1, 0.0, "reproduced"),
+    (0.1, 0.3, 0.2, 1, 0.0, "inconclusive"),  # the corrected test does not reject
+    (-0.3, -0.1, 0.01, 1, 0.0, "not reproduced"),  # the interval excludes every positive effect
+    (-0.1, 0.05, 0.5, 1, 0.1, "not reproduced"),  # ... and the paper's effect of 0.1
+    (-0.1, 0.2, 0.5, 1, 0.1, "inconclusive"),
+    (-0.3, -0.1, 0.01, -1, 0.0, "reproduced"),  # a claim that the arm is lower
+])
+def test_the_verdict_rule(low, high, p, direction, paper, expected):
+    entry = {"effect": (low + high) / 2, "low": low, "high": high, "p_adjusted": p, "direction": direction,
+             "mde": 0.25}
+    assert verdict(entry, 0.05, paper).startswith(expected)
+
+
+def test_the_page_and_json_come_from_the_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # experiment files name their folders relative to where commands run
+    (tmp_path / "exp.yaml").write_text(
+        "name: toy\nout: runs/toy\nseeds: [0, 1, 2, 3]\nbase: {task: synthetic, model: tiny, rounds: 2}\n"
+        "arms:\n  a: {algorithms: [corll]}\n  b: {algorithms: [dueling]}\n  c: {algorithms: [corll], k: 3}\n"
+        "baseline: b\n")
+    (tmp_path / "claims.yaml").write_text(
+        "title: Toy\nclaims:\n"
+        "  - {id: big, statement: a beats b, experiment: exp.yaml, arm: a, baseline: b, primary: true}\n"
+        "  - {id: noisy, statement: c beats b, experiment: exp.yaml, arm: c, baseline: b}\n"
+        "  - {id: learns, statement: a learns, experiment: exp.yaml, arm: a, measure: gain}\n")
+    finals = {"a": [0.5, 0.52, 0.49, 0.51], "b": [0.2, 0.21, 0.19, 0.2], "c": [0.9, -0.5, 0.6, -0.1]}
+    for arm, values in finals.items():
+        for seed, final in enumerate(values):
+            folder = tmp_path / "runs" / "toy" / arm / f"seed-{seed}"
+            folder.mkdir(parents=True)
+            records = [{"algorithm": arm, "seed": seed, "round": r, "feedback": 8 * r, "queries": 8 * r,
+                        "reward": 0.1 if r == 0 else final, "kl": 0.0} for r in (0, 2)]
+            (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    page, data = write_results(tmp_path / "claims.yaml", tmp_path / "docs")
+    result = {c["id"]: c for c in json.loads(data.read_text())["claims"]}
+    assert result["big"]["effect"] == pytest.approx(0.305) and result["big"]["verdict"] == "reproduced"
+    assert result["big"]["p_adjusted"] == result["big"]["p"]  # the primary test is not corrected
+    assert result["noisy"]["verdict"].startswith("inconclusive (minimum detectable effect")
+    assert result["learns"]["effect"] == pytest.approx(0.405) and result["learns"]["seeds"] == [0, 1, 2, 3]
+    # two secondary claims: Holm multiplies the smaller p by 2
+    smaller = min(result["noisy"]["p"], result["learns"]["p"])
+    assert min(result["noisy"]["p_adjusted"], result["learns"]["p_adjusted"]) == pytest.approx(2 * smaller)
+    text = page.read_text()
+    assert "| a beats b |" in text and "reproduced" in text and "Sizing the primary test" in text
