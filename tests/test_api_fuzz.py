@@ -1,10 +1,15 @@
-"""Fuzz the service from its own OpenAPI spec (schemathesis): whatever arrives, no 5xx."""
+"""Fuzz the service from its own OpenAPI spec (schemathesis) and with hard strings on both backends:
+whatever arrives, no 5xx, and a refused request stores nothing."""
 
+import json
 import tempfile
 from pathlib import Path
 
+import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from starlette.testclient import TestClient
 
 from corll.server.app import create_app
 from corll.server.engine import PolicyEngine
@@ -23,3 +28,58 @@ def test_no_request_makes_the_server_fail(case):
     for headers in ({"Authorization": f"Bearer {KEY}"}, {}):
         response = case.call(headers=headers)
         assert response.status_code < 500, (response.status_code, response.text[:300])
+
+
+# Strings schemathesis does not generate by default: lone surrogates (sent as JSON escapes), NUL,
+# other control characters, astral-plane and combining characters, very long text.
+HARD_TEXT = st.one_of(
+    st.text(st.characters(codec=None, exclude_categories=()), max_size=60),
+    st.sampled_from(["\ud800", "a\udfffb", "\x00", "x\x00y", "\u202e\u0301\U0001f600", "\ufeff", "\x7f\x1b[31m"]),
+    st.text(st.characters(codec=None, exclude_categories=()), min_size=31_990, max_size=32_010),
+)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def hard_case_app(request, tmp_path_factory):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'corll.db'}"
+    else:
+        from sqlalchemy import create_engine, text
+
+        url = request.getfixturevalue("postgres_url")
+        engine = create_engine(url)
+        with engine.begin() as connection:
+            connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        engine.dispose()
+    store = Store(url)
+    key = store.create_api_key("acme", "fuzzer")
+    client = TestClient(create_app(store, PolicyEngine("tiny", store, default_max_tokens=2, max_tokens_limit=2)))
+    completion = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                             json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}).json()
+    yield client, store, key, completion["id"]
+    client.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(text=HARD_TEXT, where=st.sampled_from(["edit", "message", "stop", "idempotency"]))
+def test_hard_strings_never_cause_a_5xx_and_a_refusal_stores_nothing(hard_case_app, text, where):
+    client, store, key, completion_id = hard_case_app
+    before = (len(store.feedback()), len(store.list_interactions("acme", limit=200)))
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    if where == "edit":
+        response = client.post("/v1/feedback", headers=headers,
+                               content=json.dumps({"completion_id": completion_id, "edit": text}))
+    elif where == "idempotency":
+        header = text.encode("utf-8", "surrogatepass")[:255]  # raw bytes, as a client may send them
+        if not header.strip() or any(c in header for c in b"\r\n\x00"):
+            return  # not a sendable header value
+        response = client.post("/v1/feedback", headers={**headers, "Idempotency-Key": header},
+                               content=json.dumps({"completion_id": completion_id, "reaction": "like"}))
+    else:
+        body = {"model": "tiny", "messages": [{"role": "user", "content": text if where == "message" else "hi"}],
+                **({"stop": text} if where == "stop" else {})}
+        response = client.post("/v1/chat/completions", headers=headers, content=json.dumps(body))
+    assert response.status_code < 500, (response.status_code, response.text[:300])
+    if response.status_code >= 400:
+        assert response.json()["error"]["message"]
+        assert (len(store.feedback()), len(store.list_interactions("acme", limit=200))) == before

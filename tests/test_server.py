@@ -68,11 +68,14 @@ def test_openai_client_gets_logged_completions_and_the_sdk_posts_feedback(servic
         page = client.interactions()
     assert [f["kind"] for f in page["data"][0]["feedback"]] == ["edit", "reaction"]
 
-    async def async_side():
-        async with corll.AsyncClient(server.url + "/v1", keys["bob"]) as client:
+    async def async_side(user):
+        async with corll.AsyncClient(server.url + "/v1", keys[user]) as client:
             return await client.react(completion.id, "like")
 
-    assert asyncio.run(async_side())["kind"] == "reaction"
+    assert asyncio.run(async_side("alice"))["kind"] == "reaction"
+    with pytest.raises(corll.FeedbackError) as caught:  # bob, of the same tenant, did not receive it
+        asyncio.run(async_side("bob"))
+    assert caught.value.status == 404
 
 
 def test_streaming_gives_the_same_text_as_logged(service):

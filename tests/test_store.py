@@ -27,13 +27,16 @@ def test_interactions_and_several_feedback_events_round_trip(store_url):
     store = Store(store_url)
     cid = interaction(store)
     first = store.add_feedback(ALICE, cid, edit="A truly fine product.")
-    second = store.add_feedback(BOB, cid, reaction="love")  # same tenant, another user: allowed
+    with pytest.raises(NotFoundError):  # same tenant, another user: not theirs to judge
+        store.add_feedback(BOB, cid, reaction="love")
+    second = store.add_feedback(Principal("acme", "ops", admin=True), cid, reaction="love")  # the tenant's admin
     row = store.get_interaction(ALICE, cid)
     assert row.messages == CHAT and row.response == "A fine product." and row.response_logprob == -12.5
     assert [(f.id, f.kind, f.edit, f.reaction) for f in row.feedback] == [
         (first, "edit", "A truly fine product.", None), (second, "reaction", None, "love")]
     records = store.feedback()
     assert [r.event_id for r in records] == [first, second] and records[0].messages == CHAT
+    assert [r.author for r in records] == ["alice", "ops"]
     assert [r.event_id for r in store.feedback(after_event=first)] == [second]
     assert [r.event_id for r in store.feedback(kind="edit")] == [first]
 

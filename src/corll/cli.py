@@ -430,15 +430,72 @@ def open_store(db: str | None, *, must_exist: bool = True):
 def keys_create(
     tenant: Annotated[str, typer.Option(help="Tenant (organisation or app) the key belongs to.")],
     user: Annotated[str, typer.Option(help="End user the key acts for.")],
+    admin: Annotated[bool, typer.Option(help="May read the tenant's whole log and act on any of its completions.")]
+    = False,
+    expires: Annotated[Optional[str], typer.Option(
+        help="When the key stops working: a duration (90d, 12h, 30m) or a UTC date/time (2027-01-31).")] = None,
     db: DbOption = None,
 ) -> None:
     """Create an API key; it is printed once (only its hash is stored)."""
     from corll.store import StoreError
 
     try:
-        print(open_store(db, must_exist=False).create_api_key(tenant, user))
+        expires_at = parse_expiry(expires) if expires else None
+    except ValueError as exc:
+        fail(f"--expires: {exc}")
+    try:
+        print(open_store(db, must_exist=False).create_api_key(tenant, user, admin=admin, expires_at=expires_at))
     except StoreError as exc:
         fail(str(exc))
+
+
+def parse_expiry(text: str):
+    """A duration from now ('90d', '12h', '30m') or an ISO date/time taken as UTC."""
+    from datetime import datetime, timedelta, timezone
+
+    units = {"d": "days", "h": "hours", "m": "minutes"}
+    if text[:-1].isdigit() and text[-1] in units:
+        return datetime.now(timezone.utc) + timedelta(**{units[text[-1]]: int(text[:-1])})
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a duration like 90d, 12h, 30m nor a date like 2027-01-31") from None
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    if moment <= datetime.now(timezone.utc):
+        raise ValueError(f"{text} is in the past")
+    return moment
+
+
+@keys_app.command("list")
+def keys_list(tenant: Annotated[Optional[str], typer.Option(help="Only this tenant's keys.")] = None,
+              db: DbOption = None) -> None:
+    """The keys that exist (their ids and first characters, never the keys), with their state."""
+    from datetime import datetime, timezone
+
+    from rich.table import Table
+
+    now = datetime.now(timezone.utc)
+    table = Table("id", "key starts", "tenant", "user", "admin", "created", "expires", "state")
+    for k in open_store(db).list_api_keys(tenant):
+        expires = k.expires_at.replace(tzinfo=k.expires_at.tzinfo or timezone.utc) if k.expires_at else None
+        state = "revoked" if k.revoked_at else "expired" if expires and expires <= now else "active"
+        table.add_row(str(k.id), f"{k.prefix}…" if k.prefix else "(older key)", k.tenant, k.user,
+                      "yes" if k.admin else "", k.created_at.strftime("%Y-%m-%d %H:%M"),
+                      expires.strftime("%Y-%m-%d %H:%M") if expires else "never", state)
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[int, typer.Argument(help="The key's id (see `corll keys list`).")],
+                db: DbOption = None) -> None:
+    """Revoke a key: requests with it answer 401 from now on."""
+    from corll.store import NotFoundError
+
+    try:
+        info = open_store(db).revoke_api_key(key_id)
+    except NotFoundError as exc:
+        fail(str(exc))
+    console.print(f"key {info.id} ({info.tenant}/{info.user}) revoked")
 
 
 def port_problem(host: str, port: int) -> str | None:

@@ -10,13 +10,23 @@ carries the feedback:
 
 `AsyncClient` has the same methods as coroutines. A refused request raises
 `FeedbackError` with the server's message and status; nothing was recorded then.
+Every feedback call carries a fresh `Idempotency-Key` and is retried on a
+connection error or a 503 (up to `retries` times, backing off): a retry of an
+event the server had already committed returns the first answer, so a dropped
+connection never doubles an edit.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+import uuid
+
 import httpx
 
 DEFAULT_TIMEOUT = 30.0
+RETRIES = 4
+BACKOFF = 0.25  # seconds before the first retry, doubling
 
 
 class FeedbackError(RuntimeError):
@@ -52,19 +62,39 @@ def _base(base_url: str) -> str:
     return base_url.rstrip("/").removesuffix("/v1")
 
 
+def _retryable(outcome: httpx.Response | Exception) -> bool:
+    return isinstance(outcome, httpx.TransportError) or (isinstance(outcome, httpx.Response)
+                                                          and outcome.status_code == 503)
+
+
 class Client:
-    def __init__(self, base_url: str, api_key: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = DEFAULT_TIMEOUT, retries: int = RETRIES) -> None:
         self.http = httpx.Client(base_url=_base(base_url), headers={"Authorization": f"Bearer {api_key}"},
                                  timeout=timeout)
+        self.retries = retries
 
     def edit(self, completion_id: str, text: str, *, choice: int = 0) -> dict:
         """Record that the user kept `text` instead of the completion (an edit: a preference ȳ ≻ y);
         `choice` picks one of an n > 1 completion's choices."""
-        return _check(self.http.post("/v1/feedback", json=_body(completion_id, choice, edit=text)))
+        return self._send(_body(completion_id, choice, edit=text))
 
     def react(self, completion_id: str, reaction: str, *, choice: int = 0) -> dict:
         """Record a reaction: 'love', 'like' or 'dislike'."""
-        return _check(self.http.post("/v1/feedback", json=_body(completion_id, choice, reaction=reaction)))
+        return self._send(_body(completion_id, choice, reaction=reaction))
+
+    def _send(self, body: dict) -> dict:
+        headers = {"Idempotency-Key": str(uuid.uuid4())}  # the same key on every retry of this event
+        for attempt in range(self.retries + 1):
+            try:
+                outcome: httpx.Response | Exception = self.http.post("/v1/feedback", json=body, headers=headers)
+            except httpx.TransportError as exc:
+                outcome = exc
+            if attempt == self.retries or not _retryable(outcome):
+                break
+            time.sleep(BACKOFF * 2**attempt)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return _check(outcome)
 
     def interactions(self, *, limit: int = 50, before: str | None = None) -> dict:
         params = {"limit": limit, **({"before": before} if before else {})}
@@ -81,15 +111,30 @@ class Client:
 
 
 class AsyncClient:
-    def __init__(self, base_url: str, api_key: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = DEFAULT_TIMEOUT, retries: int = RETRIES) -> None:
         self.http = httpx.AsyncClient(base_url=_base(base_url), headers={"Authorization": f"Bearer {api_key}"},
                                       timeout=timeout)
+        self.retries = retries
 
     async def edit(self, completion_id: str, text: str, *, choice: int = 0) -> dict:
-        return _check(await self.http.post("/v1/feedback", json=_body(completion_id, choice, edit=text)))
+        return await self._send(_body(completion_id, choice, edit=text))
 
     async def react(self, completion_id: str, reaction: str, *, choice: int = 0) -> dict:
-        return _check(await self.http.post("/v1/feedback", json=_body(completion_id, choice, reaction=reaction)))
+        return await self._send(_body(completion_id, choice, reaction=reaction))
+
+    async def _send(self, body: dict) -> dict:
+        headers = {"Idempotency-Key": str(uuid.uuid4())}
+        for attempt in range(self.retries + 1):
+            try:
+                outcome: httpx.Response | Exception = await self.http.post("/v1/feedback", json=body, headers=headers)
+            except httpx.TransportError as exc:
+                outcome = exc
+            if attempt == self.retries or not _retryable(outcome):
+                break
+            await asyncio.sleep(BACKOFF * 2**attempt)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return _check(outcome)
 
     async def interactions(self, *, limit: int = 50, before: str | None = None) -> dict:
         params = {"limit": limit, **({"before": before} if before else {})}

@@ -97,7 +97,8 @@ def train_from_log(store: Store, config: LogTrainingConfig, log=lambda _: None,
             logged = store.feedback(tenant=tenant)  # read once; each user's new part is filtered from it
             marks = {user: _first_event(store, tenant, user, config.since_version)
                      for user in sorted({r.user for r in logged if r.kind == "edit"})}
-            groups = [(user, [r for r in logged if r.user == user and r.event_id > mark])
+            # a user's adapter learns from their own feedback only (not an admin's edits of their drafts)
+            groups = [(user, [r for r in logged if r.user == user and r.author in (None, user) and r.event_id > mark])
                       for user, mark in marks.items()]
         else:
             groups = [(None, store.feedback(tenant=tenant, after_event=_first_event(

@@ -4,12 +4,14 @@
                                 seed, streaming token by token (`stream_options.include_usage`)
     GET  /v1/models             the base model and the policy versions the caller may pin
     POST /v1/feedback           {completion_id, edit | reaction}
-    GET  /v1/interactions       the caller's tenant's interactions, newest first, paged
+    GET  /v1/interactions       the caller's own interactions (an admin key: the tenant's), newest first
     GET  /healthz               liveness and database reachability
 
 Every request carries `Authorization: Bearer <API key>`; a key is bound to one
-tenant and one user. Another tenant's completion id answers 404, like an id that
-does not exist, so ids cannot be probed. Every refused request answers 4xx in
+tenant and one user. Feedback on a completion comes from the user who received it
+(or the tenant's admin key) and is recorded with its author; anyone else's
+completion id answers 404, like an id that does not exist, so ids cannot be
+probed. `Idempotency-Key` makes feedback retries safe. Every refused request answers 4xx in
 OpenAI's error shape (`{"error": {"message", "type", "param", "code"}}`), naming
 the field and the problem, and writes nothing; a database outage answers 503.
 
@@ -22,6 +24,7 @@ finished, before its last chunk leaves: an id whose answer the client saw exists
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 import uuid
@@ -36,7 +39,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from sqlalchemy.exc import SQLAlchemyError
 
 from corll.server.engine import Choice, Engine, GenerationRequest, ServedModel, Stream, gather
-from corll.store import MAX_EDIT_CHARS, NotFoundError, Principal, Store, StoreError
+from corll.store import MAX_EDIT_CHARS, ConflictError, NotFoundError, Principal, Store, StoreError
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_MESSAGES = 64
@@ -267,6 +270,10 @@ def create_app(store: Store, engine: Engine) -> FastAPI:
     def _no_model(_: Request, exc: ModelNotFound) -> JSONResponse:
         return error(404, str(exc), param="model", code="model_not_found")
 
+    @app.exception_handler(ConflictError)
+    def _conflict(_: Request, exc: ConflictError) -> JSONResponse:
+        return error(409, str(exc), param="Idempotency-Key", code="idempotency_key_reused")
+
     @app.exception_handler(NotFoundError)
     def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
         return error(404, str(exc), code="not_found")
@@ -324,20 +331,30 @@ def create_app(store: Store, engine: Engine) -> FastAPI:
         return answer.completion(ids[0], choices)
 
     @app.post("/v1/feedback", response_model=FeedbackResponse)
-    def feedback(body: FeedbackRequest, who: Caller) -> FeedbackResponse:
-        event_id = store.add_feedback(who, choice_id(body.completion_id, body.choice), edit=body.edit,
-                                      reaction=body.reaction)
-        return FeedbackResponse(id=event_id, completion_id=body.completion_id,
-                                kind="edit" if body.edit is not None else "reaction")
+    def feedback(body: FeedbackRequest, who: Caller, idempotency_key: Annotated[str | None, Header(
+            max_length=255, description="Retries with the same key return the first answer and store nothing.")]
+                 = None) -> FeedbackResponse:
+        def answer(event_id: int) -> dict:
+            return FeedbackResponse(id=event_id, completion_id=body.completion_id,
+                                    kind="edit" if body.edit is not None else "reaction").model_dump()
+
+        idempotency = None
+        if idempotency_key is not None:
+            digest = hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
+            idempotency = (idempotency_key, digest, answer)
+        result = store.add_feedback(who, choice_id(body.completion_id, body.choice), edit=body.edit,
+                                    reaction=body.reaction, idempotency=idempotency)
+        return FeedbackResponse(**(result if isinstance(result, dict) else answer(result)))
 
     @app.get("/v1/interactions", response_model=InteractionPage)
     def interactions(who: Caller, limit: Annotated[int, Query(ge=1, le=200)] = 50,
                      before: Annotated[str | None, Query(max_length=64)] = None) -> InteractionPage:
-        rows = store.list_interactions(who.tenant, limit=limit, before=before)
+        rows = store.list_interactions(who.tenant, user=None if who.admin else who.user, limit=limit, before=before)
         data = [InteractionOut(id=r.id, user=r.user, messages=r.messages, response=r.response,
                                policy_version=r.policy_version_id, created_at=r.created_at.isoformat(),
                                feedback=[{"id": f.id, "kind": f.kind, "edit": f.edit, "reaction": f.reaction,
-                                          "created_at": f.created_at.isoformat()} for f in r.feedback])
+                                          "author": f.author, "created_at": f.created_at.isoformat()}
+                                         for f in r.feedback])
                 for r in rows]
         return InteractionPage(data=data, next_before=rows[-1].id if len(rows) == limit else None)
 

@@ -2,7 +2,9 @@
 
 from corll.store.repository import (
     MAX_EDIT_CHARS,
+    ConflictError,
     FeedbackRecord,
+    KeyInfo,
     NotFoundError,
     Principal,
     Store,
@@ -11,5 +13,5 @@ from corll.store.repository import (
 )
 from corll.store.schema import REACTIONS
 
-__all__ = ["MAX_EDIT_CHARS", "REACTIONS", "FeedbackRecord", "NotFoundError", "Principal", "Store", "StoreError",
-           "database_url"]
+__all__ = ["MAX_EDIT_CHARS", "REACTIONS", "ConflictError", "FeedbackRecord", "KeyInfo", "NotFoundError", "Principal",
+           "Store", "StoreError", "database_url"]

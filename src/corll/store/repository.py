@@ -13,17 +13,18 @@ import hashlib
 import os
 import secrets
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import create_engine, event, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from corll.store.schema import REACTIONS, ApiKey, FeedbackEvent, Interaction, PolicyVersion
+from corll.store.schema import REACTIONS, ApiKey, FeedbackEvent, IdempotencyKey, Interaction, PolicyVersion, utcnow
 
 DEFAULT_URL = "sqlite:///corll.db"
 MAX_EDIT_CHARS = 32_000
@@ -35,6 +36,10 @@ class StoreError(ValueError):
 
 class NotFoundError(StoreError):
     """No such interaction for this tenant (another tenant's ids are not revealed)."""
+
+
+class ConflictError(StoreError):
+    """An idempotency key reused for a different request."""
 
 
 def database_url(url: str | None = None) -> str:
@@ -49,10 +54,29 @@ def hash_key(key: str) -> str:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the tenant and user an API key is bound to."""
+    """Who is calling: the tenant and user an API key is bound to; an admin acts for the whole tenant."""
 
     tenant: str
     user: str
+    admin: bool = False
+
+    def may_act_on(self, interaction: Interaction) -> bool:
+        """Feedback on a completion comes from the user who received it, or from the tenant's admin."""
+        return interaction.tenant == self.tenant and (self.admin or interaction.user == self.user)
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What `corll keys list` shows of a key (never the key itself)."""
+
+    id: int
+    prefix: str | None
+    tenant: str
+    user: str
+    admin: bool
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -70,6 +94,7 @@ class FeedbackRecord:
     messages: list
     response: str
     policy_version_id: int | None
+    author: str | None = None  # whose key sent it (None: logged before authors were recorded)
 
 
 class Store:
@@ -86,19 +111,43 @@ class Store:
             yield session
 
     # --- API keys -------------------------------------------------------------------------------
-    def create_api_key(self, tenant: str, user: str) -> str:
+    def create_api_key(self, tenant: str, user: str, *, admin: bool = False, expires_at: datetime | None = None) -> str:
         """A new key for (tenant, user); only its hash is stored, so it is shown once."""
         if not tenant.strip() or not user.strip():
             raise StoreError("tenant and user must be non-empty")
         key = "corll-" + secrets.token_urlsafe(32)
         with self.transaction() as s:
-            s.add(ApiKey(key_hash=hash_key(key), tenant=tenant, user=user))
+            s.add(ApiKey(key_hash=hash_key(key), tenant=tenant, user=user, admin=admin, prefix=key[:12],
+                         expires_at=expires_at))
         return key
 
     def authenticate(self, key: str) -> Principal | None:
+        """The key's principal; None for an unknown, revoked or expired key."""
         with self.sessions() as s:
             row = s.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
-            return Principal(row.tenant, row.user) if row else None
+            if row is None or row.revoked_at is not None or (row.expires_at is not None
+                                                             and _aware(row.expires_at) <= utcnow()):
+                return None
+            return Principal(row.tenant, row.user, row.admin)
+
+    def list_api_keys(self, tenant: str | None = None) -> list[KeyInfo]:
+        with self.sessions() as s:
+            query = select(ApiKey).order_by(ApiKey.id)
+            if tenant is not None:
+                query = query.where(ApiKey.tenant == tenant)
+            return [KeyInfo(k.id, k.prefix, k.tenant, k.user, k.admin, k.created_at, k.expires_at, k.revoked_at)
+                    for k in s.scalars(query)]
+
+    def revoke_api_key(self, key_id: int) -> KeyInfo:
+        """Revoke a key at once (kept, marked, for the record)."""
+        with self.transaction() as s:
+            row = s.get(ApiKey, key_id)
+            if row is None:
+                raise NotFoundError(f"no API key {key_id}")
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+            return KeyInfo(row.id, row.prefix, row.tenant, row.user, row.admin, row.created_at, row.expires_at,
+                           row.revoked_at)
 
     # --- interactions and feedback --------------------------------------------------------------
     def record_interaction(self, who: Principal, messages: list, response: str, *, policy_version_id: int | None,
@@ -118,8 +167,14 @@ class Store:
         return [r[0] for r in responses]
 
     def add_feedback(self, who: Principal, interaction_id: str, *, edit: str | None = None,
-                     reaction: str | None = None) -> int:
-        """Attach an edit or a reaction to one of this tenant's interactions; returns the event id."""
+                     reaction: str | None = None, idempotency: tuple[str, str, Callable[[int], dict]] | None = None
+                     ) -> int | dict:
+        """Attach an edit or a reaction to an interaction the caller may act on (their own, or any of the
+        tenant's for an admin), recording its author; returns the event id.
+
+        With `idempotency` = (key, request hash, answer(event id)), the answer is stored in the same
+        transaction as the event: a retry with the same key and request returns that stored answer
+        and writes nothing; the same key with a different request raises ConflictError."""
         if (edit is None) == (reaction is None):
             raise StoreError("give exactly one of 'edit' or 'reaction'")
         if edit is not None:
@@ -129,15 +184,36 @@ class Store:
                 raise StoreError(f"'edit' has {len(edit)} characters; the limit is {MAX_EDIT_CHARS}")
         if reaction is not None and reaction not in REACTIONS:
             raise StoreError(f"unknown reaction {reaction!r}: use one of {', '.join(REACTIONS)}")
-        with self.transaction() as s:
-            interaction = s.get(Interaction, interaction_id)
-            if interaction is None or interaction.tenant != who.tenant:
-                raise NotFoundError(f"no completion {interaction_id!r}")
-            row = FeedbackEvent(interaction_id=interaction_id, kind="edit" if edit is not None else "reaction",
-                                edit=edit, reaction=reaction)
-            s.add(row)
-            s.flush()
-            return row.id
+        if idempotency is not None and (earlier := self._replay(who, *idempotency[:2])) is not None:
+            return earlier
+        try:
+            with self.transaction() as s:
+                interaction = s.get(Interaction, interaction_id)
+                if interaction is None or not who.may_act_on(interaction):
+                    raise NotFoundError(f"no completion {interaction_id!r}")
+                row = FeedbackEvent(interaction_id=interaction_id, kind="edit" if edit is not None else "reaction",
+                                    edit=edit, reaction=reaction, author=who.user)
+                s.add(row)
+                s.flush()
+                if idempotency is None:
+                    return row.id
+                key, request_hash, answer = idempotency
+                response = answer(row.id)
+                s.add(IdempotencyKey(scope=_scope(who), key=key, request_hash=request_hash, response=response))
+                return response
+        except IntegrityError:  # the same key committed concurrently: answer as its retry would
+            if idempotency is not None and (earlier := self._replay(who, *idempotency[:2])) is not None:
+                return earlier
+            raise
+
+    def _replay(self, who: Principal, key: str, request_hash: str) -> dict | None:
+        with self.sessions() as s:
+            row = s.get(IdempotencyKey, (_scope(who), key))
+            if row is None:
+                return None
+            if row.request_hash != request_hash:
+                raise ConflictError(f"the Idempotency-Key {key!r} was used for a different request")
+            return row.response
 
     def get_interaction(self, who: Principal, interaction_id: str) -> Interaction:
         with self.sessions() as s:
@@ -147,12 +223,16 @@ class Store:
                 raise NotFoundError(f"no completion {interaction_id!r}")
             return row
 
-    def list_interactions(self, tenant: str, *, limit: int = 50, before: str | None = None) -> list[Interaction]:
-        """Newest first, `limit` at a time; `before` is the last id of the previous page."""
+    def list_interactions(self, tenant: str, *, user: str | None = None, limit: int = 50,
+                          before: str | None = None) -> list[Interaction]:
+        """Newest first, `limit` at a time; `before` is the last id of the previous page; only `user`'s if given."""
         with self.sessions() as s:
             query = select(Interaction).options(selectinload(Interaction.feedback)).where(Interaction.tenant == tenant)
+            if user is not None:
+                query = query.where(Interaction.user == user)
             if before is not None:
-                anchor = s.scalar(select(Interaction).where(Interaction.id == before, Interaction.tenant == tenant))
+                anchor = s.scalar(select(Interaction).where(Interaction.id == before, Interaction.tenant == tenant,
+                                                            *([Interaction.user == user] if user is not None else [])))
                 if anchor is None:
                     raise NotFoundError(f"no completion {before!r}")
                 query = query.where((Interaction.created_at < anchor.created_at)
@@ -179,7 +259,7 @@ class Store:
             if kind is not None:
                 query = query.where(FeedbackEvent.kind == kind)
             return [FeedbackRecord(e.id, e.kind, e.edit, e.reaction, e.created_at, i.id, i.tenant, i.user, i.messages,
-                                   i.response, i.policy_version_id) for e, i in s.execute(query)]
+                                   i.response, i.policy_version_id, e.author) for e, i in s.execute(query)]
 
     # --- policy versions ------------------------------------------------------------------------
     def add_policy_version(self, tenant: str, user: str | None, adapter_path: str | None, *,
@@ -226,6 +306,15 @@ class Store:
             if row is None:
                 raise NotFoundError(f"no policy version {version_id}")
             return row
+
+
+def _scope(who: Principal) -> str:
+    return f"{who.tenant}/{who.user}"
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they were stored in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 def _activate(s: Session, row: PolicyVersion) -> None:

@@ -29,7 +29,9 @@ class Base(DeclarativeBase):
 
 
 class ApiKey(Base):
-    """An API key, stored as its SHA-256 hash, bound to one tenant and one user."""
+    """An API key, stored as its SHA-256 hash, bound to one tenant and one user. An admin key may
+    read its tenant's whole log and act on any of its completions; a key stops working when it
+    expires or is revoked."""
 
     __tablename__ = "api_keys"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -37,6 +39,10 @@ class ApiKey(Base):
     tenant: Mapped[str] = mapped_column(String(128))
     user: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    prefix: Mapped[str | None] = mapped_column(String(16), nullable=True)  # the key's first characters, to tell keys apart
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class PolicyVersion(Base):
@@ -74,5 +80,17 @@ class FeedbackEvent(Base):
     kind: Mapped[str] = mapped_column(String(16))
     edit: Mapped[str | None] = mapped_column(Text, nullable=True)
     reaction: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    author: Mapped[str | None] = mapped_column(String(128), nullable=True)  # the user whose key sent it
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     interaction: Mapped[Interaction] = relationship(back_populates="feedback")
+
+
+class IdempotencyKey(Base):
+    """The first answer to a write sent with an `Idempotency-Key`: a retry gets it back, stores nothing."""
+
+    __tablename__ = "idempotency_keys"
+    scope: Mapped[str] = mapped_column(String(260), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    response: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
