@@ -174,6 +174,12 @@ def test_train_makes_a_version_the_server_serves_next_and_rollback_restores(serv
     rolled = runner.invoke(cli, ["rollback", str(version.id), "--db", db])
     assert rolled.exit_code == 0, rolled.output
     assert ask(server, keys["alice"]).system_fingerprint == f"corll-policy-{version.id}"
+    base = runner.invoke(cli, ["rollback", "0", "--tenant", "acme", "--db", db])
+    assert base.exit_code == 0 and "base model" in base.output
+    assert ask(server, keys["alice"]).system_fingerprint == f"corll-policy-{store.versions('acme')[-1].id}"
+    assert store.active_version("acme", "alice").adapter_path is None  # served by the base model again
+    assert runner.invoke(cli, ["rollback", "0", "--db", db]).exit_code == 2  # whose? --tenant is required
+    assert runner.invoke(cli, ["rollback", str(version.id), "--db", db]).exit_code == 0
     everything = runner.invoke(cli, [*train, "--since-version", "0", "--epochs", "1"])
     assert everything.exit_code == 0 and store.versions("acme")[-1].details["pairs"] == 8
 
@@ -217,3 +223,25 @@ def test_temperature_zero_is_greedy_and_repeatable(service):
     server, _, keys, _ = service
     first, second = (ask(server, keys["alice"], temperature=0).choices[0].message.content for _ in range(2))
     assert first == second
+
+
+def test_metrics_are_prometheus_text_and_count_what_happened(service):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server, _, keys, _ = service
+
+    def samples():
+        text = httpx.get(f"{server.url}/metrics").text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    before = samples()
+    completion = ask(server, keys["alice"])
+    corll.Client(server.url, keys["alice"]).edit(completion.id, "kept")
+    after = samples()
+    chat = ("corll_requests_total", (("route", "/v1/chat/completions"), ("status", "200")))
+    assert after[chat] == before.get(chat, 0) + 1
+    assert after[("corll_feedback_accepted_total", (("kind", "edit"),))] == 1
+    assert after[("corll_completion_tokens_total", ())] >= before.get(("corll_completion_tokens_total", ()), 0)
+    assert ("corll_engine_running_sequences", ()) in after
+    assert after[("corll_request_seconds_count", (("route", "/v1/chat/completions"),))] >= 1

@@ -130,3 +130,37 @@ def test_a_users_adapter_learns_from_their_own_edits_only(deployment, tmp_path):
     assert result.exit_code == 0, result.output
     [version] = store.versions("acme")
     assert version.user == "alice" and version.details["pairs"] == 4
+
+
+def test_forgetting_a_user_removes_their_data_and_retires_what_learned_from_it(deployment, tmp_path):
+    server, store, keys, url = deployment
+    runner = CliRunner()
+    train = ["train", "--model", "tiny", "--db", url, "--adapters", str(tmp_path / "a"), "--min-feedback", "4",
+             "--batch-size", "4", "--epochs", "1"]
+    for user, texts in (("carol", "carol kept"), ("alice", "alice kept")):
+        for i in range(4):
+            c = draft(server, keys[user], f"{user} item {i}.")
+            assert post(server, keys[user], {"completion_id": c.id, "edit": f"{texts} {i}"}).status_code == 200
+    assert runner.invoke(cli, [*train, "--per-user"]).exit_code == 0  # alice's and carol's own adapters
+    assert runner.invoke(cli, train).exit_code == 0  # a shared version from both users' edits
+    versions = {(v.user or "shared"): v for v in store.versions("acme")}
+    assert set(versions) == {"alice", "carol", "shared"} and versions["shared"].details["users"] == ["alice", "carol"]
+    denied = httpx.delete(f"{server.url}/v1/users/carol", headers={"Authorization": f"Bearer {keys['alice']}"})
+    assert denied.status_code == 403 and len(store.feedback()) == 8
+    answer = httpx.delete(f"{server.url}/v1/users/carol", headers={"Authorization": f"Bearer {keys['admin']}"})
+    assert answer.status_code == 200, answer.text
+    removed = answer.json()
+    assert removed["interactions"] == 4 and removed["feedback_events"] == 4 and removed["api_keys"] == 1
+    assert removed["retired_versions"] == sorted([versions["carol"].id, versions["shared"].id])
+    assert {r.user for r in store.feedback()} == {"alice"}  # alice's data stays
+    assert not any((tmp_path / "a" / "acme" / "carol").rglob("*.safetensors"))  # the weights are gone too
+    with pytest.raises(openai.AuthenticationError):
+        draft(server, keys["carol"])  # her key is gone
+    # the shared version is no longer served or listed, nor can it be pinned or rolled back to
+    with corll.Client(server.url, keys["admin"]) as admin:
+        assert {i["user"] for i in admin.interactions()["data"]} == {"alice"}
+    assert draft(server, keys["admin"]).system_fingerprint == "corll-policy-0"
+    ids = [m.id for m in openai_client(server, keys["admin"]).models.list()]
+    assert f"tiny:v{versions['shared'].id}" not in ids
+    assert runner.invoke(cli, ["rollback", str(versions["shared"].id), "--db", url]).exit_code != 0
+    assert draft(server, keys["alice"]).system_fingerprint == f"corll-policy-{versions['alice'].id}"  # untouched

@@ -498,6 +498,22 @@ def keys_revoke(key_id: Annotated[int, typer.Argument(help="The key's id (see `c
     console.print(f"key {info.id} ({info.tenant}/{info.user}) revoked")
 
 
+@app.command()
+def forget(
+    tenant: Annotated[str, typer.Option(help="The user's tenant.")],
+    user: Annotated[str, typer.Option(help="The user to forget.")],
+    db: DbOption = None,
+) -> None:
+    """Forget a user: delete their interactions, feedback and keys, retire (and delete) every policy
+    version trained on their feedback; a server stops serving those at its next request."""
+    from corll.store import forget as forget_user
+
+    removed = forget_user(open_store(db), tenant, user)
+    console.print(f"forgot {tenant}/{user}: {removed['interactions']} interactions, {removed['feedback_events']} "
+                  f"feedback events, {removed['api_keys']} keys; retired versions "
+                  f"{', '.join(map(str, removed['retired_versions'])) or 'none'}")
+
+
 def port_problem(host: str, port: int) -> str | None:
     """Why the server could not listen on host:port (None if it can)."""
     import socket
@@ -602,24 +618,40 @@ def versions(db: DbOption = None, tenant: Annotated[Optional[str], typer.Option(
     from rich.table import Table
 
     table = Table(title="policy versions")
-    for column in ("id", "tenant", "user", "active", "parent", "preferences", "created"):
+    for column in ("id", "tenant", "user", "active", "parent", "preferences", "created", "retired"):
         table.add_column(column)
     for v in open_store(db).versions(tenant):
         table.add_row(str(v.id), v.tenant, v.user or "(shared)", "yes" if v.active else "", str(v.parent_id or ""),
-                      str(v.details.get("pairs", "")), v.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+                      str(v.details.get("pairs", "")), v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                      v.retired_reason or "")
     console.print(table)
 
 
 @app.command()
-def rollback(version: Annotated[int, typer.Argument(help="The version to serve again.")], db: DbOption = None) -> None:
-    """Serve an earlier version again (for its tenant and user); the server switches at its next request."""
-    from corll.store import NotFoundError
+def rollback(
+    version: Annotated[int, typer.Argument(help="The version to serve again; 0 is the base model.")],
+    tenant: Annotated[Optional[str], typer.Option(help="With version 0: whose versions to roll back.")] = None,
+    user: Annotated[Optional[str], typer.Option(
+        help="With version 0: only this user's (default: the tenant's shared policy).")] = None,
+    db: DbOption = None,
+) -> None:
+    """Serve an earlier version again (for its tenant and user), or the base model (0); the server
+    switches at its next request."""
+    from corll.store import StoreError
 
+    store = open_store(db)
     try:
-        row = open_store(db).activate(version)
-    except NotFoundError as exc:
+        if version == 0:
+            if tenant is None:
+                fail("rolling back to the base model (version 0) needs --tenant (and --user for one user)")
+            # a version without an adapter is the base model; activating it keeps the history intact
+            row = store.version(store.add_policy_version(tenant, user, None, details={"rollback_to": "base"}))
+        else:
+            row = store.activate(version)
+    except StoreError as exc:  # no such version, or a retired one
         fail(str(exc))
-    console.print(f"version {row.id} is active for {row.tenant}/{row.user or 'shared'}")
+    what = "the base model" if row.adapter_path is None else f"version {row.id}"
+    console.print(f"{what} is active for {row.tenant}/{row.user or 'shared'}")
 
 
 @app.command()

@@ -109,12 +109,14 @@ def train_from_log(store: Store, config: LogTrainingConfig, log=lambda _: None,
             if len(signals.pairs) < config.min_feedback:
                 log(f"{who}: {len(signals.pairs)} new preferences (< {config.min_feedback}); not trained")
                 continue
-            trained.append(_train_version(store, config, tenant, user, signals, log, progress))
+            # whose feedback this version learns from (forgetting a user retires the versions that list them)
+            users = sorted({r.user for r in records} | {r.author for r in records if r.author})
+            trained.append(_train_version(store, config, tenant, user, signals, users, log, progress))
     return trained
 
 
 def _train_version(store: Store, config: LogTrainingConfig, tenant: str, user: str | None, signals: Signals,
-                   log, progress: StepProgress) -> TrainedVersion:
+                   users: list[str], log, progress: StepProgress) -> TrainedVersion:
     torch.manual_seed(config.seed)
     policy = load_policy(config.model, lora=LoraSettings(), precision=config.precision, seed=config.seed)
     parent = store.active_version(tenant, user)
@@ -139,6 +141,7 @@ def _train_version(store: Store, config: LogTrainingConfig, tenant: str, user: s
     folder = (config.adapters_dir / tenant / (user or "shared") / uuid.uuid4().hex).resolve()
     policy.model.save_pretrained(folder)
     details = {"trained_through_event": signals.last_event, "pairs": len(signals.pairs),
+               "users": users,
                "unchanged_edits": signals.unchanged_edits, "epochs": config.epochs, "final_loss": loss,
                "lr": config.dpo.lr, "beta": config.dpo.beta, "model": config.model}
     version_id = store.add_policy_version(tenant, user, str(folder), parent_id=parent.id if parent else None,

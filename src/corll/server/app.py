@@ -5,7 +5,9 @@
     GET  /v1/models             the base model and the policy versions the caller may pin
     POST /v1/feedback           {completion_id, edit | reaction}
     GET  /v1/interactions       the caller's own interactions (an admin key: the tenant's), newest first
+    DELETE /v1/users/{user}     forget a user of the tenant (admin keys only)
     GET  /healthz               liveness and database reachability
+    GET  /metrics               Prometheus text format: requests, latency, feedback, batch size
 
 Every request carries `Authorization: Bearer <API key>`; a key is bound to one
 tenant and one user. Feedback on a completion comes from the user who received it
@@ -31,7 +33,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -39,7 +41,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from sqlalchemy.exc import SQLAlchemyError
 
 from corll.server.engine import Choice, Engine, GenerationRequest, ServedModel, Stream, gather
-from corll.store import MAX_EDIT_CHARS, ConflictError, NotFoundError, Principal, Store, StoreError
+from corll.server.metrics import ServiceMetrics
+from corll.store import MAX_EDIT_CHARS, ConflictError, NotFoundError, Principal, Store, StoreError, forget
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_MESSAGES = 64
@@ -257,6 +260,12 @@ def create_app(store: Store, engine: Engine) -> FastAPI:
                   description="OpenAI-compatible completions that learn from users' edits and reactions.")
 
     app.state.store = store
+    metrics = ServiceMetrics(store, engine)
+    app.middleware("http")(metrics.middleware)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        return metrics.exposition()
 
     @app.exception_handler(RequestValidationError)
     def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -328,6 +337,7 @@ def create_app(store: Store, engine: Engine) -> FastAPI:
         if choices is None:  # the client left: nothing to answer, nothing logged
             return Response(status_code=499)
         ids = await run_in_threadpool(answer.record, choices)
+        metrics.completion_tokens.inc(sum(c.tokens for c in choices))
         return answer.completion(ids[0], choices)
 
     @app.post("/v1/feedback", response_model=FeedbackResponse)
@@ -344,7 +354,19 @@ def create_app(store: Store, engine: Engine) -> FastAPI:
             idempotency = (idempotency_key, digest, answer)
         result = store.add_feedback(who, choice_id(body.completion_id, body.choice), edit=body.edit,
                                     reaction=body.reaction, idempotency=idempotency)
-        return FeedbackResponse(**(result if isinstance(result, dict) else answer(result)))
+        response = FeedbackResponse(**(result if isinstance(result, dict) else answer(result)))
+        metrics.feedback.labels(response.kind).inc()
+        return response
+
+    @app.delete("/v1/users/{user}")
+    def forget_user(user: Annotated[str, Path(min_length=1, max_length=128)], who: Caller) -> dict:
+        """Forget a user of the caller's tenant (admin keys only): their log, keys and every version
+        trained on their feedback."""
+        if not who.admin:
+            return error(403, "forgetting a user needs an admin key of the tenant", "permission_error",
+                         code="admin_required")
+        removed = forget(store, who.tenant, user)
+        return {"tenant": who.tenant, "user": user, **{k: v for k, v in removed.items() if k != "adapter_paths"}}
 
     @app.get("/v1/interactions", response_model=InteractionPage)
     def interactions(who: Caller, limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -375,7 +397,7 @@ def served_models(store: Store, base: str, who: Principal) -> list[dict]:
     tenant's shared ones and the caller's own."""
     listed = [{"id": base, "object": "model", "created": 0, "owned_by": "corll", "root": base, "parent": None}]
     for v in store.versions(who.tenant):
-        if v.user in (None, who.user):
+        if v.user in (None, who.user) and v.retired_at is None:
             listed.append({"id": version_model(base, v.id), "object": "model",
                            "created": int(v.created_at.timestamp()), "owned_by": who.tenant, "root": base,
                            "parent": base, "active": v.active, "user": v.user})
@@ -395,7 +417,8 @@ def resolve_model(store: Store, base: str, who: Principal, name: str) -> ServedM
                 version = store.version(int(version_id))
             except NotFoundError:
                 version = None
-        if version is None or version.tenant != who.tenant or version.user not in (None, who.user):
+        if version is None or version.tenant != who.tenant or version.user not in (None, who.user) \
+                or version.retired_at is not None:
             known = ", ".join(m["id"] for m in served_models(store, base, who)[:5])
             raise ModelNotFound(f"the model '{name}' does not exist; this server has: {known}")
     if version is None:

@@ -25,7 +25,6 @@ server (vLLM with its multi-LoRA support); the README says what that involves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import secrets
 import threading
@@ -329,10 +328,11 @@ class PolicyEngine:
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                  cache: DynamicCache, adapters: list[str]) -> torch.Tensor:
-        """Last-position logits; each row through its own adapter."""
+        """Last-position logits; each row through its own adapter. A batch of base-model rows only runs
+        through the engine's own fresh adapter, whose zero LoRA update leaves the base model's output
+        exactly as it is (peft's `disable_adapter` would cost a walk over every module per step)."""
         mixed = {"adapter_names": adapters} if any(a != BASE_ADAPTER for a in adapters) else {}
-        context = self.policy.model.disable_adapter() if not mixed else contextlib.nullcontext()
-        with context, self.policy.autocast():
+        with self.policy.autocast():
             out = self.policy.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                                     past_key_values=cache, use_cache=True, logits_to_keep=1, **mixed)
         return out.logits[:, -1]

@@ -10,8 +10,9 @@ from corll.store.repository import (
     Store,
     StoreError,
     database_url,
+    forget,
 )
 from corll.store.schema import REACTIONS
 
 __all__ = ["MAX_EDIT_CHARS", "REACTIONS", "ConflictError", "FeedbackRecord", "KeyInfo", "NotFoundError", "Principal",
-           "Store", "StoreError", "database_url"]
+           "Store", "StoreError", "database_url", "forget"]

@@ -19,12 +19,21 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, select, update
+from sqlalchemy import create_engine, delete, event, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from corll.store.schema import REACTIONS, ApiKey, FeedbackEvent, IdempotencyKey, Interaction, PolicyVersion, utcnow
+from corll.store.schema import (
+    REACTIONS,
+    ApiKey,
+    FeedbackEvent,
+    ForgetLog,
+    IdempotencyKey,
+    Interaction,
+    PolicyVersion,
+    utcnow,
+)
 
 DEFAULT_URL = "sqlite:///corll.db"
 MAX_EDIT_CHARS = 32_000
@@ -279,6 +288,8 @@ class Store:
             row = s.get(PolicyVersion, version_id)
             if row is None:
                 raise NotFoundError(f"no policy version {version_id}")
+            if row.retired_at is not None:
+                raise StoreError(f"policy version {version_id} is retired ({row.retired_reason}) and cannot serve")
             _activate(s, row)
             return row
 
@@ -300,12 +311,72 @@ class Store:
                 query = query.where(PolicyVersion.tenant == tenant)
             return list(s.scalars(query))
 
+    def forget_user(self, tenant: str, user: str) -> dict:
+        """Delete a user's interactions, the feedback on them and the feedback they wrote, their keys and
+        idempotency records; retire every policy version trained on their feedback (their own adapters,
+        shared versions whose training data included it, and every version trained on top of those),
+        activating the nearest untouched ancestor where an active one is retired. One transaction; the
+        adapters' files are the caller's to delete (`removed["adapter_paths"]`). Returns what was removed."""
+        with self.transaction() as s:
+            mine = select(Interaction.id).where(Interaction.tenant == tenant, Interaction.user == user)
+            events = list(s.scalars(select(FeedbackEvent.id).join(Interaction).where(
+                Interaction.tenant == tenant, or_(Interaction.user == user, FeedbackEvent.author == user))))
+            first_event = min(events, default=None)
+            retired: dict[int, PolicyVersion] = {}
+            for v in s.scalars(select(PolicyVersion).where(PolicyVersion.tenant == tenant).order_by(PolicyVersion.id)):
+                if _trained_on(v, user, first_event) or v.parent_id in retired:
+                    retired[v.id] = v
+            for v in retired.values():
+                if v.active:
+                    ancestor = v.parent_id
+                    while ancestor is not None and ancestor in retired:
+                        ancestor = retired[ancestor].parent_id
+                    v.active = False
+                    if ancestor is not None:
+                        _activate(s, s.get(PolicyVersion, ancestor))
+                v.retired_at, v.retired_reason = utcnow(), f"trained on feedback of forgotten user {user!r}"
+            removed = {"feedback_events": len(events),
+                       "interactions": s.scalar(select(func.count()).select_from(mine.subquery())),
+                       "api_keys": s.scalar(select(func.count()).select_from(ApiKey).where(
+                           ApiKey.tenant == tenant, ApiKey.user == user)),
+                       "retired_versions": sorted(retired),
+                       "adapter_paths": sorted(v.adapter_path for v in retired.values() if v.adapter_path)}
+            s.execute(delete(FeedbackEvent).where(FeedbackEvent.id.in_(events)))
+            s.execute(delete(Interaction).where(Interaction.id.in_(mine)))
+            s.execute(delete(ApiKey).where(ApiKey.tenant == tenant, ApiKey.user == user))
+            s.execute(delete(IdempotencyKey).where(IdempotencyKey.scope == f"{tenant}/{user}"))
+            s.add(ForgetLog(tenant=tenant, user=user, removed=removed))
+            return removed
+
     def version(self, version_id: int) -> PolicyVersion:
         with self.sessions() as s:
             row = s.get(PolicyVersion, version_id)
             if row is None:
                 raise NotFoundError(f"no policy version {version_id}")
             return row
+
+
+def forget(store: Store, tenant: str, user: str) -> dict:
+    """Forget a user everywhere: the log (see `Store.forget_user`), then the retired adapters' weights,
+    which may encode their edits. Returns what was removed."""
+    import shutil
+
+    removed = store.forget_user(tenant, user)
+    for path in removed["adapter_paths"]:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+def _trained_on(version: PolicyVersion, user: str, first_event: int | None) -> bool:
+    """Whether a version's training data may include the user's feedback: their own adapter, a shared
+    version that lists them, or (versions from before training recorded its users) a shared one
+    trained through an event at or after the user's first."""
+    if version.user is not None:
+        return version.user == user
+    users = version.details.get("users")
+    if users is not None:
+        return user in users
+    return first_event is not None and version.details.get("trained_through_event", 0) >= first_event
 
 
 def _scope(who: Principal) -> str:

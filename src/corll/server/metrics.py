@@ -1,0 +1,46 @@
+"""`GET /metrics` in Prometheus' text format: what the service is doing, for dashboards and alerts.
+
+One registry per app (several apps in one process, as in tests, do not share counts). Route
+labels are the route templates, never raw paths, so their number stays bounded.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+from corll.store import Store
+
+
+class ServiceMetrics:
+    def __init__(self, store: Store, engine) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("corll_requests", "HTTP requests answered", ["route", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("corll_request_seconds", "Time to answer (to the last byte's start for streams)",
+                                 ["route"], registry=self.registry,
+                                 buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.feedback = Counter("corll_feedback_accepted", "Feedback requests accepted (a replayed retry counts again)",
+                                ["kind"], registry=self.registry)
+        self.completion_tokens = Counter("corll_completion_tokens", "Tokens generated for logged completions",
+                                         registry=self.registry)
+        Gauge("corll_engine_running_sequences", "Sequences in the decoding batch now",
+              registry=self.registry).set_function(lambda: getattr(engine, "running", 0))
+        Gauge("corll_users_with_own_active_version", "Users served by a per-user policy version",
+              registry=self.registry).set_function(lambda: sum(
+                  1 for v in store.versions() if v.active and v.user is not None))
+
+    async def middleware(self, request: Request, call_next) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        self.requests.labels(template, str(response.status_code)).inc()
+        self.latency.labels(template).observe(time.perf_counter() - started)
+        return response
+
+    def exposition(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
