@@ -18,11 +18,16 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
+def experts(cache):
+    """The cached expert folders (not the lock files beside them)."""
+    return [p for p in (cache / "experts").iterdir() if not p.name.startswith(".")]
+
+
 def test_dpo_expert_is_trained_once_cached_and_better_than_the_reference(cache):
     torch.manual_seed(0)
     policy = load_policy("tiny", lora=LoraSettings(), sampling=SamplingConfig(max_new_tokens=16))
     task = load_task("synthetic-dpo", policy)
-    [folder] = [p for p in (cache / "experts").iterdir() if not p.name.startswith(".")]  # not its lock file
+    [folder] = experts(cache)
     report = json.loads((folder / "report.json").read_text())
     # Trained on best-vs-worst lowercase share, π* writes clearly more lowercase than π_0.
     assert report["base_reward_expert"] > report["base_reward_reference"] + 0.1, report
@@ -36,11 +41,11 @@ def test_dpo_expert_is_trained_once_cached_and_better_than_the_reference(cache):
     # The second load reuses the cached adapter: same rewards, no new folder.
     again = load_task("synthetic-dpo", policy)
     assert again.reward(flat, expert_samples) == pytest.approx(task.reward(flat, expert_samples), abs=1e-5)
-    assert len(list((cache / "experts").iterdir())) == 1
+    assert len(experts(cache)) == 1
     # The expert is the user, not part of the learner: a run with another seed meets the same one.
     other_seed = load_policy("tiny", lora=LoraSettings(), sampling=SamplingConfig(max_new_tokens=16), seed=5)
     load_task("synthetic-dpo", other_seed)
-    assert len(list((cache / "experts").iterdir())) == 1
+    assert len(experts(cache)) == 1
 
 
 def test_corll_learns_from_the_dpo_expert(cache, tmp_path):

@@ -137,6 +137,9 @@ def test_auth_json_and_size_errors(service):
                       json={"model": "tiny", "messages": [{"role": "assistant", "content": "hi"}]})
     assert chat.status_code == 400 and "last message must have role 'user'" in chat.text
     assert store.feedback() == [] and store.list_interactions("acme") == []
+    for response, status in ((httpx.get(f"{server.url}/v1/nothing-here", headers=auth), 404),
+                             (httpx.get(f"{server.url}/v1/feedback", headers=auth), 405)):
+        assert response.status_code == status and set(response.json()["error"]) == {"message", "type", "param", "code"}
     assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
     assert "/v1/feedback" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
 

@@ -36,6 +36,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.exc import SQLAlchemyError
@@ -270,6 +271,12 @@ def create_app(store: Store, engine: Engine) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return validation_error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Unknown routes (404), wrong methods (405) and the like, in OpenAI's shape too."""
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return error(exc.status_code, message, code=str(exc.detail).lower().replace(" ", "_"))
 
     @app.exception_handler(Unauthorized)
     def _unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:
