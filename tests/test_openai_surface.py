@@ -134,3 +134,19 @@ def test_parameters_corll_cannot_honour_answer_400_naming_them(served, extra, pa
         create(server, keys["bob"], extra_body=extra) if param == "mystery" else create(server, keys["bob"], **extra)
     assert param in caught.value.message and caught.value.body["type"] == "invalid_request_error"
     assert len(store.list_interactions("acme", limit=200)) == before
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_rows_and_logs_nothing(served):
+    server, store, engine, keys = served
+    logged = len(store.list_interactions("acme", limit=200))
+    greedy = {"model": "tiny", "messages": [{"role": "user", "content": "Talk."}], "max_tokens": 400, "temperature": 0}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json={**greedy, "stream": True},
+                      headers={"Authorization": f"Bearer {keys['bob']}"}) as response:
+        lines = (line for line in response.iter_lines() if line.startswith("data: {"))
+        assert next(line for line in lines if '"content": "' in line and '"content": ""' not in line)
+        assert engine.running == 1  # decoding, far from its 400 tokens
+    deadline = time.monotonic() + 10
+    while engine.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.running == 0  # long before 400 greedy tokens could have been decoded
+    assert len(store.list_interactions("acme", limit=200)) == logged
