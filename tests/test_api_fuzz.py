@@ -61,14 +61,15 @@ def hard_case_app(request, tmp_path_factory):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-@given(text=HARD_TEXT, where=st.sampled_from(["edit", "message", "stop", "idempotency"]))
+@given(text=HARD_TEXT, where=st.sampled_from(["edit", "message", "stop", "idempotency", "model", "completion_id"]))
 def test_hard_strings_never_cause_a_5xx_and_a_refusal_stores_nothing(hard_case_app, text, where):
     client, store, key, completion_id = hard_case_app
     before = (len(store.feedback()), len(store.list_interactions("acme", limit=200)))
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    if where == "edit":
-        response = client.post("/v1/feedback", headers=headers,
-                               content=json.dumps({"completion_id": completion_id, "edit": text}))
+    if where in ("edit", "completion_id"):
+        body = {"completion_id": completion_id, "edit": text} if where == "edit" else {"completion_id": text,
+                                                                                        "reaction": "like"}
+        response = client.post("/v1/feedback", headers=headers, content=json.dumps(body))
     elif where == "idempotency":
         header = text.encode("utf-8", "surrogatepass")[:255]  # raw bytes, as a client may send them
         if not header.strip() or any(c in header for c in b"\r\n\x00"):
@@ -76,7 +77,8 @@ def test_hard_strings_never_cause_a_5xx_and_a_refusal_stores_nothing(hard_case_a
         response = client.post("/v1/feedback", headers={**headers, "Idempotency-Key": header},
                                content=json.dumps({"completion_id": completion_id, "reaction": "like"}))
     else:
-        body = {"model": "tiny", "messages": [{"role": "user", "content": text if where == "message" else "hi"}],
+        body = {"model": text if where == "model" else "tiny",
+                "messages": [{"role": "user", "content": text if where == "message" else "hi"}],
                 **({"stop": text} if where == "stop" else {})}
         response = client.post("/v1/chat/completions", headers=headers, content=json.dumps(body))
     assert response.status_code < 500, (response.status_code, response.text[:300])

@@ -107,7 +107,7 @@ class ChatCompletionRequest(BaseModel):
     """OpenAI's chat request as far as corll honours it; anything else is refused by name."""
 
     model_config = ConfigDict(extra="allow")
-    model: str = Field(max_length=256)
+    model: Text = Field(max_length=256)
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     temperature: float | None = Field(default=None, ge=0, le=2, description="0 (or below 0.01): greedy")
     top_p: float | None = Field(default=None, gt=0, le=1)
@@ -148,7 +148,7 @@ class ChatCompletionRequest(BaseModel):
 
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    completion_id: str = Field(min_length=1, max_length=64)
+    completion_id: Text = Field(min_length=1, max_length=64)
     choice: int = Field(default=0, ge=0, lt=MAX_CHOICES, description="Which choice of an n > 1 completion.")
     edit: Text | None = Field(default=None, max_length=MAX_EDIT_CHARS,
                               description="The text the user kept after editing the response.")

@@ -275,6 +275,7 @@ class PolicyEngine:
         if not rows:
             return [], None, torch.zeros(0, 0, dtype=torch.long)
         self.peak = max(self.peak, len(rows))
+        self.running = len(rows)  # before any of this step's deltas leave
         finished = self._advance(rows, torch.cat(logits).float())
         if finished:
             rows, cache, mask = self._select(rows, cache, mask, [i for i in range(len(rows)) if i not in finished])
