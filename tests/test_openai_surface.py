@@ -150,3 +150,18 @@ def test_a_client_that_leaves_mid_stream_frees_its_rows_and_logs_nothing(served)
         time.sleep(0.01)
     assert engine.running == 0  # long before 400 greedy tokens could have been decoded
     assert len(store.list_interactions("acme", limit=200)) == logged
+
+
+def test_developer_messages_and_text_parts_are_read_as_the_chat_template_takes_them(served):
+    server, store, _, keys = served
+    parts = [{"role": "developer", "content": "Be brief."},
+             {"role": "user", "content": [{"type": "text", "text": "Write "}, {"type": "text", "text": "a line."}]}]
+    plain = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Write a line."}]
+    a = create(server, keys["bob"], messages=parts, seed=8, max_tokens=8)
+    b = create(server, keys["bob"], messages=plain, seed=8, max_tokens=8)
+    assert a.choices[0].message.content == b.choices[0].message.content  # the same prompt to the model
+    assert store.get_interaction(store.authenticate(keys["bob"]), a.id).messages == plain
+    with pytest.raises(openai.BadRequestError) as caught:  # an image part is not text
+        create(server, keys["bob"], messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:,"}}]}])
+    assert "messages" in caught.value.message
