@@ -323,7 +323,7 @@ def finished_runs(by_seed: dict[int, list[dict]], config: SimulationConfig) -> d
 
 
 def cost_over_episodes(config: SimulationConfig, finished: dict[int, list[dict]]) -> dict[int, float]:
-    """seed -> cumulative online edit cost over T = rounds × N episodes (seed 003's measure).
+    """seed -> cumulative online edit cost over T = rounds × N episodes (the user-edits paper's measure).
 
     CoRLL shows more responses per round (it asks until it has N preferences), so the cost is
     taken per episode and scaled to the same T for every agent."""

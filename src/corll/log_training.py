@@ -1,7 +1,7 @@
 """Learning from the feedback log: new edits become CoRLL updates and a new policy version.
 
 An edit event on an interaction is the coactive preference ȳ ≻ y: the text the
-user kept over the response they were shown (seed 002). Reactions are kept in the
+user kept over the response they were shown (the coactive-learning paper). Reactions are kept in the
 store for the reward-model work and are not trained on here. Each run starts
 from the active version's adapter (π_0 stays the base model), takes one DPO step
 per N preferences for `epochs` passes, saves the adapter, and records a version

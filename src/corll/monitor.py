@@ -2,7 +2,7 @@
 
 It keeps every evaluation's objective means, KL and diversity, and flags drift:
 the love objective rising while helpfulness or diversity falls, or repeated
-phrases spreading — the pattern seed 004 reports when the love weight was too
+phrases spreading — the pattern the reactions paper reports when the love weight was too
 high (formulaic, lovable closings). Thresholds are absolute changes from the
 first evaluation; they are settings, documented next to each.
 """

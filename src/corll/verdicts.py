@@ -143,7 +143,7 @@ def measure_claim(claim: Claim, experiment: Experiment) -> dict:
 def verdict(entry: dict, alpha: float, paper_effect: float) -> str:
     """The rule of the module doc, applied to one measured claim."""
     if entry["effect"] is None:
-        return "not yet measured (fewer than 2 finished seed pairs)"
+        return "inconclusive (minimum detectable effect not estimable: fewer than 2 finished seed pairs)"
     d = entry["direction"]
     low, high = sorted((d * entry["low"], d * entry["high"]))  # in the paper's direction
     if entry["p_adjusted"] < alpha and low > 0:

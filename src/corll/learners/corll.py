@@ -1,4 +1,4 @@
-"""CoRLL — coactive learning for LLMs (seed 002, Algorithm 1).
+"""CoRLL — coactive learning for LLMs (the coactive-learning paper, Algorithm 1).
 
     for t = 1..T:
         receive prompt x_t
@@ -93,6 +93,6 @@ class CoRLL:
         return log, self.learner.step(log.pairs) if log.pairs else None
 
     def learn(self, prompts: Sequence[str], drafts: Sequence[str], edits: Sequence[Edit | None]) -> StepStats | None:
-        """One DPO step on logged edits (the offline phase of seed 003's protocol): ȳ ≻ y for each edit."""
+        """One DPO step on logged edits (the offline phase of the user-edits paper's protocol): ȳ ≻ y for each edit."""
         pairs = [e.to_pair(x) for x, e in zip(prompts, edits) if e is not None]
         return self.learner.step(pairs) if pairs else None

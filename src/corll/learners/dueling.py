@@ -1,4 +1,4 @@
-"""Dueling RLHF, the conventional online baseline (seed 002, §4.2).
+"""Dueling RLHF, the conventional online baseline (the coactive-learning paper, §4.2).
 
 Two samples y, y' from the current policy, labelled by the true reward, and the
 same DPO learner and batch size as CoRLL. Ties give no preference and are counted.

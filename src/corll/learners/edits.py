@@ -1,4 +1,4 @@
-"""One edit, three signals (seed 003): learners for the preference, the supervision and the cost an
+"""One edit, three signals (the user-edits paper): learners for the preference, the supervision and the cost an
 edit carries, and their early and late ensembles. All share the policy layer and the round records.
 
 A logged edit (x, y, ȳ) gives: the pair ȳ ≻ y (DPO, as CoRLL), the target ȳ (SFT), and the cost

@@ -1,4 +1,4 @@
-"""KTO from reactions: a direct alternative to reward-model RL (seed 004's setting, Ethayarajh et al. 2024).
+"""KTO from reactions: a direct alternative to reward-model RL (the reactions paper's setting, Ethayarajh et al. 2024).
 
     for t = 1..T:
         show one sample y ~ π_t(·|x) per prompt; the user loves it or stays silent

@@ -1,4 +1,4 @@
-"""RLUF — reinforcement learning from user feedback (seed 004), as online DPO on a weighted reward.
+"""RLUF — reinforcement learning from user feedback (the reactions paper), as online DPO on a weighted reward.
 
     for t = 1..T:
         sample y¹..yⁿ ~ π_t(·|x) for each prompt x

@@ -29,11 +29,11 @@ class Task:
     """Prompts, the true reward R*(x, y) (batched), the expert π* (l candidates per prompt) and,
     optionally, how a user of this task revises a draft in place (`local_edit(x, y) -> ȳ`).
 
-    Personalization tasks (seed 003) may say how the users behind an offline log edited
+    Personalization tasks (the user-edits paper) may say how the users behind an offline log edited
     (`offline_edit`, different from `local_edit` in the shift setting) and describe each
     prompt's user in words (`describe_user`, for the oracle agent).
 
-    Reaction tasks (seed 004) have no expert; they give `react` (which responses get a
+    Reaction tasks (the reactions paper) have no expert; they give `react` (which responses get a
     "love" — drawn, rare), `objectives` (scorers the RLUF learner may weight: love,
     help, safe), and `metrics` (extra held-out measurements: helpfulness, diversity…).
     """

@@ -1,4 +1,4 @@
-"""The paper's own expert (seed 002, §4.1): π* trained by DPO on the task's preference data.
+"""The paper's own expert (the coactive-learning paper, §4.1): π* trained by DPO on the task's preference data.
 
 The true reward then is the expert's implicit reward, R*(x, y) = β·log π*(y|x)/π_0(y|x),
 and the expert editor samples its candidates from π*. `positive-review-dpo` wraps

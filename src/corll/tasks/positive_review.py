@@ -1,6 +1,6 @@
 """positive-review: continue a movie-review opening so that the review turns out positive.
 
-The CPU-scale analogue of the paper's IMDB task (seed 002, §4.4):
+The CPU-scale analogue of the paper's IMDB task (the coactive-learning paper, §4.4):
 R*(x, y) = log P(positive | y) + λ·(mean token log π_0(y|x)) − ρ·(1 − distinct(y)).
 P(positive) comes from VADER (an offline lexicon scorer) as (1 + compound) / 2,
 clipped to [0.001, 0.999]. The paper adds 3·Σ log π_ref(y|x); a sum grows with

@@ -1,4 +1,4 @@
-"""PRELUDE-style personalization tasks (seed 003; Gao et al. 2024): summaries and emails for users
+"""PRELUDE-style personalization tasks (the user-edits paper; Gao et al. 2024): summaries and emails for users
 whose latent preference depends on the document's source.
 
 Documents were written for the project (`tasks/data/prelude/<source>.txt`, one per

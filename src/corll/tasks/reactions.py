@@ -1,4 +1,4 @@
-"""Reaction tasks (seed 004): users who react rarely and in binary instead of editing.
+"""Reaction tasks (the reactions paper): users who react rarely and in binary instead of editing.
 
 `assistant-reactions`: 119 everyday assistant requests written for the project
 (30 held out), answered for a panel of simulated reaction users (six with

@@ -5,7 +5,7 @@ empty response scores 0). The expert writes short strings whose lowercase share 
 from candidate to candidate, so some beat a draft and some do not — exactly what the
 expert-based editor needs.
 
-`synthetic-personal` (seed 003's protocol in miniature): two users by the prompt's
+`synthetic-personal` (the user-edits paper's protocol in miniature): two users by the prompt's
 parity, one who wants a response to start with a lowercase letter and one who also
 accepts a digit; each fixes the first character when it is wrong, and R* = −(words
 changed). The tiny model cannot learn to tell the users apart in a few steps, so the

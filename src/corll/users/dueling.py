@@ -1,4 +1,4 @@
-"""The dueling labeller of conventional online RLHF (seed 002, §4.2).
+"""The dueling labeller of conventional online RLHF (the coactive-learning paper, §4.2).
 
 Shown two responses y, y' to the same prompt, it prefers the one with the higher
 true reward R*: noise-free feedback. A tie (equal rewards, e.g. identical texts)

@@ -1,4 +1,4 @@
-"""The paper's expert-based editor (seed 002, §4.1 and §4.4).
+"""The paper's expert-based editor (the coactive-learning paper, §4.1 and §4.4).
 
 For a draft y the user samples l candidates from the expert π*, sorts them by the
 true reward R*, and returns as the edit ȳ:

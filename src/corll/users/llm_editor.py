@@ -1,9 +1,9 @@
-"""A prompted language model as the editing user (seed 003's LLM user, at our scale).
+"""A prompted language model as the editing user (the user-edits paper's LLM user, at our scale).
 
 The rule editors are exact and cheap; real users are neither. This editor keeps the
 task's judgement of whether a draft already fits the user (the rule: no edit when it
 does) and lets a model write the revision, told the user's preference in words — the
-way seed 003 prompts GPT-4 with the latent preference. Its edits are noisier and may
+way the user-edits paper prompts GPT-4 with the latent preference. Its edits are noisier and may
 even be worse than the draft; the learners must cope, as with real users.
 """
 

@@ -1,4 +1,4 @@
-"""Latent-preference users (seed 003, PRELUDE): deterministic rule editors, one per latent preference.
+"""Latent-preference users (the user-edits paper, PRELUDE): deterministic rule editors, one per latent preference.
 
 A preference is a list of traits. Each trait can tell whether a text already has
 it (`fits`) and can rewrite a text so that it does (`apply`). The user first
@@ -176,7 +176,7 @@ def _tweet(limit: int = 280, reserve: int = 30) -> Trait:
     return Trait("tweet length", lambda t: len(t) <= limit and "\n" not in t, shorten)
 
 
-# --- the latent preferences of seed 003's table --------------------------------------------------
+# --- the latent preferences of the user-edits paper's table --------------------------------------------------
 
 def _has_question(t: str) -> bool:
     return "?" in t
@@ -209,7 +209,7 @@ PREFERENCES: dict[str, list[Trait]] = {
 }
 
 
-# Each preference in words, as a user would state it if asked: what the oracle agent of seed 003's
+# Each preference in words, as a user would state it if asked: what the oracle agent of the user-edits paper's
 # protocol is told in its system prompt (the learners never see it).
 DESCRIPTIONS: dict[str, str] = {
     "news": "Use only positive words and sentences of at most 12 words. Start with 'Once upon a time,' "

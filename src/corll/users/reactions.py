@@ -1,4 +1,4 @@
-"""Simulated users who react instead of editing (seed 004): rare, binary, sometimes adversarial.
+"""Simulated users who react instead of editing (the reactions paper): rare, binary, sometimes adversarial.
 
 Each user has a latent utility over responses, a weighted sum of measurable features:
 
