@@ -45,7 +45,7 @@ def free_port() -> int:
 def start_server(db: str, *options: str, model: str = "tiny") -> tuple[subprocess.Popen, str]:
     """A `corll serve` process on a free loopback port, once its health check answers."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "corll.cli", "serve", "--model", model, "--db", db,
+    process = subprocess.Popen([sys.executable, "-m", "corll", "serve", "--model", model, "--db", db,
                                 "--port", str(port), *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):

@@ -248,3 +248,7 @@ def test_metrics_are_prometheus_text_and_count_what_happened(service):
     assert after[("corll_completion_tokens_total", ())] >= before.get(("corll_completion_tokens_total", ()), 0)
     assert ("corll_engine_running_sequences", ()) in after
     assert after[("corll_request_seconds_count", (("route", "/v1/chat/completions"),))] >= 1
+    assert after[("corll_learner_decisions_total", (("decision", "promoted"),))] == 0
+    store = service[1]
+    store.rollback(0, tenant="acme", user="alice")
+    assert samples()[("corll_learner_decisions_total", (("decision", "rollback"),))] == 1

@@ -20,8 +20,9 @@ import torch
 
 from corll.feedback import PreferencePair
 from corll.learners.dpo import DPOConfig, DPOLearner
-from corll.policy import LoraSettings, load_policy
+from corll.policy import LoraSettings, Policy, load_policy
 from corll.store import FeedbackRecord, Store
+from corll.store.schema import PolicyVersion
 
 
 @dataclass
@@ -115,29 +116,46 @@ def train_from_log(store: Store, config: LogTrainingConfig, log=lambda _: None,
     return trained
 
 
+def use_version(policy: Policy, version: PolicyVersion | None, base_state: dict[str, torch.Tensor]) -> None:
+    """Put a stored version's adapter weights into the policy; the base model (no version, or a version
+    without an adapter) is `base_state`, the fresh adapter that leaves the model unchanged."""
+    if version is None or not version.adapter_path:
+        policy.load_trainable_state(base_state)
+        return
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(policy.model, load_file(Path(version.adapter_path) / "adapter_model.safetensors"))
+
+
+def dpo_epochs(policy: Policy, pairs: list[PreferencePair], dpo: DPOConfig, *, epochs: int, batch_size: int,
+               step_done: Callable[[int, int, float], None] = lambda *_: None) -> float:
+    """`epochs` shuffled passes of DPO steps over `pairs` (the global torch seed fixes the order);
+    `step_done(done, steps, loss)` hears of every step. Returns the last step's loss."""
+    learner = DPOLearner(policy, dpo)
+    loss = float("nan")
+    steps, done = epochs * math.ceil(len(pairs) / batch_size), 0
+    step_done(done, steps, loss)
+    for _ in range(epochs):
+        order = torch.randperm(len(pairs)).tolist()
+        for start in range(0, len(order), batch_size):
+            loss = learner.step([pairs[i] for i in order[start : start + batch_size]]).loss
+            done += 1
+            step_done(done, steps, loss)
+    return loss
+
+
 def _train_version(store: Store, config: LogTrainingConfig, tenant: str, user: str | None, signals: Signals,
                    users: list[str], log, progress: StepProgress) -> TrainedVersion:
     torch.manual_seed(config.seed)
     policy = load_policy(config.model, lora=LoraSettings(), precision=config.precision, seed=config.seed)
     parent = store.active_version(tenant, user)
     if parent is not None and parent.adapter_path:
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(policy.model, load_file(Path(parent.adapter_path) / "adapter_model.safetensors"))
-    learner = DPOLearner(policy, config.dpo)
-    loss = float("nan")
+        use_version(policy, parent, {})
     who = f"{tenant}/{user or 'shared'}"
-    steps = config.epochs * math.ceil(len(signals.pairs) / config.batch_size)
-    done = 0
-    progress(who, done, steps, loss)
-    for epoch in range(config.epochs):
-        order = torch.randperm(len(signals.pairs)).tolist()
-        for start in range(0, len(order), config.batch_size):
-            loss = learner.step([signals.pairs[i] for i in order[start : start + config.batch_size]]).loss
-            done += 1
-            progress(who, done, steps, loss)
-        log(f"{who}: epoch {epoch + 1}/{config.epochs}, loss {loss:.4f}")
+    loss = dpo_epochs(policy, signals.pairs, config.dpo, epochs=config.epochs, batch_size=config.batch_size,
+                      step_done=lambda done, steps, loss: progress(who, done, steps, loss))
+    log(f"{who}: {config.epochs} epochs, final loss {loss:.4f}")
     folder = (config.adapters_dir / tenant / (user or "shared") / uuid.uuid4().hex).resolve()
     policy.model.save_pretrained(folder)
     details = {"trained_through_event": signals.last_event, "pairs": len(signals.pairs),

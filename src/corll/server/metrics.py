@@ -7,12 +7,33 @@ labels are the route templates, never raw paths, so their number stays bounded.
 from __future__ import annotations
 
 import time
+import collections
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from starlette.requests import Request
 from starlette.responses import Response
 
 from corll.store import Store
+from corll.store.schema import DECISIONS
+
+
+class LearnerDecisions:
+    """The learner's decisions, read from the log at each scrape: the learner is another process (or
+    machine), and the log is where its work is recorded whole."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self):
+        counts = collections.Counter(d.decision for d in self.store.decisions())
+        family = CounterMetricFamily("corll_learner_decisions", "Learner decisions: candidates promoted or rejected "
+                                     "by the gate, rollbacks by hand", labels=["decision"])
+        for decision in DECISIONS:
+            family.add_metric([decision], counts.get(decision, 0))
+        yield family
+        yield CounterMetricFamily("corll_learner_training_runs", "Candidates trained by the learner",
+                                  value=counts.get("promoted", 0) + counts.get("rejected", 0))
 
 
 class ServiceMetrics:
@@ -32,6 +53,7 @@ class ServiceMetrics:
         Gauge("corll_users_with_own_active_version", "Users served by a per-user policy version",
               registry=self.registry).set_function(lambda: sum(
                   1 for v in store.versions() if v.active and v.user is not None))
+        self.registry.register(LearnerDecisions(store))
 
     async def middleware(self, request: Request, call_next) -> Response:
         started = time.perf_counter()

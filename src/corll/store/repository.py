@@ -27,11 +27,13 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from corll.store.schema import (
     REACTIONS,
     ApiKey,
+    Decision,
     FeedbackEvent,
     ForgetLog,
     IdempotencyKey,
     Interaction,
     PolicyVersion,
+    WorkerState,
     utcnow,
 )
 
@@ -305,10 +307,14 @@ class Store:
             return None
 
     def versions(self, tenant: str | None = None) -> list[PolicyVersion]:
+        return self._rows(PolicyVersion, tenant)
+
+    def _rows(self, table: type[PolicyVersion] | type[Decision], tenant: str | None) -> list:
+        """A table's rows in id order, optionally one tenant's."""
         with self.sessions() as s:
-            query = select(PolicyVersion).order_by(PolicyVersion.id)
+            query = select(table).order_by(table.id)
             if tenant is not None:
-                query = query.where(PolicyVersion.tenant == tenant)
+                query = query.where(table.tenant == tenant)
             return list(s.scalars(query))
 
     def forget_user(self, tenant: str, user: str) -> dict:
@@ -345,6 +351,7 @@ class Store:
             s.execute(delete(Interaction).where(Interaction.id.in_(mine)))
             s.execute(delete(ApiKey).where(ApiKey.tenant == tenant, ApiKey.user == user))
             s.execute(delete(IdempotencyKey).where(IdempotencyKey.scope == f"{tenant}/{user}"))
+            s.execute(delete(Decision).where(Decision.tenant == tenant, Decision.user == user))
             s.add(ForgetLog(tenant=tenant, user=user, removed=removed))
             return removed
 
@@ -354,6 +361,68 @@ class Store:
             if row is None:
                 raise NotFoundError(f"no policy version {version_id}")
             return row
+
+    def rollback(self, version_id: int, *, tenant: str | None = None, user: str | None = None) -> PolicyVersion:
+        """Serve an earlier version again, or the base model (version 0, for `tenant` and optionally `user`),
+        and record the rollback as a decision that has seen all of the lineage's feedback so far, so the
+        learner waits for new feedback before it trains that lineage again."""
+        with self.transaction() as s:
+            if version_id == 0:
+                if tenant is None:
+                    raise StoreError("rolling back to the base model (version 0) needs a tenant")
+                # a version without an adapter is the base model; activating it keeps the history intact
+                row = PolicyVersion(tenant=tenant, user=user, adapter_path=None, details={"rollback_to": "base"})
+                s.add(row)
+                s.flush()
+            else:
+                row = s.get(PolicyVersion, version_id)
+                if row is None:
+                    raise NotFoundError(f"no policy version {version_id}")
+                if row.retired_at is not None:
+                    raise StoreError(f"policy version {version_id} is retired ({row.retired_reason}) and cannot serve")
+            _activate(s, row)
+            s.add(Decision(tenant=row.tenant, user=row.user, version_id=row.id, parent_id=None, decision="rollback",
+                           reason="rolled back by hand", seen_through=_newest_event(s, row.tenant, row.user),
+                           metrics={}))
+            return row
+
+    # --- the learner's decisions -----------------------------------------------------------------
+    def decide(self, tenant: str, user: str | None, *, decision: str, reason: str, seen_through: int,
+               adapter_path: str, parent_id: int | None, details: dict, metrics: dict) -> Decision:
+        """Record a trained candidate and the gate's decision in one transaction: the candidate's version
+        (active at once when promoted, kept inactive when rejected) and the decision row. A crash before
+        the commit leaves neither."""
+        if decision not in ("promoted", "rejected"):
+            raise StoreError(f"a candidate is promoted or rejected, not {decision!r}")
+        with self.transaction() as s:
+            row = PolicyVersion(tenant=tenant, user=user, adapter_path=adapter_path, parent_id=parent_id,
+                                details=details, active=False)
+            s.add(row)
+            s.flush()
+            if decision == "promoted":
+                _activate(s, row)
+            made = Decision(tenant=tenant, user=user, version_id=row.id, parent_id=parent_id, decision=decision,
+                            reason=reason, seen_through=seen_through, metrics=metrics)
+            s.add(made)
+            s.flush()
+            return made
+
+    def decisions(self, tenant: str | None = None) -> list[Decision]:
+        return self._rows(Decision, tenant)
+
+    def seen_through(self, tenant: str, user: str | None) -> int:
+        """The newest feedback event a decision on this lineage (user, or the shared policy) has seen."""
+        with self.sessions() as s:
+            return s.scalar(select(func.coalesce(func.max(Decision.seen_through), 0)).where(
+                Decision.tenant == tenant, Decision.user.is_(None) if user is None else Decision.user == user))
+
+    def set_worker_state(self, name: str, state: str) -> None:
+        with self.transaction() as s:
+            s.merge(WorkerState(name=name, state=state, pid=os.getpid(), updated_at=utcnow()))
+
+    def worker_states(self) -> list[WorkerState]:
+        with self.sessions() as s:
+            return list(s.scalars(select(WorkerState).order_by(WorkerState.name)))
 
 
 def forget(store: Store, tenant: str, user: str) -> dict:
@@ -386,6 +455,12 @@ def _scope(who: Principal) -> str:
 def _aware(moment: datetime) -> datetime:
     """SQLite hands back naive datetimes; they were stored in UTC."""
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def _newest_event(s: Session, tenant: str, user: str | None) -> int:
+    """The newest feedback event on the lineage's interactions (the user's own, or the whole tenant's)."""
+    query = select(func.coalesce(func.max(FeedbackEvent.id), 0)).join(Interaction).where(Interaction.tenant == tenant)
+    return s.scalar(query if user is None else query.where(Interaction.user == user))
 
 
 def _activate(s: Session, row: PolicyVersion) -> None:

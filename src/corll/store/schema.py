@@ -18,6 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 REACTIONS = ("love", "like", "dislike")
 FEEDBACK_KINDS = ("edit", "reaction")
+DECISIONS = ("promoted", "rejected", "rollback")
 
 
 def utcnow() -> datetime:
@@ -96,6 +97,37 @@ class IdempotencyKey(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     response: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Decision(Base):
+    """What happened to a lineage's policy: a candidate promoted or rejected by the learner's gate (with
+    the held-out metrics and the reason), or a rollback by hand. `seen_through` is the newest feedback
+    event the decision took into account: the learner trains again only after edits newer than that, so
+    a rolled-back user is not re-promoted from the same data."""
+
+    __tablename__ = "decisions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    user: Mapped[str | None] = mapped_column(String(128), nullable=True)  # NULL: the tenant's shared policy
+    version_id: Mapped[int | None] = mapped_column(ForeignKey("policy_versions.id"), nullable=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("policy_versions.id"), nullable=True)
+    decision: Mapped[str] = mapped_column(String(16))  # one of DECISIONS
+    reason: Mapped[str] = mapped_column(Text)
+    seen_through: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_decisions_lineage", "tenant", "user"),)
+
+
+class WorkerState(Base):
+    """What a background worker (the learner) is doing now, for `corll status`."""
+
+    __tablename__ = "worker_states"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ForgetLog(Base):

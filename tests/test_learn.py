@@ -1,0 +1,247 @@
+"""Learning while serving: candidates trained from the log, the gate, watermarks, crash safety, rollback."""
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from corll.cli import app as cli
+from corll.learn import LearnConfig, gate, learn_once
+from corll.learners.dpo import DPOConfig
+from corll.monitor import MonitorThresholds
+from corll.store import Principal, Store
+
+ALICE = Principal("acme", "alice")
+BOB = Principal("acme", "bob")
+PROMPTS = [f"Write a note about topic {i}." for i in range(40)]
+
+
+def log_edits(store: Store, who: Principal, n: int, *, start: int = 0, draft: str = "hello there, friend",
+              edit: str = "yes yes yes") -> list[int]:
+    """n logged completions of `who`, each edited: the user always turns the draft into `edit`."""
+    events = []
+    for i in range(start, start + n):
+        messages = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
+        interaction = store.record_interaction(who, messages, draft, policy_version_id=None, sampling={},
+                                               response_logprob=None)
+        events.append(store.add_feedback(who, interaction, edit=edit))
+    return events
+
+
+def config(tmp_path: Path, **overrides) -> LearnConfig:
+    settings = dict(model="tiny", adapters_dir=tmp_path / "adapters", min_edits=6, holdout=0.25, replay=4, epochs=3,
+                    batch_size=4, dpo=DPOConfig(lr=5e-3), precision="fp32", monitor_tokens=12,
+                    monitor=MonitorThresholds(kl_limit=50.0, distinct_drop=1.0, repetition_rise=1.1))
+    settings.update(overrides)
+    return LearnConfig(**settings)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(f"sqlite:///{tmp_path / 'corll.db'}")
+
+
+def test_the_gate_weighs_held_out_gains_and_the_monitor():
+    cfg = LearnConfig(model="tiny", adapters_dir=Path("."), margin=0.1, win_rate=0.6)
+    assert gate(torch.tensor([0.5, 0.4, -0.1]), [], cfg)[0] == "promoted"  # mean 0.27 > 0.1, rises on 67%
+    assert gate(torch.tensor([0.05, 0.05, 0.05]), [], cfg) == (
+        "rejected", "held-out edit margin +0.050 nats, rises on 100% of 3 (needs > +0.100)")
+    assert "needs >= 60%" in gate(torch.tensor([2.0, -0.1, -0.1]), [], cfg)[1]  # mean up, but on one edit only
+    decision, reason = gate(torch.tensor([1.0, 1.0]), ["KL to π_0 is 30.0 nats (> 20.0)"], cfg)
+    assert (decision, reason) == ("rejected", "monitor: KL to π_0 is 30.0 nats (> 20.0)")
+
+
+def test_a_user_with_enough_edits_gets_a_promoted_version_trained_on_their_own_edits(store, tmp_path):
+    events = log_edits(store, ALICE, 8)
+    log_edits(store, BOB, 3, start=20)  # too few for Bob
+    made = learn_once(store, config(tmp_path))
+    assert [(d.tenant, d.user, d.decision) for d in made] == [("acme", "alice", "promoted")]
+    d = made[0]
+    assert d.metrics["margin_gain"] > 0 and d.metrics["held_out"] == 2
+    version = store.version(d.version_id)
+    assert version.active and version.user == "alice" and Path(version.adapter_path, "adapter_model.safetensors").exists()
+    # the newest quarter is held out: trained through the 6th event, the 7th and 8th judged the candidate
+    assert version.details["new_events"] == events[:6] and version.details["held_out_events"] == events[6:]
+    assert version.details["trained_through_event"] == events[5] and d.seen_through == events[7]
+    assert version.details["users"] == ["alice"]
+    assert store.active_version("acme", "alice").id == d.version_id
+    assert store.active_version("acme", "bob") is None  # Bob is still served the base model
+    assert learn_once(store, config(tmp_path)) == []  # nothing new: no candidate
+
+
+def test_every_preference_enters_a_lineage_once_and_none_is_skipped(store, tmp_path):
+    events = log_edits(store, ALICE, 8)
+    first = learn_once(store, config(tmp_path))[0]
+    events += log_edits(store, ALICE, 5, start=8)
+    assert learn_once(store, config(tmp_path)) == []  # 5 new < 6
+    events += log_edits(store, ALICE, 1, start=13)
+    second = learn_once(store, config(tmp_path))[0]
+    assert second.decision == "promoted" and second.parent_id == first.version_id
+    v1, v2 = store.version(first.version_id), store.version(second.version_id)
+    # the first candidate's held-out edits are trained into the second; no event is trained twice as new
+    assert v1.details["new_events"] + v2.details["new_events"] == events[: len(v1.details["new_events"]) +
+                                                                         len(v2.details["new_events"])]
+    assert v2.details["new_events"][0] == v1.details["held_out_events"][0]
+    assert v2.details["held_out_events"] == events[-len(v2.details["held_out_events"]):]
+    assert set(v2.details["replayed_events"]) <= set(v1.details["new_events"])  # replay is counted apart
+
+
+def test_a_candidate_worse_on_the_held_out_edits_is_rejected_and_kept(store, tmp_path):
+    # the user's older edits prefer "zzzz"; their newest ones undo exactly that: the candidate learns the old taste
+    log_edits(store, ALICE, 6, draft="hello there, friend", edit="zzzz zzzz zzzz")
+    log_edits(store, ALICE, 2, start=6, draft="zzzz zzzz zzzz", edit="hello there, friend")
+    made = learn_once(store, config(tmp_path, holdout=0.25))
+    assert [d.decision for d in made] == ["rejected"]
+    assert made[0].metrics["margin_gain"] < 0 and "held-out edit margin" in made[0].reason
+    version = store.version(made[0].version_id)
+    assert not version.active and Path(version.adapter_path).exists()  # kept, with the reason, never served
+    assert store.active_version("acme", "alice") is None
+
+
+def test_the_monitor_rejects_a_candidate_that_drifts_too_far_from_the_base_model(store, tmp_path):
+    log_edits(store, ALICE, 8)
+    made = learn_once(store, config(tmp_path, monitor=MonitorThresholds(kl_limit=1e-3)))
+    assert made[0].decision == "rejected" and made[0].reason.startswith("monitor: KL to π_0")
+    assert made[0].metrics["margin_gain"] > 0  # better on the held-out edits, still refused
+
+
+@pytest.mark.slow
+def test_on_the_real_model_a_consistent_user_is_promoted_and_a_collapsing_candidate_is_rejected(tmp_path):
+    draft = "Sure! Here is a short note about the topic. It is very interesting and I hope you like it."
+    outcomes = {}
+    for lr in (3e-4, 0.05):  # the learner's default rate, and one that collapses the policy
+        store = Store(f"sqlite:///{tmp_path / f'{lr}.db'}")
+        log_edits(store, ALICE, 8, draft=draft, edit="Here is a short note.")
+        made = learn_once(store, config(tmp_path / str(lr), model="smollm2-135m-instruct", dpo=DPOConfig(lr=lr),
+                                        epochs=4, monitor=MonitorThresholds(), monitor_tokens=32))
+        outcomes[lr] = made[0]
+    assert outcomes[3e-4].decision == "promoted", outcomes[3e-4].reason
+    assert outcomes[3e-4].metrics["margin_gain"] > 1.0
+    assert outcomes[0.05].decision == "rejected" and outcomes[0.05].reason.startswith("monitor: KL"), \
+        outcomes[0.05].reason
+
+
+def test_rollback_wins_until_new_feedback_arrives(store, tmp_path):
+    log_edits(store, ALICE, 8)
+    promoted = learn_once(store, config(tmp_path))[0]
+    db = store.url
+    result = CliRunner().invoke(cli, ["rollback", "0", "--tenant", "acme", "--user", "alice", "--db", db])
+    assert result.exit_code == 0, result.output
+    assert store.active_version("acme", "alice").adapter_path is None
+    log_edits(store, ALICE, 5, start=8)
+    assert learn_once(store, config(tmp_path)) == []  # the rolled-back data (and 5 new edits) do not re-promote
+    log_edits(store, ALICE, 1, start=13)
+    again = learn_once(store, config(tmp_path))[0]
+    assert again.version_id != promoted.version_id
+    assert again.parent_id is None or store.version(again.parent_id).adapter_path is None  # from the base model
+    decisions = [d.decision for d in store.decisions("acme")]
+    assert decisions == ["promoted", "rollback", again.decision]
+    shown = CliRunner(env={"COLUMNS": "250"}).invoke(cli, ["versions", "--db", db]).output
+    assert "rolled back to the base model" in shown and "promoted" in shown
+    status = CliRunner(env={"COLUMNS": "250"}).invoke(cli, ["status", "--db", db]).output
+    assert "alice" in status and again.decision in status
+
+
+def learner_process(db: str, adapters: Path) -> subprocess.Popen:
+    """`corll learn --once` in its own process (the settings of `config`)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "corll", "learn", "--once", "--model", "tiny", "--db", db, "--adapters", str(adapters),
+         "--min-edits", "6", "--replay", "4", "--epochs", "20", "--batch-size", "1", "--lr", "5e-3",
+         "--precision", "fp32", "--kl-limit", "1000", "--nice", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_learner_killed_while_training_resumes_to_the_same_decisions(tmp_path):
+    for name in ("killed", "whole"):
+        (tmp_path / name).mkdir()
+    store = Store(f"sqlite:///{tmp_path / 'killed' / 'corll.db'}")
+    log_edits(store, ALICE, 8)
+    log_edits(store, BOB, 8, start=10, edit="no no no")
+    store.engine.dispose()
+    shutil.copy(tmp_path / "killed" / "corll.db", tmp_path / "whole" / "corll.db")
+
+    killed = learner_process(f"sqlite:///{tmp_path / 'killed' / 'corll.db'}", tmp_path / "killed" / "adapters")
+    deadline = time.monotonic() + 120
+    while not any("acme/bob: DPO step" in w.state for w in store.worker_states()):  # Alice decided, Bob mid-training
+        assert killed.poll() is None and time.monotonic() < deadline, killed.stdout.read() if killed.stdout else ""
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert [d.user for d in store.decisions()] == ["alice"]  # Bob's candidate left nothing in the log
+    assert [v.user for v in store.versions()] == ["alice"]
+    resumed = learner_process(store.url, tmp_path / "killed" / "adapters")
+    whole = learner_process(f"sqlite:///{tmp_path / 'whole' / 'corll.db'}", tmp_path / "whole" / "adapters")
+    for process in (resumed, whole):
+        assert process.wait(timeout=300) == 0, process.stdout.read()
+
+    def outcome(db: Path) -> list[tuple]:
+        s = Store(f"sqlite:///{db}")
+        return [(d.user, d.decision, d.seen_through, s.version(d.version_id).details["new_events"],
+                 round(d.metrics["margin_gain"], 5), round(s.version(d.version_id).details["final_loss"], 5))
+                for d in s.decisions()]
+
+    assert outcome(tmp_path / "killed" / "corll.db") == outcome(tmp_path / "whole" / "corll.db")
+    assert len(outcome(tmp_path / "whole" / "corll.db")) == 2
+    leftovers = [p for p in (tmp_path / "killed" / "adapters").rglob("*.partial")]
+    assert leftovers == []
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_with_learn_promotes_a_users_version_after_their_edits_with_no_command(tmp_path):
+    import httpx
+    import openai
+
+    import corll
+
+    db = f"sqlite:///{tmp_path / 'corll.db'}"
+    key = Store(db).create_api_key("acme", "alice")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "corll", "serve", "--model", "tiny", "--db", db, "--port", str(port), "--learn",
+         "--learn-min-edits", "6", "--adapters", str(tmp_path / "adapters"), "--precision", "fp32", "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()
+            try:
+                httpx.get(f"{url}/metrics")
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+        with corll.Client(url, key) as sdk:
+            for i in range(8):
+                draft = client.chat.completions.create(
+                    model="tiny", messages=[{"role": "user", "content": PROMPTS[i]}], max_tokens=8)
+                sdk.edit(draft.id, "yes yes yes")
+        store = Store(db)
+        while not store.decisions():  # the learner notices, trains, gates: nobody runs a command
+            assert server.poll() is None and time.monotonic() < deadline + 120, server.stdout.read()
+            time.sleep(0.5)
+        decision = store.decisions()[0]
+        assert decision.decision == "promoted", decision.reason
+        after = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi."}],
+                                               max_tokens=4)
+        assert store.get_interaction(Principal("acme", "alice"), after.id).policy_version_id == decision.version_id
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'corll_learner_decisions_total{decision="promoted"} 1.0' in metrics
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    learners = subprocess.run(["pgrep", "-f", f"corll learn .*{tmp_path}"], capture_output=True, text=True)
+    assert learners.stdout.strip() == ""  # the learner stopped with the server
