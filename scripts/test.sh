@@ -11,4 +11,12 @@ if ! command -v pg_ctl >/dev/null && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev
     echo "PostgreSQL is not installed: install Debian's 'postgresql' package for the store tests" >&2
   fi
 fi
+# The browser editor's tests drive a real headless Chromium.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null
+  else
+    echo "Chromium is not installed: install Debian's 'chromium' and 'chromium-driver' packages for the browser tests" >&2
+  fi
+fi
 exec .venv/bin/python -m pytest "$@"

@@ -245,3 +245,42 @@ def test_serve_with_learn_promotes_a_users_version_after_their_edits_with_no_com
         server.wait(timeout=60)
     learners = subprocess.run(["pgrep", "-f", f"corll learn .*{tmp_path}"], capture_output=True, text=True)
     assert learners.stdout.strip() == ""  # the learner stopped with the server
+
+
+def test_versions_me_and_rollback_over_http_respect_keys_and_tenants(tmp_path):
+    import httpx
+
+    from corll.server.engine import PolicyEngine
+    from tests.test_server import LiveServer
+
+    store = Store(f"sqlite:///{tmp_path / 'corll.db'}")
+    keys = {"alice": store.create_api_key("acme", "alice"), "bob": store.create_api_key("acme", "bob"),
+            "admin": store.create_api_key("acme", "root", admin=True), "evil": store.create_api_key("evil", "eve", admin=True)}
+    mine = store.decide("acme", "alice", decision="promoted", reason="held-out edit margin +1.0 nats", seen_through=0,
+                        adapter_path=str(tmp_path / "a"), parent_id=None, details={"pairs": 3}, metrics={"margin_gain": 1.0})
+    server = LiveServer(store, PolicyEngine("tiny", store, default_max_tokens=8))
+    try:
+        def call(who, method, path, **kwargs):
+            return httpx.request(method, server.url + path, headers={"Authorization": f"Bearer {keys[who]}"}, **kwargs)
+
+        assert call("alice", "GET", "/v1/me").json() == {"tenant": "acme", "user": "alice", "admin": False,
+                                                          "model": "tiny"}
+        seen = call("alice", "GET", "/v1/versions").json()["data"]
+        assert [(v["id"], v["status"], v["decision"]) for v in seen] == [(mine.version_id, "active", "promoted")]
+        assert call("bob", "GET", "/v1/versions").json()["data"] == []  # another user's versions are not shown
+        assert len(call("admin", "GET", "/v1/versions").json()["data"]) == 1
+        before = len(store.versions())
+        refused = call("alice", "POST", "/v1/rollback", json={"version": 0, "user": "alice"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "admin_required"
+        hidden = call("evil", "POST", "/v1/rollback", json={"version": mine.version_id})
+        assert hidden.status_code == 404  # another tenant's version is not revealed
+        assert call("admin", "POST", "/v1/rollback", json={"version": -1}).status_code == 400
+        assert len(store.versions()) == before and len(store.decisions()) == 1  # no refusal wrote anything
+        done = call("admin", "POST", "/v1/rollback", json={"version": 0, "user": "alice"}).json()
+        assert done["base_model"] and store.active_version("acme", "alice").adapter_path is None
+        page = httpx.get(server.url + "/")
+        assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
+        assert httpx.get(server.url + "/ui/app.js").headers["content-type"].startswith("text/javascript")
+        assert httpx.get(server.url + "/ui/..%2Fapp.py").status_code == 404
+    finally:
+        server.stop()

@@ -332,19 +332,15 @@ def versions(db: DbOption = None, tenant: Annotated[Optional[str], typer.Option(
     promoted or rejected them and why."""
     from rich.table import Table
 
-    store = open_store(db)
-    decided = {d.version_id: d for d in store.decisions(tenant) if d.decision != "rollback"}
+    from corll.versions import version_rows
+
     table = Table(title="policy versions")
     for column in ("id", "tenant", "user", "status", "parent", "preferences", "created", "decision · reason"):
         table.add_column(column)
-    for v in store.versions(tenant):
-        d = decided.get(v.id)
-        status = ("retired" if v.retired_at else "active" if v.active else "rejected" if d and d.decision == "rejected"
-                  else "base model" if v.adapter_path is None else "inactive")
-        why = v.retired_reason or (f"{d.decision} · {d.reason}" if d else "rolled back to the base model"
-                                   if v.details.get("rollback_to") == "base" else "trained by hand")
-        table.add_row(str(v.id), v.tenant, v.user or "(shared)", status, str(v.parent_id or ""),
-                      str(v.details.get("pairs", "")), v.created_at.strftime("%Y-%m-%d %H:%M:%S"), why)
+    for v in version_rows(open_store(db), tenant):
+        table.add_row(str(v.id), v.tenant, v.user or "(shared)", v.status, str(v.parent or ""),
+                      str(v.preferences or ""), v.created_at.replace("T", " "),
+                      f"{v.decision} · {v.reason}" if v.decision else v.reason)
     console.print(table)
 
 

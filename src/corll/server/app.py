@@ -5,6 +5,11 @@
     GET  /v1/models             the base model and the policy versions the caller may pin
     POST /v1/feedback           {completion_id, edit | reaction}
     GET  /v1/interactions       the caller's own interactions (an admin key: the tenant's), newest first
+    GET  /v1/me                 who the key acts for
+    GET  /v1/versions           the policy versions serving the caller (an admin key: the tenant's), with
+                                the learner's decisions and reasons
+    POST /v1/rollback           {version, user?}: serve an earlier version or the base model (admin keys only)
+    GET  /                      the browser editor: draft, edit, keep, react, history, what corll learned
     DELETE /v1/users/{user}     forget a user of the tenant (admin keys only)
     GET  /healthz               liveness and database reachability
     GET  /metrics               Prometheus text format: requests, latency, feedback, batch size
@@ -31,6 +36,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from importlib.resources import files
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
@@ -44,6 +50,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from corll.server.engine import Choice, Engine, GenerationRequest, ServedModel, Stream, gather
 from corll.server.metrics import ServiceMetrics
 from corll.store import MAX_EDIT_CHARS, ConflictError, NotFoundError, Principal, Store, StoreError, forget
+from corll.versions import version_rows
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_MESSAGES = 64
@@ -182,6 +189,13 @@ class InteractionOut(BaseModel):
 class InteractionPage(BaseModel):
     data: list[InteractionOut]
     next_before: str | None
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=0, description="The version to serve again; 0 is the base model.")
+    user: Text | None = Field(default=None, min_length=1, max_length=128,
+                              description="With version 0: whose versions to roll back (default: the shared policy).")
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error", *, param: str | None = None,
@@ -375,6 +389,35 @@ def create_app(store: Store, engine: Engine) -> FastAPI:
         removed = forget(store, who.tenant, user)
         return {"tenant": who.tenant, "user": user, **{k: v for k, v in removed.items() if k != "adapter_paths"}}
 
+    @app.get("/v1/me")
+    def me(who: Caller) -> dict:
+        return {"tenant": who.tenant, "user": who.user, "admin": who.admin, "model": engine.model_name}
+
+    @app.get("/v1/versions")
+    def versions(who: Caller) -> dict:
+        """The versions that may serve the caller (theirs and the tenant's shared ones); an admin key: all
+        of the tenant's."""
+        rows = version_rows(store, who.tenant, None if who.admin else {who.user, None})
+        return {"object": "list", "data": [r.as_dict() for r in rows]}
+
+    @app.post("/v1/rollback")
+    def rollback(body: RollbackRequest, who: Caller) -> dict:
+        if not who.admin:
+            return error(403, "rolling back needs an admin key of the tenant", "permission_error",
+                         code="admin_required")
+        if body.version and store.version_tenant(body.version) != who.tenant:
+            raise NotFoundError(f"no policy version {body.version}")  # another tenant's ids are not revealed
+        row = store.rollback(body.version, tenant=who.tenant, user=body.user)
+        return {"active": row.id, "tenant": row.tenant, "user": row.user, "base_model": row.adapter_path is None}
+
+    @app.get("/", include_in_schema=False)
+    def editor() -> Response:
+        return page("index.html")
+
+    @app.get("/ui/{name}", include_in_schema=False)
+    def asset(name: str) -> Response:
+        return page(name)
+
     @app.get("/v1/interactions", response_model=InteractionPage)
     def interactions(who: Caller, limit: Annotated[int, Query(ge=1, le=200)] = 50,
                      before: Annotated[str | None, Query(max_length=64)] = None) -> InteractionPage:
@@ -393,6 +436,25 @@ def create_app(store: Store, engine: Engine) -> FastAPI:
 
 class ModelNotFound(Exception):
     pass
+
+
+STATIC = files("corll.server").joinpath("static")
+MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+               ".css": "text/css; charset=utf-8"}
+# The page loads nothing from elsewhere and runs only its own script: injected markup could not run
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+def page(name: str) -> Response:
+    """A file of the browser editor, shipped in the package (no build step, nothing from a CDN)."""
+    asset = STATIC.joinpath(name)
+    suffix = "." + name.rsplit(".", 1)[-1] if "." in name else ""
+    if "/" in name or suffix not in MEDIA_TYPES or not asset.is_file():
+        raise StarletteHTTPException(404, "Not Found")
+    return Response(asset.read_bytes(), media_type=MEDIA_TYPES[suffix],
+                    headers={"Content-Security-Policy": PAGE_POLICY, "X-Content-Type-Options": "nosniff",
+                             "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"})
 
 
 def version_model(base: str, version_id: int) -> str:

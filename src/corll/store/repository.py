@@ -362,6 +362,11 @@ class Store:
                 raise NotFoundError(f"no policy version {version_id}")
             return row
 
+    def version_tenant(self, version_id: int) -> str | None:
+        """The tenant a version belongs to (None: no such version)."""
+        with self.sessions() as s:
+            return s.scalar(select(PolicyVersion.tenant).where(PolicyVersion.id == version_id))
+
     def rollback(self, version_id: int, *, tenant: str | None = None, user: str | None = None) -> PolicyVersion:
         """Serve an earlier version again, or the base model (version 0, for `tenant` and optionally `user`),
         and record the rollback as a decision that has seen all of the lineage's feedback so far, so the

@@ -1,0 +1,193 @@
+"""A simulated deployment: users draft emails through the running server and edit them, with and without
+the learner — do their edits shrink with nobody running a command?
+
+    .venv/bin/python benchmarks/deployment.py --drafts 40 --out docs/deployment
+
+Each simulated user has one latent preference (the rule editors of the learning-from-user-edits
+tasks: a greeting, a closing, bullet points, ...) and writes emails from their own kind of notes.
+Each user, in their own thread, asks for a draft with the official `openai` client, edits it to their
+taste (an unchanged draft is sent as accepted), sends the edit with the corll SDK, and thinks for a
+moment before the next one. The same traffic runs twice on fresh databases: against `corll serve`
+and against `corll serve --learn`; draft t of user u is requested with the same seed in both, so
+the two arms differ only by what the learner promoted. Reported per user and overall: words edited
+per draft over time with promotions marked, cumulative edit cost in both arms, the paired difference
+(per draft, and over the last third of each user's drafts) with its t interval, and the learner's
+decisions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import openai
+
+import corll
+from corll.feedback import word_edit_distance
+from corll.hardware import detect
+from corll.stats import paired_comparison
+from corll.store import Principal, Store
+from corll.tasks.prelude import EMAIL_SOURCES, load_documents, prompt_for
+from corll.users.preferences import DESCRIPTIONS, revise
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from service_load import start_server  # noqa: E402
+
+USERS = {"ana": "forum-notes", "ben": "tweet-notes", "cleo": "paper-notes", "dev": "review-notes"}
+
+
+def user_session(url: str, key: str, model: str, user: str, source: str, drafts: int, think: float,
+                 max_tokens: int, rows: list[dict], lock: threading.Lock) -> None:
+    """One user's drafts, edits and pauses; one row per draft."""
+    documents = load_documents(source)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=2, timeout=600)
+    with corll.Client(url, key) as sdk:
+        for t in range(drafts):
+            prompt = prompt_for("email", EMAIL_SOURCES[source], documents[t % len(documents)])
+            completion = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                temperature=0.7, seed=1000 * list(USERS).index(user) + t)
+            draft = completion.choices[0].message.content
+            kept = revise(source, draft)
+            sdk.edit(completion.id, kept)
+            with lock:
+                rows.append({"user": user, "t": t, "id": completion.id, "cost": word_edit_distance(draft, kept),
+                             "draft": draft, "kept": kept})
+            time.sleep(think)
+
+
+def run_arm(name: str, args, work: Path) -> dict:
+    """The whole traffic against one server; rows carry the version that wrote each draft."""
+    db = f"sqlite:///{work / name / 'corll.db'}"
+    (work / name).mkdir(parents=True)
+    store = Store(db)
+    keys = {user: store.create_api_key("acme", user) for user in USERS}
+    options = ["--precision", "auto", "--threads", "1"]
+    if name == "learning":
+        options += ["--learn", "--learn-min-edits", str(args.min_edits), "--adapters", str(work / name / "adapters")]
+    server, url = start_server(db, *options, model=args.model)
+    rows: list[dict] = []
+    lock = threading.Lock()
+    started = time.perf_counter()
+    try:
+        threads = [threading.Thread(target=user_session, args=(url, keys[u], args.model, u, s, args.drafts, args.think,
+                                                               args.max_tokens, rows, lock)) for u, s in USERS.items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        server.terminate()
+        server.wait(timeout=120)
+    wall = time.perf_counter() - started
+    for row in rows:
+        row["version"] = store.get_interaction(Principal("acme", row["user"]), row["id"]).policy_version_id
+    decisions = [{"user": d.user, "version": d.version_id, "decision": d.decision, "reason": d.reason,
+                  "seen_through": d.seen_through, "margin_gain": d.metrics.get("margin_gain"),
+                  "at": d.created_at.isoformat()} for d in store.decisions()]
+    return {"rows": sorted(rows, key=lambda r: (r["user"], r["t"])), "decisions": decisions, "wall_s": wall}
+
+
+def compare(results: dict, drafts: int) -> dict:
+    """Paired differences (no learning − learning) per draft, over the last third, and per user."""
+    cost = {arm: {(r["user"], r["t"]): r["cost"] for r in results[arm]["rows"]} for arm in ("static", "learning")}
+    pairs = sorted(cost["static"])
+    late = [p for p in pairs if p[1] >= drafts - drafts // 3]
+    out = {"all": paired_comparison([cost["static"][p] for p in pairs], [cost["learning"][p] for p in pairs]),
+           "last_third": paired_comparison([cost["static"][p] for p in late], [cost["learning"][p] for p in late])}
+    summary = {k: {"mean": v.difference.mean, "low": v.difference.low, "high": v.difference.high,
+                   "n": v.difference.n, "p": v.p_value} for k, v in out.items()}
+    summary["per_user"] = {u: {arm: sum(c for (user, _), c in cost[arm].items() if user == u)
+                               for arm in ("static", "learning")} for u in USERS}
+    summary["total"] = {arm: sum(cost[arm].values()) for arm in ("static", "learning")}
+    return summary
+
+
+def plot(results: dict, drafts: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(USERS), figsize=(4 * len(USERS), 3.4), sharey=True)
+    for ax, user in zip(axes, USERS):
+        for arm, style in (("static", "-"), ("learning", "-")):
+            costs = [r["cost"] for r in results[arm]["rows"] if r["user"] == user]
+            smooth = [statistics.fmean(costs[max(0, i - 4): i + 1]) for i in range(len(costs))]
+            ax.plot(range(len(costs)), smooth, style, label={"static": "serve", "learning": "serve --learn"}[arm])
+        first_use = {}
+        for r in results["learning"]["rows"]:
+            if r["user"] == user and r["version"] is not None:
+                first_use.setdefault(r["version"], r["t"])
+        for i, t in enumerate(sorted(first_use.values())):
+            ax.axvline(t, color="green", linestyle=":", label="promoted version first serves" if i == 0 else None)
+        ax.set_title(f"{user}: {USERS[user]}")
+        ax.set_xlabel("draft")
+    axes[0].set_ylabel("words edited per draft (mean of last 5)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def render(results: dict, summary: dict, args) -> str:
+    hw = detect()
+    decisions = results["learning"]["decisions"]
+    lines = [f"**{hw.cpu} ({hw.capability}, {'native' if hw.native_bf16 else 'no native'} bf16), {hw.cpus} CPUs**; "
+             f"model {args.model}; server 1 thread, learner 1 thread (`serve --learn`), clients on the same CPUs.", "",
+             f"{len(USERS)} users × {args.drafts} drafts, {args.max_tokens} tokens at temperature 0.7, "
+             f"{args.think:g} s between a user's drafts; learner: a candidate after {args.min_edits} new edits, "
+             f"default gate. Wall time: {results['static']['wall_s'] / 60:.1f} min without, "
+             f"{results['learning']['wall_s'] / 60:.1f} min with learning.", "",
+             "| user | preference | words edited, `serve` | words edited, `serve --learn` | promoted | rejected |",
+             "|---|---|---|---|---|---|"]
+    for user, source in USERS.items():
+        mine = [d for d in decisions if d["user"] == user]
+        lines.append(f"| {user} | {DESCRIPTIONS[source]} | {summary['per_user'][user]['static']} | "
+                     f"{summary['per_user'][user]['learning']} | {sum(d['decision'] == 'promoted' for d in mine)} | "
+                     f"{sum(d['decision'] == 'rejected' for d in mine)} |")
+    lines.append(f"| **all** | | **{summary['total']['static']}** | **{summary['total']['learning']}** | "
+                 f"{sum(d['decision'] == 'promoted' for d in decisions)} | "
+                 f"{sum(d['decision'] == 'rejected' for d in decisions)} |")
+    for key, label in (("all", "every draft"), ("last_third", "the last third of each user's drafts")):
+        s = summary[key]
+        lines += ["", f"Words edited per draft, `serve` − `serve --learn`, paired by user and draft over {label}: "
+                  f"**{s['mean']:+.2f} [{s['low']:+.2f}, {s['high']:+.2f}]** (95% t interval, n = {s['n']}, "
+                  f"paired t-test p = {s['p']:.3g})."]
+    lines += ["", "Decisions of the learner:", "", "| user | version | decision | reason |", "|---|---|---|---|"]
+    lines += [f"| {d['user']} | {d['version']} | {d['decision']} | {d['reason']} |" for d in decisions]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--drafts", type=int, default=40, help="drafts per user")
+    parser.add_argument("--think", type=float, default=5.0, help="seconds a user pauses between drafts")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--min-edits", type=int, default=6)
+    parser.add_argument("--out", type=Path, default=Path("docs/deployment"))
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="corll-deployment-"))
+    results = {}
+    for arm in ("static", "learning"):
+        print(f"{arm}: {len(USERS)} users × {args.drafts} drafts …", flush=True)
+        results[arm] = run_arm(arm, args, work)
+        print(f"{arm}: {sum(r['cost'] for r in results[arm]['rows'])} words edited in "
+              f"{results[arm]['wall_s'] / 60:.1f} min", flush=True)
+    summary = compare(results, args.drafts)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    plot(results, args.drafts, args.out.with_name(args.out.name + "-curves.png"))
+    Path(f"{args.out}-table.md").write_text(render(results, summary, args))
+    Path(f"{args.out}-results.json").write_text(json.dumps(
+        {"settings": vars(args) | {"out": str(args.out)}, "summary": summary, **results}, indent=1, default=str))
+    print(render(results, summary, args))
+
+
+if __name__ == "__main__":
+    main()
