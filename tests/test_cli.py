@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -26,6 +27,10 @@ def test_simulate_end_to_end_writes_all_outputs_and_report_reads_them(tmp_path):
     assert "held-out true reward" in result.output and "corll" in result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["corll"]["feedback"] == 16
+
+    again = runner.invoke(app, ["simulate", *FAST, "--algorithm", "corll", "--out", str(out)])
+    assert again.exit_code == 2 and "--resume" in again.output
+    assert "0/4" not in again.output and "0:00:0" not in again.output  # no empty progress bars left behind
 
     second = tmp_path / "second"
     assert runner.invoke(app, ["simulate", *FAST, "--seed", "1", "--out", str(second)]).exit_code == 0
@@ -186,3 +191,14 @@ def test_a_task_whose_reward_is_not_batched_is_named_at_load(tmp_path):
     result = runner.invoke(app, ["simulate", *FAST, "--task", f"{task_file}:factory", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2
     assert "its reward returned 2 for two responses" in said(result) and "one number per response" in said(result)
+
+
+@pytest.mark.parametrize("user", ["local", "expert", "llm"])
+def test_the_readme_example_task_runs_with_every_user(tmp_path, user):
+    example = Path(__file__).parent.parent / "examples" / "polite_task.py"
+    result = runner.invoke(app, ["simulate", *FAST, "--task", f"{example}:build", "--user", user, "--rounds", "1",
+                                 "--eval-every", "1", "--algorithm", "corll", "--out", str(tmp_path / user)])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (tmp_path / user / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [0, 1] and records[1]["feedback"] > 0
+    assert all(0.0 <= r["reward"] <= 1.0 for r in records)

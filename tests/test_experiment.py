@@ -31,7 +31,7 @@ def write(tmp_path, text=EXPERIMENT):
 def test_experiment_runs_the_grid_aggregates_and_skips_finished_runs(tmp_path):
     experiment = load_experiment(write(tmp_path), tmp_path / "out")
     seen = []
-    result = run_experiment(experiment, lambda arm, seed, done, total, record: seen.append((arm, seed, done)))
+    result = run_experiment(experiment, lambda arm, seed, done, total, record, doing: doing or seen.append((arm, seed, done)))
     folders = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").glob("*/seed-*"))
     assert folders == ["corll/seed-0", "corll/seed-1", "dueling/seed-0", "dueling/seed-1"]
     assert [s[:2] for s in seen if s[2] == 0] == [("corll", 0), ("dueling", 0), ("corll", 1), ("dueling", 1)]
@@ -50,7 +50,7 @@ def test_experiment_runs_the_grid_aggregates_and_skips_finished_runs(tmp_path):
     assert "| corll | 2/2 |" in (tmp_path / "out" / "results.md").read_text()
 
     seen.clear()
-    run_experiment(experiment, lambda arm, seed, done, total, record: seen.append((arm, seed, done)))
+    run_experiment(experiment, lambda arm, seed, done, total, record, doing: doing or seen.append((arm, seed, done)))
     assert seen == [("corll", 0, 4), ("dueling", 0, 4), ("corll", 1, 4), ("dueling", 1, 4)]  # nothing re-run
 
 
@@ -60,14 +60,14 @@ def test_an_interrupted_run_resumes_and_a_changed_setting_is_refused(tmp_path):
     class Stop(Exception):
         pass
 
-    def stop_in_second_run(arm, seed, done, total, record):
+    def stop_in_second_run(arm, seed, done, total, record, doing):
         if (arm, seed, done) == ("dueling", 0, 3):
             raise Stop
 
     with pytest.raises(Stop):
         run_experiment(experiment, stop_in_second_run)
     starts = []
-    run_experiment(experiment, lambda arm, seed, done, total, record: starts.append((arm, seed, done)))
+    run_experiment(experiment, lambda arm, seed, done, total, record, doing: starts.append((arm, seed, done)))
     assert ("dueling", 0, 2) in starts and ("dueling", 0, 0) not in starts  # resumed from its checkpoint
     changed = load_experiment(write(tmp_path, EXPERIMENT.replace("lr: 0.01", "lr: 0.02")), tmp_path / "out")
     with pytest.raises(ExperimentError, match="different settings \\(lr\\)"):

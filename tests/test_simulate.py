@@ -43,7 +43,7 @@ def test_resume_continues_from_the_checkpoint_and_matches_an_uninterrupted_run(t
     config = tiny_config(algorithms=["corll"], rounds=10)
     run_simulation(config, tmp_path / "full")
 
-    def stop_at_round_7(name, done, record):
+    def stop_at_round_7(name, done, record, doing):
         if done == 7:
             raise Interrupt
 
@@ -51,13 +51,13 @@ def test_resume_continues_from_the_checkpoint_and_matches_an_uninterrupted_run(t
         run_simulation(config, tmp_path / "cut", progress=stop_at_round_7)
     assert torch.load(RunDir(tmp_path / "cut").checkpoint("corll"), weights_only=False)["state"]["round"] == 5
     seen = []
-    run_simulation(config, tmp_path / "cut", resume=True, progress=lambda n, d, r: seen.append(d))
+    run_simulation(config, tmp_path / "cut", resume=True, progress=lambda n, d, r, doing: seen.append(d))
     assert seen[0] == 5  # continued from the checkpoint, not from scratch
     full, cut = (without_time(RunDir(tmp_path / n).read_metrics()) for n in ("full", "cut"))
     assert cut == full
     # A finished run is not re-run.
     seen.clear()
-    run_simulation(config, tmp_path / "cut", resume=True, progress=lambda n, d, r: seen.append(d))
+    run_simulation(config, tmp_path / "cut", resume=True, progress=lambda n, d, r, doing: seen.append(d))
     assert seen == [10]
 
 
@@ -97,7 +97,7 @@ def test_algorithms_trained_in_parallel_processes_give_the_same_results(tmp_path
     finally:
         torch.set_num_threads(threads)
     seen = []
-    run_simulation(config, tmp_path / "two", jobs=2, progress=lambda name, done, record: seen.append((name, done)))
+    run_simulation(config, tmp_path / "two", jobs=2, progress=lambda name, done, record, doing: seen.append((name, done)))
     key = lambda r: (r["algorithm"], r["round"])  # noqa: E731 - parallel runs interleave their records
     one, two = (sorted(without_time(RunDir(tmp_path / n).read_metrics()), key=key) for n in ("one", "two"))
     assert [key(r) for r in two] == [(a, r) for a in ("corll", "dueling") for r in (0, 2, 4)]
@@ -129,3 +129,13 @@ def test_corll_logs_how_its_argmax_ranking_agrees_with_the_true_reward(tmp_path)
     assert any(r["rank_spearman"] != 0.0 for r in records[1:])  # once trained, the ranking says something
     # Learning on the lowercase reward makes the argmax pick above-average samples on average.
     assert sum(r["argmax_gain"] for r in records[4:]) > 0
+
+
+def test_progress_says_what_a_run_is_doing_between_records(tmp_path):
+    heard = []
+    run_simulation(tiny_config(algorithms=["corll"], rounds=2, eval_every=2, checkpoint_every=2), tmp_path / "run",
+                   progress=lambda name, done, record, doing: heard.append((done, record is not None, doing)))
+    evaluating = "evaluating on 16 held-out prompts × 2 samples"
+    assert heard == [(0, False, evaluating), (0, True, ""), (0, False, "round 1: drafting, feedback, update"),
+                     (1, True, ""), (1, False, "round 2: drafting, feedback, update"), (2, False, evaluating),
+                     (2, True, "")]

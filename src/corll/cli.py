@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -35,6 +37,19 @@ PrecisionOption = Annotated[str, typer.Option(
          "(trained weights and optimizer stay fp32).")]
 ThreadsOption = Annotated[Optional[int], typer.Option(
     help="Threads for the model's math (default: the CPUs this process may use).")]
+
+
+@contextmanager
+def progress_bars(*columns) -> Iterator[Progress]:
+    """Progress bars that vanish when the command stops early (an error, Ctrl-C), so no empty or
+    half-drawn bars are left under the message that says why."""
+    with Progress(*columns, console=console) as bar:
+        try:
+            yield bar
+        except BaseException:
+            for task in list(bar.task_ids):
+                bar.remove_task(task)
+            raise
 
 
 def use_hardware(precision: str, threads: int | None) -> str:
@@ -156,12 +171,16 @@ def simulate(
     from corll.simulate import RunExistsError, run_simulation
     columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}"))
-    with Progress(*columns, console=console) as bar:
+    with progress_bars(*columns) as bar:
         bars = {name: bar.add_task(name, total=rounds, status="") for name in config.algorithms}
 
-        def progress(name: str, done: int, record: dict | None) -> None:
-            status = f"R* {record['reward']:.3f} · feedback {record['feedback']}" if record else None
-            bar.update(bars[name], completed=done, **({"status": status} if status else {}))
+        latest: dict[str, str] = {}
+
+        def progress(name: str, done: int, record: dict | None, doing: str) -> None:
+            if record:
+                latest[name] = f"R* {record['reward']:.3f} · feedback {record['feedback']}"
+            status = " · ".join(part for part in (latest.get(name), doing) if part)
+            bar.update(bars[name], completed=done, status=status)
 
         try:
             summary = run_simulation(config, out, resume=resume, progress=progress, jobs=jobs)
@@ -240,17 +259,21 @@ def experiment(
         else:
             columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                        TextColumn("{task.fields[status]}"))
-            with Progress(*columns, console=console) as bar:
+            with progress_bars(*columns) as bar:
                 overall = bar.add_task("all runs (rounds)", total=sum(c.rounds for _, _, c, _ in runs), status="")
                 current: dict = {}
 
-                def progress(arm: str, seed: int, done: int, total: int, record: dict | None) -> None:
+                latest: dict = {}
+
+                def progress(arm: str, seed: int, done: int, total: int, record: dict | None, doing: str) -> None:
                     key = (arm, seed)
                     if key not in current:
                         current[key] = bar.add_task(f"{arm} seed {seed}", total=total, status="")
                     previous = bar.tasks[current[key]].completed
-                    status = f"R* {record['reward']:.3f}" if record else None
-                    bar.update(current[key], completed=done, **({"status": status} if status else {}))
+                    if record:
+                        latest[key] = f"R* {record['reward']:.3f}"
+                    status = " · ".join(part for part in (latest.get(key), doing) if part)
+                    bar.update(current[key], completed=done, status=status)
                     bar.advance(overall, done - previous)
                     if done == total:
                         bar.update(current[key], visible=False)
@@ -333,7 +356,9 @@ def reaction_data(task: str, model: str, db: str | None, tenant: str | None, per
     if spec.react is None:
         fail(f"task {task!r} has no reaction users: use assistant-reactions or synthetic-reactions")
     prompts = spec.train_prompts if split == "train" else spec.test_prompts
-    return simulated_reaction_log(spec.react, policy, per_prompt, prompts)
+    with console.status(f"simulating the reaction log: {len(prompts)} prompts × {per_prompt} answers, "
+                        "each judged by the task's users"):
+        return simulated_reaction_log(spec.react, policy, per_prompt, prompts)
 
 
 @rm_app.command("train")
@@ -359,7 +384,8 @@ def reward_model_train(
         fail(str(exc))
     prompts, responses, labels = reaction_data(task, model, db, tenant, per_prompt, "train", seed, precision, threads)
     try:
-        rm = train_reward_model(reward_features(prompts, responses, features), labels, config)
+        with console.status(f"training P[Love] on {len(labels)} logged responses ({features} features)"):
+            rm = train_reward_model(reward_features(prompts, responses, features), labels, config)
     except ValueError as exc:
         fail(f"{exc} ({len(labels)} logged responses, {sum(labels)} loves)")
     rm.save(out, details={"source": db or task, "logged": len(labels), "loves": sum(labels), "loss": loss})

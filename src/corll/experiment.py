@@ -191,7 +191,7 @@ def check_folder_matches(folder: Path, config: SimulationConfig) -> None:
                               "delete that folder or choose another output folder")
 
 
-RunProgress = Callable[[str, int, int, int, dict | None], None]  # arm, seed, done rounds, total rounds, record
+RunProgress = Callable[[str, int, int, int, dict | None, str], None]  # arm, seed, done, total rounds, record, doing
 
 
 def run_experiment(experiment: Experiment, progress: RunProgress = lambda *_: None) -> dict:
@@ -202,11 +202,11 @@ def run_experiment(experiment: Experiment, progress: RunProgress = lambda *_: No
         check_folder_matches(folder, config)
     for arm, seed, config, folder in runs:
         if run_is_finished(folder, config):
-            progress(arm, seed, config.rounds, config.rounds, None)
+            progress(arm, seed, config.rounds, config.rounds, None, "")
             continue
         resume = RunDir(folder).config_file.exists()
         run_simulation(config, folder, resume=resume,
-                       progress=lambda _name, done, record: progress(arm, seed, done, config.rounds, record))
+                       progress=lambda _name, done, record, doing: progress(arm, seed, done, config.rounds, record, doing))
     if experiment.regret_samples:
         best_of_expert(experiment)
     return aggregate(experiment)

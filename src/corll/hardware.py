@@ -144,15 +144,11 @@ def prepare_threads() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def default_threads() -> int:
-    return available_cpus()
-
-
 def set_threads(threads: int | None) -> int:
     """Use `threads` intra-op threads (default: the CPUs available to this process); returns the count."""
     import torch
 
-    count = default_threads() if threads is None else threads
+    count = available_cpus() if threads is None else threads
     if count < 1:
         raise ValueError(f"--threads must be >= 1, not {count}")
     torch.set_num_threads(count)

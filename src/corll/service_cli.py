@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-from corll.cli import D, DbOption, PrecisionOption, ThreadsOption, app, console, fail, open_store, use_hardware
+from corll.cli import (D, DbOption, PrecisionOption, ThreadsOption, app, console, fail, open_store, progress_bars,
+                       use_hardware)
 from corll.config import BUILTIN_MODELS
 
 keys_app = typer.Typer(help="API keys: each is bound to one tenant and one user.", no_args_is_help=True)
@@ -220,7 +221,7 @@ def train(
     store = open_store(db)
     columns = (TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}"))
-    with Progress(*columns, console=console) as bar:
+    with progress_bars(*columns) as bar:
         bars: dict[str, int] = {}
 
         def progress(who: str, done: int, total: int, loss: float) -> None:

@@ -285,7 +285,8 @@ def hardware_record(config: SimulationConfig) -> dict:
             "threads": torch.get_num_threads()}
 
 
-ProgressFn = Callable[[str, int, dict | None], None]
+# algorithm, rounds done, the latest evaluation record (None: none new), and what it is doing now
+ProgressFn = Callable[[str, int, dict | None, str], None]
 
 
 def offline_phase(algorithm: Algorithm, task: Task, policy: Policy, stream: PromptStream, n: int,
@@ -347,9 +348,14 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
         state["interval"] = Interval()
         return record
 
+    evaluating = (f"evaluating on {config.eval_prompts} held-out prompts × {config.eval_samples} "
+                  f"sample{'s' if config.eval_samples > 1 else ''}")
+    if state["round"] == 0:
+        progress(name, 0, None, evaluating)
     last = record_eval() if state["round"] == 0 else None
-    progress(name, state["round"], last)
+    progress(name, state["round"], last, "")
     while state["round"] < config.rounds:
+        progress(name, state["round"], None, f"round {state['round'] + 1}: drafting, feedback, update")
         started = time.perf_counter()
         log, stats = algorithm.round(stream)
         state["round"] += 1
@@ -362,6 +368,7 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
         state["shown_total"] += len(log.costs)
         state["wall_time"] += time.perf_counter() - started
         if state["round"] % config.eval_every == 0 or state["round"] == config.rounds:
+            progress(name, state["round"], None, evaluating)
             last = record_eval()
         if state["round"] % config.checkpoint_every == 0 or state["round"] == config.rounds:
             run.save_checkpoint(name, {
@@ -369,7 +376,7 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
                 "rng": torch.get_rng_state(), "cursor": stream.cursor,
                 "state": {**state, "interval": dataclasses.asdict(state["interval"])},
             })
-        progress(name, state["round"], last)
+        progress(name, state["round"], last, "")
     if hasattr(policy.model, "save_pretrained") and not config.full_finetune:
         evaluated().model.save_pretrained(run.path / "policies" / name)
     ours = [r for r in run.read_metrics() if r["algorithm"] == name]
@@ -405,7 +412,7 @@ def run_simulation(config: SimulationConfig, out: Path, *, resume: bool = False,
     todo = [name for name in config.algorithms if summary.get(name, {}).get("rounds") != config.rounds]
     for name in config.algorithms:
         if name not in todo:
-            progress(name, config.rounds, None)
+            progress(name, config.rounds, None, "")
     for name, result in run_algorithms(todo, config, run, progress, jobs):
         summary[name] = result
         run.write_json(summary_file, summary)

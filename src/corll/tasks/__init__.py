@@ -51,6 +51,16 @@ class Task:
     describe_user: Callable[[str], str] | None = None  # prompt -> its user's preference in words (oracle only)
 
 
+def prompted_expert(policy: Policy, system: str) -> ExpertFn:
+    """An expert π* that is the base model π_0 told what good looks like (a system prompt): the cheapest
+    expert a task can have. `expert(prompts, n)` returns n responses per prompt."""
+
+    def expert(prompts: Sequence[str], n: int) -> list[list[str]]:
+        return policy.sample(prompts, n, system=system, use_reference=True)
+
+    return expert
+
+
 class TaskError(ValueError):
     """An unknown task name, or a task file that cannot be used."""
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from importlib import resources
 
 from corll.policy import Policy
-from corll.tasks import Task
+from corll.tasks import Task, prompted_expert
 
 FLUENCY_WEIGHT = 0.1
 REPETITION_WEIGHT = 1.0
@@ -78,9 +78,6 @@ def build(policy: Policy) -> Task:
             for y, lp, n in zip(ys, ref.tolist(), lengths)
         ]
 
-    def expert(xs: Sequence[str], n: int) -> list[list[str]]:
-        return policy.sample(xs, n, system=EXPERT_SYSTEM, use_reference=True)
-
     def local_edit(x: str, y: str) -> str:
         swaps = iter(POSITIVE_WORDS * (len(y) // len(POSITIVE_WORDS) + 1))
         seen: dict[str, int] = {}
@@ -97,4 +94,5 @@ def build(policy: Policy) -> Task:
             edited = f"{edited.rstrip()} {CLOSINGS[len(y) % len(CLOSINGS)]}"
         return edited
 
-    return Task("positive-review", prompts[N_TEST:], prompts[:N_TEST], reward, expert, local_edit)
+    return Task("positive-review", prompts[N_TEST:], prompts[:N_TEST], reward, prompted_expert(policy, EXPERT_SYSTEM),
+                local_edit)
