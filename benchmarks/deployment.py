@@ -9,7 +9,10 @@ Each user, in their own thread, asks for a draft with the official `openai` clie
 taste (an unchanged draft is sent as accepted), sends the edit with the corll SDK, and thinks for a
 moment before the next one. The same traffic runs twice on fresh databases: against `corll serve`
 and against `corll serve --learn`; draft t of user u is requested with the same seed in both, so
-the two arms differ only by what the learner promoted. Reported per user and overall: words edited
+the two arms differ only by what the learner promoted. Without a learner a draft does not depend on
+when it is asked for (a seeded request gives the same text alone or inside a batch), so the users of
+the static server do not pause; on the learning server they pause `--think` seconds between drafts,
+as people do, which is the time the learner has. Reported per user and overall: words edited
 per draft over time with promotions marked, cumulative edit cost in both arms, the paired difference
 (per draft, and over the last third of each user's drafts) with its t interval, and the learner's
 decisions.
@@ -76,7 +79,8 @@ def run_arm(name: str, args, work: Path) -> dict:
     lock = threading.Lock()
     started = time.perf_counter()
     try:
-        threads = [threading.Thread(target=user_session, args=(url, keys[u], args.model, u, s, args.drafts, args.think,
+        think = args.think if name == "learning" else 0.0
+        threads = [threading.Thread(target=user_session, args=(url, keys[u], args.model, u, s, args.drafts, think,
                                                                args.max_tokens, rows, lock)) for u, s in USERS.items()]
         for thread in threads:
             thread.start()
@@ -140,8 +144,9 @@ def render(results: dict, summary: dict, args) -> str:
     decisions = results["learning"]["decisions"]
     lines = [f"**{hw.cpu} ({hw.capability}, {'native' if hw.native_bf16 else 'no native'} bf16), {hw.cpus} CPUs**; "
              f"model {args.model}; server 1 thread, learner 1 thread (`serve --learn`), clients on the same CPUs.", "",
-             f"{len(USERS)} users × {args.drafts} drafts, {args.max_tokens} tokens at temperature 0.7, "
-             f"{args.think:g} s between a user's drafts; learner: a candidate after {args.min_edits} new edits, "
+             f"{len(USERS)} users × {args.drafts} drafts, {args.max_tokens} tokens at temperature 0.7; on the learning "
+             f"server each user pauses {args.think:g} s between drafts (the static server's drafts do not depend on "
+             f"timing); learner: a candidate after {args.min_edits} new edits, "
              f"default gate. Wall time: {results['static']['wall_s'] / 60:.1f} min without, "
              f"{results['learning']['wall_s'] / 60:.1f} min with learning.", "",
              "| user | preference | words edited, `serve` | words edited, `serve --learn` | promoted | rejected |",
@@ -168,14 +173,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--drafts", type=int, default=40, help="drafts per user")
-    parser.add_argument("--think", type=float, default=5.0, help="seconds a user pauses between drafts")
+    parser.add_argument("--think", type=float, default=20.0,
+                        help="seconds a user of the learning server pauses between drafts")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--min-edits", type=int, default=6)
     parser.add_argument("--out", type=Path, default=Path("docs/deployment"))
+    parser.add_argument("--static-from", type=Path, help="reuse the static arm of an earlier results JSON with the "
+                        "same model, drafts and max tokens (its drafts do not depend on timing)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="corll-deployment-"))
     results = {}
-    for arm in ("static", "learning"):
+    if args.static_from:
+        earlier = json.loads(args.static_from.read_text())
+        same = {k: earlier["settings"][k] for k in ("model", "drafts", "max_tokens")}
+        if same != {"model": args.model, "drafts": args.drafts, "max_tokens": args.max_tokens}:
+            parser.error(f"--static-from {args.static_from} was run with {same}")
+        results["static"] = earlier["static"]
+    for arm in [a for a in ("static", "learning") if a not in results]:
         print(f"{arm}: {len(USERS)} users × {args.drafts} drafts …", flush=True)
         results[arm] = run_arm(arm, args, work)
         print(f"{arm}: {sum(r['cost'] for r in results[arm]['rows'])} words edited in "

@@ -108,7 +108,7 @@ def test_an_interrupted_late_ensemble_resumes_exactly(tmp_path):
     class Stop(Exception):
         pass
 
-    def stop(name, done, record):
+    def stop(name, done, record, doing):
         if done == 3:
             raise Stop
 

@@ -1,3 +1,6 @@
+import math
+
+import pytest
 import torch
 
 from corll.feedback import PreferencePair
@@ -124,6 +127,14 @@ def test_one_dpo_step_raises_the_pair_margin(policy):
     stats = learner.step([pair])
     assert abs(stats.loss - 0.6931) < 1e-3
     assert margin() > 0.05
+
+
+def test_the_supervised_term_adds_the_edits_per_token_nll_to_the_dpo_loss(policy):
+    pair = PreferencePair("say something", chosen="good words here", rejected="#!$% bad")
+    chosen_tokens = len(policy.tokenizer(pair.chosen, add_special_tokens=False)["input_ids"])
+    nll = -policy.logprobs([pair.prompt], [pair.chosen]).item() / chosen_tokens
+    stats = DPOLearner(policy, DPOConfig(lr=1e-2, sft_weight=0.5)).step([pair])
+    assert stats.loss == pytest.approx(math.log(2) + 0.5 * nll, abs=1e-4)  # DPO is log 2 at the adapter's start
 
 
 def test_resuming_from_an_adapter_makes_it_the_reference(policy, tmp_path):

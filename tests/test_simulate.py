@@ -139,3 +139,19 @@ def test_progress_says_what_a_run_is_doing_between_records(tmp_path):
     assert heard == [(0, False, evaluating), (0, True, ""), (0, False, "round 1: drafting, feedback, update"),
                      (1, True, ""), (1, False, "round 2: drafting, feedback, update"), (2, False, evaluating),
                      (2, True, "")]
+
+
+def test_dueling_reports_the_reward_of_what_it_showed_without_asking_the_task_again(tmp_path):
+    from corll.learners.rounds import RoundLog
+    from corll.simulate import shown_rewards
+    from corll.tasks import Task
+
+    calls = []
+    task = Task("t", [], [], lambda xs, ys: calls.append(len(ys)) or [float(len(y)) for y in ys])
+    assert shown_rewards(task, RoundLog(shown=[("x", "ab"), ("x", "c")], shown_rewards=[2.0, 1.0])) == [2.0, 1.0]
+    assert calls == []  # the labeller's values are used
+    assert shown_rewards(task, RoundLog(shown=[("x", "ab"), ("x", "c")])) == [2.0, 1.0] and calls == [2]
+    # and a dueling run's shown_reward equals R* of the pairs it showed, as before
+    run_simulation(tiny_config(algorithms=["dueling"], rounds=2, eval_every=2, checkpoint_every=2), tmp_path / "d")
+    record = RunDir(tmp_path / "d").read_metrics()[-1]
+    assert record["shown_reward"] is not None and 0.0 <= record["shown_reward"] <= 1.0

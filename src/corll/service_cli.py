@@ -257,6 +257,9 @@ def learn(
     batch_size: Annotated[int, typer.Option("--batch-size", "-N", help="Preferences per DPO step.", min=1)] = 4,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-4,
     beta: Annotated[float, typer.Option(help="DPO β.")] = D.beta,
+    sft_weight: Annotated[float, typer.Option(
+        help="Weight of a supervised term on the user's edit (its per-token NLL) added to the DPO loss.",
+        min=0.0)] = 0.0,
     margin: Annotated[float, typer.Option(
         help="Nats by which a candidate must raise the held-out edits' log-likelihood margin over the drafts.")] = 0.0,
     kl_limit: Annotated[float, typer.Option(help="Reject a candidate whose samples are this far from the base "
@@ -283,7 +286,8 @@ def learn(
     precision = use_hardware(precision, threads)
     store = open_store(db)
     config = LearnConfig(model=model, adapters_dir=adapters, min_edits=min_edits, holdout=holdout, replay=replay,
-                         shared=shared, epochs=epochs, batch_size=batch_size, dpo=DPOConfig(lr=lr, beta=beta),
+                         shared=shared, epochs=epochs, batch_size=batch_size,
+                         dpo=DPOConfig(lr=lr, beta=beta, sft_weight=sft_weight),
                          margin=margin, monitor=MonitorThresholds(kl_limit=kl_limit), precision=precision)
     console.print(f"learning from {store.url.split('@')[-1]}: a candidate per user after {min_edits} new edits"
                   + ("" if once else f", looking every {poll:g} s (Ctrl-C stops)"))

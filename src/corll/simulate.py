@@ -289,6 +289,13 @@ def hardware_record(config: SimulationConfig) -> dict:
 ProgressFn = Callable[[str, int, dict | None, str], None]
 
 
+def shown_rewards(task: Task, log: RoundLog) -> list[float]:
+    """R* of the responses shown this round: the labeller's own values where it computed them."""
+    if log.shown_rewards is not None:
+        return log.shown_rewards
+    return task.reward(*map(list, zip(*log.shown))) if log.shown else []
+
+
 def offline_phase(algorithm: Algorithm, task: Task, policy: Policy, stream: PromptStream, n: int,
                   batch_size: int) -> int:
     """The offline phase of learning from user edits: π_0 drafts for the next n prompts, edited by the users behind the log
@@ -361,7 +368,7 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
         state["round"] += 1
         state["feedback"] += log.feedback
         state["queries"] += log.queries
-        state["interval"].add(log, stats, task.reward(*map(list, zip(*log.shown))) if log.shown else [],
+        state["interval"].add(log, stats, shown_rewards(task, log),
                               candidate_rewards(task, log))
         state["cost_total"] += sum(log.costs)
         state["kept_total"] += sum(c == 0 for c in log.costs)

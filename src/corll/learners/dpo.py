@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator
 
 from corll.feedback import PreferencePair
-from corll.losses import dpo_loss, dpo_margin
+from corll.losses import dpo_loss, dpo_margin, sft_nll
 from corll.policy import Policy, sequence_logprobs
 
 
@@ -42,6 +42,10 @@ class DPOConfig:
     warmup_steps: int = 0
     max_grad_norm: float = 10.0
     micro_batch_pairs: int = 4
+    # Weight of the chosen response's per-token negative log-likelihood added to the DPO loss (0: plain
+    # DPO). With few pairs whose chosen and rejected share most tokens (an edit and its draft), DPO
+    # alone can lower the likelihood of both; the supervised term keeps the edit itself likely.
+    sft_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -121,11 +125,14 @@ class DPOLearner:
             prompts = [p.prompt for p in chunk] * 2
             responses = [p.chosen for p in chunk] + [p.rejected for p in chunk]
             ref = self.policy.logprobs(prompts, responses, reference=True)
+            batch = self.policy.encode(prompts, responses)
             with self.policy.training_attention(), self.policy.autocast():
-                logps = sequence_logprobs(self.model, self.policy.encode(prompts, responses))
+                logps = sequence_logprobs(self.model, batch)
             m = len(chunk)
             losses = dpo_loss(logps[:m], logps[m:], ref[:m], ref[m:], beta=cfg.beta,
                               label_smoothing=cfg.label_smoothing, loss_type=cfg.loss_type)
+            if cfg.sft_weight:
+                losses = losses + cfg.sft_weight * sft_nll(logps[:m], batch.response_mask[:m].sum(1))
             loss = weight * losses.sum() / n
             self.optim.backward(loss, f"DPO loss on a batch of {n} pairs")
             margins = dpo_margin(logps[:m], logps[m:], ref[:m], ref[m:]).detach()

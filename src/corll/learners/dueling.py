@@ -25,7 +25,8 @@ class Dueling:
         duels = self.labeller.compare(prompts, [s[0] for s in samples], [s[1] for s in samples])
         pairs = [d.pair for d in duels if d.pair is not None]
         shown = [(x, y) for x, s in zip(prompts, samples) for y in s]
-        return RoundLog(pairs=pairs, queries=len(prompts), skipped=len(prompts) - len(pairs), shown=shown)
+        return RoundLog(pairs=pairs, queries=len(prompts), skipped=len(prompts) - len(pairs), shown=shown,
+                        shown_rewards=[r for d in duels for r in d.rewards])
 
     def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
         log = gather(next_prompts, self.batch_size, self.ask)

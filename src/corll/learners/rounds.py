@@ -24,6 +24,7 @@ class RoundLog:
     labelled: int = 0  # unpaired labelled examples (reaction learners: every shown response)
     reactions: int = 0  # loves among them
     shown: list[tuple[str, str]] = field(default_factory=list)  # (prompt, response) the users were shown
+    shown_rewards: list[float] | None = None  # their R*, where the feedback already computed it (dueling's labeller)
     # CoRLL with rank_agreement: (prompt, its k samples, their implicit rewards) behind each argmax
     candidates: list[tuple[str, list[str], list[float]]] = field(default_factory=list)
 
@@ -38,12 +39,13 @@ Ask = Callable[[list[str]], RoundLog]
 
 def gather(next_prompts: Callable[[int], list[str]], n: int, ask: Ask) -> RoundLog:
     """Ask users about fresh prompts until n preferences are in (or MAX_DRAWS batches were asked)."""
-    log = RoundLog()
+    log, parts = RoundLog(), []
     for _ in range(MAX_DRAWS):
         missing = n - len(log.pairs)
         if missing <= 0:
             break
         part = ask(next_prompts(missing))
+        parts.append(part)
         log.pairs += part.pairs
         log.edits += part.edits
         log.queries += part.queries
@@ -51,4 +53,6 @@ def gather(next_prompts: Callable[[int], list[str]], n: int, ask: Ask) -> RoundL
         log.costs += part.costs
         log.shown += part.shown
         log.candidates += part.candidates
+    if parts and all(part.shown_rewards is not None for part in parts):
+        log.shown_rewards = [r for part in parts for r in part.shown_rewards]
     return log
