@@ -130,7 +130,7 @@ def test_the_command_line_answers_without_loading_torch():
     import subprocess
     import sys
 
-    code = ("import sys, corll.cli; heavy = [m for m in ('torch', 'transformers', 'peft', 'fastapi', 'matplotlib') "
+    code = ("import sys, corll.cli, corll.lineages, corll.versions; heavy = [m for m in ('torch', 'transformers', 'peft', 'fastapi', 'matplotlib') "
             "if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import torch
 
-from corll.feedback import PreferencePair
 from corll.learners.dpo import DPOConfig
+from corll.lineages import Lineage, Preference, lineages, preferences
 from corll.log_training import dpo_epochs, use_version
 from corll.monitor import HackingMonitor, MonitorThresholds
 from corll.objectives import distinct_n, repeated_phrase_rate
@@ -70,24 +70,6 @@ class LearnConfig:
 
 
 @dataclass(frozen=True)
-class Preference:
-    event: int
-    pair: PreferencePair
-    users: tuple[str, ...]  # whose feedback it is: the completion's user and the edit's author
-
-
-@dataclass(frozen=True)
-class Lineage:
-    """A policy that learns: one user's own (user set) or a tenant's shared one (user None)."""
-
-    tenant: str
-    user: str | None
-
-    def __str__(self) -> str:
-        return f"{self.tenant}/{self.user or 'shared'}"
-
-
-@dataclass(frozen=True)
 class Pending:
     """What a lineage has waiting: the parent to train from, its preferences, and the split."""
 
@@ -102,27 +84,6 @@ class Pending:
 
 
 Report = Callable[[str], None]
-
-
-def preferences(records: list[FeedbackRecord]) -> list[Preference]:
-    """Edits that changed the draft, as preferences ȳ ≻ y with their event ids (oldest first)."""
-    return [Preference(r.event_id, PreferencePair(prompt=r.messages, chosen=r.edit, rejected=r.response),
-                       tuple(sorted({r.user, r.author or r.user})))
-            for r in records if r.kind == "edit" and r.edit.strip() != r.response.strip()]
-
-
-def lineages(store: Store, records: list[FeedbackRecord], shared: bool) -> dict[Lineage, list[FeedbackRecord]]:
-    """Each lineage's edits: a user's own (edits they wrote on their own completions), and with `shared`
-    the tenant's (all its edits)."""
-    found: dict[Lineage, list[FeedbackRecord]] = {}
-    for r in records:
-        if r.kind != "edit":
-            continue
-        if r.author in (None, r.user):
-            found.setdefault(Lineage(r.tenant, r.user), []).append(r)
-        if shared:
-            found.setdefault(Lineage(r.tenant, None), []).append(r)
-    return found
 
 
 def own_active(store: Store, lineage: Lineage) -> PolicyVersion | None:
@@ -251,7 +212,7 @@ def learn_once(store: Store, config: LearnConfig, report: Report = lambda _: Non
     """One pass over every lineage with enough new edits; returns the decisions made."""
     records = store.feedback(kind="edit")
     made = []
-    for lineage, mine in sorted(lineages(store, records, config.shared).items(), key=lambda item: str(item[0])):
+    for lineage, mine in sorted(lineages(records, config.shared).items(), key=lambda item: str(item[0])):
         work = pending(store, lineage, mine, config)
         if work is not None:
             store.set_worker_state(WORKER, f"training {lineage}: {len(work.train)} new, {len(work.replay)} "

@@ -304,7 +304,7 @@ def status(db: DbOption = None, tenant: Annotated[Optional[str], typer.Option(he
 
     from rich.table import Table
 
-    from corll.learn import lineages, preferences
+    from corll.lineages import lineages, preferences
 
     store = open_store(db)
     now = datetime.now(timezone.utc)
@@ -317,7 +317,7 @@ def status(db: DbOption = None, tenant: Annotated[Optional[str], typer.Option(he
     last = {(d.tenant, d.user): d for d in store.decisions(tenant)}
     table = Table("tenant", "user", "serving", "new edits", "last decision", "when")
     records = store.feedback(tenant=tenant, kind="edit")
-    for lineage, mine in sorted(lineages(store, records, shared=True).items(), key=lambda item: str(item[0])):
+    for lineage, mine in sorted(lineages(records, shared=True).items(), key=lambda item: str(item[0])):
         serving = store.active_version(lineage.tenant, lineage.user)
         start = store.seen_through(lineage.tenant, lineage.user)
         if serving is not None and (serving.user == lineage.user):
