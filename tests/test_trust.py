@@ -164,3 +164,19 @@ def test_forgetting_a_user_removes_their_data_and_retires_what_learned_from_it(d
     assert f"tiny:v{versions['shared'].id}" not in ids
     assert runner.invoke(cli, ["rollback", str(versions["shared"].id), "--db", url]).exit_code != 0
     assert draft(server, keys["alice"]).system_fingerprint == f"corll-policy-{versions['alice'].id}"  # untouched
+
+
+def test_the_sdks_retry_policy_backs_off_on_503_and_connection_errors_only():
+    import httpx
+
+    from corll.client import Delivery
+
+    delivery = Delivery(retries=3)
+    key = delivery.headers["Idempotency-Key"]
+    busy = httpx.Response(503)
+    pauses = [delivery.pause_after(busy), delivery.pause_after(httpx.ConnectError("down")), delivery.pause_after(busy),
+              delivery.pause_after(busy)]
+    assert pauses == [0.25, 0.5, 1.0, None]  # doubling, then the 4th outcome is the answer
+    assert delivery.headers["Idempotency-Key"] == key  # one key for every try of the event
+    assert Delivery(3).pause_after(httpx.Response(400)) is None  # a refusal is final at once
+    assert Delivery(3).pause_after(httpx.Response(200)) is None

@@ -62,9 +62,28 @@ def _base(base_url: str) -> str:
     return base_url.rstrip("/").removesuffix("/v1")
 
 
-def _retryable(outcome: httpx.Response | Exception) -> bool:
-    return isinstance(outcome, httpx.TransportError) or (isinstance(outcome, httpx.Response)
-                                                          and outcome.status_code == 503)
+Outcome = httpx.Response | httpx.TransportError
+
+
+class Delivery:
+    """The retry policy of one feedback event, shared by both clients: the same Idempotency-Key on every
+    try; a connection error or a 503 is tried again after a doubling pause, up to `retries` times."""
+
+    def __init__(self, retries: int) -> None:
+        self.headers = {"Idempotency-Key": str(uuid.uuid4())}
+        self.retries, self.tries = retries, 0
+
+    def pause_after(self, outcome: Outcome) -> float | None:
+        """Seconds to wait before trying again, or None when this outcome is the answer."""
+        self.tries += 1
+        retryable = isinstance(outcome, httpx.TransportError) or outcome.status_code == 503
+        return BACKOFF * 2 ** (self.tries - 1) if retryable and self.tries <= self.retries else None
+
+    @staticmethod
+    def answer(outcome: Outcome) -> dict:
+        if isinstance(outcome, Exception):
+            raise outcome
+        return _check(outcome)
 
 
 class Client:
@@ -83,18 +102,15 @@ class Client:
         return self._send(_body(completion_id, choice, reaction=reaction))
 
     def _send(self, body: dict) -> dict:
-        headers = {"Idempotency-Key": str(uuid.uuid4())}  # the same key on every retry of this event
-        for attempt in range(self.retries + 1):
+        delivery = Delivery(self.retries)
+        while True:
             try:
-                outcome: httpx.Response | Exception = self.http.post("/v1/feedback", json=body, headers=headers)
+                outcome: Outcome = self.http.post("/v1/feedback", json=body, headers=delivery.headers)
             except httpx.TransportError as exc:
                 outcome = exc
-            if attempt == self.retries or not _retryable(outcome):
-                break
-            time.sleep(BACKOFF * 2**attempt)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return _check(outcome)
+            if (pause := delivery.pause_after(outcome)) is None:
+                return delivery.answer(outcome)
+            time.sleep(pause)
 
     def interactions(self, *, limit: int = 50, before: str | None = None) -> dict:
         params = {"limit": limit, **({"before": before} if before else {})}
@@ -123,18 +139,15 @@ class AsyncClient:
         return await self._send(_body(completion_id, choice, reaction=reaction))
 
     async def _send(self, body: dict) -> dict:
-        headers = {"Idempotency-Key": str(uuid.uuid4())}
-        for attempt in range(self.retries + 1):
+        delivery = Delivery(self.retries)
+        while True:
             try:
-                outcome: httpx.Response | Exception = await self.http.post("/v1/feedback", json=body, headers=headers)
+                outcome: Outcome = await self.http.post("/v1/feedback", json=body, headers=delivery.headers)
             except httpx.TransportError as exc:
                 outcome = exc
-            if attempt == self.retries or not _retryable(outcome):
-                break
-            await asyncio.sleep(BACKOFF * 2**attempt)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return _check(outcome)
+            if (pause := delivery.pause_after(outcome)) is None:
+                return delivery.answer(outcome)
+            await asyncio.sleep(pause)
 
     async def interactions(self, *, limit: int = 50, before: str | None = None) -> dict:
         params = {"limit": limit, **({"before": before} if before else {})}
