@@ -64,3 +64,10 @@ def test_the_page_and_json_come_from_the_runs(tmp_path, monkeypatch):
     assert min(result["noisy"]["p_adjusted"], result["learns"]["p_adjusted"]) == pytest.approx(2 * smaller)
     text = page.read_text()
     assert "| a beats b |" in text and "reproduced" in text and "Sizing the primary test" in text
+
+
+def test_a_claim_with_fewer_than_two_seed_pairs_is_not_yet_tested_rather_than_judged():
+    from corll.verdicts import verdict
+
+    entry = {"effect": None, "seeds": [0], "direction": 1}
+    assert verdict(entry, 0.05, 0.1) == "not yet tested (1 finished seed pair(s); a paired test needs at least 2)"

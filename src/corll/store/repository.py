@@ -287,11 +287,7 @@ class Store:
     def activate(self, version_id: int) -> PolicyVersion:
         """Make this version the one that serves its (tenant, user): rollback is activating an older one."""
         with self.transaction() as s:
-            row = s.get(PolicyVersion, version_id)
-            if row is None:
-                raise NotFoundError(f"no policy version {version_id}")
-            if row.retired_at is not None:
-                raise StoreError(f"policy version {version_id} is retired ({row.retired_reason}) and cannot serve")
+            row = _servable(s, version_id)
             _activate(s, row)
             return row
 
@@ -380,11 +376,7 @@ class Store:
                 s.add(row)
                 s.flush()
             else:
-                row = s.get(PolicyVersion, version_id)
-                if row is None:
-                    raise NotFoundError(f"no policy version {version_id}")
-                if row.retired_at is not None:
-                    raise StoreError(f"policy version {version_id} is retired ({row.retired_reason}) and cannot serve")
+                row = _servable(s, version_id)
             _activate(s, row)
             s.add(Decision(tenant=row.tenant, user=row.user, version_id=row.id, parent_id=None, decision="rollback",
                            reason="rolled back by hand", seen_through=_newest_event(s, row.tenant, row.user),
@@ -460,6 +452,16 @@ def _scope(who: Principal) -> str:
 def _aware(moment: datetime) -> datetime:
     """SQLite hands back naive datetimes; they were stored in UTC."""
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def _servable(s: Session, version_id: int) -> PolicyVersion:
+    """A version that exists and is not retired, so it may serve again."""
+    row = s.get(PolicyVersion, version_id)
+    if row is None:
+        raise NotFoundError(f"no policy version {version_id}")
+    if row.retired_at is not None:
+        raise StoreError(f"policy version {version_id} is retired ({row.retired_reason}) and cannot serve")
+    return row
 
 
 def _newest_event(s: Session, tenant: str, user: str | None) -> int:
