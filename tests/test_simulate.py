@@ -108,6 +108,8 @@ def test_algorithms_trained_in_parallel_processes_give_the_same_results(tmp_path
     assert {("corll", 4), ("dueling", 4)} <= set(seen)  # the workers' progress reached this process
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert set(summary) == {"corll", "dueling"}
+    # config.json records the threads each algorithm trained with, which the numbers depend on
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["hardware"]["threads"] == worker_threads(2)
 
 
 def test_rank_agreement_is_a_spearman_correlation_and_zero_for_a_constant_ranking():

@@ -258,8 +258,10 @@ class RunExistsError(FileExistsError):
     """The output folder already holds a run and --resume was not given."""
 
 
-def prepare_run_dir(out: Path, config: SimulationConfig, resume: bool) -> tuple[RunDir, SimulationConfig]:
-    """Create the run folder, or reopen it to resume with the configuration it was started with."""
+def prepare_run_dir(out: Path, config: SimulationConfig, resume: bool,
+                    threads: int) -> tuple[RunDir, SimulationConfig]:
+    """Create the run folder, or reopen it to resume with the configuration it was started with;
+    `threads` is what each algorithm trains with (recorded: results depend on it)."""
     run = RunDir(out)
     if resume and not run.config_file.exists():
         raise ConfigError(f"--resume: {out} holds no run (no config.json); leave out --resume to start one there")
@@ -272,17 +274,17 @@ def prepare_run_dir(out: Path, config: SimulationConfig, resume: bool) -> tuple[
         resumed.validate()
         return run, resumed
     out.mkdir(parents=True, exist_ok=True)
-    run.write_json(run.config_file, {**dataclasses.asdict(config), HARDWARE_KEY: hardware_record(config)})
+    run.write_json(run.config_file, {**dataclasses.asdict(config), HARDWARE_KEY: hardware_record(config, threads)})
     return run, config
 
 
 HARDWARE_KEY = "hardware"  # in config.json: where the run started, not a setting
 
 
-def hardware_record(config: SimulationConfig) -> dict:
-    """The machine a run started on and what `auto` resolved to there (precision, threads)."""
+def hardware_record(config: SimulationConfig, threads: int) -> dict:
+    """The machine a run started on and what `auto` resolved to there (precision, threads per algorithm)."""
     return {**hardware.detect().as_dict(), "precision": choose_precision(config.precision).precision,
-            "threads": torch.get_num_threads()}
+            "threads": threads}
 
 
 # algorithm, rounds done, the latest evaluation record (None: none new), and what it is doing now
@@ -410,10 +412,12 @@ def run_simulation(config: SimulationConfig, out: Path, *, resume: bool = False,
 
     With `jobs` > 1 the algorithms train in that many processes at once, each with its share of
     the CPUs as threads: on a small CPU, two one-thread processes finish more work than one
-    two-thread process (decoding does not scale with threads), and the results are the same.
+    two-thread process (decoding does not scale with threads). The thread count is part of what a
+    run replays from (it changes floating-point sums), so `jobs` changes results in the last digits.
     """
     config.validate()
-    run, config = prepare_run_dir(out, config, resume)
+    jobs = min(jobs, len(config.algorithms))
+    run, config = prepare_run_dir(out, config, resume, worker_threads(jobs) if jobs > 1 else torch.get_num_threads())
     summary_file = run.path / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     todo = [name for name in config.algorithms if summary.get(name, {}).get("rounds") != config.rounds]
