@@ -12,7 +12,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from corll.feedback import word_edit_distance
+from corll.feedback import edit_tokens, word_edit_distance
 from corll.server.engine import PolicyEngine
 from corll.store import Principal, Store
 from tests.test_server import LiveServer
@@ -96,7 +96,7 @@ def test_draft_edit_keep_and_react_are_stored_with_the_cost_the_page_showed(site
     screenshot(driver, "browser-pad.png", tmp_path)
     box.send_keys(Keys.CONTROL, "s")  # keep
     wait(driver, lambda d: d.find_element(By.ID, "pad-status").text.startswith("Kept:"))
-    assert f"{cost} words edited" in text(driver, "pad-status")
+    assert f"{cost} tokens edited" in text(driver, "pad-status")
     driver.find_element(By.CSS_SELECTOR, "[data-reaction=love]").click()
     wait(driver, lambda d: "love" in d.find_element(By.ID, "pad-status").text)
 
@@ -108,7 +108,24 @@ def test_draft_edit_keep_and_react_are_stored_with_the_cost_the_page_showed(site
     driver.find_element(By.CSS_SELECTOR, "[data-view=history]").click()
     wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#history-list li"))
     item = driver.find_element(By.CSS_SELECTOR, "#history-list li").text
-    assert f"{cost} words edited" in item and "love" in item and "truly!" in item
+    assert f"{cost} tokens edited" in item and "love" in item and "truly!" in item
+
+
+PARITY_TEXTS = ["Hello, world!", "It's a well-known fact -- isn't it?", "Café déjà vu… naïve “quotes” (yes).",
+                "tabs\tand\u3000wide\u2028lines\x1c", "emoji 🙂✨ and 東京 タワー 2024年", "e\u0301 combining ´ mark",
+                "snake_case x=1+2; a/b 50% $5.00", "", "  "]
+
+
+def test_the_page_counts_the_same_tokens_as_corll(site):
+    """The cost the page shows is the cost corll learns from: same tokens on hard text, same distance."""
+    server, _, keys, driver = site
+    sign_in(driver, server.url, keys["alice"])
+    wait(driver, lambda d: d.find_element(By.ID, "app").is_displayed())
+    for text_ in PARITY_TEXTS:
+        assert driver.execute_script("return tokens(arguments[0]);", text_) == edit_tokens(text_), text_
+    a, b = PARITY_TEXTS[1], "It is a well known fact, isn't it!"
+    assert driver.execute_script("return editDistance(tokens(arguments[0]), tokens(arguments[1]));", a, b) \
+        == word_edit_distance(a, b) == 7  # It is, well known, "--" → ",", "?" → "!"
 
 
 def test_markup_in_drafts_and_edits_shows_as_text_and_never_runs(site, tmp_path):

@@ -17,7 +17,8 @@ def test_sources_are_interleaved_and_the_reward_is_minus_the_edit_cost():
     assert heads == [f"Write an email based on these {label}" for label in prelude.EMAIL_SOURCES.values()]
     x = task.train_prompts[1]  # forum notes: informal greeting, no closing
     assert task.reward([x], ["Hey! Sounds good."]) == [0.0]
-    assert task.reward([x], ["Sounds good.\nBest regards,\nSam"]) == [-4.0]  # add "Hey!", drop 3 closing words
+    # add "Hey" and "!", drop the closing "Best regards , Sam" (4 tokens)
+    assert task.reward([x], ["Sounds good.\nBest regards,\nSam"]) == [-6.0]
     assert task.local_edit(x, "Sounds good.\nBest regards,\nSam") == "Hey! Sounds good."
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from corll.feedback import Edit, word_edit_distance
+from corll.feedback import Edit, edit_tokens, word_edit_distance
 from corll.tasks import Task
 from corll.users import DuelingLabeller, ExpertEditor, choose_edit
 
@@ -72,6 +72,14 @@ def test_word_edit_distance_counts_word_operations():
     assert word_edit_distance("the film was bad", "the film was great") == 1
     assert word_edit_distance("the film was bad", "the film was truly great fun") == 3
     assert word_edit_distance("", "two words") == 2
+
+
+def test_punctuation_marks_are_tokens_of_the_edit_cost():
+    """PRELUDE's measure: a changed mark costs one, not a whole new word; inner apostrophes stay in words."""
+    assert edit_tokens("Great film. Isn't it?") == ["Great", "film", ".", "Isn't", "it", "?"]
+    assert word_edit_distance("A great film.", "A great film!") == 1
+    assert word_edit_distance("Great, great film", "Great great film") == 1
+    assert word_edit_distance("well-known", "well known") == 2
     assert Edit("a b", "a c", 0.0, 1.0).to_pair("x").to_trl() == {"prompt": "x", "chosen": "a c", "rejected": "a b"}
 
 

@@ -42,7 +42,7 @@ METRICS = {
     "kl": "KL(π‖π_0) estimate",
     "mislabel_rate": "realised mislabel rate",
     "alpha_hat": "realised feedback strength α̂",
-    "edit_distance": "edit size (words changed)",
+    "edit_distance": "edit size (tokens changed)",
     "edit_cost": "edit cost per response (words)",
     "cumulative_cost": "cumulative online edit cost (words)",
     "no_edit_share": "share of responses kept unedited",

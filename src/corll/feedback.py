@@ -2,11 +2,12 @@
 
 An `Edit` is the user's revision ȳ of a draft y; it yields a `PreferencePair`
 (x, chosen=ȳ, rejected=y) in the TRL `prompt/chosen/rejected` format, and an
-edit cost (word-level Levenshtein distance).
+edit cost: the Levenshtein distance over word and punctuation tokens (PRELUDE's measure).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,17 +56,28 @@ class Edit:
         return PreferencePair(prompt, chosen=self.text, rejected=self.draft, mislabeled=self.mislabeled)
 
 
+# A word (letters, digits, underscores; inner apostrophes and hyphens kept, as in "don't" and "well-known") or
+# one punctuation mark or symbol. Punctuation counts as in PRELUDE (NLTK's word tokens): a user who only
+# fixes commas did edit, and a split on whitespace would charge "great." → "great!" as a whole new word.
+TOKEN = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]")
+
+
+def edit_tokens(text: str) -> list[str]:
+    """The units an edit cost counts: words and punctuation marks."""
+    return TOKEN.findall(text)
+
+
 def word_edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance over whitespace-separated words: how many words the user had to change."""
-    return Levenshtein.distance(a.split(), b.split())
+    """Levenshtein distance over word and punctuation tokens: how many of them the user had to change."""
+    return Levenshtein.distance(edit_tokens(a), edit_tokens(b))
 
 
 def edit_costs(drafts: Sequence[str], edits: Sequence[Edit | None]) -> list[int]:
-    """The cost of each shown draft: the words its user changed, 0 when it was kept as it was."""
+    """The cost of each shown draft: the tokens its user changed, 0 when it was kept as it was."""
     return [0 if e is None else word_edit_distance(y, e.text) for y, e in zip(drafts, edits)]
 
 
 def relative_cost(draft: str, cost: int) -> float:
-    """The normalised edit cost: words changed per word of the draft, so that short and long responses
+    """The normalised edit cost: tokens changed per token of the draft, so that short and long responses
     compare (it exceeds 1 when the user writes more than was there)."""
-    return cost / max(1, len(draft.split()))
+    return cost / max(1, len(edit_tokens(draft)))

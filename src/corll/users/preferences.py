@@ -263,5 +263,5 @@ class RuleEditor:
 
 
 def edit_cost(draft: str, edit: Edit | None) -> int:
-    """Words changed by the user (0 when the response needed no edit)."""
+    """Tokens (words and punctuation marks) changed by the user (0 when the response needed no edit)."""
     return 0 if edit is None else word_edit_distance(draft, edit.text)

@@ -6,10 +6,13 @@
 const $ = (id) => document.getElementById(id);
 const state = { key: sessionStorage.getItem("corll-key"), me: null, completion: null, draft: "", before: null };
 
-// --- the edit cost corll learns from: Levenshtein distance over whitespace-separated words -----------
-// Python's str.split() whitespace, so that the page and corll count the same words.
+// --- the edit cost corll learns from: Levenshtein distance over word and punctuation tokens -----------
+// The same tokens as corll.feedback.TOKEN: Python's \w is exactly [\p{L}\p{N}_], and its whitespace is
+// WHITESPACE below, so that the page and corll count the same tokens. The diff shows whitespace words.
 const WHITESPACE = /[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+/;
+const TOKEN = /[\p{L}\p{N}_]+(?:['\u2019-][\p{L}\p{N}_]+)*|[^\p{L}\p{N}_\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]/gu;
 const words = (text) => text.split(WHITESPACE).filter((w) => w.length > 0);
+const tokens = (text) => text.match(TOKEN) || [];
 
 function editDistance(a, b) {
   let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
@@ -152,7 +155,7 @@ async function draft() {
 }
 
 function updateDiff() {
-  $("cost").textContent = String(editDistance(words(state.draft), words($("draft").value)));
+  $("cost").textContent = String(editDistance(tokens(state.draft), tokens($("draft").value)));
   renderDiff($("diff"), state.draft, $("draft").value);
 }
 
@@ -162,8 +165,8 @@ async function keep() {
   if (!text.trim()) { $("pad-error").textContent = "The kept text is empty: write what you would send."; return; }
   try {
     await api("/v1/feedback", { method: "POST", body: { completion_id: state.completion, edit: text } });
-    const cost = editDistance(words(state.draft), words(text));
-    $("pad-status").textContent = cost ? `Kept: ${cost} words edited. corll learns from this edit.`
+    const cost = editDistance(tokens(state.draft), tokens(text));
+    $("pad-status").textContent = cost ? `Kept: ${cost} tokens edited. corll learns from this edit.`
       : "Kept as drafted (recorded as accepted).";
     $("pad-error").textContent = "";
   } catch (error) {
@@ -210,7 +213,7 @@ async function loadHistory(more = false) {
       const kept = keptText(item);
       meta.textContent = `${new Date(item.created_at).toLocaleString()} · ${versionName(item.policy_version)}` +
         (state.me.admin ? ` · ${item.user}` : "") + (reactions.length ? ` · ${reactions.pop()}` : "") +
-        (kept !== undefined ? ` · ${editDistance(words(item.response), words(kept))} words edited` : " · not kept yet");
+        (kept !== undefined ? ` · ${editDistance(tokens(item.response), tokens(kept))} tokens edited` : " · not kept yet");
       li.append(meta);
       field(li, "Prompt", promptText(item));
       field(li, "Draft", item.response);
@@ -280,7 +283,7 @@ async function loadLearned() {
     const [page, versions] = await Promise.all([api("/v1/interactions?limit=200"), api("/v1/versions")]);
     const whose = $("chart-user").value;
     const kept = page.data.filter((item) => keptText(item) !== undefined && (!whose || item.user === whose)).reverse();
-    const points = kept.map((item) => ({ cost: editDistance(words(item.response), words(keptText(item))),
+    const points = kept.map((item) => ({ cost: editDistance(tokens(item.response), tokens(keptText(item))),
       version: item.policy_version }));
     const promoted = new Set(versions.data.filter((v) => v.decision === "promoted").map((v) => v.id));
     const firstUse = new Map();
