@@ -124,3 +124,27 @@ def test_an_interrupted_late_ensemble_resumes_exactly(tmp_path):
     assert cut["ensemble-late"]["chosen"] == chosen
     strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time"} for r in rs]  # noqa: E731
     assert strip(RunDir(tmp_path / "cut").read_metrics()) == strip(RunDir(tmp_path / "full").read_metrics())
+
+
+def test_headroom_shows_the_least_edited_of_its_samples():
+    from corll.learners.edits import HeadroomAgent
+    from corll.users import LocalEditor
+    from corll.tasks.synthetic import build_personal
+
+    editor = LocalEditor(build_personal())
+    agent = HeadroomAgent(policy=None, editor=editor, k=3)
+    # prompt 1's user accepts a lowercase letter or a digit first; only "7 ok" and "b c" need no edit
+    assert agent.least_edited("word 1", ["X y", "7 ok", "b c"]) == "7 ok"
+    assert agent.least_edited("word 2", ["X y", "7 ok", "b c"]) == "b c"  # prompt 2's user: lowercase only
+
+
+def test_costs_are_kept_per_source_and_headroom_is_edited_less_than_the_floor(tmp_path):
+    config = tiny_config(task="synthetic-personal", algorithms=["floor", "headroom"], rounds=4, k=8, batch_size=8,
+                         eval_every=4)
+    summary = run_simulation(config, tmp_path / "run")
+    last = {r["algorithm"]: r for r in RunDir(tmp_path / "run").read_metrics() if r["round"] == 4}
+    for record in last.values():
+        assert set(record["cost_by_source"]) == set(record["shown_by_source"]) == {"lower", "lower-or-digit"}
+        assert sum(record["cost_by_source"].values()) == record["cumulative_cost"]
+        assert sum(record["shown_by_source"].values()) == record["queries"] == 32
+    assert last["headroom"]["cumulative_cost"] < last["floor"]["cumulative_cost"], summary

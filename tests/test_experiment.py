@@ -149,4 +149,12 @@ def test_a_protocol_experiment_reports_cost_over_the_same_episodes_for_every_age
     assert result["paired_cost"]["preference"]["seeds"] == [0, 1]
     page = (tmp_path / "out" / "results.md").read_text()
     assert "online cumulative cost" in page and "Cumulative online cost paired by seed against `floor`" in page
+    # per source (here the two users): cost per shown response, averaged over seeds, in a table
+    for arm in ("floor", "preference"):
+        runs = [RunDir(tmp_path / "out" / arm / f"seed-{s}").read_metrics()[-1] for s in (0, 1)]
+        for source in ("lower", "lower-or-digit"):
+            per_seed = [r["cost_by_source"][source] / r["shown_by_source"][source] for r in runs]
+            cell = result["arms"][arm]["cost_per_episode_by_source"][source]
+            assert cell["mean"] == pytest.approx(sum(per_seed) / 2) and cell["n"] == 2
+    assert "| arm | lower | lower-or-digit |" in page
     assert (tmp_path / "out" / "online-cost.png").stat().st_size > 0

@@ -302,6 +302,10 @@ def aggregate(experiment: Experiment) -> dict:
             if config.offline_edits:
                 costs[arm] = cost_over_episodes(config, finished)
                 entry["cumulative_cost"] = _interval_dict(t_interval(list(costs[arm].values())))
+            by_source = cost_per_episode_by_source(finished)
+            if by_source:
+                entry["cost_per_episode_by_source"] = {source: _interval_dict(t_interval(values))
+                                                       for source, values in by_source.items()}
             regrets = [statistics.fmean(r["regret"] for r in recs) for recs in finished.values() if "regret" in recs[0]]
             if regrets:
                 entry["mean_regret"] = _interval_dict(t_interval(regrets))
@@ -329,6 +333,17 @@ def cost_over_episodes(config: SimulationConfig, finished: dict[int, list[dict]]
     taken per episode and scaled to the same T for every agent."""
     episodes = config.rounds * config.batch_size
     return {seed: recs[-1]["cumulative_cost"] / recs[-1]["queries"] * episodes for seed, recs in finished.items()}
+
+
+def cost_per_episode_by_source(finished: dict[int, list[dict]]) -> dict[str, list[float]]:
+    """source -> per seed, the online edit cost per response shown to that source's users (PRELUDE's
+    per-user view: which learner serves which users best)."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for recs in finished.values():
+        last = recs[-1]
+        for source, shown in sorted(last.get("shown_by_source", {}).items()):
+            out[source].append(last["cost_by_source"].get(source, 0) / max(1, shown))
+    return dict(out)
 
 
 def paired_cost_to_baseline(baseline: str, costs: dict[str, dict[int, float]]) -> dict:
@@ -403,6 +418,27 @@ def _fmt(interval: dict | None) -> str:
     return f"{interval['mean']:+.3f} [{interval['low']:+.3f}, {interval['high']:+.3f}]"
 
 
+def source_table(experiment: Experiment, result: dict) -> list[str]:
+    """Arms × sources: online edit cost per shown response, mean [95% t interval] over seeds; the lowest mean
+    of each source in bold (whether each learner wins for some users)."""
+    arms = [a for a in experiment.arms if "cost_per_episode_by_source" in result["arms"].get(a, {})]
+    if not arms:
+        return []
+    sources = sorted({s for a in arms for s in result["arms"][a]["cost_per_episode_by_source"]})
+    cell = {(a, s): result["arms"][a]["cost_per_episode_by_source"].get(s) for a in arms for s in sources}
+    best = {s: min((a for a in arms if cell[a, s]), key=lambda a: cell[a, s]["mean"]) for s in sources}
+    lines = ["", "Online edit cost per shown response, by source (tokens; mean [95% t interval] over finished "
+                 "seeds; the lowest mean of each source in bold):", "",
+             "| arm | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
+    for a in arms:
+        values = []
+        for s in sources:
+            text = "–" if cell[a, s] is None else _fmt(cell[a, s]).replace("+", "")
+            values.append(f"**{text}**" if best[s] == a else text)
+        lines.append(f"| {a} | " + " | ".join(values) + " |")
+    return lines
+
+
 def results_markdown(experiment: Experiment, result: dict) -> str:
     """The tables of the results page for this experiment (figures are next to it)."""
     costs = any(config.offline_edits for config in experiment.arms.values())
@@ -430,9 +466,10 @@ def results_markdown(experiment: Experiment, result: dict) -> str:
                              f"{row['p_value']:.3f} |")
     if result.get("paired_cost"):
         lines += ["", f"Cumulative online cost paired by seed against `{experiment.baseline}` "
-                      "(arm − baseline, words over the same episodes; 95% t interval, paired t-test p):", "",
+                      "(arm − baseline, tokens over the same episodes; 95% t interval, paired t-test p):", "",
                   "| arm | seeds | difference | p |", "|---|---|---|---|"]
         for arm, row in result["paired_cost"].items():
             lines.append(f"| {arm} | {len(row['seeds'])} | {_fmt(row['difference'])} | {row['p_value']:.3f} |")
+    lines += source_table(experiment, result)
     lines += ["", *[f"![{name}]({name}.png)" for name in experiment.figures], ""]
     return "\n".join(lines)

@@ -325,7 +325,7 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
     algorithm = build_algorithm(name, config, policy, task)
     stream = PromptStream(task.train_prompts, config.seed)
     state = {"round": 0, "feedback": 0, "queries": 0, "interval": Interval(), "wall_time": 0.0, "cost_total": 0,
-             "kept_total": 0, "shown_total": 0, "offline_edited": 0}
+             "kept_total": 0, "shown_total": 0, "offline_edited": 0, "cost_by_source": {}, "shown_by_source": {}}
 
     checkpoint = run.checkpoint(name)
     if checkpoint.exists():
@@ -353,6 +353,9 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
                   "queries": state["queries"], **evaluate(evaluated(), task, config, system_for),
                   **state["interval"].record(),
                   "cumulative_cost": state["cost_total"], "wall_time": round(state["wall_time"], 2)}
+        if task.source_of is not None:  # per source (PRELUDE: per group of users): cost and responses shown
+            record |= {"cost_by_source": dict(state["cost_by_source"]),
+                       "shown_by_source": dict(state["shown_by_source"])}
         run.append_metric(record)
         state["interval"] = Interval()
         return record
@@ -375,6 +378,11 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
         state["cost_total"] += sum(log.costs)
         state["kept_total"] += sum(c == 0 for c in log.costs)
         state["shown_total"] += len(log.costs)
+        if task.source_of is not None:
+            for (x, _), cost in zip(log.shown, log.costs):
+                source = task.source_of(x)
+                state["cost_by_source"][source] = state["cost_by_source"].get(source, 0) + cost
+                state["shown_by_source"][source] = state["shown_by_source"].get(source, 0) + 1
         state["wall_time"] += time.perf_counter() - started
         if state["round"] % config.eval_every == 0 or state["round"] == config.rounds:
             progress(name, state["round"], None, evaluating)

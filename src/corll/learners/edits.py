@@ -13,6 +13,7 @@ CoRLL, so `corll simulate --algorithm sft|cost|ensemble-early|ensemble-late` rec
   shown sample's cost is observed.
 - ensemble-early: one model, one step on w_pref·DPO(ȳ ≻ y) + w_sft·SFT(ȳ) + w_cost·DPO(lowest ≻ highest
   predicted cost among its k samples); it shows the implicit-reward argmax of the same samples, as CoRLL.
+- headroom (a bound, not a learner): the least-edited of k π_0 samples under the true editor.
 - ensemble-late: the three learners on separate adapters; for each episode an EXP3 bandit over their
   observed cost picks who answers, and every learner learns from all the resulting edits.
 """
@@ -80,7 +81,8 @@ class SFTLearner:
 
 def _log(prompts, drafts, edits, pairs=()) -> RoundLog:
     kept = [e for e in edits if e is not None]
-    return RoundLog(pairs=list(pairs), edits=kept, queries=len(prompts), costs=edit_costs(drafts, edits))
+    return RoundLog(pairs=list(pairs), edits=kept, queries=len(prompts), costs=edit_costs(drafts, edits),
+                    shown=list(zip(prompts, drafts)))
 
 
 def edit_round(agent, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
@@ -129,6 +131,23 @@ class OracleAgent(FloorAgent):
 
     def act(self, prompts: list[str]) -> list[str]:
         return [s[0] for s in self.policy.sample(told(prompts, self.describe_user), 1, use_reference=True)]
+
+
+@dataclass
+class HeadroomAgent(FloorAgent):
+    """What choosing well among π_0's own answers could save, with no learning: of k samples of π_0 it
+    shows the one its user would edit least (the true editor consulted before showing; a bound that no
+    learner reaches without changing π, and that a learner beating π_0 must approach)."""
+
+    k: int = 8
+
+    def act(self, prompts: list[str]) -> list[str]:
+        samples = self.policy.sample(prompts, self.k, use_reference=True)
+        return [self.least_edited(x, ys) for x, ys in zip(prompts, samples)]
+
+    def least_edited(self, prompt: str, responses: list[str]) -> str:
+        costs = edit_costs(responses, self.editor.edit([prompt] * len(responses), responses))
+        return responses[costs.index(min(costs))]
 
 
 @dataclass

@@ -183,6 +183,12 @@ def _floor(s: Setup):
     return FloorAgent(s.policy, s.editor(), batch_size=s.config.batch_size)
 
 
+def _headroom(s: Setup):
+    from corll.learners.edits import HeadroomAgent
+
+    return HeadroomAgent(s.policy, s.editor(), batch_size=s.config.batch_size, k=s.config.k)
+
+
 def _oracle(s: Setup):
     from corll.config import ConfigError
     from corll.learners.edits import OracleAgent
@@ -216,5 +222,7 @@ for _spec in (
                 EDITOR_OPTIONS),
     LearnerSpec("oracle", "π₀ told each user's preference (the bound from above for edit learners)", "edits",
                 _oracle, EDITOR_OPTIONS),
+    LearnerSpec("headroom", "π₀'s least-edited of k samples, its user consulted before showing: what choosing "
+                "among π₀'s own answers could save, without learning", "edits", _headroom, ("k", *EDITOR_OPTIONS)),
 ):
     register(_spec)

@@ -31,7 +31,8 @@ class Task:
 
     Personalization tasks (the user-edits paper) may say how the users behind an offline log edited
     (`offline_edit`, different from `local_edit` in the shift setting) and describe each
-    prompt's user in words (`describe_user`, for the oracle agent).
+    prompt's user in words (`describe_user`, for the oracle agent), and name the group of users a prompt
+    comes from (`source_of`), so that costs are reported per source as well as in total.
 
     Reaction tasks (the reactions paper) have no expert; they give `react` (which responses get a
     "love" — drawn, rare), `objectives` (scorers the RLUF learner may weight: love,
@@ -49,6 +50,8 @@ class Task:
     metrics: MetricsFn | None = None
     offline_edit: LocalEditFn | None = None  # how the users behind the offline log edited (default: local_edit)
     describe_user: Callable[[str], str] | None = None  # prompt -> its user's preference in words (oracle only)
+    # prompt -> the group of users it comes from (PRELUDE: the document's source), for per-source costs
+    source_of: Callable[[str], str] | None = None
 
 
 def prompted_expert(policy: Policy, system: str) -> ExpertFn:

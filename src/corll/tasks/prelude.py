@@ -82,7 +82,7 @@ def build_prelude(kind: str, preference_of_source: dict[str, str] | None = None)
 
     suffix = "" if preference_of_source == {s: s for s in sources} else "-shift"
     return Task(f"prelude-{kind}{suffix}", interleave(train), interleave(test), reward, local_edit=local_edit,
-                offline_edit=offline_edit, describe_user=describe_user)
+                offline_edit=offline_edit, describe_user=describe_user, source_of=source_of.__getitem__)
 
 
 def shifted(sources: Sequence[str]) -> dict[str, str]:

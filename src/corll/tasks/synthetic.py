@@ -97,4 +97,4 @@ def build_personal(policy=None) -> Task:
 
     return Task(name="synthetic-personal", train_prompts=[f"word {i}" for i in range(64)],
                 test_prompts=[f"word {i}" for i in range(64, 80)], reward=reward, local_edit=personal_edit,
-                describe_user=lambda prompt: PERSONAL_USERS[personal_user(prompt)][2])
+                describe_user=lambda prompt: PERSONAL_USERS[personal_user(prompt)][2], source_of=personal_user)
