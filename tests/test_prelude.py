@@ -53,3 +53,17 @@ def test_the_oracle_description_names_each_users_preference():
     task = load_task("prelude-email", None)
     x = task.train_prompts[1]  # forum notes: "Hey!", no closing
     assert "Hey!" in task.describe_user(x) and "no closing" in task.describe_user(x)
+
+
+def test_the_long_summaries_hold_out_forty_documents_of_hundreds_of_words():
+    task = load_task("prelude-summarize-long", None)
+    assert task.name == "prelude-summarize-long"
+    assert len(task.test_prompts) == 40 and len(task.train_prompts) == 60
+    assert not set(task.test_prompts) & set(task.train_prompts)
+    documents = [p.split("\n\n", 1)[1] for p in task.test_prompts + task.train_prompts]
+    assert min(len(d.split()) for d in documents) >= 130 and len(set(documents)) == 100
+    assert [task.source_of(x) for x in task.test_prompts[:5]] == list(prelude.SUMMARIZE_SOURCES)
+    shifted = load_task("prelude-summarize-long-shift", None)
+    x = shifted.train_prompts[0]  # a news article, whose online users now hold the forum preference
+    assert shifted.local_edit(x, "A park opened.") == revise("forum", "A park opened.")
+    assert shifted.offline_edit(x, "A park opened.") == revise("news", "A park opened.")

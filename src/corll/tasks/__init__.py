@@ -88,6 +88,9 @@ def _builtin() -> dict[str, TaskFactory]:
         "prelude-summarize-shift": lambda policy: prelude.build_prelude(
             "summarize", prelude.shifted(prelude.SUMMARIZE_SOURCES)),
         "prelude-email-shift": lambda policy: prelude.build_prelude("email", prelude.shifted(prelude.EMAIL_SOURCES)),
+        "prelude-summarize-long": lambda policy: prelude.build_prelude("summarize", long=True),
+        "prelude-summarize-long-shift": lambda policy: prelude.build_prelude(
+            "summarize", prelude.shifted(prelude.SUMMARIZE_SOURCES), long=True),
     }
 
 
@@ -101,11 +104,15 @@ TASK_DESCRIPTIONS = {
     "assistant-reactions": "119 assistant requests and a panel of simulated users who rarely love an answer "
                            "(reactions)",
     "synthetic-reactions": "tiny-model reaction task, for tests",
-    "prelude-summarize": "summarize documents from nine sources, each user with a latent style preference; "
-                         "R* = minus the words the user changes (learning from user edits)",
+    "prelude-summarize": "summarize short documents (35–42 words) from five sources, each source's users with a "
+                         "latent style preference; R* = minus the tokens the user changes (learning from user edits)",
     "prelude-email": "write emails from notes, each user with a latent preference (learning from user edits)",
     "prelude-summarize-shift": "prelude-summarize where the offline log came from users with other preferences",
     "prelude-email-shift": "prelude-email where the offline log came from users with other preferences",
+    "prelude-summarize-long": "prelude-summarize on long documents (140–235 words: news, forum posts, encyclopedia "
+                              "articles, abstracts, film reviews), 40 held-out documents",
+    "prelude-summarize-long-shift": "prelude-summarize-long where the offline log came from users with other "
+                                    "preferences",
     "synthetic-personal": "tiny-model personalization task with rule editors, for tests and quick trials",
 }
 TASK_NAMES = tuple(TASK_DESCRIPTIONS)
