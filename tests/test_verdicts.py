@@ -71,3 +71,30 @@ def test_a_claim_with_fewer_than_two_seed_pairs_is_not_yet_tested_rather_than_ju
 
     entry = {"effect": None, "seeds": [0], "direction": 1}
     assert verdict(entry, 0.05, 0.1) == "not yet tested (1 finished seed pair(s); a paired test needs at least 2)"
+
+
+def test_an_edit_cost_claim_is_judged_per_shown_response_on_its_own_page(tmp_path, monkeypatch):
+    """Lower is better (direction −1); the cost is per shown response; the page is named by the claims file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp.yaml").write_text(
+        "name: toy-edits\nout: runs/toy\nseeds: [0, 1, 2]\nbase: {task: synthetic-personal, model: tiny, rounds: 2, "
+        "offline_edits: 4}\narms:\n  floor: {algorithms: [floor]}\n  pref: {algorithms: [corll]}\nbaseline: floor\n")
+    (tmp_path / "claims.yaml").write_text(
+        "title: Toy edits\npage: edits\nclaims:\n"
+        "  - {id: cheaper, statement: pref is cheaper, experiment: exp.yaml, arm: pref, baseline: floor, "
+        "measure: cost_per_episode, direction: -1, primary: true}\n")
+    # (cumulative cost, responses shown) per seed; pref shows more responses (it asks until it has N pairs)
+    runs = {"floor": [(32, 16), (30, 16), (34, 16)], "pref": [(20, 20), (22, 20), (18, 20)]}
+    for arm, values in runs.items():
+        for seed, (cost, shown) in enumerate(values):
+            folder = tmp_path / "runs" / "toy" / arm / f"seed-{seed}"
+            folder.mkdir(parents=True)
+            records = [{"algorithm": arm, "seed": seed, "round": r, "feedback": 8 * r, "queries": shown * r // 2,
+                        "cumulative_cost": cost * r // 2, "reward": -1.0, "kl": 0.0} for r in (0, 2)]
+            (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    page, data = write_results(tmp_path / "claims.yaml", tmp_path / "docs")
+    assert (page.name, data.name) == ("edits.md", "edits.json")
+    (claim,) = json.loads(data.read_text())["claims"]
+    # per seed: 20/20 − 32/16 = −1.0, 22/20 − 30/16 = −0.775, 18/20 − 34/16 = −1.225
+    assert claim["effect"] == pytest.approx(-1.0) and claim["verdict"] == "reproduced"
+    assert "online edit cost per shown response" in page.read_text()

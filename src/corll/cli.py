@@ -294,7 +294,8 @@ def experiment(
 def verdicts(
     claims: Annotated[Path, typer.Argument(help="Claims file (YAML): each claim's experiment, arms, measure.")] = Path(
         "experiments/claims.yaml"),
-    out: Annotated[Path, typer.Option(help="Folder for results.md, results.json and figures/.")] = Path("docs"),
+    out: Annotated[Path, typer.Option(help="Folder for the page (the claims file's `page`, default results: "
+                                               "results.md, results.json) and figures/.")] = Path("docs"),
 ) -> None:
     """Judge a paper's claims from the experiments run so far: one primary test, the rest Holm-corrected."""
     from corll.experiment import ExperimentError
