@@ -106,6 +106,33 @@ def test_seeds_split_an_experiment_and_the_aggregate_joins_them(tmp_path):
     assert "| corll | 2/2 |" in (out / "results.md").read_text()
 
 
+def test_a_run_another_process_is_training_is_skipped_and_taken_up_later(tmp_path):
+    """Two `corll experiment` commands on one folder split the work: a claimed run is left to its owner."""
+    import subprocess
+    import sys
+
+    experiment = load_experiment(write(tmp_path), tmp_path / "out")
+    claimed = tmp_path / "out" / "corll" / "seed-0"
+    claimed.mkdir(parents=True)
+    holder = subprocess.Popen(  # another process holds the run's claim until its stdin closes
+        [sys.executable, "-c", "import sys, filelock; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
+         "print('held', flush=True); sys.stdin.read()", str(claimed / ".running.lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        seen = []
+        run_experiment(experiment, lambda arm, seed, done, total, record, doing: seen.append((arm, seed, doing)))
+        assert ("corll", 0, "running in another process") in seen
+        assert not (claimed / "metrics.jsonl").exists()  # untouched by this process
+        assert all(RunDir(tmp_path / "out" / arm / f"seed-{seed}").read_metrics()
+                   for arm, seed in (("dueling", 0), ("corll", 1), ("dueling", 1)))
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    result = run_experiment(experiment)  # the claim is gone with its process: this run is taken up
+    assert result["arms"]["corll"]["finished_seeds"] == [0, 1]
+
+
 @pytest.mark.parametrize(("option", "message"), [
     (["--seeds", "3"], "--seeds 3 not in the experiment's seeds [0, 1]"),
     (["--seeds", "0;1"], "comma-separated integers"),

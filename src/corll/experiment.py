@@ -20,11 +20,12 @@ one resumes from its checkpoint. The aggregate (`aggregate.json`, figures,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import statistics
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,6 +192,26 @@ def check_folder_matches(folder: Path, config: SimulationConfig) -> None:
                               "delete that folder or choose another output folder")
 
 
+@contextlib.contextmanager
+def claimed(folder: Path) -> Iterator[bool]:
+    """Hold a run's claim while it trains (an OS file lock, released if the process dies): processes that
+    share one experiment folder, e.g. two one-thread `corll experiment` commands, each skip the runs the
+    other is training, so starting the same command twice splits the work."""
+    from filelock import FileLock, Timeout
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / ".running.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
 RunProgress = Callable[[str, int, int, int, dict | None, str], None]  # arm, seed, done, total rounds, record, doing
 
 
@@ -201,12 +222,16 @@ def run_experiment(experiment: Experiment, progress: RunProgress = lambda *_: No
     for _, _, config, folder in runs:
         check_folder_matches(folder, config)
     for arm, seed, config, folder in runs:
-        if run_is_finished(folder, config):
-            progress(arm, seed, config.rounds, config.rounds, None, "")
-            continue
-        resume = RunDir(folder).config_file.exists()
-        run_simulation(config, folder, resume=resume,
-                       progress=lambda _name, done, record, doing: progress(arm, seed, done, config.rounds, record, doing))
+        with claimed(folder) as mine:
+            if not mine:
+                progress(arm, seed, 0, config.rounds, None, "running in another process")
+                continue
+            if run_is_finished(folder, config):
+                progress(arm, seed, config.rounds, config.rounds, None, "")
+                continue
+            resume = RunDir(folder).config_file.exists()
+            run_simulation(config, folder, resume=resume, progress=lambda _name, done, record, doing: progress(
+                arm, seed, done, config.rounds, record, doing))
     if experiment.regret_samples:
         best_of_expert(experiment)
     return aggregate(experiment)
