@@ -95,35 +95,13 @@ def test_the_early_ensemble_adds_its_three_weighted_losses(policy):
     edits = [Edit(draft="x y", text="x q y"), Edit(draft="z", text="z z"), None]
     ensemble = EarlyEnsemble(policy, DPOLearner(policy, DPOConfig(lr=1e-3)), editor=None,
                              preference_weight=2.0, sft_weight=0.5, cost_weight=3.0)
-    ensemble.ranking.pending = [PreferencePair("ab", "x y", "y x")]  # a cost pair from the last act
-    ensemble.ranking.answered = list(prompts)  # which answered every prompt: no fresh samples are ranked
+    ensemble.pending = [PreferencePair("ab", "x y", "y x")]  # a cost pair from the last act
     with torch.no_grad():
         sft = sft_loss(policy, ensemble.dpo.optim.model, prompts, ["x q y", "z z", "w"], 3).item()
     stats = ensemble.learn(prompts, drafts, edits)
     assert stats.loss == pytest.approx(0.5 * sft + 2.0 * math.log(2) + 3.0 * math.log(2), rel=1e-4)
-    assert ensemble.ranking.model.targets == [0.5, 1.0, 0.0]  # normalised costs: 1 of 2 tokens, 1 of 1, kept
-    assert ensemble.ranking.pending == []  # the cost pairs are used once
-
-
-def test_the_cost_learner_steps_on_prompts_it_did_not_answer(policy, monkeypatch):
-    """Offline (π_0 answered) and in the late ensemble (another member answered) the cost learner ranks k
-    fresh samples of its own for those prompts, so it steps wherever the other learners do."""
-    from corll.learners.edits import CostAgent
-
-    agent = CostAgent(policy, DPOLearner(policy, DPOConfig(lr=1e-3)), editor=None, k=4)
-    sampled = []
-    original = policy.sample
-    monkeypatch.setattr(policy, "sample", lambda prompts, k, **kw: sampled.append(list(prompts)) or original(prompts, k, **kw))
-    prompts = ["word 1", "word 2", "word 3"]
-    drafts = ["Ab", "cd", "E1"]
-    edits = [Edit("Ab", "eb"), None, Edit("E1", "e1")]
-    agent.ranking.model.observe(prompts, ["Xy", "ab", "Q"], [2, 0, 1])  # costs seen before: the ranking differs
-    stats = agent.learn(prompts, drafts, edits)  # nobody of this agent answered: the offline phase
-    assert sampled == [prompts] and stats is not None
-    agent.act(["word 1"])  # now it answers one prompt of the next three
-    sampled.clear()
-    agent.learn(["word 1", "word 4", "word 5"], drafts, edits)
-    assert sampled == [["word 4", "word 5"]]  # the answered prompt's pairs come from its own act
+    assert ensemble.model.targets == [0.5, 1.0, 0.0]  # normalised costs: 1 of 2 words, 1 of 1, kept
+    assert ensemble.pending == []  # the cost pairs are used once
 
 
 def test_an_interrupted_late_ensemble_resumes_exactly(tmp_path):

@@ -10,8 +10,7 @@ CoRLL, so `corll simulate --algorithm sft|cost|ensemble-early|ensemble-late` rec
 - cost: learns from c alone. A ridge-regression cost model on MiniLM embeddings of (x, y) is fitted
   on every observed (x, y, c); the agent shows the lowest-predicted-cost of k samples, and trains on
   the pair (lowest ≻ highest predicted cost) — preferences ordered by predicted cost, since only the
-  shown sample's cost is observed. For prompts it did not answer (the offline phase, other members'
-  episodes) it ranks k fresh samples, so it takes a step wherever the preference and SFT learners do.
+  shown sample's cost is observed.
 - ensemble-early: one model, one step on w_pref·DPO(ȳ ≻ y) + w_sft·SFT(ȳ) + w_cost·DPO(lowest ≻ highest
   predicted cost among its k samples); it shows the implicit-reward argmax of the same samples, as CoRLL.
 - headroom (a bound, not a learner): the least-edited of k π_0 samples under the true editor.
@@ -22,7 +21,6 @@ CoRLL, so `corll simulate --algorithm sft|cost|ensemble-early|ensemble-late` rec
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -230,71 +228,36 @@ class CostModel:
 
 
 @dataclass
-class CostRanking:
-    """The cost signal as preferences: pairs ranked among k samples when acting, kept until the edits are in."""
-
-    model: CostModel = field(default_factory=CostModel)
-    pending: list[PreferencePair] = field(default_factory=list)
-    answered: list[str] = field(default_factory=list)  # the prompts of the last act
-
-    def rank(self, prompts: list[str], samples: list[list[str]]) -> list[str]:
-        """The lowest-predicted-cost sample per prompt; the ranked pairs wait for the edits (`pairs`)."""
-        drafts, self.pending = self.model.rank(prompts, samples)
-        self.answered = list(prompts)
-        return drafts
-
-    def pairs(self, policy: Policy, prompts: list[str], drafts: list[str], edits: list[Edit | None],
-              k: int) -> list[PreferencePair]:
-        """Refit on the observed costs; then a pair for every prompt: those ranked when acting and, for prompts
-        this learner did not answer (the offline phase; another member's episodes in the late ensemble), pairs
-        among k fresh samples ranked by the refitted model. So the cost learner steps wherever the preference
-        and SFT learners do, instead of only on its own episodes."""
-        self.model.observe(prompts, drafts, edit_costs(drafts, edits))
-        answered, others = Counter(self.answered), []
-        for x in prompts:
-            if answered[x]:
-                answered[x] -= 1
-            else:
-                others.append(x)
-        fresh = self.model.rank(others, policy.sample(others, k))[1] if others else []
-        pairs, self.pending, self.answered = self.pending + fresh, [], []
-        return pairs
-
-    def state_dict(self) -> dict:
-        return self.model.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state)
-
-
-@dataclass
 class CostAgent:
     policy: Policy
     learner: DPOLearner
     editor: Editor | None
     k: int = 4
     batch_size: int = 8
-    ranking: CostRanking = field(default_factory=CostRanking)
+    model: CostModel = field(default_factory=CostModel)
+    pending: list[PreferencePair] = field(default_factory=list)
 
     def act(self, prompts: list[str]) -> list[str]:
-        return self.ranking.rank(prompts, self.policy.sample(prompts, self.k))
+        drafts, self.pending = self.model.rank(prompts, self.policy.sample(prompts, self.k))
+        return drafts
 
     def learn(self, prompts: list[str], drafts: list[str], edits: list[Edit | None]) -> StepStats | None:
-        """Refit the cost model on the observed costs; one DPO step on the cost-ranked pairs."""
-        pairs = self.ranking.pairs(self.policy, prompts, drafts, edits, self.k)
+        """Refit the cost model on the observed costs; step on the pairs of its own last act, if any."""
+        self.model.observe(prompts, drafts, edit_costs(drafts, edits))
+        pairs, self.pending = self.pending, []
         return self.learner.step(pairs) if pairs else None
 
     def state_dict(self) -> dict:
-        return {"learner": self.learner.state_dict(), "cost_model": self.ranking.state_dict()}
+        return {"learner": self.learner.state_dict(), "cost_model": self.model.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.learner.load_state_dict(state["learner"])
-        self.ranking.load_state_dict(state["cost_model"])
+        self.model.load_state_dict(state["cost_model"])
 
     def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
         prompts = next_prompts(self.batch_size)
         drafts = self.act(prompts)
-        pairs = list(self.ranking.pending)
+        pairs = list(self.pending)
         edits = self.editor.edit(prompts, drafts)
         return _log(prompts, drafts, edits, pairs), self.learn(prompts, drafts, edits)
 
@@ -307,18 +270,20 @@ class EarlyEnsemble:
         self.policy, self.dpo, self.editor = policy, dpo, editor
         self.k, self.batch_size = k, batch_size
         self.preference_weight, self.sft_weight, self.cost_weight = preference_weight, sft_weight, cost_weight
-        self.ranking = CostRanking()
+        self.model = CostModel()
+        self.pending: list[PreferencePair] = []  # cost pairs among the samples of the last act
 
     def act(self, prompts: list[str]) -> list[str]:
         samples = self.policy.sample(prompts, self.k)
-        self.ranking.rank(prompts, samples)
+        _, self.pending = self.model.rank(prompts, samples)
         return implicit_argmax(self.policy, prompts, samples, self.dpo.config.beta)
 
     def learn(self, prompts: list[str], drafts: list[str], edits: list[Edit | None]) -> StepStats:
         """One step on the weighted sum, accumulated in micro-batches: memory stays that of one micro-batch
         however many pairs of both kinds a round brings."""
-        cost = self.ranking.pairs(self.policy, prompts, drafts, edits, self.k)
+        self.model.observe(prompts, drafts, edit_costs(drafts, edits))
         preference = [e.to_pair(x) for x, e in zip(prompts, edits) if e is not None]
+        cost, self.pending = self.pending, []
         loss = accumulate_sft(self.policy, self.dpo.optim, prompts, [kept_text(y, e) for y, e in zip(drafts, edits)],
                               weight=self.sft_weight)
         for weight, pairs in ((self.preference_weight, preference), (self.cost_weight, cost)):
@@ -330,11 +295,11 @@ class EarlyEnsemble:
         return edit_round(self, next_prompts)
 
     def state_dict(self) -> dict:
-        return {"dpo": self.dpo.state_dict(), "cost_model": self.ranking.state_dict()}
+        return {"dpo": self.dpo.state_dict(), "cost_model": self.model.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.dpo.load_state_dict(state["dpo"])
-        self.ranking.load_state_dict(state["cost_model"])
+        self.model.load_state_dict(state["cost_model"])
 
 
 class Exp3:
@@ -400,7 +365,7 @@ class LateEnsemble:
     def state_dict(self) -> dict:
         """Every member's weights and optimizer (they train separate adapters), and the bandit."""
         return {"members": [{"trainable": a.policy.trainable_state(), "learner": a.learner.state_dict(),
-                             **({"cost_model": a.ranking.state_dict()} if isinstance(a, CostAgent) else {})}
+                             **({"cost_model": a.model.state_dict()} if isinstance(a, CostAgent) else {})}
                             for a in self.agents],
                 "bandit": list(self.bandit.log_weights), "chosen": list(self.chosen)}
 
@@ -409,5 +374,5 @@ class LateEnsemble:
             agent.policy.load_trainable_state(saved["trainable"])
             agent.learner.load_state_dict(saved["learner"])
             if isinstance(agent, CostAgent):
-                agent.ranking.load_state_dict(saved["cost_model"])
+                agent.model.load_state_dict(saved["cost_model"])
         self.bandit.log_weights, self.chosen = list(state["bandit"]), list(state["chosen"])
