@@ -1,6 +1,5 @@
 """`corll reward-model train|eval` from simulation and from the store; the assistant-reactions task builds."""
 
-import pytest
 from typer.testing import CliRunner
 
 from corll.cli import app

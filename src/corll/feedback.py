@@ -44,6 +44,11 @@ class Edit:
     draft_reward: float | None = None
     edit_reward: float | None = None
     alpha_hat: float | None = None
+    cost: int | None = None  # what the user changed, in their task's measure (None: corll's token measure)
+
+    def changed(self) -> int:
+        """The edit cost: the task's own measure where the editor recorded it, else Levenshtein over tokens."""
+        return self.cost if self.cost is not None else word_edit_distance(self.draft, self.text)
 
     @property
     def mislabeled(self) -> bool:
@@ -74,10 +79,11 @@ def word_edit_distance(a: str, b: str) -> int:
 
 def edit_costs(drafts: Sequence[str], edits: Sequence[Edit | None]) -> list[int]:
     """The cost of each shown draft: the tokens its user changed, 0 when it was kept as it was."""
-    return [0 if e is None else word_edit_distance(y, e.text) for y, e in zip(drafts, edits)]
+    return [0 if e is None else e.changed() for e in edits]
 
 
 def relative_cost(draft: str, cost: int) -> float:
-    """The normalised edit cost: tokens changed per token of the draft, so that short and long responses
-    compare (it exceeds 1 when the user writes more than was there)."""
-    return cost / max(1, len(edit_tokens(draft)))
+    """The normalised edit cost: what the user changed per whitespace word of the draft, so that short and
+    long responses compare (it exceeds 1 when the user writes more than was there). Per word rather than per
+    token: a draft's word count does not depend on its punctuation, whatever measure the task's cost uses."""
+    return cost / max(1, len(draft.split()))

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 from corll.config import ConfigError, SimulationConfig
-from corll.feedback import word_edit_distance
 from corll.config import EDIT_ALGORITHMS
 from corll.learners.dpo import StepStats
 from corll.learners.edits import LateEnsemble, OracleAgent, told
@@ -145,7 +144,7 @@ class Interval:
         self.skipped += log.skipped
         for e in log.edits:
             self.edits += 1
-            self.edit_distance += word_edit_distance(e.draft, e.text)
+            self.edit_distance += e.changed()
             if e.alpha_hat is not None and math.isfinite(e.alpha_hat):
                 self.alpha_hat += e.alpha_hat
                 self.alpha_count += 1

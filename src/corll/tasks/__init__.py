@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from corll.feedback import word_edit_distance
+
 if TYPE_CHECKING:
     from corll.policy import Policy
 
@@ -52,6 +54,7 @@ class Task:
     describe_user: Callable[[str], str] | None = None  # prompt -> its user's preference in words (oracle only)
     # prompt -> the group of users it comes from (PRELUDE: the document's source), for per-source costs
     source_of: Callable[[str], str] | None = None
+    edit_cost: Callable[[str, str], int] = word_edit_distance  # (draft, edit) -> what the user changed
 
 
 def prompted_expert(policy: Policy, system: str) -> ExpertFn:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from corll.feedback import word_edit_distance
+from rapidfuzz.distance import Levenshtein
 from corll.tasks import Task
 
 GOOD = string.ascii_lowercase
@@ -75,6 +75,12 @@ PERSONAL_USERS = {"lower": (GOOD, "e", "Start with a lowercase letter."),
                   "lower-or-digit": (GOOD + string.digits, "7", "Start with a lowercase letter or a digit.")}
 
 
+def whitespace_edit_distance(a: str, b: str) -> int:
+    """The miniature's cost: its users fix one character of the tiny model's gibberish, which word-and-
+    punctuation tokens would split at every symbol; counted over whitespace-separated words instead."""
+    return Levenshtein.distance(a.split(), b.split())
+
+
 def personal_user(prompt: str) -> str:
     return "lower" if int(prompt.split()[-1]) % 2 == 0 else "lower-or-digit"
 
@@ -93,8 +99,9 @@ def personal_edit(prompt: str, response: str) -> str:
 
 def build_personal(policy=None) -> Task:
     def reward(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-        return [-float(word_edit_distance(y, personal_edit(x, y))) for x, y in zip(prompts, responses)]
+        return [-float(whitespace_edit_distance(y, personal_edit(x, y))) for x, y in zip(prompts, responses)]
 
     return Task(name="synthetic-personal", train_prompts=[f"word {i}" for i in range(64)],
                 test_prompts=[f"word {i}" for i in range(64, 80)], reward=reward, local_edit=personal_edit,
-                describe_user=lambda prompt: PERSONAL_USERS[personal_user(prompt)][2], source_of=personal_user)
+                describe_user=lambda prompt: PERSONAL_USERS[personal_user(prompt)][2], source_of=personal_user,
+                edit_cost=whitespace_edit_distance)

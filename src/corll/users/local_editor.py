@@ -32,5 +32,5 @@ class LocalEditor:
         edits: list[Edit | None] = [None] * len(drafts)
         for j, i in enumerate(changed):
             edits[i] = Edit(draft=drafts[i], text=revised[i], draft_reward=rewards[j],
-                            edit_reward=rewards[len(changed) + j])
+                            edit_reward=rewards[len(changed) + j], cost=self.task.edit_cost(drafts[i], revised[i]))
         return edits

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from corll.feedback import Edit, word_edit_distance
+from corll.feedback import Edit
 
 SENTENCE = re.compile(r"(?<=[.!?])\s+")
 WORD = re.compile(r"[A-Za-z']+")
@@ -264,4 +264,4 @@ class RuleEditor:
 
 def edit_cost(draft: str, edit: Edit | None) -> int:
     """Tokens (words and punctuation marks) changed by the user (0 when the response needed no edit)."""
-    return 0 if edit is None else word_edit_distance(draft, edit.text)
+    return 0 if edit is None else edit.changed()
