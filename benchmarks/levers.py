@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of one DPO step")
     parser.add_argument("--skip-threads", action="store_true", help="leave out the thread levers")
     parser.add_argument("--phase", action="append", help="only the levers of this phase (repeatable), e.g. update")
+    parser.add_argument("--only", help="only the levers whose name contains this text, e.g. oneDNN")
     args = parser.parse_args()
     torch.set_num_threads(available_cpus())
     precision = choose_precision("auto").precision
@@ -188,9 +189,21 @@ def main() -> None:
         for x in prompts:
             fast.sample([x], K)
 
-    def score_cold() -> None:
-        fast._reference_cache.clear()
-        fast.implicit_reward(flat_x, flat_y, 0.1)
+    def unpacked() -> Policy:
+        """The same policy with every matmul through the default GEMM (MKL), for the prepacked-kernel lever."""
+        os.environ["CORLL_PACKED_KERNELS"] = "0"
+        try:
+            return policy(precision)
+        finally:
+            del os.environ["CORLL_PACKED_KERNELS"]
+
+    plain = unpacked()
+
+    def score_cold_with(p: Policy) -> Callable[[], object]:
+        def run() -> None:
+            p._reference_cache.clear()
+            p.implicit_reward(flat_x, flat_y, 0.1)
+        return run
 
     def sample_then_forward() -> None:
         out = fast.sample(prompts, K)
@@ -205,7 +218,7 @@ def main() -> None:
         ("log π of the samples read off generate's logits (vs a second forward)", "sample + log π",
          sample_then_forward, lambda: fast.sample_scored(prompts, K)),
         ("each prompt run once for its k samples (vs whole rows)", "score for the argmax",
-         with_patch(score_cold, policy_module, "sequence_logprobs", whole_row_logprobs), score_cold),
+         with_patch(score_cold_with(fast), policy_module, "sequence_logprobs", whole_row_logprobs), score_cold_with(fast)),
         ("each pair's prompt run once for chosen and rejected (vs whole rows)", "update",
          with_patch(update(fast), dpo_module, "sequence_logprobs", whole_row_logprobs), update(fast)),
         ("micro-batches of 4 pairs (vs 2)", "update", update(fast, micro_batch_pairs=2), update(fast)),
@@ -216,7 +229,11 @@ def main() -> None:
         ("eager attention in the training step (vs fused SDPA)", "update",
          with_patch(update(fast), fast, "training_attention", contextlib.nullcontext), update(fast)),
         ("log π₀ cached per (x, y) (vs recomputed)", "score for the argmax",
-         score_cold, lambda: fast.implicit_reward(flat_x, flat_y, 0.1)),
+         score_cold_with(fast), lambda: fast.implicit_reward(flat_x, flat_y, 0.1)),
+        ("frozen weights through oneDNN's prepacked kernels when no gradient is taken (vs MKL's GEMM)", "sample",
+         lambda: plain.sample(prompts, K), lambda: fast.sample(prompts, K)),
+        ("frozen weights through oneDNN's prepacked kernels when no gradient is taken (vs MKL's GEMM)",
+         "score for the argmax", score_cold_with(plain), score_cold_with(fast)),
     ]
     if detect().native_bf16:  # the bf16 levers: only where bf16 is the fast choice
         fp32 = policy("fp32")
@@ -231,6 +248,8 @@ def main() -> None:
         ]
     if args.phase:
         levers = [lever for lever in levers if lever[1] in args.phase]
+    if args.only:
+        levers = [lever for lever in levers if args.only in lever[0]]
     for _, phase, off, on in levers:  # warm-up: a learner's first step pays one-off costs (optimizer state)
         if phase == "update":
             off(), on()
