@@ -98,3 +98,11 @@ def test_an_edit_cost_claim_is_judged_per_shown_response_on_its_own_page(tmp_pat
     # per seed: 20/20 − 32/16 = −1.0, 22/20 − 30/16 = −0.775, 18/20 − 34/16 = −1.225
     assert claim["effect"] == pytest.approx(-1.0) and claim["verdict"] == "reproduced"
     assert "online edit cost per shown response" in page.read_text()
+
+
+def test_a_claim_is_interim_until_the_planned_seeds_have_finished():
+    """No optional stopping: a test that rejects on 2 of 8 planned seeds is shown, not yet a verdict."""
+    entry = {"effect": 1.2, "low": 0.2, "high": 2.2, "p_adjusted": 0.04, "direction": 1, "mde": 1.1,
+             "seeds": [0, 1], "planned_seeds": 8}
+    assert verdict(entry, 0.05, 0.0) == "interim (2 of 8 planned seed pairs finished; judged when all have)"
+    assert verdict({**entry, "seeds": list(range(8))}, 0.05, 0.0) == "reproduced"
