@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: a real LLM (SmolLM2-135M-Instruct) learns from simulated user
 # edits (CoRLL) and, side by side in a second process, from dueling feedback.
-# About 10 minutes on 2 CPU cores (docs/demo.md says on which CPUs it was measured).
+# About 8 minutes on 2 CPU cores without native bf16 (docs/demo.md says on which CPU it was measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
