@@ -70,7 +70,8 @@ def test_a_claim_with_fewer_than_two_seed_pairs_is_not_yet_tested_rather_than_ju
     from corll.verdicts import verdict
 
     entry = {"effect": None, "seeds": [0], "direction": 1}
-    assert verdict(entry, 0.05, 0.1) == "not yet tested (1 finished seed pair(s); a paired test needs at least 2)"
+    assert verdict(entry, 0.05, 0.1) == ("inconclusive (minimum detectable effect not estimable: 1 finished seed "
+                                         "pair(s); a paired test needs at least 2)")
 
 
 def test_an_edit_cost_claim_is_judged_per_shown_response_on_its_own_page(tmp_path, monkeypatch):
@@ -104,5 +105,6 @@ def test_a_claim_is_interim_until_the_planned_seeds_have_finished():
     """No optional stopping: a test that rejects on 2 of 8 planned seeds is shown, not yet a verdict."""
     entry = {"effect": 1.2, "low": 0.2, "high": 2.2, "p_adjusted": 0.04, "direction": 1, "mde": 1.1,
              "seeds": [0, 1], "planned_seeds": 8}
-    assert verdict(entry, 0.05, 0.0) == "interim (2 of 8 planned seed pairs finished; judged when all have)"
+    assert verdict(entry, 0.05, 0.0) == ("inconclusive (minimum detectable effect 1.100; interim: 2 of 8 planned "
+                                         "seed pairs finished)")
     assert verdict({**entry, "seeds": list(range(8))}, 0.05, 0.0) == "reproduced"
