@@ -13,10 +13,15 @@ copy costs memory: one more copy of every frozen weight.
 
 from __future__ import annotations
 
+import os
 import types
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from corll.policy import Policy
 
 
 def available() -> bool:
@@ -47,3 +52,13 @@ def pack_frozen_linears(model: torch.nn.Module) -> int:
             module.forward = types.MethodType(_packed_forward, module)
             count += 1
     return count
+
+
+def fast_inference(policy: Policy) -> Policy:
+    """In fp32 on a CPU, the policy's (and its frozen reference's) frozen weights run through the prepacked
+    kernels whenever no gradient is taken. Set CORLL_PACKED_KERNELS=0 to compare or to save the memory."""
+    if policy.precision == "fp32" and available() and os.environ.get("CORLL_PACKED_KERNELS", "1") != "0":
+        for model in (policy.model, policy._reference_model):
+            if model is not None:
+                pack_frozen_linears(model)
+    return policy

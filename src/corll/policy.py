@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from corll.cpu_kernels import fast_inference
 from corll.config import SMOLLM2, TINY, ModelNotFoundError, resolve_model
 from corll.feedback import Prompt
 from corll.hardware import choose_precision
@@ -597,15 +598,3 @@ def load_policy(name: str, *, lora: LoraSettings | None = LoraSettings(), init_a
     policy = Policy(model, tokenizer, sampling=sampling, precision=precision, source=(name, seed))
     policy._mark_trainable("default")
     return fast_inference(policy)
-
-
-def fast_inference(policy: Policy) -> Policy:
-    """In fp32 on a CPU, frozen weights run through oneDNN's prepacked kernels whenever no gradient is taken
-    (`cpu_kernels`): decoding's few-row matmuls run 2–4× faster. Set CORLL_PACKED_KERNELS=0 to compare."""
-    from corll import cpu_kernels
-
-    if policy.precision == "fp32" and cpu_kernels.available() and os.environ.get("CORLL_PACKED_KERNELS", "1") != "0":
-        for model in (policy.model, policy._reference_model):
-            if model is not None:
-                cpu_kernels.pack_frozen_linears(model)
-    return policy
