@@ -1,21 +1,24 @@
-"""Seed 004 on SmolLM2-135M-Instruct and `assistant-reactions`: every number of docs/reactions.md.
+"""Learning from reactions on SmolLM2-135M-Instruct: the reward-model and offline–online evidence of docs/reactions.md.
 
-    .venv/bin/python experiments/reactions.py [--out runs/reactions] [--figures docs/figures]
+    .venv/bin/python experiments/reactions.py [--out results/reactions] [--seeds 0,1,2]
 
-Stages, each saved to OUT/<stage>.json and skipped when that file exists (so an interrupted
-study resumes; the RLUF runs resume from their checkpoints):
+The RLUF runs are an experiment of their own (`corll experiment experiments/reactions-rluf.yaml`);
+this script measures what the runs cannot, and writes `OUT/study.json`, which
+`corll verdicts experiments/claims-reactions.yaml` reads beside the runs. Stages, each saved to
+OUT/<stage>.json and skipped when present (an interrupted study resumes):
 
-1. reward-model — P[Love] trained on the task's logged reactions to π_0 (the task trains and
-   caches it on first use), and the same training on the other feature sets; held-out AUROC and
-   ECE on fresh π_0 answers to the test requests, against drawn reactions and against the
-   panel's true love probability; a reliability plot.
-2. rluf-*, rloo-* — online RLUF (best-vs-worst of n DPO) at a balanced and a love-only
-   weighting, and RLOO at the balanced one, with the reward-hacking monitor's flags.
-3. kto, kto-low-lr — KTO trained offline on exactly the reaction log the reward model was
-   trained on (equal feedback), at RLUF's learning rate and at a fifth of it, evaluated like
-   the RLUF runs.
-4. variants — offline mean P[Love] vs simulated online love rate over policy variants
-   (π_0 under different system prompts, and the trained policies): Pearson r.
+1. rm-seed-<s> — an independent reaction log per seed (π₀'s answers to the 89 training requests,
+   8 each, and the simulated panel's reactions), and two P[Love] models trained on it: the
+   well-specified one (an MLP on the five text features the users' tastes are built from) and a
+   misspecified one (logistic regression on MiniLM embeddings of request and answer, weight decay
+   chosen by 4-fold cross-validation). Both are evaluated on one fixed set of fresh π₀ answers to
+   the 30 held-out requests against drawn reactions and against the panel's true love probability.
+2. variants — policy variants: π₀ under system prompts, and the finished RLUF runs of
+   results/reactions-rluf. Each answers every held-out request 4 times; its online love rate is
+   drawn from IMPRESSIONS simulated impressions (a random answer, a random panel user, one
+   reaction), beside the expected rate; its offline score is the mean P[Love] under the
+   *evaluation* reward models — those of seeds other than 0, whose logs no variant was trained
+   against (the RLUF runs optimize the task's model, trained on seed 0's log).
 """
 
 from __future__ import annotations
@@ -23,35 +26,30 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import random
 import statistics
 import sys
 from pathlib import Path
 
 import torch
-from scipy.stats import pearsonr, spearmanr
+from scipy.stats import pearsonr
 
-from corll.learners import KTOConfig, KTOLearner
-from corll.learners.kto import Reaction
 from corll.metrics import auroc, expected_calibration_error, reliability_bins
-from corll.reward_model import (FEATURE_SETS, RewardModel, RewardModelConfig, plot_reliability, reward_features,
+from corll.reward_model import (RewardModel, RewardModelConfig, cross_validated, plot_reliability, reward_features,
                                  train_reward_model)
-from corll.simulate import SimulationConfig, build_policy, evaluate, run_simulation
+from corll.simulate import SimulationConfig, build_policy
 from corll.tasks import load_task
-from corll.tasks.reactions import cached_reward_model_path, read_reaction_log, reaction_log_path
+from corll.tasks.reactions import cached_reaction_log, split_requests
 
-BASE = SimulationConfig(task="assistant-reactions", rounds=10, batch_size=8, k=4, lr=5e-4, beta=0.1,
-                        max_new_tokens=32, eval_every=5, eval_prompts=30, eval_samples=2, checkpoint_every=5)
-WEIGHTS = {"balanced": "love=5,help=1,safe=1", "love-only": "love=1"}
-# run name -> (update, weighting, settings beyond BASE): the two weightings with RLUF's DPO update, RLOO at
-# the balanced one, and both weightings again optimized harder (4× the learning rate, twice the rounds)
-STRONG = {"lr": 2e-3, "rounds": 20, "eval_every": 10, "checkpoint_every": 5}
-RUNS = {"rluf-balanced": ("rluf", "balanced", {}), "rluf-love-only": ("rluf", "love-only", {}),
-        "rloo-balanced": ("rloo", "balanced", {}),
-        "rluf-balanced-strong": ("rluf", "balanced", STRONG), "rluf-love-only-strong": ("rluf", "love-only", STRONG)}
-HELD_OUT_SAMPLES = 8  # π_0 answers per test request for the reward model's held-out evaluation
-REACTION_DRAWS = 20  # reactions drawn per held-out answer: a low-noise estimate of AUROC on reactions
-VARIANT_SAMPLES = 3
+BASE = SimulationConfig(task="assistant-reactions", model="smollm2-135m-instruct", max_new_tokens=32)
+RLUF_RESULTS = Path("results/reactions-rluf")
+WELL_SPECIFIED = RewardModelConfig(features="text")
+MISSPECIFIED = RewardModelConfig(features="embeddings", hidden=0)
+HELD_OUT_SAMPLES = 8  # π₀ answers per held-out request for the reward models' evaluation
+REACTION_DRAWS = 20  # reactions drawn per held-out answer: a low-noise AUROC on reactions
+VARIANT_SAMPLES = 4
+IMPRESSIONS = 1000  # drawn reactions per variant: about 40 loves at π₀'s rate, what a small A/B arm sees
 SYSTEM_PROMPTS = {
     "plain": None,
     "warm": "You are a warm, upbeat assistant. Answer helpfully and kindly.",
@@ -60,8 +58,14 @@ SYSTEM_PROMPTS = {
     "terse": "Answer in as few words as possible.",
     "off-topic": "Ignore the question and talk about the weather instead.",
     "rude": "You are a grumpy assistant. Answer curtly and sound annoyed.",
+    "expert": "You are a precise expert. Give concrete, specific steps and facts.",
+    "cheerful": "You are cheerful and encouraging. Use lots of positive words!",
+    "formal": "Answer in a formal, neutral, impersonal tone.",
+    "long": "Give a detailed, thorough answer with several points.",
+    "question": "Answer with a question back to the user before helping.",
+    "sad": "You are a gloomy assistant who finds everything a bit depressing.",
+    "list": "Answer as a short bulleted list.",
 }
-EXAMPLE_PROMPTS = 4
 
 
 def stage(out: Path, name: str, compute) -> dict:
@@ -76,178 +80,205 @@ def stage(out: Path, name: str, compute) -> dict:
     return result
 
 
-def draws(probabilities: list[float], times: int, seed: int) -> tuple[list[float], list[int]]:
-    """Each answer's probability repeated `times`, with one Bernoulli reaction per copy."""
-    rng = random.Random(seed)
-    ps = [p for p in probabilities for _ in range(times)]
-    return ps, [int(rng.random() < p) for p in ps]
-
-
-def reward_model_stage(policy, task, figures: Path) -> dict:
-    """The task's P[Love] model, and the same training on the two other feature sets, on fresh held-out answers."""
-    train_xs, train_ys, train_labels = read_reaction_log(reaction_log_path(policy))
-    prompts = task.test_prompts
+def sample_answers(policy, prompts: list[str], per_prompt: int, seed: int, system: str | None = None):
     with torch.random.fork_rng():
-        torch.manual_seed(2024)
-        samples = policy.sample(prompts, HELD_OUT_SAMPLES, use_reference=True)
-    xs = [x for x in prompts for _ in range(HELD_OUT_SAMPLES)]
-    ys = [y for s in samples for y in s]
-    truth = task.reward(xs, ys)  # the panel's love probability (a random user reacts to each answer)
-    repeated, labels = draws(truth, REACTION_DRAWS, seed=5)
-    one_draw = labels[::REACTION_DRAWS]
-    feature_sets = {}
-    for kind in FEATURE_SETS:
-        rm = (RewardModel.load(cached_reward_model_path(policy, kind)) if kind == RewardModelConfig().features else
-              train_reward_model(reward_features(train_xs, train_ys, kind), train_labels, RewardModelConfig(features=kind)))
-        predicted = rm.predict(xs, ys)
+        torch.manual_seed(seed)
+        samples = policy.sample(prompts, per_prompt, system=system)
+    return [x for x in prompts for _ in range(per_prompt)], [y for s in samples for y in s], samples
+
+
+def held_out_set(policy, task) -> dict:
+    """Fresh π₀ answers to the held-out requests, their true love probability and drawn reactions."""
+    xs, ys, _ = sample_answers(policy, task.test_prompts, HELD_OUT_SAMPLES, seed=2024)
+    truth = task.reward(xs, ys)
+    rng = random.Random(5)
+    labels = [[int(rng.random() < p) for _ in range(REACTION_DRAWS)] for p in truth]
+    return {"prompts": xs, "responses": ys, "truth": truth, "labels": labels}
+
+
+def reward_models(out: Path, policy, task, train: list[str], seed: int) -> tuple[dict[str, RewardModel], dict]:
+    """Both P[Love] models on seed `seed`'s log, trained once and kept in OUT/models (retrained, identically,
+    where a fresh clone lacks the weights), and the settings each was trained with."""
+    xs, ys, labels = cached_reaction_log(policy, train, task.react, seed)
+    models, settings = {}, {}
+    for name, config in (("well-specified", WELL_SPECIFIED), ("misspecified", MISSPECIFIED)):
+        path = out / "models" / f"rm-seed-{seed}-{name}.pt"
+        config = dataclasses.replace(config, seed=seed)
+        if path.exists():
+            models[name] = RewardModel.load(path)
+            config = dataclasses.replace(config, **RewardModel.details(path)["config"])
+        else:
+            features = reward_features(xs, ys, config.features)
+            if config.hidden == 0:
+                config = cross_validated(features, labels, config)
+            models[name] = train_reward_model(features, labels, config)
+            models[name].save(path, details={"config": {"weight_decay": config.weight_decay}})
+        settings[name] = {"features": config.features, "hidden": config.hidden, "weight_decay": config.weight_decay}
+    return models, {"answers": len(labels), "loves": sum(labels), "settings": settings}
+
+
+def rm_stage(out: Path, policy, task, train: list[str], held: dict, seed: int, figures: Path) -> dict:
+    """Seed `seed`'s log, both reward models trained on it, and their held-out scores."""
+    models, log = reward_models(out, policy, task, train, seed)
+    repeated = [p for p in held["truth"] for _ in range(REACTION_DRAWS)]
+    drawn = [v for row in held["labels"] for v in row]
+    result = {"seed": seed, "log": {"answers": log["answers"], "loves": log["loves"]}, "models": {},
+              "oracle_auroc": auroc(repeated, drawn),  # ranking by the true probability: the ceiling
+              "true_love_rate": statistics.fmean(held["truth"])}
+    for name, model in models.items():
+        predicted = model.predict(held["prompts"], held["responses"])
         predicted_rep = [p for p in predicted for _ in range(REACTION_DRAWS)]
-        feature_sets[kind] = {
-            "auroc": auroc(predicted_rep, labels), "ece": expected_calibration_error(predicted_rep, labels, 10),
-            "auroc_one_draw": auroc(predicted, one_draw) if 0 < sum(one_draw) < len(one_draw) else None,
-            "mean_prediction": statistics.fmean(predicted),
-            "pearson_vs_true_probability": pearsonr(predicted, truth).statistic,
-            "spearman_vs_true_probability": spearmanr(predicted, truth).statistic}
-        if kind == RewardModelConfig().features:
-            bins = [dataclasses.asdict(b) for b in reliability_bins(predicted_rep, labels, 10)]
-            plot_reliability(bins, figures / "reactions-reliability.png", f"P[Love], {len(ys)} held-out answers")
+        bins = [dataclasses.asdict(b) for b in reliability_bins(predicted_rep, drawn, 10)]
+        if name == "well-specified" and seed == 0:
+            plot_reliability(bins, figures / "reactions-reliability.png", f"P[Love], {len(predicted)} held-out answers")
+        result["models"][name] = {
+            **log["settings"][name], "auroc": auroc(predicted_rep, drawn),
+            "ece": expected_calibration_error(predicted_rep, drawn, 10),
+            "mean_prediction": statistics.fmean(predicted), "bins": bins,
+            "pearson_vs_true_probability": pearsonr(predicted, held["truth"]).statistic}
+    return result
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson's 95% interval for a binomial rate (honest near 0, where love rates live)."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def variant_row(policy, task, models: dict[int, dict[str, RewardModel]], seed: int, system: str | None) -> dict:
+    xs, ys, samples = sample_answers(policy, task.test_prompts, VARIANT_SAMPLES, seed, system)
+    truth = task.reward(xs, ys)
+    rng = random.Random(seed)
+    shown = [rng.randrange(len(ys)) for _ in range(IMPRESSIONS)]
+    loves = sum(rng.random() < truth[i] for i in shown)
+    low, high = wilson(loves, IMPRESSIONS)
+    offline = {str(s): {name: statistics.fmean(rm.predict(xs, ys)) for name, rm in pair.items()}
+               for s, pair in models.items()}
+    extra = task.metrics(xs, ys)
+    return {"expected_love_rate": statistics.fmean(truth), "impressions": IMPRESSIONS, "loves": loves,
+            "drawn_love_rate": loves / IMPRESSIONS, "drawn_low": low, "drawn_high": high, "offline": offline,
+            "help": extra["help"], "distinct_2": extra["distinct_2"], "answers": len(ys),
+            "examples": [{"request": x, "response": s[0]} for x, s in zip(task.test_prompts[:3], samples)]}
+
+
+def variants(out: Path, base: SimulationConfig, policy, task, train: list[str], seeds: list[int]) -> dict:
+    """Every variant's row, each a stage of its own: a finished RLUF run joins when it appears."""
+    models = {s: reward_models(out, policy, task, train, s)[0] for s in seeds}
+    rows = {f"π₀ {name}": stage(out, f"variant-prompt-{name}",
+                                lambda i=i, system=system: variant_row(policy, task, models, 300 + i, system))
+            for i, (name, system) in enumerate(SYSTEM_PROMPTS.items())}
+    for i, adapter in enumerate(sorted(RLUF_RESULTS.glob("*/seed-*/policies/rluf"))):
+        arm, run_seed = adapter.parts[-4], adapter.parts[-3]
+        if not (adapter.parents[1] / "summary.json").exists():
+            continue  # a run still going
+
+        def row(adapter=adapter, i=i) -> dict:
+            trained = build_policy(dataclasses.replace(base, init_adapter=str(adapter)))
+            return variant_row(trained, task, models, 400 + i, None)
+
+        rows[f"RLUF {arm} {run_seed}"] = stage(out, f"variant-rluf-{arm}-{run_seed}", row)
+    return {"variants": rows, "evaluation_seeds": [s for s in seeds if s != 0]}
+
+
+def correlation(rows: dict, seeds: list[int], model: str) -> dict:
+    """Offline mean P[Love] (averaged over the evaluation models) against the drawn online love rate."""
+    names = list(rows)
+    offline = [statistics.fmean(rows[n]["offline"][str(s)][model] for s in seeds) for n in names]
+    return {"kind": "correlation", "labels": names, "x": offline, "y": [rows[n]["drawn_love_rate"] for n in names],
+            "y_expected": [rows[n]["expected_love_rate"] for n in names], "seeds": seeds}
+
+
+def study(rms: dict[int, dict], found: dict) -> dict:
+    """The per-claim inputs `corll verdicts` tests (see corll.verdicts: kind 'seeds' and 'correlation')."""
+    seeds = sorted(rms)
+    chance = {str(s): 0.5 for s in seeds}
+    auroc_of = {name: {str(s): rms[s]["models"][name]["auroc"] for s in seeds}
+                for name in ("well-specified", "misspecified")}
+    feedback = rms[seeds[0]]["log"]["answers"]
+    evaluation = found["evaluation_seeds"]
     return {
-        "train_log": {"answers": len(train_labels), "loves": sum(train_labels),
-                      "base_rate": sum(train_labels) / len(train_labels)},
-        "held_out_answers": len(ys), "reaction_draws": REACTION_DRAWS, "loves_one_draw": sum(one_draw),
-        "true_love_rate": statistics.fmean(truth),
-        "oracle_auroc": auroc(repeated, labels),  # ranking by the true probability: the ceiling
-        "features": RewardModelConfig().features, "feature_sets": feature_sets, "bins": bins,
-        **feature_sets[RewardModelConfig().features],
+        "rm-auroc": {"kind": "seeds", "values": auroc_of["well-specified"], "baseline_values": chance,
+                     "feedback_per_arm": feedback},
+        "rm-auroc-misspecified": {"kind": "seeds", "values": auroc_of["misspecified"], "baseline_values": chance,
+                                  "feedback_per_arm": feedback},
+        "rm-specification-gap": {"kind": "seeds", "values": auroc_of["well-specified"],
+                                 "baseline_values": auroc_of["misspecified"], "feedback_per_arm": feedback},
+        "offline-online": correlation(found["variants"], evaluation, "well-specified"),
+        "offline-online-misspecified": correlation(found["variants"], evaluation, "misspecified"),
     }
 
 
-def rluf_stage(out: Path, base: SimulationConfig, name: str) -> dict:
-    algorithm, weighting, settings = RUNS[name]
-    config = dataclasses.replace(base, algorithms=[algorithm], weights=WEIGHTS[weighting], **settings)
-    summary = run_simulation(config, out / name, resume=(out / name).exists())
-    records = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
-    return {"algorithm": algorithm, "weights": WEIGHTS[weighting], "summary": summary[algorithm], "curve": records,
-            "adapter": str(out / name / "policies" / algorithm)}
+def fisher(x: list[float], y: list[float]) -> str:
+    """r with its 95% interval (Fisher's z), as the page prints it."""
+    if len(x) < 4:
+        return "–"
+    r = pearsonr(x, y).statistic
+    z, half = math.atanh(max(min(r, 0.999999), -0.999999)), 1.96 / math.sqrt(len(x) - 3)
+    return f"{r:+.2f} [{math.tanh(z - half):+.2f}, {math.tanh(z + half):+.2f}]"
 
 
-def kto_stage(out: Path, base: SimulationConfig, task, name: str, lr: float) -> dict:
-    """KTO on the same logged reactions the reward model saw: one epoch, batches of 16."""
-    policy = build_policy(base)
-    xs, ys, labels = read_reaction_log(reaction_log_path(policy))
-    examples = [Reaction(x, y, bool(v)) for x, y, v in zip(xs, ys, labels)]
-    random.Random(0).shuffle(examples)
-    learner = KTOLearner(policy, KTOConfig(beta=base.beta, lr=lr))
-    before = evaluate(policy, task, base)
-    for start in range(0, len(examples), 16):
-        learner.step(examples[start:start + 16])
-    after = evaluate(policy, task, base)
-    adapter = out / f"{name}-adapter"
-    policy.model.save_pretrained(adapter)
-    return {"lr": lr, "feedback": len(examples), "loves": sum(labels), "steps": -(-len(examples) // 16),
-            "before": before, "after": after, "adapter": str(adapter)}
-
-
-def variant_row(policy, task, rm: RewardModel, system: str | None, seed: int) -> dict:
-    prompts = task.test_prompts
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        samples = policy.sample(prompts, VARIANT_SAMPLES, system=system)
-    xs = [x for x in prompts for _ in range(VARIANT_SAMPLES)]
-    ys = [y for s in samples for y in s]
-    truth = task.reward(xs, ys)
-    _, drawn = draws(truth, 1, seed=seed)
-    return {"offline_p_love": statistics.fmean(rm.predict(xs, ys)), "online_love_rate": statistics.fmean(truth),
-            "drawn_love_rate": statistics.fmean(drawn), "answers": len(ys),
-            "examples": [{"request": x, "response": s[0]} for x, s in zip(prompts[:EXAMPLE_PROMPTS], samples)]}
-
-
-def variants_stage(policy, base: SimulationConfig, task, adapters: dict[str, str], figures: Path) -> dict:
-    rm = RewardModel.load(cached_reward_model_path(policy))
-    rows = {f"π_0 {name}": variant_row(policy, task, rm, system, seed=300 + i)
-            for i, (name, system) in enumerate(SYSTEM_PROMPTS.items())}
-    for i, (name, adapter) in enumerate(adapters.items()):
-        trained = build_policy(dataclasses.replace(base, init_adapter=adapter))
-        rows[name] = variant_row(trained, task, rm, None, seed=400 + i)
-    offline = [r["offline_p_love"] for r in rows.values()]
-    online = [r["online_love_rate"] for r in rows.values()]
-    drawn = [r["drawn_love_rate"] for r in rows.values()]
-    plot_variants(rows, figures / "reactions-offline-online.png")
-    return {"variants": rows, "pearson_r": pearsonr(offline, online).statistic,
-            "pearson_r_drawn": pearsonr(offline, drawn).statistic,
-            "spearman_rho": spearmanr(offline, online).statistic}
-
-
-def plot_variants(rows: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+def study_markdown(rms: dict[int, dict], found: dict, result: dict) -> str:
+    """The study's tables for docs/reactions.md (appended by `corll verdicts`)."""
+    lines = ["## The reward models, per independent log", "",
+             f"Held-out: {HELD_OUT_SAMPLES} fresh π₀ answers to each of the 30 held-out requests, {REACTION_DRAWS} "
+             "drawn reactions each; “ceiling” ranks by the true love probability (reactions are random draws, so "
+             "no model ranks them perfectly).", "",
+             "| log seed | loves / answers | well-specified AUROC | ECE | r with true P | misspecified AUROC "
+             "| ECE | r with true P | weight decay (CV) | ceiling AUROC |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for s, rm in sorted(rms.items()):
+        w, m = rm["models"]["well-specified"], rm["models"]["misspecified"]
+        lines.append(f"| {s} | {rm['log']['loves']} / {rm['log']['answers']} | {w['auroc']:.3f} | {w['ece']:.3f} | "
+                     f"{w['pearson_vs_true_probability']:+.2f} | {m['auroc']:.3f} | {m['ece']:.3f} | "
+                     f"{m['pearson_vs_true_probability']:+.2f} | {m['weight_decay']:g} | {rm['oracle_auroc']:.3f} |")
+    rows, seeds = found["variants"], found["evaluation_seeds"]
+    lines += ["", "![reliability](figures/reactions-reliability.png)", "",
+              "## Offline P[Love] and online love rates, per policy variant", "",
+              f"Each variant answers the 30 held-out requests {VARIANT_SAMPLES} times. Online: {IMPRESSIONS} drawn "
+              "reactions (Wilson 95% interval) beside the expected rate; offline: mean P[Love] under the reward "
+              f"models of log seeds {', '.join(map(str, seeds))}, which no variant was trained against.", "",
+              "| variant | expected love rate | drawn love rate [95%] | offline P[Love], well-specified | "
+              "offline, misspecified | helpfulness | distinct-2 |", "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
-        ax.scatter(r["offline_p_love"], r["online_love_rate"])
-        ax.annotate(name, (r["offline_p_love"], r["online_love_rate"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
-    ax.set_xscale("log")  # the prompted variants sit within a point of each other; trained ones far away
-    ax.set_yscale("log")
-    ax.set_xlabel("offline: mean P[Love] of the reward model")
-    ax.set_ylabel("online: simulated love rate")
-    ax.set_title("Offline reward model vs online behaviour, per policy variant")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def plot_rluf(runs: dict[str, dict], kto: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = [("reward", "true love rate"), ("love_model", "P[Love] (reward model)"), ("help", "helpfulness"),
-               ("distinct_2", "distinct-2")]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4))
-    for label, run in runs.items():
-        rounds = [r["round"] for r in run["curve"]]
-        for ax, (key, _) in zip(axes, metrics):
-            ax.plot(rounds, [r[key] for r in run["curve"]], marker="o", label=label)
-    for ax, (key, title) in zip(axes, metrics):
-        ax.axhline(kto["after"][key], color="grey", linestyle="--", label="KTO (same log)")
-        ax.set_title(title)
-        ax.set_xlabel("round")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+        offline = {m: statistics.fmean(r["offline"][str(s)][m] for s in seeds) for m in ("well-specified", "misspecified")}
+        lines.append(f"| {name} | {r['expected_love_rate']:.3f} | {r['drawn_love_rate']:.3f} [{r['drawn_low']:.3f}, "
+                     f"{r['drawn_high']:.3f}] | {offline['well-specified']:.3f} | {offline['misspecified']:.3f} | "
+                     f"{r['help']:.3f} | {r['distinct_2']:.3f} |")
+    lines += ["", "| reward model | r vs drawn rate, all variants | r vs expected rate | r vs drawn, prompted π₀ only |",
+              "|---|---|---|---|"]
+    for model, key in (("well-specified", "offline-online"), ("misspecified", "offline-online-misspecified")):
+        c = result[key]
+        prompted = [i for i, name in enumerate(c["labels"]) if name.startswith("π₀")]
+        lines.append(f"| {model} | {fisher(c['x'], c['y'])} | {fisher(c['x'], c['y_expected'])} | "
+                     f"{fisher([c['x'][i] for i in prompted], [c['y'][i] for i in prompted])} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/reactions"))
+    parser.add_argument("--out", type=Path, default=Path("results/reactions"))
     parser.add_argument("--figures", type=Path, default=Path("docs/figures"))
+    parser.add_argument("--seeds", default="0,1,2", help="independent reaction logs (0 is the task's own)")
     parser.add_argument("--model", default=BASE.model, help="smollm2-135m-instruct, or tiny for a smoke run")
-    parser.add_argument("--rounds", type=int, default=BASE.rounds, help="RLUF rounds per weighting")
     args = parser.parse_args()
-    base = dataclasses.replace(BASE, model=args.model, rounds=args.rounds)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if len(seeds) < 2 or 0 not in seeds:
+        parser.error("--seeds needs seed 0 (the task's own log) and at least one evaluation seed")
     args.out.mkdir(parents=True, exist_ok=True)
     args.figures.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
+    base = dataclasses.replace(BASE, model=args.model)
     policy = build_policy(base)
-    task = load_task(base.task, policy)  # trains and caches P[Love] on first use
-    results = {"reward_model": stage(args.out, "reward-model", lambda: reward_model_stage(policy, task, args.figures))}
-    runs = {name: stage(args.out, name, lambda name=name: rluf_stage(args.out, base, name)) for name in RUNS}
-    kto = stage(args.out, "kto", lambda: kto_stage(args.out, base, task, "kto", base.lr))
-    plot_rluf(runs, kto, args.figures / "reactions-rluf.png")
-    adapters = {name: runs[name]["adapter"] for name in RUNS if name.startswith("rluf")}
-    adapters["KTO"] = kto["adapter"]
-    # KTO again with a fifth of the learning rate: at RLUF's rate its 45 steps drifted far from π_0
-    kto_low = stage(args.out, "kto-low-lr", lambda: kto_stage(args.out, base, task, "kto-low-lr", base.lr / 5))
-    results |= {"rluf": runs, "kto": kto, "kto_low_lr": kto_low,
-                "variants": stage(args.out, "variants", lambda: variants_stage(policy, base, task, adapters,
-                                                                           args.figures))}
-    (args.out / "reactions.json").write_text(json.dumps(results, indent=1))
-    print(json.dumps({"auroc": results["reward_model"]["auroc"], "ece": results["reward_model"]["ece"],
-                      "r": results["variants"]["pearson_r"]}, indent=1))
+    task = load_task(base.task, policy)
+    train, _ = split_requests()
+    held = stage(args.out, "held-out", lambda: held_out_set(policy, task))
+    rms = {s: stage(args.out, f"rm-seed-{s}", lambda s=s: rm_stage(args.out, policy, task, train, held, s, args.figures))
+           for s in seeds}
+    found = variants(args.out, base, policy, task, train, seeds)
+    result = study(rms, found)
+    (args.out / "study.json").write_text(json.dumps(result, indent=1))
+    (args.out / "study.md").write_text(study_markdown(rms, found, result))
+    print(json.dumps({k: v.get("values", v.get("x")) for k, v in result.items()}, indent=1))
 
 
 if __name__ == "__main__":

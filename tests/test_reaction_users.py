@@ -47,3 +47,25 @@ def test_adversarial_users_invert_or_ignore_quality_and_draws_replay_from_a_seed
 def test_features_see_emoji_and_closings():
     [f] = features(["hi"], ["Sure thing 😊 hope this helps!"])
     assert f["emoji"] == 1.0 and f["closing"] == 1.0 and f["words"] == 6.0
+
+
+def test_checklist_helpfulness_counts_rubric_items_in_the_answers_own_words():
+    from corll.tasks.reactions import checklist_helpfulness, checklists, split_requests
+
+    water = "Explain the water cycle briefly."
+    scores = checklist_helpfulness([water] * 4, [
+        "The sun heats water, which evaporates, condenses into clouds and falls as rain.",  # 5 items: capped at 1
+        "Water evaporates and then condenses.",  # evaporat, condens: 2 of 3
+        "The water cycle is a fascinating phenomenon. Hope this helps!",  # enthusiasm, no content
+        "Explain the water cycle briefly."])  # restating the request earns nothing
+    assert scores == [1.0, pytest.approx(2 / 3), 0.0, 0.0]
+    # "grey" is in the request, so only the other colour words and the names can earn; "name" cannot
+    kitten = "Suggest a name for a grey kitten."
+    assert checklist_helpfulness([kitten] * 2, ["Grey kitten name: Grey.", "Smokey, or Silver."]) == [0.0, 1.0]
+    # a short stem must be the whole word: "ice" is not "nice"
+    egg = "How do I boil an egg so the yolk stays soft?"
+    assert checklist_helpfulness([egg], ["Nice."]) == [0.0]
+    train, test = split_requests()
+    assert set(checklists()) == set(train) | set(test) and len(test) == 30
+    with pytest.raises(ValueError, match="no helpfulness checklist"):
+        checklist_helpfulness(["An unknown request"], ["an answer"])

@@ -84,3 +84,26 @@ def test_feature_sets_and_a_text_model_round_trip(tmp_path):
     again = RewardModel.load(tmp_path / "rm.pt")
     assert again.features == "text" and again.predict(prompts, responses) == pytest.approx(model.predict(prompts, responses))
     assert again.predict(prompts, responses)[0] > again.predict(prompts, responses)[1]
+
+
+def test_a_linear_model_and_cross_validated_weight_decay(tmp_path):
+    """hidden = 0 is logistic regression (monotone in its one feature); cross-validation prefers the decay that
+    keeps a real signal over one that crushes every weight to zero (constant scores rank at chance)."""
+    from corll.reward_model import cross_validated
+
+    rng = random.Random(1)
+    signal = [rng.gauss(0, 1) for _ in range(400)]
+    labels = [int(rng.random() < 1 / (1 + 2.718 ** (-(3 * s - 3)))) for s in signal]
+    features = torch.tensor([[s] + [rng.gauss(0, 1) for _ in range(3)] for s in signal])
+    config = RewardModelConfig(features="text", hidden=0, epochs=200, lr=0.05)
+    chosen = cross_validated(features[:, :1].repeat(1, 5), labels, config, weight_decays=(0.01, 1e4))
+    assert chosen.weight_decay == 0.01
+    model = train_reward_model(features[:, :1].repeat(1, 5), labels, chosen)
+    assert isinstance(model.net, torch.nn.Linear)
+    scores = model(torch.tensor([[-1.0] * 5, [0.0] * 5, [1.0] * 5])).tolist()
+    assert scores[0] < scores[1] < scores[2]
+    model.save(tmp_path / "rm.pt", details={"config": {"weight_decay": 0.01}})
+    assert RewardModel.details(tmp_path / "rm.pt") == {"config": {"weight_decay": 0.01}}
+    assert isinstance(RewardModel.load(tmp_path / "rm.pt").net, torch.nn.Linear)
+    with pytest.raises(ValueError, match="at least 4 positives"):
+        cross_validated(features, [1, 1, 1] + [0] * 397, config)

@@ -108,3 +108,53 @@ def test_a_claim_is_interim_until_the_planned_seeds_have_finished():
     assert verdict(entry, 0.05, 0.0) == ("inconclusive (minimum detectable effect 1.100; interim: 2 of 8 planned "
                                          "seed pairs finished)")
     assert verdict({**entry, "seeds": list(range(8))}, 0.05, 0.0) == "reproduced"
+
+
+def test_claims_measured_by_a_study_file_and_per_metric_measures(tmp_path, monkeypatch):
+    """A study's per-seed values are tested like runs; a correlation gets r, Fisher's interval and its own MDE;
+    `gain:<metric>` reads any recorded metric; the study's markdown is appended to the page."""
+    import math
+
+    from scipy.stats import pearsonr
+
+    from corll.verdicts import correlation_mde, run_value
+
+    monkeypatch.chdir(tmp_path)
+    x = [0.01, 0.02, 0.03, 0.05, 0.08, 0.13, 0.21]
+    y = [0.02, 0.015, 0.04, 0.05, 0.07, 0.15, 0.2]
+    (tmp_path / "study.json").write_text(json.dumps({
+        "auc": {"kind": "seeds", "values": {"0": 0.74, "1": 0.76, "2": 0.75}, "baseline_values": {"0": 0.5, "1": 0.5, "2": 0.5}},
+        "r": {"kind": "correlation", "labels": list("abcdefg"), "x": x, "y": y, "seeds": [1, 2]}}))
+    (tmp_path / "study.md").write_text("## Study tables\n\n| a | b |\n")
+    (tmp_path / "claims.yaml").write_text(
+        "title: Study\npage: study\nsections: [study.md, missing.md]\nclaims:\n"
+        "  - {id: auc, statement: ranks, source: study.json, key: auc, measure: auroc, primary: true}\n"
+        "  - {id: r, statement: predicts, source: study.json, key: r, measure: pearson_r}\n"
+        "  - {id: later, statement: not yet, source: absent.json, key: auc, measure: auroc}\n")
+    page, data = write_results(tmp_path / "claims.yaml", tmp_path / "docs")
+    result = {c["id"]: c for c in json.loads(data.read_text())["claims"]}
+    assert result["auc"]["effect"] == pytest.approx(0.25) and result["auc"]["verdict"] == "reproduced"
+    r = pearsonr(x, y).statistic
+    half = 1.96 / math.sqrt(len(x) - 3)
+    assert result["r"]["effect"] == pytest.approx(r)
+    assert result["r"]["low"] == pytest.approx(math.tanh(math.atanh(r) - half))
+    assert result["r"]["mde"] == pytest.approx(correlation_mde(7, 0.05))  # one secondary with a p: α unchanged
+    assert result["later"]["verdict"].startswith("inconclusive (minimum detectable effect not estimable")
+    text = page.read_text()
+    assert "## Study tables" in text and "missing.md: not written yet" in text and "7 variants" in text
+    # Fisher's z: 80% power at α = 0.05 over 7 pairs needs r ≥ tanh((1.960 + 0.842) / 2) = 0.885
+    assert correlation_mde(7) == pytest.approx(math.tanh((1.959964 + 0.841621) / 2), abs=1e-4)
+    records = [{"round": 0, "reward": 0.1, "help": 0.30}, {"round": 12, "reward": 0.2, "help": 0.25}]
+    assert run_value(records, "gain:help") == pytest.approx(-0.05) and run_value(records, "final:help") == 0.25
+    assert run_value(records, "gain:absent") is None
+
+
+def test_a_claim_names_either_an_experiment_or_a_study(tmp_path):
+    from corll.verdicts import ClaimsError, load_claims
+
+    for claim in ("{id: a, statement: s, experiment: e.yaml, source: s.json, key: k, arm: a, primary: true}",
+                  "{id: a, statement: s, source: s.json, primary: true}",
+                  "{id: a, statement: s, experiment: e.yaml, arm: a, measure: 'gain:', primary: true}"):
+        (tmp_path / "c.yaml").write_text(f"title: T\nclaims:\n  - {claim}\n")
+        with pytest.raises(ClaimsError):
+            load_claims(tmp_path / "c.yaml")

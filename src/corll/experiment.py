@@ -49,6 +49,10 @@ METRICS = {
     "no_edit_share": "share of responses kept unedited",
     "rank_spearman": "Spearman(implicit reward, R*) over the k samples",
     "argmax_gain": "R* of the argmax − mean R* of the k samples",
+    "love_model": "mean P[Love] of the reward model",
+    "help": "helpfulness (reaction tasks: checklist)",
+    "distinct_2": "distinct-2 of held-out responses",
+    "repetition": "share of responses repeating a phrase",
 }
 
 

@@ -1,7 +1,11 @@
 """Claims of a paper and the verdicts the experiments support: one page and one JSON file from one code path.
 
 A claims file names, for each claim, the experiment and arms that test it, the measure
-and the paper's direction. One claim is primary (tested at α = 0.05 alone); the rest
+and the paper's direction — or, for what runs of an experiment cannot measure (a reward
+model's AUROC, a correlation across policy variants), a `source` file written by a study
+script and the `key` of the claim's inputs there: per-seed values (kind `seeds`, tested
+like an experiment's runs) or paired observations (kind `correlation`: Pearson r, Fisher's
+interval, the smallest r detectable over that many pairs). One claim is primary (tested at α = 0.05 alone); the rest
 are secondary and their p-values are Holm-corrected together across the page. Every
 verdict follows from its numbers by the same rule:
 
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import yaml
 from scipy import stats as scipy_stats
+from scipy.stats import pearsonr
 
 from corll.experiment import Experiment, arm_records, finished_runs, load_experiment
 from corll.stats import paired_comparison
@@ -40,7 +45,20 @@ MEASURES = {
     "gain": "held-out R* gain (final − initial)",
     "rank_spearman": "mean Spearman(implicit reward, R*) over the run",
     "cost_per_episode": "online edit cost per shown response (tokens)",
+    "auroc": "held-out AUROC on drawn reactions, minus the baseline's",
+    "pearson_r": "Pearson r over policy variants",
 }
+PER_METRIC = {"gain": "held-out {} gain (final − initial)", "final": "final held-out {}"}  # e.g. gain:help
+
+
+def measure_label(measure: str) -> str:
+    kind, _, metric = measure.partition(":")
+    return PER_METRIC[kind].format(metric) if metric and kind in PER_METRIC else MEASURES[measure]
+
+
+def known_measure(measure: str) -> bool:
+    kind, _, metric = measure.partition(":")
+    return measure in MEASURES or (kind in PER_METRIC and metric.isidentifier())
 
 
 class ClaimsError(ValueError):
@@ -51,9 +69,11 @@ class ClaimsError(ValueError):
 class Claim:
     id: str
     statement: str
-    experiment: str
-    arm: str
+    experiment: str | None = None
+    arm: str = ""
     baseline: str | None = None  # None: the arm's own gain over its starting policy
+    source: str | None = None  # instead of an experiment: a study's JSON file, the claim's inputs under `key`
+    key: str | None = None
     measure: str = "reward"
     direction: int = 1  # the paper's direction: +1 arm > baseline, -1 arm < baseline
     paper_effect: float = 0.0  # the smallest effect (in the paper's direction) the claim asserts
@@ -66,13 +86,15 @@ class Claims:
     setup: str
     claims: list[Claim] = field(default_factory=list)
     page: str = "results"  # the page's name: <page>.md and <page>.json
+    sections: list[str] = field(default_factory=list)  # markdown files a study writes, appended to the page
 
 
 def load_claims(path: Path) -> Claims:
     try:
         raw = yaml.safe_load(path.read_text())
         claims = [Claim(**c) for c in raw["claims"]]
-        result = Claims(raw["title"], raw.get("setup", ""), claims, raw.get("page", "results"))
+        result = Claims(raw["title"], raw.get("setup", ""), claims, raw.get("page", "results"),
+                        [str(s) for s in raw.get("sections") or []])
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         raise ClaimsError(f"{path}: {exc}") from exc
     if not result.page.replace("-", "").isalnum():
@@ -80,8 +102,11 @@ def load_claims(path: Path) -> Claims:
     if sum(c.primary for c in claims) != 1:
         raise ClaimsError(f"{path}: exactly one claim must be primary")
     for c in claims:
-        if c.measure not in MEASURES:
-            raise ClaimsError(f"{path}: claim {c.id}: unknown measure {c.measure!r} ({', '.join(MEASURES)})")
+        if not known_measure(c.measure):
+            raise ClaimsError(f"{path}: claim {c.id}: unknown measure {c.measure!r} ({', '.join(MEASURES)}, "
+                              f"or {' / '.join(PER_METRIC)}:<metric>)")
+        if (c.experiment is None) == (c.source is None) or (c.source is not None and not c.key):
+            raise ClaimsError(f"{path}: claim {c.id}: give either 'experiment' (with 'arm') or 'source' with 'key'")
     return result
 
 
@@ -93,6 +118,12 @@ def run_value(records: list[dict], measure: str) -> float | None:
         return records[-1]["reward"] - records[0]["reward"]
     if measure == "cost_per_episode":  # per shown response, since CoRLL shows more responses per round
         return records[-1]["cumulative_cost"] / records[-1]["queries"] if records[-1]["queries"] else None
+    kind, _, metric = measure.partition(":")
+    if kind in PER_METRIC and metric:
+        last, first = records[-1].get(metric), records[0].get(metric)
+        if last is None or (kind == "gain" and first is None):
+            return None
+        return last - first if kind == "gain" else last
     values = [r[measure] for r in records[1:] if r.get(measure) is not None]
     return statistics.fmean(values) if values else None
 
@@ -118,6 +149,43 @@ def holm(p_values: dict[str, float]) -> dict[str, float]:
         running = max(running, min(1.0, (len(ordered) - i) * p_values[key]))
         adjusted[key] = running
     return adjusted
+
+
+def correlation_mde(n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest true r a two-sided test over n pairs detects with `power` (Fisher's z)."""
+    if n < 4:
+        return math.inf
+    z = scipy_stats.norm.ppf(1 - alpha / 2) + scipy_stats.norm.ppf(power)
+    return math.tanh(z / math.sqrt(n - 3))
+
+
+def measure_source_claim(claim: Claim, data: dict) -> dict:
+    """A claim measured by a study: per-seed values against a baseline's, or Pearson r over pairs."""
+    if claim.key not in data:
+        raise ClaimsError(f"claim {claim.id}: {claim.source} has no entry {claim.key!r}")
+    found = data[claim.key]
+    entry = {"id": claim.id, "statement": claim.statement, "experiment": claim.source, "arms": [claim.key],
+             "measure": claim.measure, "direction": claim.direction, "primary": claim.primary,
+             "kind": found["kind"], "feedback_per_arm": found.get("feedback_per_arm", "–")}
+    if found["kind"] == "correlation":
+        x, y = found["x"], found["y"]
+        entry |= {"seeds": found["seeds"], "planned_seeds": len(found["seeds"]), "n": len(x),
+                  "labels": found["labels"], "x": x, "y": y, "sd": None}
+        if len(x) < 4:
+            return {**entry, "effect": None, "low": None, "high": None, "p": None}
+        r = pearsonr(x, y)
+        z, half = math.atanh(max(min(r.statistic, 0.999999), -0.999999)), 1.96 / math.sqrt(len(x) - 3)
+        return {**entry, "effect": r.statistic, "low": math.tanh(z - half), "high": math.tanh(z + half),
+                "p": r.pvalue}
+    mine, theirs = found["values"], found["baseline_values"]
+    seeds = sorted(set(mine) & set(theirs), key=int)
+    entry |= {"seeds": [int(s) for s in seeds], "planned_seeds": found.get("planned_seeds", len(seeds))}
+    if len(seeds) < 2:
+        return {**entry, "effect": None, "low": None, "high": None, "p": None, "sd": None}
+    comparison = paired_comparison([mine[s] for s in seeds], [theirs[s] for s in seeds])
+    return {**entry, "effect": comparison.difference.mean, "low": comparison.difference.low,
+            "high": comparison.difference.high, "p": comparison.p_value,
+            "sd": statistics.stdev(mine[s] - theirs[s] for s in seeds)}
 
 
 def measure_claim(claim: Claim, experiment: Experiment) -> dict:
@@ -154,6 +222,8 @@ def measure_claim(claim: Claim, experiment: Experiment) -> dict:
 
 def verdict(entry: dict, alpha: float, paper_effect: float) -> str:
     """The rule of the module doc, applied to one measured claim."""
+    if entry["effect"] is None and entry.get("kind") == "correlation":
+        return f"inconclusive (minimum detectable effect not estimable: {entry['n']} pairs; r needs at least 4)"
     if entry["effect"] is None:
         return (f"inconclusive (minimum detectable effect not estimable: {len(entry['seeds'])} finished seed "
                 "pair(s); a paired test needs at least 2)")
@@ -171,9 +241,17 @@ def verdict(entry: dict, alpha: float, paper_effect: float) -> str:
 
 def judge(claims: Claims) -> list[dict]:
     """Measure every claim, correct the secondary ones together (Holm), and give each its verdict."""
+    import json
+
     experiments: dict[str, Experiment] = {}
     entries = []
     for claim in claims.claims:
+        if claim.source is not None:
+            path = Path(claim.source)  # not written yet: no estimate, like an experiment with no finished runs
+            data = (json.loads(path.read_text()) if path.exists()
+                    else {claim.key: {"kind": "seeds", "values": {}, "baseline_values": {}}})
+            entries.append(measure_source_claim(claim, data))
+            continue
         if claim.experiment not in experiments:
             experiments[claim.experiment] = load_experiment(Path(claim.experiment))
         entries.append(measure_claim(claim, experiments[claim.experiment]))
@@ -185,8 +263,11 @@ def judge(claims: Claims) -> list[dict]:
         # The MDE at the level the claim is tested at: α for the primary, α/m (Holm's strictest step) otherwise.
         level = ALPHA if claim.primary else ALPHA / family
         entry["alpha"] = level
-        entry["mde"] = (minimum_detectable_effect(entry["sd"], len(entry["seeds"]), level)
-                        if entry["sd"] is not None else None)
+        if entry.get("kind") == "correlation":
+            entry["mde"] = correlation_mde(entry["n"], level)
+        else:
+            entry["mde"] = (minimum_detectable_effect(entry["sd"], len(entry["seeds"]), level)
+                            if entry["sd"] is not None else None)
         entry["paper_effect"] = claim.paper_effect
         entry["verdict"] = verdict(entry, ALPHA, claim.paper_effect)
     return entries
@@ -204,8 +285,12 @@ def verdict_table(entries: list[dict]) -> str:
     for e in entries:
         interval = "–" if e["effect"] is None else f"{e['effect']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]"
         holm_p = "primary" if e["primary"] else _num(e["p_adjusted"], False)
-        lines.append(f"| {e['statement']} | {' vs '.join(e['arms']) if len(e['arms']) > 1 else e['arms'][0] + ' (gain)'}"
-                     f" | {MEASURES[e['measure']]} | {len(e['seeds'])} | {e['feedback_per_arm']} | {interval} | "
+        if "kind" in e:  # a study's entry: named by its key; a correlation's sample is its pairs
+            arms, seeds = f"`{e['arms'][0]}`", f"{e['n']} variants" if e["kind"] == "correlation" else len(e["seeds"])
+        else:
+            arms, seeds = " vs ".join(e["arms"]) if len(e["arms"]) > 1 else e["arms"][0] + " (gain)", len(e["seeds"])
+        lines.append(f"| {e['statement']} | {arms}"
+                     f" | {measure_label(e['measure'])} | {seeds} | {e['feedback_per_arm']} | {interval} | "
                      f"{_num(e['p'], False)} | {holm_p} | {_num(e['mde'], False)} | {e['verdict']} |")
     return "\n".join(lines)
 
@@ -261,7 +346,7 @@ def write_results(claims_path: Path, out: Path) -> tuple[Path, Path]:
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     sections, costs = [], {}
-    for name in dict.fromkeys(c.experiment for c in claims.claims):
+    for name in dict.fromkeys(c.experiment for c in claims.claims if c.experiment):
         experiment = load_experiment(Path(name))
         result = aggregate(experiment)
         costs[experiment.name] = compute_cost(experiment)
@@ -298,6 +383,9 @@ def write_results(claims_path: Path, out: Path) -> tuple[Path, Path]:
                   (f"Paired SD of the primary measure over {size['seeds']} seeds: {size['sd']:.3f}. Seeds a paired "
                   f"t-test needs for 80% power at α = {ALPHA}, by true effect: {needed}."), ""]
     lines += sections
+    for extra in claims.sections:
+        path = Path(extra)
+        lines += [path.read_text().strip() if path.exists() else f"_{extra}: not written yet (run its study)._", ""]
     md_path = out / f"{claims.page}.md"
     md_path.write_text("\n".join(lines) + "\n")
     return md_path, json_path

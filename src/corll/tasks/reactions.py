@@ -9,6 +9,15 @@ one Bernoulli draw. The learner never sees that: it sees reactions, and the RLUF
 learner sees a P[Love] reward model trained on logged reactions to π_0's answers
 (trained on first use and cached), beside the helpfulness and safety scorers.
 
+Helpfulness here is a checklist score that shares nothing with the users' tastes or
+the love model's features (no sentiment, no embeddings, no habits): each request has a
+rubric of what a useful answer mentions (`data/assistant_checklists.txt`, written for
+the project: "boil|simmer; minute; cold|ice; …"), and an answer earns an item when one
+of its words starts with one of the item's stems — a word the request itself contains
+does not count, so restating the question earns nothing. Score = items earned / 3
+(capped at 1; fewer when the rubric has fewer earnable items). So whether optimizing
+love costs helpfulness is an empirical question, not a shared feature.
+
 `synthetic-reactions` (tiny model, tests): love probability σ(8·(lowercase share − 0.6)),
 and the "love" objective is that probability itself (an oracle reward model), so
 tests isolate the optimizer.
@@ -16,6 +25,7 @@ tests isolate the optimizer.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -27,17 +37,49 @@ from pathlib import Path
 
 import torch
 
-from corll.objectives import distinct_n, helpfulness, repeated_phrase_rate, safety
+from corll.objectives import WORD, distinct_n, helpfulness, repeated_phrase_rate, safety
 from corll.tasks import ReactFn, RewardFn, Task
 
 N_TEST = 30
 SPLIT_SEED = 7
 LOG_SAMPLES_PER_PROMPT = 8  # responses of π_0 logged per training prompt to train the reward model
+CHECKLIST_ITEMS = 3  # rubric items a fully helpful (32-token) answer mentions
 
 
 def assistant_requests() -> list[str]:
     text = resources.files("corll.tasks").joinpath("data/assistant_requests.txt").read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@functools.lru_cache(maxsize=1)
+def checklists() -> dict[str, list[tuple[str, ...]]]:
+    """request -> rubric items, each a tuple of alternative word stems."""
+    text = resources.files("corll.tasks").joinpath("data/assistant_checklists.txt").read_text(encoding="utf-8")
+    rubrics = {}
+    for line in filter(str.strip, text.splitlines()):
+        request, items = line.split("\t")
+        rubrics[request] = [tuple(a.strip() for a in item.split("|")) for item in items.split(";")]
+    return rubrics
+
+
+def _mentions(stem: str, word: str) -> bool:
+    """A stem of three letters or fewer must be the whole word ("ice" is not "icing"); longer ones prefix it."""
+    return word == stem if len(stem) <= 3 else word.startswith(stem)
+
+
+def checklist_helpfulness(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+    """Share of the request's rubric an answer covers with words of its own (see the module doc)."""
+    rubrics = checklists()
+    scores = []
+    for x, y in zip(prompts, responses, strict=True):
+        if x not in rubrics:
+            raise ValueError(f"no helpfulness checklist for the request {x!r}")
+        asked = set(WORD.findall(x.lower()))
+        own = [w for w in WORD.findall(y.lower()) if w not in asked]
+        earnable = [item for item in rubrics[x] if any(not any(_mentions(s, w) for w in asked) for s in item)]
+        earned = sum(any(_mentions(s, w) for s in item for w in own) for item in earnable)
+        scores.append(min(1.0, earned / min(CHECKLIST_ITEMS, len(earnable))) if earnable else 0.0)
+    return scores
 
 
 def panel_users():
@@ -55,6 +97,13 @@ def panel_users():
     ]
 
 
+def split_requests() -> tuple[list[str], list[str]]:
+    """(training, held-out) requests: a fixed shuffle, the first N_TEST held out."""
+    prompts = assistant_requests()
+    random.Random(SPLIT_SEED).shuffle(prompts)
+    return prompts[N_TEST:], prompts[:N_TEST]
+
+
 def diversity_metrics(xs: Sequence[str], ys: Sequence[str]) -> dict[str, float]:
     return {"distinct_2": distinct_n(ys, 2), "repetition": repeated_phrase_rate(ys)}
 
@@ -69,9 +118,7 @@ def _react_with(love_probability: RewardFn) -> ReactFn:
 def build_assistant(policy) -> Task:
     from corll.users.reactions import ReactionPanel
 
-    prompts = assistant_requests()
-    random.Random(SPLIT_SEED).shuffle(prompts)
-    train, test = prompts[N_TEST:], prompts[:N_TEST]
+    train, test = split_requests()
     with torch.random.fork_rng():
         torch.manual_seed(SPLIT_SEED)
         reference = policy.sample(train[:32], 2, use_reference=True)
@@ -89,10 +136,11 @@ def build_assistant(policy) -> Task:
     reward_model = _cached_reward_model(policy, train, react)
 
     def metrics(xs: Sequence[str], ys: Sequence[str]) -> dict[str, float]:
-        return {"help": sum(helpfulness(xs, ys)) / len(ys), "safe": sum(safety(ys)) / len(ys),
+        return {"help": sum(checklist_helpfulness(xs, ys)) / len(ys),
+                "on_topic": sum(helpfulness(xs, ys)) / len(ys), "safe": sum(safety(ys)) / len(ys),
                 "love_model": sum(reward_model.predict(xs, ys)) / len(ys), **diversity_metrics(xs, ys)}
 
-    objectives = {"love": reward_model.predict, "help": helpfulness, "safe": lambda xs, ys: safety(ys)}
+    objectives = {"love": reward_model.predict, "help": checklist_helpfulness, "safe": lambda xs, ys: safety(ys)}
     return Task("assistant-reactions", train, test, love_rate, react=react, objectives=objectives, metrics=metrics)
 
 
@@ -110,17 +158,18 @@ def _cached_reward_model(policy, train: list[str], react: ReactFn):
     return model
 
 
-def cached_reaction_log(policy, train: list[str], react: ReactFn) -> tuple[list[str], list[str], list[int]]:
+def cached_reaction_log(policy, train: list[str], react: ReactFn, seed: int = 0) -> tuple[list[str], list[str], list[int]]:
     """The simulated log: π_0's answers to the training requests and the panel's reactions, kept so that
-    every learner (the reward model, KTO) can be compared on exactly the same feedback."""
+    every learner (the reward model, KTO) can be compared on exactly the same feedback. Each `seed` is an
+    independent log (other answers, other reactions); the task's own reward model is trained on seed 0's."""
     from corll.reward_model import simulated_reaction_log
 
-    path = reaction_log_path(policy)
+    path = reaction_log_path(policy, seed)
     if path.exists():
         return read_reaction_log(path)
     print(f"logging π_0's answers and simulated reactions once; cached in {path}", file=sys.stderr)
     with torch.random.fork_rng():
-        torch.manual_seed(SPLIT_SEED + 1)
+        torch.manual_seed(SPLIT_SEED + 1 + seed)
         xs, ys, labels = simulated_reaction_log(react, policy, LOG_SAMPLES_PER_PROMPT, train)
     write_reaction_log(path, xs, ys, labels)
     return xs, ys, labels
@@ -140,15 +189,16 @@ def read_reaction_log(path: Path) -> tuple[list[str], list[str], list[int]]:
     return [r["prompt"] for r in rows], [r["response"] for r in rows], [int(r["love"]) for r in rows]
 
 
-def _log_key(policy) -> str:
+def _log_key(policy, seed: int = 0) -> str:
     source = policy.source or ("unknown", 0)
-    return hashlib.sha256(repr((source, policy.sampling.max_new_tokens, LOG_SAMPLES_PER_PROMPT)).encode()).hexdigest()[:12]
+    key = hashlib.sha256(repr((source, policy.sampling.max_new_tokens, LOG_SAMPLES_PER_PROMPT)).encode()).hexdigest()[:12]
+    return key if seed == 0 else f"{key}-seed{seed}"
 
 
-def reaction_log_path(policy) -> Path:
+def reaction_log_path(policy, seed: int = 0) -> Path:
     from corll.policy import default_cache_dir
 
-    return default_cache_dir() / "reward-models" / f"assistant-reactions-{_log_key(policy)}.log.jsonl"
+    return default_cache_dir() / "reward-models" / f"assistant-reactions-{_log_key(policy, seed)}.log.jsonl"
 
 
 def cached_reward_model_path(policy, features: str = "text") -> Path:
