@@ -8,7 +8,7 @@
 
 `RLOO` is the alternative update over the same n samples: REINFORCE with each sample's
 reward minus the mean of the other n − 1 (the leave-one-out baseline), and the KL to π_0
-charged inside the reward. docs/reactions.md compares the two at the same samples and
+charged inside the reward. docs/reactions-pilot.md compares the two at the same samples and
 reward; DPO stays the default (why: see there).
 """
 
