@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import random
 import statistics
 import sys
@@ -39,6 +38,7 @@ from corll.metrics import auroc, expected_calibration_error, reliability_bins
 from corll.reward_model import (RewardModel, RewardModelConfig, cross_validated, plot_reliability, reward_features,
                                  train_reward_model)
 from corll.simulate import SimulationConfig, build_policy
+from corll.stats import pearson_interval, wilson_interval
 from corll.tasks import load_task
 from corll.tasks.reactions import cached_reaction_log, split_requests
 
@@ -139,21 +139,13 @@ def rm_stage(out: Path, policy, task, train: list[str], held: dict, seed: int, f
     return result
 
 
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson's 95% interval for a binomial rate (honest near 0, where love rates live)."""
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
-    return centre - half, centre + half
-
-
 def variant_row(policy, task, models: dict[int, dict[str, RewardModel]], seed: int, system: str | None) -> dict:
     xs, ys, samples = sample_answers(policy, task.test_prompts, VARIANT_SAMPLES, seed, system)
     truth = task.reward(xs, ys)
     rng = random.Random(seed)
     shown = [rng.randrange(len(ys)) for _ in range(IMPRESSIONS)]
     loves = sum(rng.random() < truth[i] for i in shown)
-    low, high = wilson(loves, IMPRESSIONS)
+    low, high = wilson_interval(loves, IMPRESSIONS)
     offline = {str(s): {name: statistics.fmean(rm.predict(xs, ys)) for name, rm in pair.items()}
                for s, pair in models.items()}
     extra = task.metrics(xs, ys)
@@ -214,9 +206,8 @@ def fisher(x: list[float], y: list[float]) -> str:
     """r with its 95% interval (Fisher's z), as the page prints it."""
     if len(x) < 4:
         return "–"
-    r = pearsonr(x, y).statistic
-    z, half = math.atanh(max(min(r, 0.999999), -0.999999)), 1.96 / math.sqrt(len(x) - 3)
-    return f"{r:+.2f} [{math.tanh(z - half):+.2f}, {math.tanh(z + half):+.2f}]"
+    c = pearson_interval(x, y)
+    return f"{c.r:+.2f} [{c.low:+.2f}, {c.high:+.2f}]"
 
 
 def study_markdown(rms: dict[int, dict], found: dict, result: dict) -> str:

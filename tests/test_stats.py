@@ -28,3 +28,30 @@ def test_paired_comparison_uses_per_seed_differences():
     assert result.p_value == pytest.approx(0.0572, abs=1e-3)  # two-sided, 2 degrees of freedom
     with pytest.raises(ValueError, match="equal counts"):
         paired_comparison([1.0], [1.0, 2.0])
+
+
+def test_wilson_interval_by_hand_and_at_zero():
+    from corll.stats import wilson_interval
+
+    low, high = wilson_interval(40, 1000)  # p = 0.04, z = 1.96: centre 0.04176, half-width 0.01225
+    assert low == pytest.approx(0.02951, abs=5e-5) and high == pytest.approx(0.05401, abs=5e-5)
+    low, high = wilson_interval(0, 1000)  # no loves seen: the interval still reaches above 0
+    assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.00383, abs=5e-5)
+    with pytest.raises(ValueError):
+        wilson_interval(5, 0)
+
+
+def test_pearson_interval_is_fishers_z():
+    import math
+
+    from corll.stats import pearson_interval
+
+    x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    y = [1.2, 1.9, 3.5, 3.9, 5.2, 5.8, 7.5, 7.7]
+    c = pearson_interval(x, y)
+    half = 1.959964 / math.sqrt(8 - 3)
+    assert c.low == pytest.approx(math.tanh(math.atanh(c.r) - half), abs=1e-6)
+    assert c.high == pytest.approx(math.tanh(math.atanh(c.r) + half), abs=1e-6)
+    assert c.low < c.r < c.high < 1 and c.p_value < 0.001 and c.n == 8
+    with pytest.raises(ValueError, match="at least 4 pairs"):
+        pearson_interval(x[:3], y[:3])

@@ -135,7 +135,7 @@ def test_claims_measured_by_a_study_file_and_per_metric_measures(tmp_path, monke
     result = {c["id"]: c for c in json.loads(data.read_text())["claims"]}
     assert result["auc"]["effect"] == pytest.approx(0.25) and result["auc"]["verdict"] == "reproduced"
     r = pearsonr(x, y).statistic
-    half = 1.96 / math.sqrt(len(x) - 3)
+    half = 1.959964 / math.sqrt(len(x) - 3)
     assert result["r"]["effect"] == pytest.approx(r)
     assert result["r"]["low"] == pytest.approx(math.tanh(math.atanh(r) - half))
     assert result["r"]["mde"] == pytest.approx(correlation_mde(7, 0.05))  # one secondary with a p: α unchanged

@@ -60,3 +60,34 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], confidence: float 
     else:
         p = float(scipy_stats.ttest_rel(a, b).pvalue)
     return PairedComparison(interval, p)
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """Pearson r over n pairs, its 95% interval by Fisher's z, and the two-sided p of r = 0."""
+
+    r: float
+    low: float
+    high: float
+    p_value: float
+    n: int
+
+
+def pearson_interval(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) -> Correlation:
+    if len(x) != len(y) or len(x) < 4:
+        raise ValueError(f"a correlation interval needs at least 4 pairs of equal length, got {len(x)} and {len(y)}")
+    found = scipy_stats.pearsonr(x, y)
+    z = math.atanh(max(min(found.statistic, 1 - 1e-12), -1 + 1e-12))
+    half = scipy_stats.norm.ppf((1 + confidence) / 2) / math.sqrt(len(x) - 3)
+    return Correlation(found.statistic, math.tanh(z - half), math.tanh(z + half), found.pvalue, len(x))
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson's score interval for a binomial rate: honest near 0, where love rates live."""
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"a rate needs 0 ≤ successes ≤ n and n > 0, got {successes} of {n}")
+    z = scipy_stats.norm.ppf((1 + confidence) / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half

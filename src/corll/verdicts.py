@@ -31,10 +31,9 @@ from pathlib import Path
 
 import yaml
 from scipy import stats as scipy_stats
-from scipy.stats import pearsonr
 
 from corll.experiment import Experiment, arm_records, finished_runs, load_experiment
-from corll.stats import paired_comparison
+from corll.stats import paired_comparison, pearson_interval
 
 ALPHA = 0.05
 POWER = 0.8
@@ -173,10 +172,8 @@ def measure_source_claim(claim: Claim, data: dict) -> dict:
                   "labels": found["labels"], "x": x, "y": y, "sd": None}
         if len(x) < 4:
             return {**entry, "effect": None, "low": None, "high": None, "p": None}
-        r = pearsonr(x, y)
-        z, half = math.atanh(max(min(r.statistic, 0.999999), -0.999999)), 1.96 / math.sqrt(len(x) - 3)
-        return {**entry, "effect": r.statistic, "low": math.tanh(z - half), "high": math.tanh(z + half),
-                "p": r.pvalue}
+        r = pearson_interval(x, y)
+        return {**entry, "effect": r.r, "low": r.low, "high": r.high, "p": r.p_value}
     mine, theirs = found["values"], found["baseline_values"]
     seeds = sorted(set(mine) & set(theirs), key=int)
     entry |= {"seeds": [int(s) for s in seeds], "planned_seeds": found.get("planned_seeds", len(seeds))}
