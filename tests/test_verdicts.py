@@ -127,7 +127,7 @@ def test_claims_measured_by_a_study_file_and_per_metric_measures(tmp_path, monke
         "r": {"kind": "correlation", "labels": list("abcdefg"), "x": x, "y": y, "seeds": [1, 2]}}))
     (tmp_path / "study.md").write_text("## Study tables\n\n| a | b |\n")
     (tmp_path / "claims.yaml").write_text(
-        "title: Study\npage: study\nsections: [study.md, missing.md]\nclaims:\n"
+        "title: Study\npage: study\nsections: [study.md, missing.md]\nnotes: What it means.\nclaims:\n"
         "  - {id: auc, statement: ranks, source: study.json, key: auc, measure: auroc, primary: true}\n"
         "  - {id: r, statement: predicts, source: study.json, key: r, measure: pearson_r}\n"
         "  - {id: later, statement: not yet, source: absent.json, key: auc, measure: auroc}\n")
@@ -142,6 +142,7 @@ def test_claims_measured_by_a_study_file_and_per_metric_measures(tmp_path, monke
     assert result["later"]["verdict"].startswith("inconclusive (minimum detectable effect not estimable")
     text = page.read_text()
     assert "## Study tables" in text and "missing.md: not written yet" in text and "7 variants" in text
+    assert text.index("| ranks |") < text.index("What it means.") < text.index("## Study tables")
     # Fisher's z: 80% power at α = 0.05 over 7 pairs needs r ≥ tanh((1.960 + 0.842) / 2) = 0.885
     assert correlation_mde(7) == pytest.approx(math.tanh((1.959964 + 0.841621) / 2), abs=1e-4)
     records = [{"round": 0, "reward": 0.1, "help": 0.30}, {"round": 12, "reward": 0.2, "help": 0.25}]
