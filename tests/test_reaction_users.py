@@ -69,3 +69,23 @@ def test_checklist_helpfulness_counts_rubric_items_in_the_answers_own_words():
     assert set(checklists()) == set(train) | set(test) and len(test) == 30
     with pytest.raises(ValueError, match="no helpfulness checklist"):
         checklist_helpfulness(["An unknown request"], ["an answer"])
+
+
+def test_each_seed_logs_its_own_reactions_and_seed_zero_is_the_tasks_log(tmp_path, monkeypatch):
+    """Independent logs for the reward-model seeds: another seed, another file and other draws; the same seed
+    reads the cached file back instead of drawing again."""
+    from types import SimpleNamespace
+
+    from corll.tasks import reactions
+
+    monkeypatch.setenv("CORLL_CACHE", str(tmp_path))
+    answers = iter(range(10_000))
+    policy = SimpleNamespace(source=("tiny", 0), sampling=SimpleNamespace(max_new_tokens=8),
+                             sample=lambda prompts, k, use_reference: [[f"answer {next(answers)}"] * k for _ in prompts])
+    react = lambda xs, ys: [torch.rand(()).item() < 0.5 for _ in ys]  # noqa: E731
+    assert reactions.reaction_log_path(policy, 0).name.count("seed") == 0
+    first = reactions.cached_reaction_log(policy, ["a", "b"], react, seed=0)
+    other = reactions.cached_reaction_log(policy, ["a", "b"], react, seed=1)
+    assert reactions.reaction_log_path(policy, 1) != reactions.reaction_log_path(policy, 0)
+    assert first[1] != other[1]  # other answers (and draws)
+    assert reactions.cached_reaction_log(policy, ["a", "b"], react, seed=0) == first  # read back, not redrawn
