@@ -267,6 +267,7 @@ def judge(claims: Claims) -> list[dict]:
             entry["mde"] = (minimum_detectable_effect(entry["sd"], len(entry["seeds"]), level)
                             if entry["sd"] is not None else None)
         entry["paper_effect"] = claim.paper_effect
+        entry["interval"] = None if entry["effect"] is None else [entry["low"], entry["high"]]  # 95%, as a pair
         entry["verdict"] = verdict(entry, ALPHA, claim.paper_effect)
     return entries
 
