@@ -126,16 +126,27 @@ def test_an_interrupted_late_ensemble_resumes_exactly(tmp_path):
     assert strip(RunDir(tmp_path / "cut").read_metrics()) == strip(RunDir(tmp_path / "full").read_metrics())
 
 
-def test_headroom_shows_the_least_edited_of_its_samples():
+def test_headroom_shows_the_least_edited_of_its_samples_and_asks_its_user_once():
     from corll.learners.edits import HeadroomAgent
     from corll.users import LocalEditor
     from corll.tasks.synthetic import build_personal
 
+    class Samples:  # π_0 stand-in: the same three answers to every prompt
+        def sample(self, prompts, k, use_reference=False):
+            return [["X y", "7 ok", "b c"][:k] for _ in prompts]
+
     editor = LocalEditor(build_personal())
-    agent = HeadroomAgent(policy=None, editor=editor, k=3)
-    # prompt 1's user accepts a lowercase letter or a digit first; only "7 ok" and "b c" need no edit
-    assert agent.least_edited("word 1", ["X y", "7 ok", "b c"]) == "7 ok"
-    assert agent.least_edited("word 2", ["X y", "7 ok", "b c"]) == "b c"  # prompt 2's user: lowercase only
+    asked = []
+    edit = editor.edit
+    editor.edit = lambda xs, ys: asked.extend(ys) or edit(xs, ys)
+    agent = HeadroomAgent(policy=Samples(), editor=editor, batch_size=2, k=3)
+    # prompt 1's user accepts a lowercase letter or a digit first; only "7 ok" and "b c" need no edit;
+    # prompt 2's user accepts lowercase only
+    assert agent.act(["word 1", "word 2"]) == ["7 ok", "b c"]
+    asked.clear()
+    log, stats = agent.round(lambda n: ["word 2", "word 1"][:n])
+    assert log.shown == [("word 2", "b c"), ("word 1", "7 ok")] and log.costs == [0, 0] and stats is None
+    assert len(asked) == 6  # k answers per prompt, none asked again for the draft shown
 
 
 def test_costs_are_kept_per_source_and_headroom_is_edited_less_than_the_floor(tmp_path):

@@ -24,7 +24,9 @@ verdict follows from its numbers by the same rule:
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,8 +241,6 @@ def verdict(entry: dict, alpha: float, paper_effect: float) -> str:
 
 def judge(claims: Claims) -> list[dict]:
     """Measure every claim, correct the secondary ones together (Holm), and give each its verdict."""
-    import json
-
     experiments: dict[str, Experiment] = {}
     entries = []
     for claim in claims.claims:
@@ -296,8 +296,6 @@ def verdict_table(entries: list[dict]) -> str:
 
 def compute_cost(experiment: Experiment) -> dict:
     """Wall time summed over the experiment's runs and the CPUs they ran on (from each run's config.json)."""
-    import json
-
     seconds, cpus = 0.0, set()
     for _, _, _, folder in experiment.runs():
         metrics, config = folder / "metrics.jsonl", folder / "config.json"
@@ -335,8 +333,6 @@ def write_results(claims_path: Path, out: Path) -> tuple[Path, Path]:
     """docs/<page>.md and docs/<page>.json (the claims file's `page`, default results) from the claims file
     and whatever runs exist (paths in claims and experiment files are relative to the working directory,
     the repository root)."""
-    import json
-    import shutil
 
     from corll.experiment import aggregate, results_markdown
 

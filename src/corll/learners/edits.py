@@ -89,7 +89,12 @@ def edit_round(agent, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLo
     """One online episode of any agent with `act`/`learn`: show drafts, observe edits, learn from them."""
     prompts = next_prompts(agent.batch_size)
     drafts = agent.act(prompts)
-    edits = agent.editor.edit(prompts, drafts)
+    return observed_round(agent, prompts, drafts, agent.editor.edit(prompts, drafts))
+
+
+def observed_round(agent, prompts: list[str], drafts: list[str], edits: list[Edit | None]
+                   ) -> tuple[RoundLog, StepStats | None]:
+    """The rest of an episode once the user has edited the drafts: log it and let the agent learn."""
     pairs = [e.to_pair(x) for x, e in zip(prompts, edits) if e is not None]
     return _log(prompts, drafts, edits, pairs), agent.learn(prompts, drafts, edits)
 
@@ -142,12 +147,22 @@ class HeadroomAgent(FloorAgent):
     k: int = 8
 
     def act(self, prompts: list[str]) -> list[str]:
-        samples = self.policy.sample(prompts, self.k, use_reference=True)
-        return [self.least_edited(x, ys) for x, ys in zip(prompts, samples)]
+        return self.least_edited(prompts)[0]
 
-    def least_edited(self, prompt: str, responses: list[str]) -> str:
-        costs = edit_costs(responses, self.editor.edit([prompt] * len(responses), responses))
-        return responses[costs.index(min(costs))]
+    def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
+        prompts = next_prompts(self.batch_size)
+        return observed_round(self, prompts, *self.least_edited(prompts))  # the editor already answered
+
+    def least_edited(self, prompts: list[str]) -> tuple[list[str], list[Edit | None]]:
+        """Each prompt's least-edited sample of π_0 and its user's edit of it."""
+        drafts, edits = [], []
+        for prompt, responses in zip(prompts, self.policy.sample(prompts, self.k, use_reference=True)):
+            answers = self.editor.edit([prompt] * len(responses), responses)
+            costs = edit_costs(responses, answers)
+            best = costs.index(min(costs))
+            drafts.append(responses[best])
+            edits.append(answers[best])
+        return drafts, edits
 
 
 @dataclass
