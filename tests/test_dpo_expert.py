@@ -54,3 +54,27 @@ def test_corll_learns_from_the_dpo_expert(cache, tmp_path):
     # The gain is about +0.5 (0.52 and 0.48 under numerically equivalent code paths: a different sum order
     # moves this small, fast-learning run), so the bar sits below that noise.
     assert summary["corll"]["reward_final"] > summary["corll"]["reward_initial"] + 0.3, summary
+
+
+def test_expert_reward_scores_each_response_once_and_samples_as_the_expert_does(cache):
+    policy = load_policy("tiny", lora=LoraSettings(), sampling=SamplingConfig(max_new_tokens=12))
+    task = load_task("synthetic-dpo", policy)
+    reward, expert = task.reward, task.reward.expert
+    assert task.expert == reward.sample
+    prompts = task.test_prompts[:4]
+    torch.manual_seed(3)
+    plain = expert.sample(prompts, 3)
+    torch.manual_seed(3)
+    assert reward.sample(prompts, 3) == plain  # the same candidates as π*'s own sampling
+    flat_x, flat_y = [x for x in prompts for _ in range(3)], [y for ys in plain for y in ys]
+    forward = expert.implicit_reward(flat_x, flat_y, 0.1).tolist()
+    scored = expert.implicit_reward
+    expert.implicit_reward = lambda *args: pytest.fail("a remembered response was scored again")
+    assert reward(flat_x, flat_y) == pytest.approx(forward, abs=1e-4)  # read off generate's logits
+    drafts = ["a b c", "A B C"]
+    expert.implicit_reward = lambda xs, ys, beta: (calls.append(list(ys)), scored(xs, ys, beta))[1]
+    calls: list = []
+    first = reward(prompts[:2] * 2, drafts * 2)
+    assert calls == [drafts] and first[:2] == first[2:]  # distinct responses scored once, in one call
+    assert reward(prompts[:2], drafts) == first[:2] and len(calls) == 1
+    assert first == pytest.approx(scored(prompts[:2] * 2, drafts * 2, 0.1).tolist(), abs=1e-5)

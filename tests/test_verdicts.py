@@ -64,6 +64,14 @@ def test_the_page_and_json_come_from_the_runs(tmp_path, monkeypatch):
     assert min(result["noisy"]["p_adjusted"], result["learns"]["p_adjusted"]) == pytest.approx(2 * smaller)
     text = page.read_text()
     assert "| a beats b |" in text and "reproduced" in text and "Sizing the primary test" in text
+    assert "hours of training rounds so far" in text  # no run has written its summary
+    for arm, algorithm in {"a": "corll", "b": "dueling", "c": "corll"}.items():
+        for seed in range(4):
+            summary = tmp_path / "runs" / "toy" / arm / f"seed-{seed}" / "summary.json"
+            summary.write_text(json.dumps({algorithm: {"rounds": 2}}))
+    page, data = write_results(tmp_path / "claims.yaml", tmp_path / "docs")
+    assert "hours of training rounds (evaluations" in page.read_text()
+    assert json.loads(data.read_text())["compute"]["toy"]["complete"] is True
 
 
 def test_a_claim_with_fewer_than_two_seed_pairs_is_not_yet_tested_rather_than_judged():

@@ -34,7 +34,7 @@ from pathlib import Path
 import yaml
 from scipy import stats as scipy_stats
 
-from corll.experiment import Experiment, arm_records, finished_runs, load_experiment
+from corll.experiment import Experiment, arm_records, finished_runs, load_experiment, run_is_finished
 from corll.stats import paired_comparison, pearson_interval
 
 ALPHA = 0.05
@@ -296,9 +296,10 @@ def verdict_table(entries: list[dict]) -> str:
 
 def compute_cost(experiment: Experiment) -> dict:
     """Wall time summed over the experiment's runs and the CPUs they ran on (from each run's config.json)."""
-    seconds, cpus = 0.0, set()
-    for _, _, _, folder in experiment.runs():
+    seconds, cpus, complete = 0.0, set(), True
+    for _, _, run_config, folder in experiment.runs():
         metrics, config = folder / "metrics.jsonl", folder / "config.json"
+        complete = complete and run_is_finished(folder, run_config)
         if metrics.exists():
             lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
             seconds += max((r.get("wall_time", 0.0) for r in lines), default=0.0)
@@ -307,7 +308,7 @@ def compute_cost(experiment: Experiment) -> dict:
             if hw:
                 cpus.add(f"{hw.get('cpu')} ({hw.get('capability')}, {hw.get('precision')}, "
                          f"{hw.get('threads')} thread{'s' if hw.get('threads') != 1 else ''})")
-    return {"hours": seconds / 3600, "cpus": sorted(cpus)}
+    return {"hours": seconds / 3600, "cpus": sorted(cpus), "complete": complete}
 
 
 def sizing(entry: dict, effects: tuple[float, ...] = (0.05, 0.1, 0.2)) -> dict:
@@ -355,7 +356,7 @@ def write_results(claims_path: Path, out: Path) -> tuple[Path, Path]:
             table = table.replace(link, f"![{figure}](figures/{experiment.name}-{figure}.png)")
         cost = costs[experiment.name]
         table = table.replace(f"# {experiment.name}\n", f"## {experiment.name}\n\nConfig `{name}`; "
-                              f"{cost['hours']:.1f} hours of training rounds so far (evaluations not counted) on {', '.join(cost['cpus']) or '–'}.\n", 1)
+                              f"{cost['hours']:.1f} hours of training rounds{'' if cost['complete'] else ' so far'} (evaluations not counted) on {', '.join(cost['cpus']) or '–'}.\n", 1)
         sections.append(table)
     primary = next(e for e in entries if e["primary"])
     size = sizing(primary)

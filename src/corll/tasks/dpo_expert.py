@@ -18,6 +18,7 @@ import hashlib
 import json
 import statistics
 import sys
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 from corll.feedback import PreferencePair
-from corll.policy import cached_build
+from corll.policy import cached_build, prompt_key
 from corll.tasks import Task
 
 EXPERT_BETA = 0.1
@@ -135,19 +136,48 @@ def load_expert(base_build: Callable, base_name: str, policy, settings: ExpertTr
     return expert
 
 
+class ExpertReward:
+    """R*(x, y) = β·(log π*(y|x) − log π_0(y|x)) of a frozen expert, each (x, y) computed once.
+
+    The expert never changes, so a value stays true: a round scores its drafts when the editor judges
+    them and again as the responses shown, and the editor's candidates were scored while π* sampled
+    them (log π* read off generate's logits, as the learner's own samples are)."""
+
+    def __init__(self, expert, beta: float, size: int = 100_000) -> None:
+        self.expert, self.beta, self.size = expert, beta, size
+        self.known: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def __call__(self, xs: Sequence[str], ys: Sequence[str]) -> list[float]:
+        keys = [(prompt_key(x), y) for x, y in zip(xs, ys)]
+        todo = list({key: i for i, key in enumerate(keys) if key not in self.known}.values())  # distinct
+        if todo:
+            rewards = self.expert.implicit_reward([xs[i] for i in todo], [ys[i] for i in todo], self.beta)
+            self._remember([keys[i] for i in todo], rewards.tolist())
+        return [self.known[key] for key in keys]
+
+    def sample(self, xs: Sequence[str], n: int) -> list[list[str]]:
+        """n candidates per prompt from π*, their R* remembered for the editor that ranks them."""
+        samples, logps = self.expert.sample_scored(list(xs), n)
+        flat_xs = [x for x, ys in zip(xs, samples) for _ in ys]
+        flat_ys = [y for ys in samples for y in ys]
+        reference = self.expert.logprobs(flat_xs, flat_ys, reference=True)
+        self._remember([(prompt_key(x), y) for x, y in zip(flat_xs, flat_ys)],
+                       (self.beta * (logps.flatten() - reference)).tolist())
+        return samples
+
+    def _remember(self, keys: list[tuple[str, str]], values: list[float]) -> None:
+        for key, value in zip(keys, values):
+            self.known.setdefault(key, value)  # a value once given is the value
+        while len(self.known) > self.size:
+            self.known.popitem(last=False)
+
+
 def wrap(base_build: Callable, base_name: str, settings: ExpertTraining = ExpertTraining()) -> Callable:
     """A task factory: the base task's prompts, R* = β·log π*/π_0, candidates sampled from π*."""
 
     def build(policy) -> Task:
         base = base_build(policy)
-        expert = load_expert(base_build, base_name, policy, settings)
-
-        def reward(xs: Sequence[str], ys: Sequence[str]) -> list[float]:
-            return expert.implicit_reward(list(xs), list(ys), settings.beta).tolist()
-
-        def sample_expert(xs: Sequence[str], n: int) -> list[list[str]]:
-            return expert.sample(list(xs), n)
-
-        return Task(f"{base_name}-dpo", base.train_prompts, base.test_prompts, reward, sample_expert)
+        reward = ExpertReward(load_expert(base_build, base_name, policy, settings), settings.beta)
+        return Task(f"{base_name}-dpo", base.train_prompts, base.test_prompts, reward, reward.sample)
 
     return build
