@@ -44,8 +44,11 @@ def test_dpo_expert_is_trained_once_cached_and_better_than_the_reference(cache):
     assert len(experts(cache)) == 1
     # The expert is the user, not part of the learner: a run with another seed meets the same one.
     other_seed = load_policy("tiny", lora=LoraSettings(), sampling=SamplingConfig(max_new_tokens=16), seed=5)
-    load_task("synthetic-dpo", other_seed)
+    other_expert = load_task("synthetic-dpo", other_seed).reward.expert
     assert len(experts(cache)) == 1
+    # ... whose π_0 values it shares only where its base model is the learner's (tiny models differ by seed)
+    assert task.reward.expert._reference_cache is policy._reference_cache
+    assert other_expert._reference_cache is not other_seed._reference_cache
 
 
 def test_corll_learns_from_the_dpo_expert(cache, tmp_path):

@@ -157,6 +157,24 @@ def test_full_finetuning_keeps_a_frozen_reference():
     assert torch.equal(policy.logprobs(PROMPTS, RESPONSES, reference=True), reference)
 
 
+def test_policies_over_the_same_base_model_share_their_reference_values(policy, tmp_path):
+    perturb_lora(policy)  # adapters differ; π_0 is the base model in both
+    other = load_policy("tiny", seed=0)
+    assert other.share_reference(policy)
+    values = other.logprobs(PROMPTS, RESPONSES, reference=True)
+    assert len(policy._reference_cache) == len(PROMPTS)  # computed once, for both
+    policy._reference_cache.clear()
+    assert torch.allclose(values, policy.logprobs(PROMPTS, RESPONSES, reference=True), atol=1e-6)
+    # not shared where π_0 differs: another base model, or a starting adapter as π_0
+    assert not load_policy("tiny", seed=1).share_reference(policy)
+    policy.model.save_pretrained(tmp_path / "adapter")
+    assert not load_policy("tiny", init_adapter=tmp_path / "adapter").share_reference(policy)
+    changed = load_policy("tiny", seed=0)
+    with torch.no_grad():
+        next(p for n, p in changed.model.named_parameters() if "lora_" not in n and p.dim() == 2).add_(1e-3)
+    assert not changed.share_reference(policy)
+
+
 def test_sampling_gives_k_responses_per_prompt_and_replays_from_a_seed(policy):
     torch.manual_seed(3)
     first = policy.sample(PROMPTS, 3)

@@ -421,6 +421,24 @@ class Policy:
             with self.model.disable_adapter():
                 yield self.model
 
+    def share_reference(self, other: Policy) -> bool:
+        """Use `other`'s cache of log π_0 values if both π_0 are the same base model, weight for weight (a
+        task's expert and the learner it judges ask for the same drafts' and edits' values). Returns
+        whether they now share it."""
+        mine, theirs = self._base_weights(), other._base_weights()
+        if (self.precision != other.precision or mine is None or theirs is None or mine.keys() != theirs.keys()
+                or not all(torch.equal(mine[name], theirs[name]) for name in mine)):
+            return False
+        self._reference_cache = other._reference_cache
+        return True
+
+    def _base_weights(self) -> dict[str, torch.Tensor] | None:
+        """The base model's weights by name when π_0 is the base model (LoRA with no starting adapter)."""
+        if self._reference_model is not None or REFERENCE_ADAPTER in getattr(self.model, "peft_config", {}) \
+                or not hasattr(self.model, "disable_adapter"):
+            return None
+        return {name.replace(".base_layer", ""): p for name, p in self.model.named_parameters() if "lora_" not in name}
+
     def _mark_trainable(self, adapter: str) -> None:
         """`set_adapter` re-enables gradients on the active adapter; keep the reference frozen."""
         for name, param in self.model.named_parameters():

@@ -133,6 +133,7 @@ def load_expert(base_build: Callable, base_name: str, policy, settings: ExpertTr
     expert.sampling = policy.sampling
     expert.load_trainable_state(torch.load(weights, weights_only=True))
     expert.model.requires_grad_(False)
+    expert.share_reference(policy)  # the same π_0 (where the learner's base is the expert's): one cache
     return expert
 
 
