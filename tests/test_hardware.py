@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 import corll.hardware as hardware
 from corll.cli import app
 from corll.hardware import Hardware, choose_precision
-from corll.policy import cached_build, load_policy
+from corll.models import cached_build
+from corll.policy import load_policy
 
 @pytest.fixture(autouse=True)
 def keep_thread_count():
@@ -120,7 +121,7 @@ def test_bad_thread_count_is_refused(tmp_path):
 BUILDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from corll.policy import cached_build
+    from corll.models import cached_build
 
     def build(staging):
         (staging / "weights").write_text(sys.argv[2])

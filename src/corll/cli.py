@@ -56,7 +56,7 @@ def use_hardware(precision: str, threads: int | None) -> str:
     """Set the thread count, say which precision runs and why (and warn when it is a slow choice);
     returns the resolved precision."""
     from corll.hardware import PrecisionError, choose_precision, set_threads
-    from corll.policy import quiet_libraries
+    from corll.models import quiet_libraries
 
     quiet_libraries()
     try:

@@ -486,7 +486,7 @@ def worker_threads(jobs: int) -> int:
 
 def _run_in_worker(name: str, config: SimulationConfig, path: Path, queue, threads: int) -> dict:
     """One algorithm in a worker process (it inherits the parent's OpenMP wait policy)."""
-    from corll.policy import quiet_libraries
+    from corll.models import quiet_libraries
 
     quiet_libraries()
     torch.set_num_threads(threads)

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from corll.feedback import PreferencePair
-from corll.policy import cached_build, prompt_key
+from corll.models import cached_build
+from corll.policy import prompt_key
 from corll.tasks import Task
 
 EXPERT_BETA = 0.1
@@ -53,7 +54,7 @@ EXPERT_SEED = 0
 
 
 def expert_dir(base_name: str, source: tuple[str, int], settings: ExpertTraining, cache_dir: Path | None = None) -> Path:
-    from corll.policy import default_cache_dir
+    from corll.models import default_cache_dir
 
     key = json.dumps({"task": base_name, "model": source[0], "seed": source[1], **dataclasses.asdict(settings)},
                      sort_keys=True)

@@ -196,13 +196,13 @@ def _log_key(policy, seed: int = 0) -> str:
 
 
 def reaction_log_path(policy, seed: int = 0) -> Path:
-    from corll.policy import default_cache_dir
+    from corll.models import default_cache_dir
 
     return default_cache_dir() / "reward-models" / f"assistant-reactions-{_log_key(policy, seed)}.log.jsonl"
 
 
 def cached_reward_model_path(policy, features: str = "text") -> Path:
-    from corll.policy import default_cache_dir
+    from corll.models import default_cache_dir
 
     return default_cache_dir() / "reward-models" / f"assistant-reactions-{_log_key(policy)}-{features}.pt"
 
