@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import statistics
 import subprocess
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,8 +40,11 @@ from corll.hardware import available_cpus, choose_precision, detect
 from corll.learners.dpo import DPOConfig, DPOLearner
 from corll.policy import EncodedBatch, LoraSettings, Policy, SamplingConfig, load_policy
 from corll.tasks import load_task
+from corll.tasks.dpo_expert import EXPERT_BETA, ExpertReward
+from corll.users.expert_editor import ExpertEditor
 
 K, N, NEW_TOKENS = 4, 8, 64
+EXPERT_CANDIDATES = 4  # l, as in the headline experiment
 
 
 def full_vocabulary_logprobs(model, batch) -> torch.Tensor:
@@ -106,6 +111,8 @@ THREAD_JOB = """
 import sys, time, torch
 from corll.policy import LoraSettings, SamplingConfig, load_policy
 from corll.tasks import load_task
+from corll.tasks.dpo_expert import EXPERT_BETA, ExpertReward
+from corll.users.expert_editor import ExpertEditor
 torch.set_num_threads(int(sys.argv[1]))
 torch.manual_seed(0)
 p = load_policy("smollm2-135m-instruct", lora=LoraSettings(), sampling=SamplingConfig(max_new_tokens=32))
@@ -209,6 +216,27 @@ def main() -> None:
         out = fast.sample(prompts, K)
         fast.logprobs([x for x in prompts for _ in range(K)], [y for ys in out for y in ys])
 
+    def expert_edits(remembered: bool) -> Callable[[], object]:
+        """The paper's simulated user judging the drafts (`samples`' first of each prompt, their log π_0
+        already known from the argmax) and R* of the drafts shown: with R* remembered per response and π_0
+        shared with the learner, or (off) each call scoring afresh under the expert's own π_0 cache."""
+        task = load_task("positive-review-dpo", fast)
+        expert, drafts = task.reward.expert, [ys[0] for ys in samples]
+        fast.logprobs(prompts, drafts, reference=True)
+
+        def run() -> None:
+            if remembered:
+                reward = ExpertReward(expert, EXPERT_BETA)
+                expert._reference_cache = fast._reference_cache
+                user = dataclasses.replace(task, reward=reward, expert=reward.sample)
+            else:
+                expert._reference_cache = OrderedDict()
+                user = dataclasses.replace(task, expert=expert.sample,
+                                           reward=lambda xs, ys: expert.implicit_reward(xs, ys, EXPERT_BETA).tolist())
+            ExpertEditor(user, l=EXPERT_CANDIDATES).edit(prompts, drafts)
+            user.reward(prompts, drafts)
+        return run
+
     levers = [
         ("one batched `generate` for all prompts × k (vs a call per prompt)", "sample",
          sample_per_prompt, lambda: fast.sample(prompts, K)),
@@ -234,6 +262,8 @@ def main() -> None:
          lambda: plain.sample(prompts, K), lambda: fast.sample(prompts, K)),
         ("frozen weights through oneDNN's prepacked kernels when no gradient is taken (vs MKL's GEMM)",
          "score for the argmax", score_cold_with(plain), score_cold_with(fast)),
+        ("the expert's R* once per response: candidates scored while sampled, π₀ shared with the learner "
+         "(vs scored afresh)", "expert's edits + R* shown", expert_edits(False), expert_edits(True)),
     ]
     if detect().native_bf16:  # the bf16 levers: only where bf16 is the fast choice
         fp32 = policy("fp32")
