@@ -185,3 +185,31 @@ def test_a_protocol_experiment_reports_cost_over_the_same_episodes_for_every_age
             assert cell["mean"] == pytest.approx(sum(per_seed) / 2) and cell["n"] == 2
     assert "| arm | lower | lower-or-digit |" in page
     assert (tmp_path / "out" / "online-cost.png").stat().st_size > 0
+
+
+def test_a_shared_arm_uses_the_other_experiments_runs_and_must_match_them(tmp_path, monkeypatch):
+    from corll.experiment import subset
+
+    monkeypatch.chdir(tmp_path)  # experiment files name other files relative to where commands run
+    owner = load_experiment(write(tmp_path, EXPERIMENT.replace("name: tiny-grid", "name: tiny-grid\nout: runs/grid")))
+    run_experiment(subset(owner, seeds="0", arms="corll"), lambda *_: None)
+    borrower = EXPERIMENT.replace("name: tiny-grid", "name: borrower\nout: runs/borrower").replace(
+        "seeds: [0, 1]", "seeds: [0]").replace("dueling: {algorithms: [dueling]}", "noisy: {algorithms: [corll], epsilon: 0.3}")
+    borrower = borrower.replace("baseline: dueling", "baseline: noisy\nshared: {corll: exp.yaml#corll}")
+    borrower = borrower.replace("[corll, dueling]", "[corll, noisy]")
+    (tmp_path / "borrower.yaml").write_text(borrower)
+    experiment = load_experiment(tmp_path / "borrower.yaml")
+    assert [run[3].as_posix() for run in experiment.runs()] == ["runs/grid/corll/seed-0", "runs/borrower/noisy/seed-0"]
+    seen = []
+    result = run_experiment(experiment, lambda arm, seed, done, total, record, doing: doing or seen.append((arm, done)))
+    assert ("corll", 4) in seen and ("corll", 0) not in seen  # finished in the owner's folder: not re-run
+    assert not (tmp_path / "runs/borrower/corll").exists() and (tmp_path / "runs/borrower/noisy/seed-0").is_dir()
+    owned = RunDir(tmp_path / "runs/grid/corll/seed-0").read_metrics()[-1]["reward"]
+    assert result["arms"]["corll"]["final_reward"]["mean"] == pytest.approx(owned)
+    # only identical settings share runs; the differing fields are named
+    (tmp_path / "borrower.yaml").write_text(borrower.replace("exp.yaml#corll", "exp.yaml#dueling"))
+    with pytest.raises(ExperimentError, match="differs from exp.yaml#dueling in algorithms"):
+        load_experiment(tmp_path / "borrower.yaml")
+    (tmp_path / "borrower.yaml").write_text(borrower.replace("shared: {corll:", "shared: {nobody:"))
+    with pytest.raises(ExperimentError, match="shared arm 'nobody' is not one of the arms"):
+        load_experiment(tmp_path / "borrower.yaml")

@@ -10,12 +10,16 @@
     figures:                                                     # one PNG per figure
       fig1: {arms: [corll, dueling], metrics: [reward, regret]}
     regret_samples: 16                                           # best of M expert samples estimate R*(y*)
+    shared: {corll: experiments/other.yaml#corll}                # an arm whose runs another experiment has
 
 Every run gets its own folder `<out>/<arm>/seed-<s>/` (a normal `corll simulate`
 run folder). Runs go seed by seed, so a partly finished experiment already has
 every arm at the first seeds; a finished run is never re-run and an interrupted
 one resumes from its checkpoint. The aggregate (`aggregate.json`, figures,
 `results.md`) is rebuilt from whatever runs exist.
+
+A `shared` arm is another experiment's arm with exactly the same settings (checked): its runs live in
+that experiment's folders, are run once for both, and count toward the other experiment's compute.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from corll.simulate import ConfigError, RunDir, SimulationConfig, build_policy, 
 from corll.stats import Interval, paired_comparison, t_interval
 from corll.tasks import load_task
 
-EXPERIMENT_KEYS = {"name", "description", "seeds", "base", "arms", "baseline", "figures", "regret_samples", "out"}
+EXPERIMENT_KEYS = {"name", "description", "seeds", "base", "arms", "baseline", "figures", "regret_samples", "out",
+                   "shared"}
 METRICS = {
     "reward": "held-out mean R*",
     "shown_reward": "mean R* of the responses shown in training",
@@ -80,11 +85,37 @@ class Experiment:
     figures: dict[str, Figure] = field(default_factory=dict)
     regret_samples: int = 0
     description: str = ""
+    shared: dict[str, Path] = field(default_factory=dict)  # arm -> the folder of another experiment's arm
 
     def runs(self) -> list[tuple[str, int, SimulationConfig, Path]]:
         """(arm, seed, config, folder) in the order they run: seed by seed, arms in file order."""
-        return [(arm, seed, dataclasses.replace(config, seed=seed), self.out / arm / f"seed-{seed}")
+        return [(arm, seed, dataclasses.replace(config, seed=seed),
+                 self.shared.get(arm, self.out / arm) / f"seed-{seed}")
                 for seed in self.seeds for arm, config in self.arms.items()]
+
+
+def shared_arms(raw: object, arms: dict[str, SimulationConfig]) -> dict[str, Path]:
+    """`shared: {arm: other.yaml#their-arm}` -> arm -> the other arm's folder, once its settings are
+    checked to be this arm's, field for field (the runs are then the same computation)."""
+    if not raw:
+        return {}
+    if not isinstance(raw, dict):
+        raise ExperimentError("'shared' must map arm names to 'experiment.yaml#arm'")
+    folders = {}
+    for arm, source in raw.items():
+        if arm not in arms:
+            raise ExperimentError(f"shared arm {arm!r} is not one of the arms ({', '.join(arms)})")
+        path, _, theirs = str(source).partition("#")
+        other = load_experiment(Path(path))
+        if theirs not in other.arms:
+            raise ExperimentError(f"shared arm {arm!r}: {path} has no arm {theirs!r} ({', '.join(other.arms)})")
+        mine, their_config = dataclasses.asdict(arms[arm]), dataclasses.asdict(other.arms[theirs])
+        differ = sorted(k for k in mine if mine[k] != their_config[k])
+        if differ:
+            raise ExperimentError(f"shared arm {arm!r} differs from {path}#{theirs} in {', '.join(differ)}: "
+                                  "only identical settings can share runs")
+        folders[str(arm)] = other.shared.get(theirs, other.out / theirs)
+    return folders
 
 
 def load_experiment(path: Path, out: Path | None = None) -> Experiment:
@@ -152,7 +183,8 @@ def load_experiment(path: Path, out: Path | None = None) -> Experiment:
         raise ExperimentError("'regret_samples' must be a non-negative integer")
     target = out or Path(raw.get("out") or Path("runs") / "experiments" / str(raw["name"]))
     return Experiment(name=str(raw["name"]), seeds=seeds, arms=arms, out=target, baseline=baseline,
-                      figures=figures, regret_samples=regret_samples, description=str(raw.get("description", "")))
+                      figures=figures, regret_samples=regret_samples, description=str(raw.get("description", "")),
+                      shared=shared_arms(raw.get("shared"), arms))
 
 
 def subset(experiment: Experiment, seeds: str | None = None, arms: str | None = None) -> Experiment:

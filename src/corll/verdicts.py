@@ -295,11 +295,14 @@ def verdict_table(entries: list[dict]) -> str:
 
 
 def compute_cost(experiment: Experiment) -> dict:
-    """Wall time summed over the experiment's runs and the CPUs they ran on (from each run's config.json)."""
+    """Wall time summed over the experiment's own runs (not those it shares with another) and the CPUs they
+    ran on (from each run's config.json)."""
     seconds, cpus, complete = 0.0, set(), True
-    for _, _, run_config, folder in experiment.runs():
-        metrics, config = folder / "metrics.jsonl", folder / "config.json"
+    for arm, _, run_config, folder in experiment.runs():
         complete = complete and run_is_finished(folder, run_config)
+        if arm in experiment.shared:
+            continue  # spent once, counted by the experiment that owns the runs
+        metrics, config = folder / "metrics.jsonl", folder / "config.json"
         if metrics.exists():
             lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
             seconds += max((r.get("wall_time", 0.0) for r in lines), default=0.0)
