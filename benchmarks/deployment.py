@@ -94,6 +94,7 @@ def run_arm(name: str, args, work: Path) -> dict:
         row["version"] = store.get_interaction(Principal("acme", row["user"]), row["id"]).policy_version_id
     decisions = [{"user": d.user, "version": d.version_id, "decision": d.decision, "reason": d.reason,
                   "seen_through": d.seen_through, "margin_gain": d.metrics.get("margin_gain"),
+                  "edit_logprob_gain": d.metrics.get("edit_logprob_gain"),
                   "at": d.created_at.isoformat()} for d in store.decisions()]
     return {"rows": sorted(rows, key=lambda r: (r["user"], r["t"])), "decisions": decisions, "wall_s": wall}
 

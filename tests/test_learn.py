@@ -64,6 +64,9 @@ def test_a_user_with_enough_edits_gets_a_promoted_version_trained_on_their_own_e
     assert [(d.tenant, d.user, d.decision) for d in made] == [("acme", "alice", "promoted")]
     d = made[0]
     assert d.metrics["margin_gain"] > 0 and d.metrics["held_out"] == 2
+    # the margin's rise splits into how the edits' and the drafts' own likelihoods moved
+    assert d.metrics["margin_gain"] == pytest.approx(d.metrics["edit_logprob_gain"] - d.metrics["draft_logprob_gain"],
+                                                     abs=1e-4)
     version = store.version(d.version_id)
     assert version.active and version.user == "alice" and Path(version.adapter_path, "adapter_model.safetensors").exists()
     # the newest quarter is held out: trained through the 6th event, the 7th and 8th judged the candidate

@@ -114,11 +114,11 @@ def pending(store: Store, lineage: Lineage, records: list[FeedbackRecord], confi
                    older[-config.replay:] if config.replay else [], records[-1].event_id, prompts)
 
 
-def margins(policy: Policy, held_out: list[Preference]) -> torch.Tensor:
-    """log π(ȳ|x) − log π(y|x) of each held-out edit ȳ over its draft y."""
+def held_out_logprobs(policy: Policy, held_out: list[Preference]) -> torch.Tensor:
+    """[edits, 2]: log π(ȳ|x) of each held-out edit ȳ and log π(y|x) of its draft y."""
     prompts = [p.pair.prompt for p in held_out]
-    return (policy.logprobs(prompts, [p.pair.chosen for p in held_out])
-            - policy.logprobs(prompts, [p.pair.rejected for p in held_out]))
+    return torch.stack([policy.logprobs(prompts, [p.pair.chosen for p in held_out]),
+                        policy.logprobs(prompts, [p.pair.rejected for p in held_out])], dim=1)
 
 
 def observe(policy: Policy, prompts: list, config: LearnConfig, seed: int) -> tuple[dict, list[str]]:
@@ -155,7 +155,7 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
     base = policy.trainable_state()
     serving = store.active_version(lineage.tenant, lineage.user)
     use_version(policy, serving, base)
-    before = margins(policy, work.held_out)
+    before = held_out_logprobs(policy, work.held_out)
     serving_observation, _ = observe(policy, work.prompts, config, seed)
 
     use_version(policy, work.parent, base)
@@ -170,7 +170,8 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
         loss = dpo_epochs(policy, pairs, config.dpo, epochs=config.epochs, batch_size=config.batch_size,
                           step_done=step_done)
     store.set_worker_state(WORKER, f"gating {lineage}")
-    gains = margins(policy, work.held_out) - before
+    change = held_out_logprobs(policy, work.held_out) - before
+    gains = change[:, 0] - change[:, 1]  # the rise of the edit's margin over the draft
     candidate_observation, samples = observe(policy, work.prompts, config, seed)
     monitor = HackingMonitor(config.monitor)
     monitor.observe(serving_observation)
@@ -186,7 +187,9 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
                "pairs": len(pairs), "users": sorted({u for p in work.replay + work.train for u in p.users}),
                "epochs": config.epochs, "final_loss": loss, "lr": config.dpo.lr, "beta": config.dpo.beta,
                "model": config.model, "seed": seed, "learner": True}
+    # how the edits' own likelihood moved: DPO can raise the margin while making the user's text less likely
     metrics = {"held_out": len(gains), "margin_gain": float(gains.mean()), "win_rate": float((gains > 0).float().mean()),
+               "edit_logprob_gain": float(change[:, 0].mean()), "draft_logprob_gain": float(change[:, 1].mean()),
                "serving_version": serving.id if serving else None, "serving": serving_observation,
                "candidate": candidate_observation, "monitor_flags": flags, "sample": samples[0] if samples else ""}
     made = store.decide(lineage.tenant, lineage.user, decision=decision, reason=reason, seen_through=work.seen_through,
