@@ -402,9 +402,10 @@ class Policy:
             with self.reference() as model:
                 values = self._score(model, [prompts[i] for i in todo], [responses[i] for i in todo])
             self._reference_cache.update(zip((keys[i] for i in todo), values.tolist()))
-            while len(self._reference_cache) > REFERENCE_CACHE_SIZE:
-                self._reference_cache.popitem(last=False)
-        return torch.tensor([self._reference_cache[k] for k in keys])
+        found = torch.tensor([self._reference_cache[k] for k in keys])
+        while len(self._reference_cache) > REFERENCE_CACHE_SIZE:  # after reading: an asked-for value may be oldest
+            self._reference_cache.popitem(last=False)
+        return found
 
     def _score(self, model: nn.Module, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
         values = []

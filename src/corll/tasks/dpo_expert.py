@@ -155,7 +155,9 @@ class ExpertReward:
         if todo:
             rewards = self.expert.implicit_reward([xs[i] for i in todo], [ys[i] for i in todo], self.beta)
             self._remember([keys[i] for i in todo], rewards.tolist())
-        return [self.known[key] for key in keys]
+        values = [self.known[key] for key in keys]
+        self._trim()  # after reading: a value asked for now may be the oldest one kept
+        return values
 
     def sample(self, xs: Sequence[str], n: int) -> list[list[str]]:
         """n candidates per prompt from π*, their R* remembered for the editor that ranks them."""
@@ -165,11 +167,14 @@ class ExpertReward:
         reference = self.expert.logprobs(flat_xs, flat_ys, reference=True)
         self._remember([(prompt_key(x), y) for x, y in zip(flat_xs, flat_ys)],
                        (self.beta * (logps.flatten() - reference)).tolist())
+        self._trim()
         return samples
 
     def _remember(self, keys: list[tuple[str, str]], values: list[float]) -> None:
         for key, value in zip(keys, values):
             self.known.setdefault(key, value)  # a value once given is the value
+
+    def _trim(self) -> None:
         while len(self.known) > self.size:
             self.known.popitem(last=False)
 
