@@ -25,6 +25,13 @@ def test_simulate_end_to_end_writes_all_outputs_and_report_reads_them(tmp_path):
     assert {(r["algorithm"], r["round"]) for r in records} == {(a, r) for a in ("corll", "dueling") for r in (0, 2, 4)}
     assert all({"algorithm", "seed", "round", "feedback", "reward"} <= r.keys() for r in records)
     assert "held-out true reward" in result.output and "corll" in result.output
+    # not a terminal: timestamped lines instead of bars, one per round and one per evaluation with its result
+    import re
+    for algorithm in ("corll", "dueling"):
+        lines = re.findall(rf"^\d\d:\d\d:\d\d {algorithm} (\d)/4(.*)$", result.output, re.MULTILINE)
+        assert {done for done, _ in lines} == {"0", "1", "2", "3", "4"}, result.output
+        for r in (r for r in records if r["algorithm"] == algorithm):
+            assert (str(r["round"]), f" · R* {r['reward']:.3f} · feedback {r['feedback']}") in lines, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["corll"]["feedback"] == 16
 

@@ -213,3 +213,16 @@ def test_a_shared_arm_uses_the_other_experiments_runs_and_must_match_them(tmp_pa
     (tmp_path / "borrower.yaml").write_text(borrower.replace("shared: {corll:", "shared: {nobody:"))
     with pytest.raises(ExperimentError, match="shared arm 'nobody' is not one of the arms"):
         load_experiment(tmp_path / "borrower.yaml")
+
+
+def test_an_experiment_run_in_the_background_logs_each_run_and_its_evaluations(tmp_path, monkeypatch):
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, EXPERIMENT.replace("name: tiny-grid", "name: tiny-grid\nout: grid").replace("seeds: [0, 1]", "seeds: [0]"))
+    result = CliRunner().invoke(app, ["experiment", "exp.yaml", "--threads", "1"])  # output is not a terminal
+    assert result.exit_code == 0, result.output
+    for arm in ("corll", "dueling"):
+        logged = re.findall(rf"^\d\d:\d\d:\d\d {arm} seed 0 (\d)/4 · R\* (-?\d\.\d{{3}})$", result.output, re.MULTILINE)
+        recorded = [(str(r["round"]), f"{r['reward']:.3f}") for r in RunDir(tmp_path / "grid" / arm / "seed-0").read_metrics()]
+        assert [line for line in logged if line in recorded] == recorded, result.output  # every evaluation, in order

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,11 +40,29 @@ ThreadsOption = Annotated[Optional[int], typer.Option(
     help="Threads for the model's math (default: the CPUs this process may use).")]
 
 
+class LoggedProgress(Progress):
+    """Where the output is not a terminal (a log file, a pipe), bars cannot redraw: each bar that moves
+    prints one timestamped line instead, so a run in the background leaves a log that says where it is."""
+
+    def update(self, task_id, **changes) -> None:
+        before = self._tasks[task_id].completed
+        super().update(task_id, **changes)
+        if self._tasks[task_id].completed != before:
+            self.note(task_id, self._tasks[task_id].fields.get("status", ""))
+
+    def note(self, task_id, text: str) -> None:
+        """A line about this bar (an evaluation's result), printed only where bars are not drawn."""
+        task = self._tasks[task_id]
+        if self.disable:
+            self.console.print(f"{time.strftime('%H:%M:%S')} {task.description.strip()} {task.completed:.0f}/"
+                               f"{task.total:.0f}" + (f" · {text}" if text else ""), highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def progress_bars(*columns) -> Iterator[Progress]:
     """Progress bars that vanish when the command stops early (an error, Ctrl-C), so no empty or
     half-drawn bars are left under the message that says why."""
-    with Progress(*columns, console=console) as bar:
+    with LoggedProgress(*columns, console=console, disable=not console.is_terminal) as bar:
         try:
             yield bar
         except BaseException:
@@ -181,6 +200,8 @@ def simulate(
                 latest[name] = f"R* {record['reward']:.3f} · feedback {record['feedback']}"
             status = " · ".join(part for part in (latest.get(name), doing) if part)
             bar.update(bars[name], completed=done, status=status)
+            if record:
+                bar.note(bars[name], latest[name])
 
         try:
             summary = run_simulation(config, out, resume=resume, progress=progress, jobs=jobs)
@@ -274,6 +295,8 @@ def experiment(
                         latest[key] = f"R* {record['reward']:.3f}"
                     status = " · ".join(part for part in (latest.get(key), doing) if part)
                     bar.update(current[key], completed=done, status=status)
+                    if record:
+                        bar.note(current[key], latest[key])
                     bar.advance(overall, done - previous)
                     if done == total:
                         bar.update(current[key], visible=False)
