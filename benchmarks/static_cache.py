@@ -68,7 +68,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     machine = detect()
-    print(f"{machine.cpu} ({machine.capability}), 1 thread, fp32")
+    print(f"{machine.cpu} ({machine.capability}, {'native' if machine.native_bf16 else 'no native'} bf16), "
+          "1 thread, fp32")
     fast, plain = policy(packed=True), policy(packed=False)
     prompts = load_task("positive-review", fast).train_prompts[:N]
     variants = {
