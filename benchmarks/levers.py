@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import corll.policy as policy_module
 from corll.feedback import PreferencePair
 from corll.hardware import available_cpus, choose_precision, detect
 from corll.learners.dpo import DPOConfig, DPOLearner
+from corll.memo import Memo
 from corll.policy import EncodedBatch, LoraSettings, Policy, SamplingConfig, load_policy
 from corll.tasks import load_task
 from corll.tasks.dpo_expert import EXPERT_BETA, ExpertReward
@@ -230,7 +230,7 @@ def main() -> None:
                 expert._reference_cache = fast._reference_cache
                 user = dataclasses.replace(task, reward=reward, expert=reward.sample)
             else:
-                expert._reference_cache = OrderedDict()
+                expert._reference_cache = Memo(policy_module.REFERENCE_CACHE_SIZE)
                 user = dataclasses.replace(task, expert=expert.sample,
                                            reward=lambda xs, ys: expert.implicit_reward(xs, ys, EXPERT_BETA).tolist())
             ExpertEditor(user, l=EXPERT_CANDIDATES).edit(prompts, drafts)

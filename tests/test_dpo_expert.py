@@ -81,17 +81,3 @@ def test_expert_reward_scores_each_response_once_and_samples_as_the_expert_does(
     assert calls == [drafts] and first[:2] == first[2:]  # distinct responses scored once, in one call
     assert reward(prompts[:2], drafts) == first[:2] and len(calls) == 1
     assert first == pytest.approx(scored(prompts[:2] * 2, drafts * 2, 0.1).tolist(), abs=1e-5)
-
-
-def test_expert_reward_forgets_the_oldest_values_only_after_answering():
-    from corll.tasks.dpo_expert import ExpertReward
-
-    class Expert:  # R* stand-in: the response's length
-        def implicit_reward(self, xs, ys, beta):
-            return torch.tensor([float(len(y)) for y in ys])
-
-    reward = ExpertReward(Expert(), beta=0.1, size=2)
-    assert reward(["p", "p"], ["a", "bb"]) == [1.0, 2.0]
-    # "a" is the oldest value kept and is asked for beside a new one: answered, then the cache is trimmed
-    assert reward(["p", "p"], ["a", "ccc"]) == [1.0, 3.0]
-    assert [y for _, y in reward.known] == ["bb", "ccc"]

@@ -175,15 +175,6 @@ def test_policies_over_the_same_base_model_share_their_reference_values(policy, 
     assert not changed.share_reference(policy)
 
 
-def test_the_reference_cache_forgets_its_oldest_values_only_after_answering(policy, monkeypatch):
-    import corll.policy
-
-    monkeypatch.setattr(corll.policy, "REFERENCE_CACHE_SIZE", 2)
-    first = policy.logprobs(["p", "p"], ["a", "bb"], reference=True)
-    again = policy.logprobs(["p", "p"], ["a", "ccc"], reference=True)  # "a" is the oldest kept
-    assert again[0] == first[0] and [y for _, y in policy._reference_cache] == ["bb", "ccc"]
-
-
 def test_sampling_gives_k_responses_per_prompt_and_replays_from_a_seed(policy):
     torch.manual_seed(3)
     first = policy.sample(PROMPTS, 3)

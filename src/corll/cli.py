@@ -45,17 +45,20 @@ class LoggedProgress(Progress):
     prints one timestamped line instead, so a run in the background leaves a log that says where it is."""
 
     def update(self, task_id, **changes) -> None:
-        before = self._tasks[task_id].completed
+        before = self._task(task_id).completed
         super().update(task_id, **changes)
-        if self._tasks[task_id].completed != before:
-            self.note(task_id, self._tasks[task_id].fields.get("status", ""))
+        if self._task(task_id).completed != before:
+            self.note(task_id, self._task(task_id).fields.get("status", ""))
 
     def note(self, task_id, text: str) -> None:
         """A line about this bar (an evaluation's result), printed only where bars are not drawn."""
-        task = self._tasks[task_id]
+        task = self._task(task_id)
         if self.disable:
             self.console.print(f"{time.strftime('%H:%M:%S')} {task.description.strip()} {task.completed:.0f}/"
                                f"{task.total:.0f}" + (f" · {text}" if text else ""), highlight=False, soft_wrap=True)
+
+    def _task(self, task_id):
+        return next(task for task in self.tasks if task.id == task_id)
 
 
 @contextmanager

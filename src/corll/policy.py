@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from corll.cpu_kernels import fast_inference
 from corll.config import SMOLLM2, TINY, resolve_model
 from corll.feedback import Prompt
 from corll.hardware import choose_precision
+from corll.memo import Memo
 from corll.models import CHATML_TEMPLATE, smollm2_dir, tiny_model, tiny_tokenizer
 
 REFERENCE_ADAPTER = "reference"
@@ -252,7 +252,7 @@ class Policy:
         self.precision = precision
         # π_0 never changes, so log π_0(y|x) is computed once per (x, y): the argmax, the
         # simulated user's reward and the DPO step all ask for the same values.
-        self._reference_cache: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._reference_cache = Memo(REFERENCE_CACHE_SIZE)
         self._reference_model = reference_model
         self.score_batch_size = score_batch_size
         if precision == "bf16":
@@ -396,16 +396,11 @@ class Policy:
         """log π(y|x) (or log π_0(y|x), cached) without gradients, in micro-batches."""
         if not reference:
             return self._score(self.model, prompts, responses)
-        keys = [(prompt_key(x), y) for x, y in zip(prompts, responses)]
-        todo = list({k: i for i, k in enumerate(keys) if k not in self._reference_cache}.values())  # distinct (x, y)
-        if todo:
+        def compute(todo: list[int]) -> list[float]:
             with self.reference() as model:
-                values = self._score(model, [prompts[i] for i in todo], [responses[i] for i in todo])
-            self._reference_cache.update(zip((keys[i] for i in todo), values.tolist()))
-        found = torch.tensor([self._reference_cache[k] for k in keys])
-        while len(self._reference_cache) > REFERENCE_CACHE_SIZE:  # after reading: an asked-for value may be oldest
-            self._reference_cache.popitem(last=False)
-        return found
+                return self._score(model, [prompts[i] for i in todo], [responses[i] for i in todo]).tolist()
+
+        return torch.tensor(self._reference_cache.get([(prompt_key(x), y) for x, y in zip(prompts, responses)], compute))
 
     def _score(self, model: nn.Module, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
         values = []

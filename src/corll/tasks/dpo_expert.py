@@ -18,7 +18,6 @@ import hashlib
 import json
 import statistics
 import sys
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 
 from corll.feedback import PreferencePair
+from corll.memo import Memo
 from corll.models import cached_build
 from corll.policy import prompt_key
 from corll.tasks import Task
@@ -146,18 +146,14 @@ class ExpertReward:
     them (log π* read off generate's logits, as the learner's own samples are)."""
 
     def __init__(self, expert, beta: float, size: int = 100_000) -> None:
-        self.expert, self.beta, self.size = expert, beta, size
-        self.known: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self.expert, self.beta = expert, beta
+        self.known = Memo(size)
 
     def __call__(self, xs: Sequence[str], ys: Sequence[str]) -> list[float]:
-        keys = [(prompt_key(x), y) for x, y in zip(xs, ys)]
-        todo = list({key: i for i, key in enumerate(keys) if key not in self.known}.values())  # distinct
-        if todo:
-            rewards = self.expert.implicit_reward([xs[i] for i in todo], [ys[i] for i in todo], self.beta)
-            self._remember([keys[i] for i in todo], rewards.tolist())
-        values = [self.known[key] for key in keys]
-        self._trim()  # after reading: a value asked for now may be the oldest one kept
-        return values
+        def compute(todo: list[int]) -> list[float]:
+            return self.expert.implicit_reward([xs[i] for i in todo], [ys[i] for i in todo], self.beta).tolist()
+
+        return self.known.get([(prompt_key(x), y) for x, y in zip(xs, ys)], compute)
 
     def sample(self, xs: Sequence[str], n: int) -> list[list[str]]:
         """n candidates per prompt from π*, their R* remembered for the editor that ranks them."""
@@ -165,18 +161,9 @@ class ExpertReward:
         flat_xs = [x for x, ys in zip(xs, samples) for _ in ys]
         flat_ys = [y for ys in samples for y in ys]
         reference = self.expert.logprobs(flat_xs, flat_ys, reference=True)
-        self._remember([(prompt_key(x), y) for x, y in zip(flat_xs, flat_ys)],
-                       (self.beta * (logps.flatten() - reference)).tolist())
-        self._trim()
+        self.known.remember([(prompt_key(x), y) for x, y in zip(flat_xs, flat_ys)],
+                            (self.beta * (logps.flatten() - reference)).tolist())
         return samples
-
-    def _remember(self, keys: list[tuple[str, str]], values: list[float]) -> None:
-        for key, value in zip(keys, values):
-            self.known.setdefault(key, value)  # a value once given is the value
-
-    def _trim(self) -> None:
-        while len(self.known) > self.size:
-            self.known.popitem(last=False)
 
 
 def wrap(base_build: Callable, base_name: str, settings: ExpertTraining = ExpertTraining()) -> Callable:
