@@ -167,3 +167,46 @@ def test_a_claim_names_either_an_experiment_or_a_study(tmp_path):
         (tmp_path / "c.yaml").write_text(f"title: T\nclaims:\n  - {claim}\n")
         with pytest.raises(ClaimsError):
             load_claims(tmp_path / "c.yaml")
+
+
+def test_a_claim_without_runs_states_what_its_planned_seeds_would_detect_under_a_pilots_sd(tmp_path, monkeypatch):
+    """Before its runs finish, a claim sized by another claim's measured SD says the design's MDE, marked planned."""
+    import statistics
+
+    from corll.verdicts import ClaimsError, load_claims
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pilot.yaml").write_text(
+        "name: pilot\nout: runs/pilot\nseeds: [0, 1, 2]\nbase: {task: synthetic, model: tiny, rounds: 2}\n"
+        "arms:\n  a: {algorithms: [corll]}\n  b: {algorithms: [dueling]}\nbaseline: b\n")
+    (tmp_path / "later.yaml").write_text(
+        "name: later\nout: runs/later\nseeds: [0, 1, 2, 3, 4, 5, 6, 7]\nbase: {task: synthetic, model: tiny, rounds: 2}\n"
+        "arms:\n  k1: {algorithms: [corll], k: 1}\n  k3: {algorithms: [corll], k: 3}\nbaseline: k1\n")
+    (tmp_path / "claims.yaml").write_text(
+        "title: Toy\nclaims:\n"
+        "  - {id: big, statement: a beats b, experiment: pilot.yaml, arm: a, baseline: b, primary: true}\n"
+        "  - {id: k, statement: k3 beats k1, experiment: later.yaml, arm: k3, baseline: k1, design_sd: big}\n"
+        "  - {id: other, statement: k3 learns, experiment: later.yaml, arm: k3, measure: gain}\n")
+    finals = {"a": [0.5, 0.6, 0.4], "b": [0.2, 0.2, 0.2]}
+    for arm, values in finals.items():
+        for seed, final in enumerate(values):
+            folder = tmp_path / "runs" / "pilot" / arm / f"seed-{seed}"
+            folder.mkdir(parents=True)
+            records = [{"algorithm": arm, "seed": seed, "round": r, "feedback": 8 * r, "queries": 8 * r,
+                        "reward": 0.1 if r == 0 else final, "kl": 0.0} for r in (0, 2)]
+            (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    page, data = write_results(tmp_path / "claims.yaml", tmp_path / "docs")
+    result = {c["id"]: c for c in json.loads(data.read_text())["claims"]}
+    sd = statistics.stdev([0.3, 0.4, 0.2])
+    # two secondary claims planned: the design is judged at Holm's strictest step, α/2, over 8 seeds
+    assert result["k"]["planned_mde"] == pytest.approx(minimum_detectable_effect(sd, 8, 0.025))
+    assert result["k"]["mde"] is None and result["k"]["effect"] is None
+    assert result["k"]["verdict"] == (f"inconclusive (0 finished seed pair(s); planned: 8 seeds detect "
+                                      f"{result['k']['planned_mde']:.3f} if the paired SD of `big` ({sd:.3f}) holds)")
+    assert "not estimable" in result["other"]["verdict"]  # no stand-in named: nothing is claimed
+    assert f"{result['k']['planned_mde']:.3f} (planned)" in page.read_text()
+
+    (tmp_path / "bad.yaml").write_text(
+        "title: T\nclaims:\n  - {id: a, statement: s, experiment: e.yaml, arm: a, primary: true, design_sd: nope}\n")
+    with pytest.raises(ClaimsError, match="design_sd names 'nope'"):
+        load_claims(tmp_path / "bad.yaml")

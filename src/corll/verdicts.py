@@ -16,7 +16,10 @@ verdict follows from its numbers by the same rule:
 - "inconclusive (minimum detectable effect X)" otherwise, X being the effect a paired
   t-test over these seeds would detect with 80% power at the claim's α;
 - "inconclusive (minimum detectable effect not estimable …)" while fewer than 2 seed pairs have
-  finished: there is no test, and no interval or minimum detectable effect, to judge by;
+  finished: there is no test, and no interval or minimum detectable effect, to judge by. A claim
+  may name a measured claim whose paired SD stands in for its own (`design_sd`, a pilot's SD):
+  the verdict then states the effect its planned seeds would detect if that SD held, marked
+  "planned" — the sizing the design promises, not a measurement;
 - "inconclusive (…; interim: k of n planned seed pairs finished)" while fewer than the experiment's
   planned seeds have finished: the numbers are shown, but judging before the planned sample is
   complete and stopping when a test happens to reject would inflate the error rate it promises.
@@ -79,6 +82,7 @@ class Claim:
     direction: int = 1  # the paper's direction: +1 arm > baseline, -1 arm < baseline
     paper_effect: float = 0.0  # the smallest effect (in the paper's direction) the claim asserts
     primary: bool = False
+    design_sd: str | None = None  # before runs finish: the claim whose measured paired SD sizes this one
 
 
 @dataclass
@@ -109,6 +113,8 @@ def load_claims(path: Path) -> Claims:
                               f"or {' / '.join(PER_METRIC)}:<metric>)")
         if (c.experiment is None) == (c.source is None) or (c.source is not None and not c.key):
             raise ClaimsError(f"{path}: claim {c.id}: give either 'experiment' (with 'arm') or 'source' with 'key'")
+        if c.design_sd is not None and c.design_sd not in {other.id for other in claims if other is not c}:
+            raise ClaimsError(f"{path}: claim {c.id}: design_sd names {c.design_sd!r}, not another claim of this file")
     return result
 
 
@@ -224,6 +230,10 @@ def verdict(entry: dict, alpha: float, paper_effect: float) -> str:
     """The rule of the module doc, applied to one measured claim."""
     if entry["effect"] is None and entry.get("kind") == "correlation":
         return f"inconclusive (minimum detectable effect not estimable: {entry['n']} pairs; r needs at least 4)"
+    if entry["effect"] is None and entry.get("planned_mde") is not None:
+        return (f"inconclusive ({len(entry['seeds'])} finished seed pair(s); planned: {entry['planned_seeds']} seeds "
+                f"detect {entry['planned_mde']:.3f} if the paired SD of `{entry['design_sd']['claim']}` "
+                f"({entry['design_sd']['sd']:.3f}) holds)")
     if entry["effect"] is None:
         return (f"inconclusive (minimum detectable effect not estimable: {len(entry['seeds'])} finished seed "
                 "pair(s); a paired test needs at least 2)")
@@ -268,6 +278,15 @@ def judge(claims: Claims) -> list[dict]:
                             if entry["sd"] is not None else None)
         entry["paper_effect"] = claim.paper_effect
         entry["interval"] = None if entry["effect"] is None else [entry["low"], entry["high"]]  # 95%, as a pair
+    by_id = {entry["id"]: entry for entry in entries}
+    planned_family = max(sum(not claim.primary for claim in claims.claims), 1)
+    for claim, entry in zip(claims.claims, entries):
+        stand_in = by_id.get(claim.design_sd) if claim.design_sd else None
+        if entry["mde"] is None and stand_in is not None and stand_in["sd"] is not None:
+            # every secondary claim planned, so the strictest Holm step among all of them
+            level = ALPHA if claim.primary else ALPHA / planned_family
+            entry["planned_mde"] = minimum_detectable_effect(stand_in["sd"], entry["planned_seeds"], level)
+            entry["design_sd"] = {"claim": stand_in["id"], "sd": stand_in["sd"]}
         entry["verdict"] = verdict(entry, ALPHA, claim.paper_effect)
     return entries
 
@@ -276,6 +295,13 @@ def _num(value: float | None, sign: bool = True) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     return f"{value:+.3f}" if sign else f"{value:.3f}"
+
+
+def mde_cell(entry: dict) -> str:
+    """The measured minimum detectable effect, or the planned design's (marked) before runs finish."""
+    if entry["mde"] is None and entry.get("planned_mde") is not None:
+        return f"{entry['planned_mde']:.3f} (planned)"
+    return _num(entry["mde"], False)
 
 
 def verdict_table(entries: list[dict]) -> str:
@@ -290,7 +316,7 @@ def verdict_table(entries: list[dict]) -> str:
             arms, seeds = " vs ".join(e["arms"]) if len(e["arms"]) > 1 else e["arms"][0] + " (gain)", len(e["seeds"])
         lines.append(f"| {e['statement']} | {arms}"
                      f" | {measure_label(e['measure'])} | {seeds} | {e['feedback_per_arm']} | {interval} | "
-                     f"{_num(e['p'], False)} | {holm_p} | {_num(e['mde'], False)} | {e['verdict']} |")
+                     f"{_num(e['p'], False)} | {holm_p} | {mde_cell(e)} | {e['verdict']} |")
     return "\n".join(lines)
 
 
