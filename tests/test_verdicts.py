@@ -7,6 +7,17 @@ import pytest
 from corll.verdicts import holm, minimum_detectable_effect, seeds_needed, verdict, write_results
 
 
+def write_runs(root, finals: dict[str, list[float]]) -> None:
+    """Two evaluations per run (rounds 0 and 2) under root/<arm>/seed-<i>: R* 0.1, then the arm's final value."""
+    for arm, values in finals.items():
+        for seed, final in enumerate(values):
+            folder = root / arm / f"seed-{seed}"
+            folder.mkdir(parents=True)
+            records = [{"algorithm": arm, "seed": seed, "round": r, "feedback": 8 * r, "queries": 8 * r,
+                        "reward": 0.1 if r == 0 else final, "kl": 0.0} for r in (0, 2)]
+            (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
 def test_holm_adjusts_by_hand():
     # sorted 0.01, 0.02, 0.04 -> 3·0.01, max(0.03, 2·0.02), max(0.04, 1·0.04)
     assert holm({"a": 0.04, "b": 0.01, "c": 0.02}) == pytest.approx({"b": 0.03, "c": 0.04, "a": 0.04})
@@ -45,14 +56,8 @@ def test_the_page_and_json_come_from_the_runs(tmp_path, monkeypatch):
         "  - {id: big, statement: a beats b, experiment: exp.yaml, arm: a, baseline: b, primary: true}\n"
         "  - {id: noisy, statement: c beats b, experiment: exp.yaml, arm: c, baseline: b}\n"
         "  - {id: learns, statement: a learns, experiment: exp.yaml, arm: a, measure: gain}\n")
-    finals = {"a": [0.5, 0.52, 0.49, 0.51], "b": [0.2, 0.21, 0.19, 0.2], "c": [0.9, -0.5, 0.6, -0.1]}
-    for arm, values in finals.items():
-        for seed, final in enumerate(values):
-            folder = tmp_path / "runs" / "toy" / arm / f"seed-{seed}"
-            folder.mkdir(parents=True)
-            records = [{"algorithm": arm, "seed": seed, "round": r, "feedback": 8 * r, "queries": 8 * r,
-                        "reward": 0.1 if r == 0 else final, "kl": 0.0} for r in (0, 2)]
-            (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_runs(tmp_path / "runs" / "toy",
+               {"a": [0.5, 0.52, 0.49, 0.51], "b": [0.2, 0.21, 0.19, 0.2], "c": [0.9, -0.5, 0.6, -0.1]})
     page, data = write_results(tmp_path / "claims.yaml", tmp_path / "docs")
     result = {c["id"]: c for c in json.loads(data.read_text())["claims"]}
     assert result["big"]["effect"] == pytest.approx(0.305) and result["big"]["verdict"] == "reproduced"
@@ -187,14 +192,7 @@ def test_a_claim_without_runs_states_what_its_planned_seeds_would_detect_under_a
         "  - {id: big, statement: a beats b, experiment: pilot.yaml, arm: a, baseline: b, primary: true}\n"
         "  - {id: k, statement: k3 beats k1, experiment: later.yaml, arm: k3, baseline: k1, design_sd: big}\n"
         "  - {id: other, statement: k3 learns, experiment: later.yaml, arm: k3, measure: gain}\n")
-    finals = {"a": [0.5, 0.6, 0.4], "b": [0.2, 0.2, 0.2]}
-    for arm, values in finals.items():
-        for seed, final in enumerate(values):
-            folder = tmp_path / "runs" / "pilot" / arm / f"seed-{seed}"
-            folder.mkdir(parents=True)
-            records = [{"algorithm": arm, "seed": seed, "round": r, "feedback": 8 * r, "queries": 8 * r,
-                        "reward": 0.1 if r == 0 else final, "kl": 0.0} for r in (0, 2)]
-            (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_runs(tmp_path / "runs" / "pilot", {"a": [0.5, 0.6, 0.4], "b": [0.2, 0.2, 0.2]})
     page, data = write_results(tmp_path / "claims.yaml", tmp_path / "docs")
     result = {c["id"]: c for c in json.loads(data.read_text())["claims"]}
     sd = statistics.stdev([0.3, 0.4, 0.2])
