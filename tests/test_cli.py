@@ -157,6 +157,16 @@ def test_serve_names_a_busy_port_before_loading_the_model(tmp_path):
     assert "serving" not in result.output
 
 
+def test_serve_checks_the_learners_options_before_it_starts(tmp_path):
+    db = tmp_path / "corll.db"
+    for options, problem in (("--margin lots", "Invalid value for '--margin'"), ("--bogus 1", "No such option: --bogus"),
+                             ("--model other", "--model set by serve itself")):
+        result = runner.invoke(app, ["serve", "--model", "tiny", "--port", "0", "--db", f"sqlite:///{db}", "--learn",
+                                     "--learn-options", options])
+        assert result.exit_code == 2 and f"--learn-options: {problem}" in said(result), result.output
+        assert "serving" not in result.output and not db.exists()  # refused before anything was created
+
+
 def said(result) -> str:
     """The command's output with rich's line wrapping undone."""
     return " ".join(result.output.split())

@@ -13,7 +13,9 @@ shared one. A lineage with at least `min_edits` preferences ȳ ≻ y newer than 
      log π(ȳ|x) − log π(y|x) over the version serving the user now (the DPO implicit-reward margin of
      the user's edit over the draft; the reference terms cancel between the two versions). Promote
      only if the mean gain is at least `margin` nats, the gain is positive on at least `win_rate` of
-     the held-out edits, and the reward-hacking monitor stays quiet on samples for the user's recent
+     the held-out edits, the candidate's own fresh drafts for the held-out prompts are no farther from
+     what the user wrote there than the serving version's (word edit distance, the cost the user pays;
+     common random numbers), and the reward-hacking monitor stays quiet on samples for the user's recent
      prompts (KL to π_0, repeated phrases and distinct-2 against the serving version's samples);
   4. one transaction that stores the candidate and the decision with its metrics and reason.
 
@@ -30,12 +32,14 @@ from __future__ import annotations
 
 import math
 import shutil
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from corll.feedback import word_edit_distance
 from corll.learners.dpo import DPOConfig
 from corll.lineages import Lineage, Preference, lineages, preferences
 from corll.log_training import dpo_epochs, use_version
@@ -61,6 +65,11 @@ class LearnConfig:
     dpo: DPOConfig = field(default_factory=lambda: DPOConfig(lr=3e-4))
     margin: float = 0.0  # nats the held-out edit's margin over the draft must rise on average (strictly more)
     win_rate: float = 0.5  # share of held-out edits whose margin must rise
+    # The margin can rise while the drafts get worse (the edit's own likelihood falls less than the draft's,
+    # or a few tokens are learned into garbled text): each version also drafts for the held-out prompts, and
+    # the candidate's drafts may be at most `distance_slack` words per draft farther from the user's edits.
+    draft_samples: int = 4
+    distance_slack: float = 0.0
     monitor: MonitorThresholds = field(default_factory=lambda: MonitorThresholds(kl_limit=20.0))
     monitor_prompts: int = 4  # the lineage's most recent distinct prompts ...
     monitor_samples: int = 2  # ... sampled this often by the candidate and by the serving version
@@ -133,16 +142,28 @@ def observe(policy: Policy, prompts: list, config: LearnConfig, seed: int) -> tu
              "repetition": repeated_phrase_rate(flat), "kl": kl}, flat)
 
 
-def gate(gains: torch.Tensor, flags: list[str], config: LearnConfig) -> tuple[str, str]:
-    """Promoted or rejected, and why, from the held-out margin gains and the monitor's flags."""
+def draft_distance(policy: Policy, held_out: list[Preference], config: LearnConfig, seed: int) -> float:
+    """Mean word edit distance from the policy's fresh drafts for the held-out prompts to the edits the
+    user wrote for them: what the user would have had to change (the same seed for both versions)."""
+    torch.manual_seed(seed)
+    drafts = policy.sample([p.pair.prompt for p in held_out], config.draft_samples)
+    return statistics.fmean(word_edit_distance(y, p.pair.chosen) for p, ys in zip(held_out, drafts) for y in ys)
+
+
+def gate(gains: torch.Tensor, farther: float, flags: list[str], config: LearnConfig) -> tuple[str, str]:
+    """Promoted or rejected, and why, from the held-out margin gains, how much farther the candidate's drafts
+    are from the user's held-out edits than the serving version's (words per draft), and the monitor's flags."""
     mean, wins = float(gains.mean()), float((gains > 0).float().mean())
-    measured = f"held-out edit margin {mean:+.3f} nats, rises on {wins:.0%} of {len(gains)}"
+    measured = (f"held-out edit margin {mean:+.3f} nats, rises on {wins:.0%} of {len(gains)}; "
+                f"drafts {farther:+.1f} words from the edits")
     if flags:
         return "rejected", "monitor: " + "; ".join(flags)
     if not mean > config.margin:
-        return "rejected", f"{measured} (needs > {config.margin:+.3f})"
+        return "rejected", f"{measured} (margin needs > {config.margin:+.3f})"
     if wins < config.win_rate:
-        return "rejected", f"{measured} (needs >= {config.win_rate:.0%})"
+        return "rejected", f"{measured} (margin needs to rise on >= {config.win_rate:.0%})"
+    if farther > config.distance_slack:
+        return "rejected", f"{measured} (drafts may be at most {config.distance_slack:+.1f} words farther)"
     return "promoted", measured
 
 
@@ -156,6 +177,7 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
     serving = store.active_version(lineage.tenant, lineage.user)
     use_version(policy, serving, base)
     before = held_out_logprobs(policy, work.held_out)
+    serving_distance = draft_distance(policy, work.held_out, config, seed)
     serving_observation, _ = observe(policy, work.prompts, config, seed)
 
     use_version(policy, work.parent, base)
@@ -172,11 +194,12 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
     store.set_worker_state(WORKER, f"gating {lineage}")
     change = held_out_logprobs(policy, work.held_out) - before
     gains = change[:, 0] - change[:, 1]  # the rise of the edit's margin over the draft
+    candidate_distance = draft_distance(policy, work.held_out, config, seed)
     candidate_observation, samples = observe(policy, work.prompts, config, seed)
     monitor = HackingMonitor(config.monitor)
     monitor.observe(serving_observation)
     flags = monitor.observe(candidate_observation)
-    decision, reason = gate(gains, flags, config)
+    decision, reason = gate(gains, candidate_distance - serving_distance, flags, config)
 
     folder = save_adapter(policy, config.adapters_dir / lineage.tenant / (lineage.user or "shared"),
                           f"through-{work.seen_through}")
@@ -190,6 +213,7 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
     # how the edits' own likelihood moved: DPO can raise the margin while making the user's text less likely
     metrics = {"held_out": len(gains), "margin_gain": float(gains.mean()), "win_rate": float((gains > 0).float().mean()),
                "edit_logprob_gain": float(change[:, 0].mean()), "draft_logprob_gain": float(change[:, 1].mean()),
+               "draft_distance": {"serving": serving_distance, "candidate": candidate_distance},
                "serving_version": serving.id if serving else None, "serving": serving_observation,
                "candidate": candidate_observation, "monitor_flags": flags, "sample": samples[0] if samples else ""}
     made = store.decide(lineage.tenant, lineage.user, decision=decision, reason=reason, seen_through=work.seen_through,

@@ -148,9 +148,13 @@ def serve(
     learn_min_edits: Annotated[int, typer.Option(help="With --learn: new edits a user needs before a candidate.",
                                                  min=1)] = 8,
     adapters: Annotated[Path, typer.Option(help="With --learn: folder for trained adapters.")] = Path("corll-adapters"),
+    learn_options: Annotated[str, typer.Option(
+        help="With --learn: more options for the learner, as `corll learn` takes them "
+             "(e.g. \"--margin 0.5 --replay 32\").")] = "",
 ) -> None:
     """Serve the current policy behind an OpenAI-compatible API and take feedback (and with --learn, learn from it)."""
     import os
+    import shlex
     import subprocess
     import sys
 
@@ -166,6 +170,9 @@ def serve(
         fail(str(exc))
     if problem := port_problem(host, port):  # before the model loads, not 30 s later
         fail(problem)
+    extra = shlex.split(learn_options)
+    if learn and (problem := learner_options_problem(extra)):  # before the server starts, not in a child's log
+        fail(f"--learn-options: {problem}")
     store = open_store(db, must_exist=False)
     if learn and threads is None:  # one core for the learner, the rest for serving
         from corll.hardware import available_cpus
@@ -177,7 +184,7 @@ def serve(
     if learn:  # a separate process at lower priority: training never blocks serving
         learner = subprocess.Popen(
             [sys.executable, "-m", "corll", "learn", "--model", model, "--adapters", str(adapters),
-             "--min-edits", str(learn_min_edits), "--threads", "1", "--precision", precision],
+             "--min-edits", str(learn_min_edits), "--threads", "1", "--precision", precision, *extra],
             env={**os.environ, "CORLL_DATABASE_URL": store.url},  # the URL (and any password) stays out of `ps`
             preexec_fn=die_with_parent if sys.platform == "linux" else None)
     console.print(f"serving {model} on http://{host}:{port}/v1 (store: {store.url.split('@')[-1]})"
@@ -188,6 +195,20 @@ def serve(
         if learner is not None:
             learner.terminate()
             learner.wait(timeout=30)
+
+
+def learner_options_problem(options: list[str]) -> str | None:
+    """What is wrong with options meant for `corll learn`, as its own parser says, or None."""
+    names = {o.split("=")[0] for o in options}
+    if overlap := names & {"--model", "--adapters", "--min-edits", "--threads", "--precision", "--db"}:
+        return f"{', '.join(sorted(overlap))} set by serve itself (use serve's own option)"
+    if names & {"--help", "--once"}:
+        return "--help and --once do not apply to a learner that runs beside the server"
+    try:
+        typer.main.get_command(app).commands["learn"].make_context("learn", list(options))
+    except typer.TyperException as exc:
+        return exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    return None
 
 
 @app.command()
@@ -262,6 +283,11 @@ def learn(
         min=0.0)] = 0.0,
     margin: Annotated[float, typer.Option(
         help="Nats by which a candidate must raise the held-out edits' log-likelihood margin over the drafts.")] = 0.0,
+    distance_slack: Annotated[float, typer.Option(
+        help="Words per draft by which a candidate's own drafts for the held-out prompts may be farther from the "
+             "user's edits than the serving version's.")] = 0.0,
+    draft_samples: Annotated[int, typer.Option(
+        help="Drafts each version writes per held-out prompt for that comparison.", min=1)] = 4,
     kl_limit: Annotated[float, typer.Option(help="Reject a candidate whose samples are this far from the base "
                                                   "model (KL in nats per response).")] = 20.0,
     poll: Annotated[float, typer.Option(help="Seconds between looks at the feedback log.", min=0.1)] = 10.0,
@@ -288,7 +314,8 @@ def learn(
     config = LearnConfig(model=model, adapters_dir=adapters, min_edits=min_edits, holdout=holdout, replay=replay,
                          shared=shared, epochs=epochs, batch_size=batch_size,
                          dpo=DPOConfig(lr=lr, beta=beta, sft_weight=sft_weight),
-                         margin=margin, monitor=MonitorThresholds(kl_limit=kl_limit), precision=precision)
+                         margin=margin, distance_slack=distance_slack, draft_samples=draft_samples,
+                         monitor=MonitorThresholds(kl_limit=kl_limit), precision=precision)
     console.print(f"learning from {store.url.split('@')[-1]}: a candidate per user after {min_edits} new edits"
                   + ("" if once else f", looking every {poll:g} s (Ctrl-C stops)"))
     try:
