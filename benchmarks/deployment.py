@@ -73,7 +73,8 @@ def run_arm(name: str, args, work: Path) -> dict:
     keys = {user: store.create_api_key("acme", user) for user in USERS}
     options = ["--precision", "auto", "--threads", "1"]
     if name == "learning":
-        options += ["--learn", "--learn-min-edits", str(args.min_edits), "--adapters", str(work / name / "adapters")]
+        options += ["--learn", "--learn-min-edits", str(args.min_edits), "--adapters", str(work / name / "adapters"),
+                    "--learn-options", args.learn_options]
     server, url = start_server(db, *options, model=args.model)
     rows: list[dict] = []
     lock = threading.Lock()
@@ -148,7 +149,7 @@ def render(results: dict, summary: dict, args) -> str:
              f"{len(USERS)} users × {args.drafts} drafts, {args.max_tokens} tokens at temperature 0.7; on the learning "
              f"server each user pauses {args.think:g} s between drafts (the static server's drafts do not depend on "
              f"timing); learner: a candidate after {args.min_edits} new edits, "
-             f"default gate. Wall time: {results['static']['wall_s'] / 60:.1f} min without, "
+             f"gate {'with `' + args.learn_options + '`' if args.learn_options else 'as by default'}. Wall time: {results['static']['wall_s'] / 60:.1f} min without, "
              f"{results['learning']['wall_s'] / 60:.1f} min with learning.", "",
              "| user | preference | words edited, `serve` | words edited, `serve --learn` | promoted | rejected |",
              "|---|---|---|---|---|---|"]
@@ -176,8 +177,10 @@ def main() -> None:
     parser.add_argument("--drafts", type=int, default=40, help="drafts per user")
     parser.add_argument("--think", type=float, default=20.0,
                         help="seconds a user of the learning server pauses between drafts")
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=128,
+                        help="draft length cap; at 64 most emails are cut before their sign-off, which some users edit")
     parser.add_argument("--min-edits", type=int, default=6)
+    parser.add_argument("--learn-options", default="", help="settings for the learner, as `corll learn` takes them")
     parser.add_argument("--out", type=Path, default=Path("docs/deployment"))
     parser.add_argument("--static-from", type=Path, help="reuse the static arm of an earlier results JSON with the "
                         "same model, drafts and max tokens (its drafts do not depend on timing)")
@@ -190,6 +193,9 @@ def main() -> None:
         if same != {"model": args.model, "drafts": args.drafts, "max_tokens": args.max_tokens}:
             parser.error(f"--static-from {args.static_from} was run with {same}")
         results["static"] = earlier["static"]
+        for row in results["static"]["rows"]:  # today's users and edit measure, on the earlier drafts
+            row["kept"] = revise(USERS[row["user"]], row["draft"])
+            row["cost"] = word_edit_distance(row["draft"], row["kept"])
     for arm in [a for a in ("static", "learning") if a not in results]:
         print(f"{arm}: {len(USERS)} users × {args.drafts} drafts …", flush=True)
         results[arm] = run_arm(arm, args, work)

@@ -123,12 +123,16 @@ def test_the_draft_distance_is_the_edit_cost_of_the_policys_own_drafts_for_the_h
 
     log_edits(store, ALICE, 2)
     held_out = preferences(store.feedback(tenant="acme"))
-    policy = load_policy("tiny", seed=0, sampling=SamplingConfig(max_new_tokens=8))
     cfg = config(tmp_path, draft_samples=3)
+    # drafts as long as the ones the user saw ("hello there, friend" in tokens), whatever the policy's own setting
+    length = len(load_policy("tiny").tokenizer("hello there, friend", add_special_tokens=False)["input_ids"])
+    policy = load_policy("tiny", seed=0, sampling=SamplingConfig(max_new_tokens=length))
     torch.manual_seed(7)
     drafts = policy.sample([p.pair.prompt for p in held_out], 3)
     by_hand = [word_edit_distance(y, "yes yes yes") for ys in drafts for y in ys]
+    policy.sampling = SamplingConfig(max_new_tokens=50)
     assert draft_distance(policy, held_out, cfg, seed=7) == pytest.approx(sum(by_hand) / 6)
+    assert policy.sampling.max_new_tokens == 50  # put back
 
 
 def test_a_candidate_whose_drafts_do_not_come_closer_to_the_held_out_edits_is_rejected(store, tmp_path):

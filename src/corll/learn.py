@@ -30,6 +30,7 @@ trains the same candidate again (the seed follows the data) and reaches the same
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import statistics
@@ -144,9 +145,15 @@ def observe(policy: Policy, prompts: list, config: LearnConfig, seed: int) -> tu
 
 def draft_distance(policy: Policy, held_out: list[Preference], config: LearnConfig, seed: int) -> float:
     """Mean word edit distance from the policy's fresh drafts for the held-out prompts to the edits the
-    user wrote for them: what the user would have had to change (the same seed for both versions)."""
-    torch.manual_seed(seed)
-    drafts = policy.sample([p.pair.prompt for p in held_out], config.draft_samples)
+    user wrote for them: what the user would have had to change (the same seed for both versions). Drafts
+    are as long as the longest draft the user saw, so an ending (a sign-off) can be judged where it was."""
+    length = max(len(policy.tokenizer(p.pair.rejected, add_special_tokens=False)["input_ids"]) for p in held_out)
+    sampling, policy.sampling = policy.sampling, dataclasses.replace(policy.sampling, max_new_tokens=length)
+    try:
+        torch.manual_seed(seed)
+        drafts = policy.sample([p.pair.prompt for p in held_out], config.draft_samples)
+    finally:
+        policy.sampling = sampling
     return statistics.fmean(word_edit_distance(y, p.pair.chosen) for p, ys in zip(held_out, drafts) for y in ys)
 
 
