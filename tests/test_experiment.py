@@ -97,13 +97,16 @@ def test_seeds_split_an_experiment_and_the_aggregate_joins_them(tmp_path):
     result = CliRunner().invoke(app, ["experiment", str(path), "--out", str(out), "--seeds", "1"])
     assert result.exit_code == 0, result.output
     assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/seed-*")) == ["corll/seed-1", "dueling/seed-1"]
-    assert "| corll | 1/1 |" in (out / "results.md").read_text()  # this process's share only
+    page = (out / "results.md").read_text()
+    assert "| corll | 1/1 |" in page  # this process's share only
+    assert "Paired by seed" not in page  # one seed pair: no test, so no table of tests
     for arm in ("corll", "dueling"):
         assert CliRunner().invoke(app, ["experiment", str(path), "--out", str(out), "--seeds", "0",
                                         "--arms", arm]).exit_code == 0
     result = CliRunner().invoke(app, ["experiment", str(path), "--out", str(out), "--aggregate-only"])
     assert result.exit_code == 0 and "4 runs (4 finished)" in " ".join(result.output.split())
-    assert "| corll | 2/2 |" in (out / "results.md").read_text()
+    page = (out / "results.md").read_text()
+    assert "| corll | 2/2 |" in page and "Paired by seed against `dueling`" in page
 
 
 def test_a_run_another_process_is_training_is_skipped_and_taken_up_later(tmp_path):

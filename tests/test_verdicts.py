@@ -197,12 +197,14 @@ def test_a_claim_without_runs_states_what_its_planned_seeds_would_detect_under_a
     result = {c["id"]: c for c in json.loads(data.read_text())["claims"]}
     sd = statistics.stdev([0.3, 0.4, 0.2])
     # two secondary claims planned: the design is judged at Holm's strictest step, α/2, over 8 seeds
-    assert result["k"]["planned_mde"] == pytest.approx(minimum_detectable_effect(sd, 8, 0.025))
-    assert result["k"]["mde"] is None and result["k"]["effect"] is None
-    assert result["k"]["verdict"] == (f"inconclusive (0 finished seed pair(s); planned: 8 seeds detect "
-                                      f"{result['k']['planned_mde']:.3f} if the paired SD of `big` ({sd:.3f}) holds)")
-    assert "not estimable" in result["other"]["verdict"]  # no stand-in named: nothing is claimed
-    assert f"{result['k']['planned_mde']:.3f} (planned)" in page.read_text()
+    assert result["k"]["mde"] == pytest.approx(minimum_detectable_effect(sd, 8, 0.025))
+    assert result["k"]["mde_basis"] == "planned" and result["k"]["effect"] is None
+    assert result["big"]["mde_basis"] == "measured"
+    assert result["k"]["verdict"] == (f"inconclusive (minimum detectable effect {result['k']['mde']:.3f}, planned: "
+                                      f"8 seeds if the paired SD of `big` ({sd:.3f}) holds; 0 finished seed pair(s))")
+    # no stand-in named: nothing is claimed
+    assert "not estimable" in result["other"]["verdict"] and result["other"]["mde_basis"] is None
+    assert f"{result['k']['mde']:.3f} (planned)" in page.read_text()
 
     (tmp_path / "bad.yaml").write_text(
         "title: T\nclaims:\n  - {id: a, statement: s, experiment: e.yaml, arm: a, primary: true, design_sd: nope}\n")

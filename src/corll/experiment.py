@@ -412,7 +412,7 @@ def paired_cost_to_baseline(baseline: str, costs: dict[str, dict[int, float]]) -
     paired = {}
     for arm, by_seed in costs.items():
         seeds = sorted(set(by_seed) & set(costs[baseline]))
-        if arm != baseline and seeds:
+        if arm != baseline and len(seeds) >= 2:
             comparison = paired_comparison([by_seed[s] for s in seeds], [costs[baseline][s] for s in seeds])
             paired[arm] = {"seeds": seeds, "difference": _interval_dict(comparison.difference),
                            "p_value": comparison.p_value}
@@ -432,7 +432,7 @@ def paired_to_baseline(experiment: Experiment, records: dict[str, dict[int, list
         for rnd in rounds:
             pairs = [(a["reward"], b["reward"]) for s in seeds
                      for a in by_seed[s] if a["round"] == rnd for b in base[s] if b["round"] == rnd]
-            if len(pairs) < 1:
+            if len(pairs) < 2:  # one pair has no spread: no interval, no test
                 continue
             comparison = paired_comparison([a for a, _ in pairs], [b for _, b in pairs])
             feedback = statistics.fmean(r["feedback"] for s in seeds for r in by_seed[s] if r["round"] == rnd)
@@ -517,14 +517,14 @@ def results_markdown(experiment: Experiment, result: dict) -> str:
         lines.append(f"| {arm} | {len(entry['finished_seeds'])}/{len(experiment.seeds)} | {feedback:.0f} | "
                      f"{_fmt(entry.get('final_reward'))} | {_fmt(entry.get('gain'))} | {_fmt(entry.get('mean_regret'))} |"
                      + (f" {_fmt(entry.get('cumulative_cost'))} |" if costs else ""))
-    if result.get("paired"):
+    paired = [(arm, row) for arm, rows in result.get("paired", {}).items()
+              for row in rows[1:]]  # round 0 is the shared starting policy
+    if paired:
         lines += ["", f"Paired by seed against `{experiment.baseline}` at equal feedback "
                       "(arm − baseline held-out R*, 95% t interval, paired t-test p):", "",
                   "| arm | round | feedback | difference | p |", "|---|---|---|---|---|"]
-        for arm, rows in result["paired"].items():
-            for row in rows[1:]:  # round 0 is the shared starting policy
-                lines.append(f"| {arm} | {row['round']} | {row['feedback']:.0f} | {_fmt(row['difference'])} | "
-                             f"{row['p_value']:.3f} |")
+        lines += [f"| {arm} | {row['round']} | {row['feedback']:.0f} | {_fmt(row['difference'])} | {row['p_value']:.3f} |"
+                  for arm, row in paired]
     if result.get("paired_cost"):
         lines += ["", f"Cumulative online cost paired by seed against `{experiment.baseline}` "
                       "(arm − baseline, tokens over the same episodes; 95% t interval, paired t-test p):", "",

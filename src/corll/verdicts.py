@@ -19,7 +19,7 @@ verdict follows from its numbers by the same rule:
   finished: there is no test, and no interval or minimum detectable effect, to judge by. A claim
   may name a measured claim whose paired SD stands in for its own (`design_sd`, a pilot's SD):
   the verdict then states the effect its planned seeds would detect if that SD held, marked
-  "planned" — the sizing the design promises, not a measurement;
+  "planned" (`mde_basis` in the JSON) — the sizing the design promises, not a measurement;
 - "inconclusive (…; interim: k of n planned seed pairs finished)" while fewer than the experiment's
   planned seeds have finished: the numbers are shown, but judging before the planned sample is
   complete and stopping when a test happens to reject would inflate the error rate it promises.
@@ -230,10 +230,10 @@ def verdict(entry: dict, alpha: float, paper_effect: float) -> str:
     """The rule of the module doc, applied to one measured claim."""
     if entry["effect"] is None and entry.get("kind") == "correlation":
         return f"inconclusive (minimum detectable effect not estimable: {entry['n']} pairs; r needs at least 4)"
-    if entry["effect"] is None and entry.get("planned_mde") is not None:
-        return (f"inconclusive ({len(entry['seeds'])} finished seed pair(s); planned: {entry['planned_seeds']} seeds "
-                f"detect {entry['planned_mde']:.3f} if the paired SD of `{entry['design_sd']['claim']}` "
-                f"({entry['design_sd']['sd']:.3f}) holds)")
+    if entry["effect"] is None and entry.get("mde_basis") == "planned":
+        return (f"inconclusive (minimum detectable effect {entry['mde']:.3f}, planned: {entry['planned_seeds']} seeds "
+                f"if the paired SD of `{entry['design_sd']['claim']}` ({entry['design_sd']['sd']:.3f}) holds; "
+                f"{len(entry['seeds'])} finished seed pair(s))")
     if entry["effect"] is None:
         return (f"inconclusive (minimum detectable effect not estimable: {len(entry['seeds'])} finished seed "
                 "pair(s); a paired test needs at least 2)")
@@ -282,10 +282,12 @@ def judge(claims: Claims) -> list[dict]:
     planned_family = max(sum(not claim.primary for claim in claims.claims), 1)
     for claim, entry in zip(claims.claims, entries):
         stand_in = by_id.get(claim.design_sd) if claim.design_sd else None
+        entry["mde_basis"] = "measured" if entry["mde"] is not None else None
         if entry["mde"] is None and stand_in is not None and stand_in["sd"] is not None:
             # every secondary claim planned, so the strictest Holm step among all of them
             level = ALPHA if claim.primary else ALPHA / planned_family
-            entry["planned_mde"] = minimum_detectable_effect(stand_in["sd"], entry["planned_seeds"], level)
+            entry["mde"] = minimum_detectable_effect(stand_in["sd"], entry["planned_seeds"], level)
+            entry["mde_basis"] = "planned"
             entry["design_sd"] = {"claim": stand_in["id"], "sd": stand_in["sd"]}
         entry["verdict"] = verdict(entry, ALPHA, claim.paper_effect)
     return entries
@@ -299,8 +301,8 @@ def _num(value: float | None, sign: bool = True) -> str:
 
 def mde_cell(entry: dict) -> str:
     """The measured minimum detectable effect, or the planned design's (marked) before runs finish."""
-    if entry["mde"] is None and entry.get("planned_mde") is not None:
-        return f"{entry['planned_mde']:.3f} (planned)"
+    if entry.get("mde_basis") == "planned":
+        return f"{entry['mde']:.3f} (planned)"
     return _num(entry["mde"], False)
 
 
