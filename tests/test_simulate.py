@@ -27,9 +27,10 @@ def test_learning_raises_held_out_true_reward(tmp_path, algorithm, user):
 
 
 def test_same_seed_gives_same_metrics_and_different_seed_does_not(tmp_path):
-    run_simulation(tiny_config(), tmp_path / "a")
-    run_simulation(tiny_config(), tmp_path / "b")
-    run_simulation(tiny_config(seed=1), tmp_path / "c")
+    short = dict(rounds=4, eval_every=2, checkpoint_every=2)  # long enough to train between evaluations
+    run_simulation(tiny_config(**short), tmp_path / "a")
+    run_simulation(tiny_config(**short), tmp_path / "b")
+    run_simulation(tiny_config(seed=1, **short), tmp_path / "c")
     a, b, c = (without_time(RunDir(tmp_path / n).read_metrics()) for n in "abc")
     assert a == b
     assert [r["reward"] for r in a] != [r["reward"] for r in c]
