@@ -7,15 +7,20 @@ import pytest
 from corll.verdicts import holm, minimum_detectable_effect, seeds_needed, verdict, write_results
 
 
+def write_run(root, arm: str, seed: int, records: list[dict]) -> None:
+    """One run's metrics, where an experiment keeps them: root/<arm>/seed-<i>/metrics.jsonl."""
+    folder = root / arm / f"seed-{seed}"
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({"algorithm": arm, "seed": seed, **r}) + "\n"
+                                                  for r in records))
+
+
 def write_runs(root, finals: dict[str, list[float]]) -> None:
-    """Two evaluations per run (rounds 0 and 2) under root/<arm>/seed-<i>: R* 0.1, then the arm's final value."""
+    """Two evaluations per run (rounds 0 and 2): R* 0.1, then the arm's final value."""
     for arm, values in finals.items():
         for seed, final in enumerate(values):
-            folder = root / arm / f"seed-{seed}"
-            folder.mkdir(parents=True)
-            records = [{"algorithm": arm, "seed": seed, "round": r, "feedback": 8 * r, "queries": 8 * r,
-                        "reward": 0.1 if r == 0 else final, "kl": 0.0} for r in (0, 2)]
-            (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            write_run(root, arm, seed, [{"round": r, "feedback": 8 * r, "queries": 8 * r,
+                                         "reward": 0.1 if r == 0 else final, "kl": 0.0} for r in (0, 2)])
 
 
 def test_holm_adjusts_by_hand():
@@ -101,11 +106,9 @@ def test_an_edit_cost_claim_is_judged_per_shown_response_on_its_own_page(tmp_pat
     runs = {"floor": [(32, 16), (30, 16), (34, 16)], "pref": [(20, 20), (22, 20), (18, 20)]}
     for arm, values in runs.items():
         for seed, (cost, shown) in enumerate(values):
-            folder = tmp_path / "runs" / "toy" / arm / f"seed-{seed}"
-            folder.mkdir(parents=True)
-            records = [{"algorithm": arm, "seed": seed, "round": r, "feedback": 8 * r, "queries": shown * r // 2,
-                        "cumulative_cost": cost * r // 2, "reward": -1.0, "kl": 0.0} for r in (0, 2)]
-            (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            write_run(tmp_path / "runs" / "toy", arm, seed, [
+                {"round": r, "feedback": 8 * r, "queries": shown * r // 2, "cumulative_cost": cost * r // 2,
+                 "reward": -1.0, "kl": 0.0} for r in (0, 2)])
     page, data = write_results(tmp_path / "claims.yaml", tmp_path / "docs")
     assert (page.name, data.name) == ("edits.md", "edits.json")
     (claim,) = json.loads(data.read_text())["claims"]

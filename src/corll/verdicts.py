@@ -249,6 +249,21 @@ def verdict(entry: dict, alpha: float, paper_effect: float) -> str:
     return f"inconclusive (minimum detectable effect {entry['mde']:.3f})"
 
 
+def detectable_effect(entry: dict, stand_in: dict | None, planned_level: float) -> dict:
+    """The claim's minimum detectable effect at 80% power: from its own runs' SD where they give one, else the
+    planned design's (its planned seeds) under the SD of the claim named as `design_sd`, else none."""
+    if entry.get("kind") == "correlation":
+        mde = correlation_mde(entry["n"], entry["alpha"])
+    elif entry["sd"] is not None:
+        mde = minimum_detectable_effect(entry["sd"], len(entry["seeds"]), entry["alpha"])
+    elif stand_in is not None and stand_in.get("sd") is not None:
+        return {"mde": minimum_detectable_effect(stand_in["sd"], entry["planned_seeds"], planned_level),
+                "mde_basis": "planned", "design_sd": {"claim": stand_in["id"], "sd": stand_in["sd"]}}
+    else:
+        mde = None
+    return {"mde": mde, "mde_basis": None if mde is None else "measured"}
+
+
 def judge(claims: Claims) -> list[dict]:
     """Measure every claim, correct the secondary ones together (Holm), and give each its verdict."""
     experiments: dict[str, Experiment] = {}
@@ -266,29 +281,17 @@ def judge(claims: Claims) -> list[dict]:
     secondary = {e["id"]: e["p"] for e in entries if not e["primary"] and e["p"] is not None}
     adjusted = holm(secondary)
     family = max(len(secondary), 1)
+    planned_family = max(sum(not claim.primary for claim in claims.claims), 1)
+    by_id = {entry["id"]: entry for entry in entries}
     for claim, entry in zip(claims.claims, entries):
         entry["p_adjusted"] = entry["p"] if claim.primary else adjusted.get(claim.id)
-        # The MDE at the level the claim is tested at: α for the primary, α/m (Holm's strictest step) otherwise.
-        level = ALPHA if claim.primary else ALPHA / family
-        entry["alpha"] = level
-        if entry.get("kind") == "correlation":
-            entry["mde"] = correlation_mde(entry["n"], level)
-        else:
-            entry["mde"] = (minimum_detectable_effect(entry["sd"], len(entry["seeds"]), level)
-                            if entry["sd"] is not None else None)
+        # The MDE at the level the claim is tested at: α for the primary, α/m (Holm's strictest step) otherwise;
+        # a design planned before its runs, at the strictest step among every secondary claim planned.
+        entry["alpha"] = ALPHA if claim.primary else ALPHA / family
+        planned_level = ALPHA if claim.primary else ALPHA / planned_family
+        entry.update(detectable_effect(entry, by_id.get(claim.design_sd), planned_level))
         entry["paper_effect"] = claim.paper_effect
         entry["interval"] = None if entry["effect"] is None else [entry["low"], entry["high"]]  # 95%, as a pair
-    by_id = {entry["id"]: entry for entry in entries}
-    planned_family = max(sum(not claim.primary for claim in claims.claims), 1)
-    for claim, entry in zip(claims.claims, entries):
-        stand_in = by_id.get(claim.design_sd) if claim.design_sd else None
-        entry["mde_basis"] = "measured" if entry["mde"] is not None else None
-        if entry["mde"] is None and stand_in is not None and stand_in["sd"] is not None:
-            # every secondary claim planned, so the strictest Holm step among all of them
-            level = ALPHA if claim.primary else ALPHA / planned_family
-            entry["mde"] = minimum_detectable_effect(stand_in["sd"], entry["planned_seeds"], level)
-            entry["mde_basis"] = "planned"
-            entry["design_sd"] = {"claim": stand_in["id"], "sd": stand_in["sd"]}
         entry["verdict"] = verdict(entry, ALPHA, claim.paper_effect)
     return entries
 
