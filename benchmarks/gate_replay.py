@@ -27,6 +27,7 @@ import torch
 from corll.feedback import word_edit_distance
 from corll.hardware import detect, set_threads
 from corll.learn import LearnConfig, learn_once
+from corll.learners.dpo import DPOConfig
 from corll.log_training import use_version
 from corll.policy import LoraSettings, SamplingConfig, load_policy
 from corll.stats import paired_comparison
@@ -59,7 +60,8 @@ def replay(user: str, rows: list[dict], settings: dict, args) -> dict:
         interaction = store.record_interaction(who, request(user, row["t"]), row["draft"], policy_version_id=None,
                                                sampling={}, response_logprob=None)
         store.add_feedback(who, interaction, edit=row["kept"])
-    config = LearnConfig(model=settings["model"], adapters_dir=work / "adapters", min_edits=2, precision="fp32")
+    config = LearnConfig(model=settings["model"], adapters_dir=work / "adapters", min_edits=2, precision="fp32",
+                         epochs=args.epochs, dpo=DPOConfig(lr=args.lr, sft_weight=args.sft_weight))
     (decision,) = learn_once(store, config)  # every changed draft of the first `--edits` is a preference
     policy = load_policy(settings["model"], lora=LoraSettings(), precision="fp32",
                          sampling=SamplingConfig(temperature=0.7, max_new_tokens=settings["max_tokens"]))
@@ -86,6 +88,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--users", default=",".join(USERS))
     parser.add_argument("--seed", type=int, default=0)
+    learner = LearnConfig(model="", adapters_dir=Path())
+    parser.add_argument("--lr", type=float, default=learner.dpo.lr, help="the learner's Adam learning rate")
+    parser.add_argument("--epochs", type=int, default=learner.epochs, help="the learner's passes over the edits")
+    parser.add_argument("--sft-weight", type=float, default=learner.dpo.sft_weight,
+                        help="weight of the supervised term on the user's edit")
     parser.add_argument("--out", type=Path, default=Path("docs/gate-replay"))
     args = parser.parse_args()
     set_threads(1)
@@ -100,7 +107,8 @@ def main() -> None:
         print(json.dumps(found[-1]), flush=True)
     hw = detect()
     lines = [f"**{hw.cpu} ({hw.capability}), 1 thread**; {earlier['settings']['model']}, candidates from each user's "
-             f"first {args.edits} logged edits ({args.results}); true cost on their next {args.prompts} requests × "
+             f"first {args.edits} logged edits ({args.results}), learning rate {args.lr:g}, {args.epochs} epochs, "
+             f"supervised weight {args.sft_weight:g}; true cost on their next {args.prompts} requests × "
              f"{args.samples} drafts, the same seeds for both versions.", "",
              "| user | gate | held-out margin gain (nats) | draft distance, candidate − serving (words) | "
              "true cost per draft: serving → candidate | lowered by [95% CI] |", "|---|---|---|---|---|---|"]

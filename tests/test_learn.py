@@ -123,6 +123,7 @@ def test_the_draft_distance_is_the_edit_cost_of_the_policys_own_drafts_for_the_h
 
     log_edits(store, ALICE, 2)
     held_out = preferences(store.feedback(tenant="acme"))
+    assert all(p.pair.chosen_ends for p in held_out)  # the user's kept text is whole: learned with its end
     cfg = config(tmp_path, draft_samples=3)
     # drafts as long as the ones the user saw ("hello there, friend" in tokens), whatever the policy's own setting
     length = len(load_policy("tiny").tokenizer("hello there, friend", add_special_tokens=False)["input_ids"])

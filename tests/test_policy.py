@@ -64,6 +64,32 @@ def test_only_response_tokens_are_scored_and_no_special_token_is_doubled(policy)
         assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id
 
 
+def test_a_whole_text_is_scored_with_its_end(policy):
+    """A user's kept text is whole: its log-probability adds log π(EOS | x, y), by hand from the logits
+    after y; the reference cache keeps the two apart; DPO's margin counts the chosen text's end."""
+    perturb_lora(policy)
+    eos = policy.tokenizer.eos_token_id
+    whole = policy.logprobs(PROMPTS, RESPONSES, ends=[True] * 3)
+    for row, (x, y) in enumerate(zip(PROMPTS, RESPONSES)):
+        ids = policy.prompt_ids(x) + policy.tokenizer(y, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            stop = torch.log_softmax(policy.model(input_ids=torch.tensor([ids])).logits[0, -1], -1)[eos].item()
+        assert whole[row].item() == pytest.approx(per_token_reference(policy, x, y) + stop, abs=1e-4)
+    prefix = policy.logprobs(PROMPTS, RESPONSES, reference=True)
+    ended = policy.logprobs(PROMPTS, RESPONSES, reference=True, ends=[True] * 3)
+    assert (ended < prefix).all()  # stopping has a probability below 1, and the cache did not mix them up
+
+    # DPO on a pair whose chosen text is whole: its margin includes the chosen's end, the rejected's not
+    pair = PreferencePair("hello", "abc def", "abc def the quick brown fox", chosen_ends=True)
+    learner = DPOLearner(policy, DPOConfig(beta=0.1))
+    totals = learner.accumulate_gradients([pair])
+    chosen = [pair.prompt], [pair.chosen]
+    rejected = [pair.prompt], [pair.rejected]
+    by_hand = 0.1 * ((policy.logprobs(*chosen, ends=[True]) - policy.logprobs(*chosen, reference=True, ends=[True]))
+                     - (policy.logprobs(*rejected) - policy.logprobs(*rejected, reference=True)))
+    assert totals["margin"] == pytest.approx(by_hand.item(), abs=1e-5)
+
+
 def test_a_prompt_shared_by_several_rows_is_encoded_once_and_scores_like_separate_rows(policy):
     """k samples (or chosen and rejected) continue one prompt: it is run once, with the same values and
     the same gradients as running every row whole."""

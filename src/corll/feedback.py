@@ -25,6 +25,9 @@ class PreferencePair:
     chosen: str
     rejected: str
     mislabeled: bool = False
+    # The chosen text is whole — the text a user kept — so it is learned with its end-of-text token:
+    # the policy learns where the user's text stops, not only how it begins (a draft may be cut short).
+    chosen_ends: bool = False
 
     def to_trl(self) -> dict:
         """The plain dict that TRL's DPOTrainer and `datasets` read (conversational when x is a chat)."""

@@ -127,7 +127,8 @@ def pending(store: Store, lineage: Lineage, records: list[FeedbackRecord], confi
 def held_out_logprobs(policy: Policy, held_out: list[Preference]) -> torch.Tensor:
     """[edits, 2]: log π(ȳ|x) of each held-out edit ȳ and log π(y|x) of its draft y."""
     prompts = [p.pair.prompt for p in held_out]
-    return torch.stack([policy.logprobs(prompts, [p.pair.chosen for p in held_out]),
+    ends = [p.pair.chosen_ends for p in held_out]
+    return torch.stack([policy.logprobs(prompts, [p.pair.chosen for p in held_out], ends=ends),
                         policy.logprobs(prompts, [p.pair.rejected for p in held_out])], dim=1)
 
 

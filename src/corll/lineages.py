@@ -27,9 +27,15 @@ class Lineage:
         return f"{self.tenant}/{self.user or 'shared'}"
 
 
+def logged_pair(record: FeedbackRecord) -> PreferencePair:
+    """A logged edit as ȳ ≻ y. The user's text is whole, so it is learned with its end; the draft is the
+    text as shown, which may have been cut at the token limit."""
+    return PreferencePair(prompt=record.messages, chosen=record.edit, rejected=record.response, chosen_ends=True)
+
+
 def preferences(records: list[FeedbackRecord]) -> list[Preference]:
     """Edits that changed the draft, as preferences ȳ ≻ y with their event ids (oldest first)."""
-    return [Preference(r.event_id, PreferencePair(prompt=r.messages, chosen=r.edit, rejected=r.response),
+    return [Preference(r.event_id, logged_pair(r),
                        tuple(sorted({r.user, r.author or r.user})))
             for r in records if r.kind == "edit" and r.edit.strip() != r.response.strip()]
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from corll.feedback import PreferencePair
+from corll.lineages import logged_pair
 from corll.learners.dpo import DPOConfig, DPOLearner
 from corll.policy import LoraSettings, Policy, load_policy
 from corll.store import FeedbackRecord, Store
@@ -59,7 +60,7 @@ def signals_from(records: list[FeedbackRecord]) -> Signals:
         elif r.edit.strip() == r.response.strip():
             signals.unchanged_edits += 1
         else:
-            signals.pairs.append(PreferencePair(prompt=r.messages, chosen=r.edit, rejected=r.response))
+            signals.pairs.append(logged_pair(r))
     return signals
 
 

@@ -112,12 +112,17 @@ def encode_responses(
     return EncodedBatch(input_ids, attention_mask, response_mask)
 
 
-def encode_shared(tokenizer, prompt_ids: Sequence[Sequence[int]], responses: Sequence[str]) -> SharedPromptBatch:
-    """Group rows by prompt: each distinct prompt once, each response tokenized on its own."""
+def encode_shared(tokenizer, prompt_ids: Sequence[Sequence[int]], responses: Sequence[str],
+                  ends: Sequence[bool] | None = None) -> SharedPromptBatch:
+    """Group rows by prompt: each distinct prompt once, each response tokenized on its own. A response
+    marked in `ends` is a whole text and is followed by the end-of-text token, so its log-probability
+    includes stopping there (a draft cut at the token limit is a prefix and has none)."""
     index: dict[tuple[int, ...], int] = {}
     row_prompt = [index.setdefault(tuple(p), len(index)) for p in prompt_ids]
     prompts = list(index)
-    response_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses]
+    ends = ends or [False] * len(responses)
+    response_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] * end
+                    for r, end in zip(responses, ends)]
     pad = tokenizer.pad_token_id
     width = max(len(p) for p in prompts)
     length = max(1, max(len(r) for r in response_ids))
@@ -388,27 +393,36 @@ class Policy:
         return [texts[i * k : (i + 1) * k] for i in range(len(prompts))], tokens
 
     # --- scoring -------------------------------------------------------------------------
-    def encode(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> SharedPromptBatch:
-        """Prompts and responses for `sequence_logprobs`, each distinct prompt encoded once."""
-        return encode_shared(self.tokenizer, [self.prompt_ids(p) for p in prompts], responses)
+    def encode(self, prompts: Sequence[Prompt], responses: Sequence[str],
+               ends: Sequence[bool] | None = None) -> SharedPromptBatch:
+        """Prompts and responses for `sequence_logprobs`, each distinct prompt encoded once; a response
+        marked in `ends` is scored as a whole text (with its end-of-text token)."""
+        return encode_shared(self.tokenizer, [self.prompt_ids(p) for p in prompts], responses, ends)
 
-    def logprobs(self, prompts: Sequence[Prompt], responses: Sequence[str], *, reference: bool = False) -> torch.Tensor:
-        """log π(y|x) (or log π_0(y|x), cached) without gradients, in micro-batches."""
+    def logprobs(self, prompts: Sequence[Prompt], responses: Sequence[str], *, reference: bool = False,
+                 ends: Sequence[bool] | None = None) -> torch.Tensor:
+        """log π(y|x) (or log π_0(y|x), cached) without gradients, in micro-batches; with `ends`, the marked
+        responses as whole texts (see `encode`)."""
+        ends = list(ends) if ends is not None else [False] * len(responses)
         if not reference:
-            return self._score(self.model, prompts, responses)
+            return self._score(self.model, prompts, responses, ends)
         def compute(todo: list[int]) -> list[float]:
             with self.reference() as model:
-                return self._score(model, [prompts[i] for i in todo], [responses[i] for i in todo]).tolist()
+                return self._score(model, [prompts[i] for i in todo], [responses[i] for i in todo],
+                                   [ends[i] for i in todo]).tolist()
 
-        return torch.tensor(self._reference_cache.get([(prompt_key(x), y) for x, y in zip(prompts, responses)], compute))
+        keys = [(prompt_key(x), y, end) for x, y, end in zip(prompts, responses, ends)]
+        return torch.tensor(self._reference_cache.get(keys, compute))
 
-    def _score(self, model: nn.Module, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
+    def _score(self, model: nn.Module, prompts: Sequence[Prompt], responses: Sequence[str],
+               ends: Sequence[bool]) -> torch.Tensor:
         values = []
+        size = self.score_batch_size
         with torch.no_grad(), self.autocast():
             was_training = model.training
             model.eval()
-            for i in range(0, len(prompts), self.score_batch_size):
-                batch = self.encode(prompts[i : i + self.score_batch_size], responses[i : i + self.score_batch_size])
+            for i in range(0, len(prompts), size):
+                batch = self.encode(prompts[i : i + size], responses[i : i + size], ends[i : i + size])
                 values.append(sequence_logprobs(model, batch))
             model.train(was_training)
         return torch.cat(values)

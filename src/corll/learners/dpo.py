@@ -124,8 +124,9 @@ class DPOLearner:
             chunk = pairs[start : start + cfg.micro_batch_pairs]
             prompts = [p.prompt for p in chunk] * 2
             responses = [p.chosen for p in chunk] + [p.rejected for p in chunk]
-            ref = self.policy.logprobs(prompts, responses, reference=True)
-            batch = self.policy.encode(prompts, responses)
+            ends = [p.chosen_ends for p in chunk] + [False] * len(chunk)
+            ref = self.policy.logprobs(prompts, responses, reference=True, ends=ends)
+            batch = self.policy.encode(prompts, responses, ends)
             with self.policy.training_attention(), self.policy.autocast():
                 logps = sequence_logprobs(self.model, batch)
             m = len(chunk)
