@@ -166,8 +166,10 @@ def test_on_the_real_model_a_consistent_user_is_promoted_and_a_collapsing_candid
     assert outcomes[3e-4].metrics["margin_gain"] > 1.0
     distance = outcomes[3e-4].metrics["draft_distance"]  # its own drafts came closer to what the user writes
     assert distance["candidate"] < distance["serving"], distance
-    assert outcomes[0.05].decision == "rejected" and outcomes[0.05].reason.startswith("monitor: KL"), \
+    # collapsed: the monitor flags it (KL to π₀, repeated phrases or distinct-2, whichever the collapse shows)
+    assert outcomes[0.05].decision == "rejected" and outcomes[0.05].reason.startswith("monitor: "), \
         outcomes[0.05].reason
+    assert outcomes[0.05].metrics["monitor_flags"]
 
 
 def test_rollback_wins_until_new_feedback_arrives(store, tmp_path):
