@@ -76,6 +76,7 @@ def replay(user: str, rows: list[dict], settings: dict, args) -> dict:
             "margin_gain": decision.metrics["margin_gain"], "edit_logprob_gain": decision.metrics["edit_logprob_gain"],
             "draft_distance": decision.metrics["draft_distance"], "kl": decision.metrics["candidate"]["kl"],
             "true_cost": {k: statistics.fmean(v) for k, v in costs.items()},
+            "true_costs": costs,  # per draft, prompt-major: which drafts move the mean
             "lowered_by": {"mean": difference.mean, "low": difference.low, "high": difference.high},
             "sample": decision.metrics["sample"]}
 
