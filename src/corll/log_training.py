@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from corll.feedback import PreferencePair
-from corll.lineages import logged_pair
 from corll.learners.dpo import DPOConfig, DPOLearner
+from corll.lineages import logged_pair
 from corll.policy import LoraSettings, Policy, load_policy
 from corll.store import FeedbackRecord, Store
 from corll.store.schema import PolicyVersion
