@@ -144,14 +144,14 @@ def shared_prompt_logprobs(model: nn.Module, batch: SharedPromptBatch) -> torch.
     prompt_positions = (batch.prompt_mask.cumsum(-1) - 1).clamp(min=0)
     prompt_out = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, position_ids=prompt_positions,
                        use_cache=True, logits_to_keep=1)
-    cache = prompt_out.past_key_values
+    cache = prompt_out.cache
     cache.reorder_cache(batch.row_prompt)
     prompt_lengths = batch.prompt_mask.sum(-1)[batch.row_prompt]
     length = batch.response_ids.shape[1]
     positions = prompt_lengths[:, None] + torch.arange(length)[None, :]
     mask = torch.cat([batch.prompt_mask[batch.row_prompt], batch.response_mask], dim=1)
     logits = model(input_ids=batch.response_ids, attention_mask=mask, position_ids=positions,
-                   past_key_values=cache, use_cache=True, logits_to_keep=length).logits
+                   cache=cache, use_cache=True, logits_to_keep=length).logits
     logits = torch.cat([prompt_out.logits[batch.row_prompt, -1:], logits[:, :-1]], dim=1).float()
     token_logps = -nn.functional.cross_entropy(logits.flatten(0, 1), batch.response_ids.flatten(), reduction="none")
     return (token_logps.view_as(batch.response_ids) * batch.response_mask).sum(-1)
@@ -185,7 +185,7 @@ def prefill_cache(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     """The KV cache of left-padded prompts, each row repeated `copies` times for sampling."""
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     cache = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                  logits_to_keep=1).past_key_values
+                  logits_to_keep=1).cache
     cache.batch_repeat_interleave(copies)
     return cache
 
@@ -381,7 +381,7 @@ class Policy:
             cache = prefill_cache(model, input_ids[:, :-1], attention_mask[:, :-1], k) if width > 1 else None
             out = model.generate(
                 input_ids=input_ids.repeat_interleave(k, 0), attention_mask=attention_mask.repeat_interleave(k, 0),
-                past_key_values=cache, max_new_tokens=sampling.max_new_tokens, pad_token_id=pad,
+                cache=cache, max_new_tokens=sampling.max_new_tokens, pad_token_id=pad,
                 eos_token_id=self.tokenizer.eos_token_id, logits_processor=[recorder] if recorder else None,
                 **sampling.generate_kwargs(),
             )

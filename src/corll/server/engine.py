@@ -335,7 +335,7 @@ class PolicyEngine:
         mixed = {"adapter_names": adapters} if any(a != BASE_ADAPTER for a in adapters) else {}
         with self.policy.autocast():
             out = self.policy.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                                    past_key_values=cache, use_cache=True, logits_to_keep=1, **mixed)
+                                    cache=cache, use_cache=True, logits_to_keep=1, **mixed)
         return out.logits[:, -1]
 
     def _advance(self, rows: list[_Row], logits: torch.Tensor) -> set[int]:
