@@ -3,9 +3,9 @@ simulated deployment's own log.
 
     .venv/bin/python benchmarks/gate_replay.py --results docs/deployment-results.json --edits 16
 
-For each simulated user of a `benchmarks/deployment.py` run, their first `--edits` drafts and edits (as
-the learning server logged them) go into a fresh store and the learner (`corll learn`'s defaults) trains
-and gates a candidate from the base model. Then the question a real deployment cannot ask: the simulated
+For each simulated user of a `benchmarks/deployment.py` run, their first `--edits` drafts (as the learning
+server logged them), each with the simulated user's edit of it, go into a fresh store and the learner
+(`corll learn`'s defaults) trains and gates a candidate from the base model. Then the question a real deployment cannot ask: the simulated
 user edits fresh drafts from both versions for their next `--prompts` requests (`--samples` each, the
 same seeds for both versions, the deployment's length and temperature). Reported per user: the gate's
 measures (held-out margin gain, draft distance to the held-out edits), its decision, and the true edit
@@ -59,7 +59,7 @@ def replay(user: str, rows: list[dict], settings: dict, args) -> dict:
     for row in rows[: args.edits]:
         interaction = store.record_interaction(who, request(user, row["t"]), row["draft"], policy_version_id=None,
                                                sampling={}, response_logprob=None)
-        store.add_feedback(who, interaction, edit=row["kept"])
+        store.add_feedback(who, interaction, edit=revise(USERS[user], row["draft"]))  # today's editor, as below
     config = LearnConfig(model=settings["model"], adapters_dir=work / "adapters", min_edits=2, precision="fp32",
                          epochs=args.epochs, dpo=DPOConfig(lr=args.lr, sft_weight=args.sft_weight))
     (decision,) = learn_once(store, config)  # every changed draft of the first `--edits` is a preference
@@ -101,7 +101,7 @@ def main() -> None:
     found = []
     for user in args.users.split(","):
         rows = [r for r in earlier["learning"]["rows"] if r["user"] == user]
-        if sum(r["cost"] > 0 for r in rows[: args.edits]) < 2:
+        if sum(revise(USERS[user], r["draft"]) != r["draft"] for r in rows[: args.edits]) < 2:
             print(f"{user}: fewer than 2 edited drafts among the first {args.edits}; no candidate", flush=True)
             continue
         found.append(replay(user, rows, earlier["settings"], args))

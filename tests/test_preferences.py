@@ -45,3 +45,12 @@ def test_revision_moves_toward_the_preference_by_hand():
     assert revise("review", "A film about a dog.") == "Q: What is it about?\nA: A film about a dog."
     assert revise("forum-notes", "Notes here.\nBest regards,\nSam") == "Hey! Notes here."
     assert word_edit_distance("a b c", "a x c d") == 2
+
+
+def test_a_paragraph_opening_with_thanks_is_body_text_not_the_closing():
+    body = "Hi there,\nThanks so much for the request. We're thrilled to have you at the bakery, and cookies are free!"
+    # the closing is added after the body, not put in place of it
+    assert revise("tweet-notes", body) == body + "\nThank you so much for your time!"
+    signed = body + "\nThanks,\nSam"
+    assert revise("tweet-notes", signed) == body + "\nThank you so much for your time!"
+    assert revise("forum-notes", "Hey! " + signed.removeprefix("Hi there,\n")) == "Hey! " + body.removeprefix("Hi there,\n")

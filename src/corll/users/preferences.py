@@ -23,7 +23,10 @@ NEGATIVE = {"bad": "tricky", "sad": "quiet", "terrible": "surprising", "angry": 
             "problem": "puzzle", "problems": "puzzles", "worst": "oddest", "awful": "unusual", "hate": "dislike",
             "crisis": "challenge", "damage": "change", "lost": "missed", "fear": "worry", "died": "passed away"}
 SECOND_PERSON = {"i": "you", "my": "your", "me": "you", "mine": "yours", "we": "you", "our": "your", "us": "you"}
-CLOSING_LINE = re.compile(r"^(best regards|kind regards|regards|best|thanks|thank you|cheers|sincerely)[^\n]*$",
+# A sign-off is a short line ("Best regards,", "Thank you so much for your time!"), not every line that starts
+# with its words: a paragraph opening "Thanks so much for the request. We're thrilled ..." is body text, and a
+# person who wants a different closing does not delete it with everything after it.
+CLOSING_LINE = re.compile(r"^(best regards|kind regards|regards|best|thanks|thank you|cheers|sincerely)\b[^\n]{0,40}$",
                           re.IGNORECASE | re.MULTILINE)
 
 
