@@ -5,12 +5,13 @@ simulated deployment's own log.
 
 For each simulated user of a `benchmarks/deployment.py` run, their first `--edits` drafts (as the learning
 server logged them), each with the simulated user's edit of it, go into a fresh store and the learner
-(`corll learn`'s defaults) trains and gates a candidate from the base model. Then the question a real deployment cannot ask: the simulated
-user edits fresh drafts from both versions for their next `--prompts` requests (`--samples` each, the
-same seeds for both versions, the deployment's length and temperature). Reported per user: the gate's
-measures (held-out margin gain, draft distance to the held-out edits), its decision, and the true edit
-cost per draft of the serving version (the base model) and of the candidate, with the paired difference.
-A gate measure is useful when it tells the candidates that lower this cost from those that do not.
+(`corll learn`'s defaults) trains and gates a candidate from the base model. Then the question a real
+deployment cannot ask: the simulated user edits fresh drafts from both versions for their next `--prompts`
+requests (`--samples` each, the same seeds for both versions, the deployment's length and temperature).
+Reported per user: the gate's measures (held-out margin gain, the user's habitual edits in each version's
+drafts), its decision, and the true edit cost per draft of the serving version (the base model) and of the
+candidate, with the paired difference. A gate measure is useful when it tells the candidates that lower
+this cost from those that do not.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def replay(user: str, rows: list[dict], settings: dict, args) -> dict:
     difference = paired_comparison(costs["serving"], costs["candidate"]).difference
     return {"user": user, "decision": decision.decision, "reason": decision.reason,
             "margin_gain": decision.metrics["margin_gain"], "edit_logprob_gain": decision.metrics["edit_logprob_gain"],
-            "draft_distance": decision.metrics["draft_distance"], "kl": decision.metrics["candidate"]["kl"],
+            "habit_cost": decision.metrics["habit_cost"], "habits": decision.metrics["habits"],
+            "kl": decision.metrics["candidate"]["kl"],
             "true_cost": {k: statistics.fmean(v) for k, v in costs.items()},
             "true_costs": costs,  # per draft, prompt-major: which drafts move the mean
             "lowered_by": {"mean": difference.mean, "low": difference.low, "high": difference.high},
@@ -111,10 +113,10 @@ def main() -> None:
              f"first {args.edits} logged edits ({args.results}), learning rate {args.lr:g}, {args.epochs} epochs, "
              f"supervised weight {args.sft_weight:g}; true cost on their next {args.prompts} requests × "
              f"{args.samples} drafts, the same seeds for both versions.", "",
-             "| user | gate | held-out margin gain (nats) | draft distance, candidate − serving (words) | "
+             "| user | gate | held-out margin gain (nats) | habitual edits, candidate − serving (tokens per draft) | "
              "true cost per draft: serving → candidate | lowered by [95% CI] |", "|---|---|---|---|---|---|"]
     for r in found:
-        d, c, low = r["draft_distance"], r["true_cost"], r["lowered_by"]
+        d, c, low = r["habit_cost"], r["true_cost"], r["lowered_by"]
         lines.append(f"| {r['user']} | {r['decision']} | {r['margin_gain']:+.2f} | {d['candidate'] - d['serving']:+.2f} "
                      f"| {c['serving']:.2f} → {c['candidate']:.2f} | {low['mean']:+.2f} [{low['low']:+.2f}, "
                      f"{low['high']:+.2f}] |")

@@ -36,9 +36,8 @@ def log_edits(store: Store, who: Principal, n: int, *, start: int = 0, draft: st
 
 def config(tmp_path: Path, **overrides) -> LearnConfig:
     settings = dict(model="tiny", adapters_dir=tmp_path / "adapters", min_edits=6, holdout=0.25, replay=4, epochs=3,
-                    batch_size=4, dpo=DPOConfig(lr=5e-3), precision="fp32", monitor_tokens=12,
-                    monitor=MonitorThresholds(kl_limit=50.0, distinct_drop=1.0, repetition_rise=1.1),
-                    distance_slack=100.0)  # the tiny model drafts noise: the distance criterion has its own tests
+                    batch_size=4, dpo=DPOConfig(lr=5e-3), precision="fp32",
+                    monitor=MonitorThresholds(kl_limit=50.0, distinct_drop=1.0, repetition_rise=1.1))
     settings.update(overrides)
     return LearnConfig(**settings)
 
@@ -48,16 +47,16 @@ def store(tmp_path):
     return Store(f"sqlite:///{tmp_path / 'corll.db'}")
 
 
-def test_the_gate_weighs_held_out_gains_draft_distance_and_the_monitor():
-    cfg = LearnConfig(model="tiny", adapters_dir=Path("."), margin=0.1, win_rate=0.6, distance_slack=0.5)
+def test_the_gate_weighs_held_out_gains_habitual_edits_and_the_monitor():
+    cfg = LearnConfig(model="tiny", adapters_dir=Path("."), margin=0.1, win_rate=0.6, cost_slack=0.5)
     assert gate(torch.tensor([0.5, 0.4, -0.1]), 0.0, [], cfg)[0] == "promoted"  # mean 0.27 > 0.1, rises on 67%
     assert gate(torch.tensor([0.05, 0.05, 0.05]), -1.0, [], cfg) == (
-        "rejected", "held-out edit margin +0.050 nats, rises on 100% of 3; drafts -1.0 words from the edits "
+        "rejected", "held-out edit margin +0.050 nats, rises on 100% of 3; habitual edits -1.0 tokens per draft "
                     "(margin needs > +0.100)")
     assert "needs to rise on >= 60%" in gate(torch.tensor([2.0, -0.1, -0.1]), 0.0, [], cfg)[1]  # on one edit only
-    # the margin rose, but the candidate's own drafts are farther from what the user wrote
+    # the margin rose, but the user would change more in the candidate's own drafts by habit
     decision, reason = gate(torch.tensor([1.0, 1.0]), 0.75, [], cfg)
-    assert decision == "rejected" and reason.endswith("(drafts may be at most +0.5 words farther)")
+    assert decision == "rejected" and reason.endswith("(may be at most +0.5)")
     assert gate(torch.tensor([1.0, 1.0]), 0.5, [], cfg)[0] == "promoted"  # within the slack
     decision, reason = gate(torch.tensor([1.0, 1.0]), 0.0, ["KL to π_0 is 30.0 nats (> 20.0)"], cfg)
     assert (decision, reason) == ("rejected", "monitor: KL to π_0 is 30.0 nats (> 20.0)")
@@ -70,8 +69,15 @@ def test_a_user_with_enough_edits_gets_a_promoted_version_trained_on_their_own_e
     assert [(d.tenant, d.user, d.decision) for d in made] == [("acme", "alice", "promoted")]
     d = made[0]
     assert d.metrics["margin_gain"] > 0 and d.metrics["held_out"] == 2
-    distance = d.metrics["draft_distance"]  # how far each version's own drafts are from alice's held-out edits
-    assert f"drafts {distance['candidate'] - distance['serving']:+.1f} words from the edits" in d.reason
+    # alice's habits, from her edits: she deletes the whole draft and writes "yes yes yes", every time
+    assert d.metrics["habits"] == {"deleted": ["hello there , friend"], "inserted": ["yes yes yes"]}
+    cost = d.metrics["habit_cost"]  # what she would change by habit in each version's own drafts
+    assert f"habitual edits {cost['candidate'] - cost['serving']:+.1f} tokens per draft" in d.reason
+    # every sample (the gate's drafts, the monitor's) is as long as the drafts she saw, at most
+    from corll.policy import load_policy
+    tokenizer = load_policy("tiny").tokenizer
+    assert len(tokenizer(d.metrics["sample"], add_special_tokens=False)["input_ids"]) <= \
+        len(tokenizer("hello there, friend", add_special_tokens=False)["input_ids"])
     # the margin's rise splits into how the edits' and the drafts' own likelihoods moved
     assert d.metrics["margin_gain"] == pytest.approx(d.metrics["edit_logprob_gain"] - d.metrics["draft_logprob_gain"],
                                                      abs=1e-4)
@@ -115,31 +121,29 @@ def test_a_candidate_worse_on_the_held_out_edits_is_rejected_and_kept(store, tmp
     assert store.active_version("acme", "alice") is None
 
 
-def test_the_draft_distance_is_the_edit_cost_of_the_policys_own_drafts_for_the_held_out_prompts(store, tmp_path):
-    from corll.feedback import word_edit_distance
-    from corll.learn import draft_distance
+def test_the_habit_cost_is_what_the_user_would_change_by_habit_in_the_policys_own_drafts(store, tmp_path):
+    from corll.edit_habits import EditHabits
+    from corll.feedback import edit_tokens
+    from corll.learn import habit_cost
     from corll.lineages import preferences
     from corll.policy import SamplingConfig, load_policy
 
     log_edits(store, ALICE, 2)
     held_out = preferences(store.feedback(tenant="acme"))
     assert all(p.pair.chosen_ends for p in held_out)  # the user's kept text is whole: learned with its end
-    cfg = config(tmp_path, draft_samples=3)
-    # drafts as long as the ones the user saw ("hello there, friend" in tokens), whatever the policy's own setting
-    length = len(load_policy("tiny").tokenizer("hello there, friend", add_special_tokens=False)["input_ids"])
-    policy = load_policy("tiny", seed=0, sampling=SamplingConfig(max_new_tokens=length))
+    habits = EditHabits(deleted=(), inserted=(("yes",),))
+    policy = load_policy("tiny", seed=0, sampling=SamplingConfig(max_new_tokens=6))
     torch.manual_seed(7)
-    drafts = policy.sample([p.pair.prompt for p in held_out], 3)
-    by_hand = [word_edit_distance(y, "yes yes yes") for ys in drafts for y in ys]
-    policy.sampling = SamplingConfig(max_new_tokens=50)
-    assert draft_distance(policy, held_out, cfg, seed=7) == pytest.approx(sum(by_hand) / 6)
-    assert policy.sampling.max_new_tokens == 50  # put back
+    drafts = [y for ys in policy.sample([p.pair.prompt for p in held_out], 3) for y in ys]
+    by_hand = [0 if "yes" in edit_tokens(y) else 1 for y in drafts]
+    assert habit_cost(policy, held_out, habits, config(tmp_path, draft_samples=3), seed=7) == \
+        pytest.approx(sum(by_hand) / 6)
 
 
-def test_a_candidate_whose_drafts_do_not_come_closer_to_the_held_out_edits_is_rejected(store, tmp_path):
+def test_a_candidate_whose_drafts_would_not_cost_the_user_less_is_rejected(store, tmp_path):
     log_edits(store, ALICE, 8)
-    made = learn_once(store, config(tmp_path, distance_slack=-100.0))  # demand drafts 100 words closer
-    assert made[0].decision == "rejected" and made[0].reason.endswith("(drafts may be at most -100.0 words farther)")
+    made = learn_once(store, config(tmp_path, cost_slack=-100.0))  # demand 100 tokens fewer habitual edits
+    assert made[0].decision == "rejected" and made[0].reason.endswith("(may be at most -100.0)")
     assert made[0].metrics["margin_gain"] > 0  # better on the margin, still refused
     assert store.active_version("acme", "alice") is None
 
@@ -159,13 +163,16 @@ def test_on_the_real_model_a_consistent_user_is_promoted_and_a_collapsing_candid
         store = Store(f"sqlite:///{tmp_path / f'{lr}.db'}")
         log_edits(store, ALICE, 8, draft=draft, edit="Here is a short note.")
         made = learn_once(store, config(tmp_path / str(lr), model="smollm2-135m-instruct", dpo=DPOConfig(lr=lr),
-                                        epochs=4, monitor=MonitorThresholds(), monitor_tokens=32,
-                                        distance_slack=LearnConfig.distance_slack))  # every default criterion
+                                        epochs=4, monitor=MonitorThresholds(),
+                                        cost_slack=LearnConfig.cost_slack))  # every default criterion
         outcomes[lr] = made[0]
     assert outcomes[3e-4].decision == "promoted", outcomes[3e-4].reason
     assert outcomes[3e-4].metrics["margin_gain"] > 1.0
-    distance = outcomes[3e-4].metrics["draft_distance"]  # its own drafts came closer to what the user writes
-    assert distance["candidate"] < distance["serving"], distance
+    # the user's habits: the opening and the padding they delete every time
+    assert outcomes[3e-4].metrics["habits"] == {"deleted": ["It is very interesting and I hope you like it .",
+                                                            "Sure !", "about the topic"], "inserted": []}
+    cost = outcomes[3e-4].metrics["habit_cost"]  # its own drafts keep less of what the user deletes
+    assert cost["candidate"] <= cost["serving"], cost
     # collapsed: the monitor flags it (KL to π₀, repeated phrases or distinct-2, whichever the collapse shows)
     assert outcomes[0.05].decision == "rejected" and outcomes[0.05].reason.startswith("monitor: "), \
         outcomes[0.05].reason
@@ -256,8 +263,7 @@ def test_serve_with_learn_promotes_a_users_version_after_their_edits_with_no_com
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "corll", "serve", "--model", "tiny", "--db", db, "--port", str(port), "--learn",
-         "--learn-min-edits", "6", "--adapters", str(tmp_path / "adapters"), "--precision", "fp32", "--threads", "1",
-         "--learn-options", "--distance-slack 100"],  # the tiny model drafts noise (see the test config)
+         "--learn-min-edits", "6", "--adapters", str(tmp_path / "adapters"), "--precision", "fp32", "--threads", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"

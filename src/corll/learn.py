@@ -13,10 +13,11 @@ shared one. A lineage with at least `min_edits` preferences ȳ ≻ y newer than 
      log π(ȳ|x) − log π(y|x) over the version serving the user now (the DPO implicit-reward margin of
      the user's edit over the draft; the reference terms cancel between the two versions). Promote
      only if the mean gain is at least `margin` nats, the gain is positive on at least `win_rate` of
-     the held-out edits, the candidate's own fresh drafts for the held-out prompts are no farther from
-     what the user wrote there than the serving version's (word edit distance, the cost the user pays;
-     common random numbers), and the reward-hacking monitor stays quiet on samples for the user's recent
-     prompts (KL to π_0, repeated phrases and distinct-2 against the serving version's samples);
+     the held-out edits, the candidate's own fresh drafts for the held-out prompts would cost the user
+     no more than the serving version's, by the user's edit habits (`corll.edit_habits`: the spans their
+     logged edits insert or delete again and again; common random numbers), and the reward-hacking
+     monitor stays quiet on samples for the user's recent prompts (KL to π_0, repeated phrases and
+     distinct-2 against the serving version's samples). Every sample is as long as the drafts the user saw;
   4. one transaction that stores the candidate and the decision with its metrics and reason.
 
 Watermarks make a crash harmless. A version's `trained_through_event` is the newest event trained
@@ -30,7 +31,6 @@ trains the same candidate again (the seed follows the data) and reaches the same
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import shutil
 import statistics
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from corll.feedback import word_edit_distance
+from corll.edit_habits import EditHabits
 from corll.learners.dpo import DPOConfig
 from corll.lineages import Lineage, Preference, lineages, preferences
 from corll.log_training import dpo_epochs, use_version
@@ -68,13 +68,14 @@ class LearnConfig:
     win_rate: float = 0.5  # share of held-out edits whose margin must rise
     # The margin can rise while the drafts get worse (the edit's own likelihood falls less than the draft's,
     # or a few tokens are learned into garbled text): each version also drafts for the held-out prompts, and
-    # the candidate's drafts may be at most `distance_slack` words per draft farther from the user's edits.
+    # the candidate's drafts may cost the user at most `cost_slack` tokens per draft more, by their habits
+    # (spans recurring in at least `habit_share` of their edits).
     draft_samples: int = 4
-    distance_slack: float = 0.0
+    cost_slack: float = 0.0
+    habit_share: float = 0.5
     monitor: MonitorThresholds = field(default_factory=lambda: MonitorThresholds(kl_limit=20.0))
     monitor_prompts: int = 4  # the lineage's most recent distinct prompts ...
     monitor_samples: int = 2  # ... sampled this often by the candidate and by the serving version
-    monitor_tokens: int = 48
     precision: str = "auto"
     seed: int = 0
 
@@ -144,34 +145,29 @@ def observe(policy: Policy, prompts: list, config: LearnConfig, seed: int) -> tu
              "repetition": repeated_phrase_rate(flat), "kl": kl}, flat)
 
 
-def draft_distance(policy: Policy, held_out: list[Preference], config: LearnConfig, seed: int) -> float:
-    """Mean word edit distance from the policy's fresh drafts for the held-out prompts to the edits the
-    user wrote for them: what the user would have had to change (the same seed for both versions). Drafts
-    are as long as the longest draft the user saw, so an ending (a sign-off) can be judged where it was."""
-    length = max(len(policy.tokenizer(p.pair.rejected, add_special_tokens=False)["input_ids"]) for p in held_out)
-    sampling, policy.sampling = policy.sampling, dataclasses.replace(policy.sampling, max_new_tokens=length)
-    try:
-        torch.manual_seed(seed)
-        drafts = policy.sample([p.pair.prompt for p in held_out], config.draft_samples)
-    finally:
-        policy.sampling = sampling
-    return statistics.fmean(word_edit_distance(y, p.pair.chosen) for p, ys in zip(held_out, drafts) for y in ys)
+def habit_cost(policy: Policy, held_out: list[Preference], habits: EditHabits, config: LearnConfig,
+               seed: int) -> float:
+    """What the user would change by habit in the policy's fresh drafts for the held-out prompts, in tokens
+    per draft (the same seed for both versions)."""
+    torch.manual_seed(seed)
+    drafts = policy.sample([p.pair.prompt for p in held_out], config.draft_samples)
+    return statistics.fmean(habits.cost(y) for ys in drafts for y in ys)
 
 
-def gate(gains: torch.Tensor, farther: float, flags: list[str], config: LearnConfig) -> tuple[str, str]:
-    """Promoted or rejected, and why, from the held-out margin gains, how much farther the candidate's drafts
-    are from the user's held-out edits than the serving version's (words per draft), and the monitor's flags."""
+def gate(gains: torch.Tensor, costlier: float, flags: list[str], config: LearnConfig) -> tuple[str, str]:
+    """Promoted or rejected, and why, from the held-out margin gains, how many more tokens per draft the user
+    would change by habit in the candidate's drafts than in the serving version's, and the monitor's flags."""
     mean, wins = float(gains.mean()), float((gains > 0).float().mean())
     measured = (f"held-out edit margin {mean:+.3f} nats, rises on {wins:.0%} of {len(gains)}; "
-                f"drafts {farther:+.1f} words from the edits")
+                f"habitual edits {costlier:+.1f} tokens per draft")
     if flags:
         return "rejected", "monitor: " + "; ".join(flags)
     if not mean > config.margin:
         return "rejected", f"{measured} (margin needs > {config.margin:+.3f})"
     if wins < config.win_rate:
         return "rejected", f"{measured} (margin needs to rise on >= {config.win_rate:.0%})"
-    if farther > config.distance_slack:
-        return "rejected", f"{measured} (drafts may be at most {config.distance_slack:+.1f} words farther)"
+    if costlier > config.cost_slack:
+        return "rejected", f"{measured} (may be at most {config.cost_slack:+.1f})"
     return "promoted", measured
 
 
@@ -179,13 +175,17 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
     """Train, gate and record one candidate (see the module's steps 2-4)."""
     lineage, seed = work.lineage, config.seed + work.seen_through  # the seed follows the data: a rerun is identical
     torch.manual_seed(seed)
-    policy = load_policy(config.model, lora=LoraSettings(), precision=config.precision, seed=seed,
-                         sampling=SamplingConfig(max_new_tokens=config.monitor_tokens))
+    policy = load_policy(config.model, lora=LoraSettings(), precision=config.precision, seed=seed)
+    # every sample as long as the longest draft the user saw: a sign-off, or a loop, is judged where it would be
+    length = max(len(policy.tokenizer(p.pair.rejected, add_special_tokens=False)["input_ids"]) for p in work.held_out)
+    policy.sampling = SamplingConfig(max_new_tokens=length)
+    habits = EditHabits.learn(((p.pair.rejected, p.pair.chosen) for p in work.replay + work.train + work.held_out),
+                              share=config.habit_share)
     base = policy.trainable_state()
     serving = store.active_version(lineage.tenant, lineage.user)
     use_version(policy, serving, base)
     before = held_out_logprobs(policy, work.held_out)
-    serving_distance = draft_distance(policy, work.held_out, config, seed)
+    serving_cost = habit_cost(policy, work.held_out, habits, config, seed)
     serving_observation, _ = observe(policy, work.prompts, config, seed)
 
     use_version(policy, work.parent, base)
@@ -202,12 +202,12 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
     store.set_worker_state(WORKER, f"gating {lineage}")
     change = held_out_logprobs(policy, work.held_out) - before
     gains = change[:, 0] - change[:, 1]  # the rise of the edit's margin over the draft
-    candidate_distance = draft_distance(policy, work.held_out, config, seed)
+    candidate_cost = habit_cost(policy, work.held_out, habits, config, seed)
     candidate_observation, samples = observe(policy, work.prompts, config, seed)
     monitor = HackingMonitor(config.monitor)
     monitor.observe(serving_observation)
     flags = monitor.observe(candidate_observation)
-    decision, reason = gate(gains, candidate_distance - serving_distance, flags, config)
+    decision, reason = gate(gains, candidate_cost - serving_cost, flags, config)
 
     folder = save_adapter(policy, config.adapters_dir / lineage.tenant / (lineage.user or "shared"),
                           f"through-{work.seen_through}")
@@ -221,7 +221,9 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
     # how the edits' own likelihood moved: DPO can raise the margin while making the user's text less likely
     metrics = {"held_out": len(gains), "margin_gain": float(gains.mean()), "win_rate": float((gains > 0).float().mean()),
                "edit_logprob_gain": float(change[:, 0].mean()), "draft_logprob_gain": float(change[:, 1].mean()),
-               "draft_distance": {"serving": serving_distance, "candidate": candidate_distance},
+               "habit_cost": {"serving": serving_cost, "candidate": candidate_cost},
+               "habits": {"deleted": [" ".join(s) for s in habits.deleted],
+                          "inserted": [" ".join(s) for s in habits.inserted]},
                "serving_version": serving.id if serving else None, "serving": serving_observation,
                "candidate": candidate_observation, "monitor_flags": flags, "sample": samples[0] if samples else ""}
     made = store.decide(lineage.tenant, lineage.user, decision=decision, reason=reason, seen_through=work.seen_through,

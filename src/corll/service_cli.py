@@ -283,9 +283,12 @@ def learn(
         min=0.0)] = 0.0,
     margin: Annotated[float, typer.Option(
         help="Nats by which a candidate must raise the held-out edits' log-likelihood margin over the drafts.")] = 0.0,
-    distance_slack: Annotated[float, typer.Option(
-        help="Words per draft by which a candidate's own drafts for the held-out prompts may be farther from the "
-             "user's edits than the serving version's.")] = 0.0,
+    cost_slack: Annotated[float, typer.Option(
+        help="Tokens per draft by which a candidate's own drafts for the held-out prompts may cost the user more "
+             "than the serving version's, by their edit habits (what their edits insert or delete again and "
+             "again).")] = 0.0,
+    habit_share: Annotated[float, typer.Option(
+        help="Share of a user's edits a change must recur in to count as a habit.", min=0.0, max=1.0)] = 0.5,
     draft_samples: Annotated[int, typer.Option(
         help="Drafts each version writes per held-out prompt for that comparison.", min=1)] = 4,
     kl_limit: Annotated[float, typer.Option(help="Reject a candidate whose samples are this far from the base "
@@ -314,7 +317,7 @@ def learn(
     config = LearnConfig(model=model, adapters_dir=adapters, min_edits=min_edits, holdout=holdout, replay=replay,
                          shared=shared, epochs=epochs, batch_size=batch_size,
                          dpo=DPOConfig(lr=lr, beta=beta, sft_weight=sft_weight),
-                         margin=margin, distance_slack=distance_slack, draft_samples=draft_samples,
+                         margin=margin, cost_slack=cost_slack, habit_share=habit_share, draft_samples=draft_samples,
                          monitor=MonitorThresholds(kl_limit=kl_limit), precision=precision)
     console.print(f"learning from {store.url.split('@')[-1]}: a candidate per user after {min_edits} new edits"
                   + ("" if once else f", looking every {poll:g} s (Ctrl-C stops)"))
