@@ -121,23 +121,26 @@ def test_a_candidate_worse_on_the_held_out_edits_is_rejected_and_kept(store, tmp
     assert store.active_version("acme", "alice") is None
 
 
-def test_the_habit_cost_is_what_the_user_would_change_by_habit_in_the_policys_own_drafts(store, tmp_path):
-    from corll.edit_habits import EditHabits
-    from corll.feedback import edit_tokens
-    from corll.learn import habit_cost
+def test_the_gate_and_the_monitor_judge_the_same_fresh_drafts_for_the_held_out_prompts(store, tmp_path):
+    from corll.learn import observe
     from corll.lineages import preferences
+    from corll.objectives import distinct_n, repeated_phrase_rate
     from corll.policy import SamplingConfig, load_policy
 
     log_edits(store, ALICE, 2)
     held_out = preferences(store.feedback(tenant="acme"))
     assert all(p.pair.chosen_ends for p in held_out)  # the user's kept text is whole: learned with its end
-    habits = EditHabits(deleted=(), inserted=(("yes",),))
     policy = load_policy("tiny", seed=0, sampling=SamplingConfig(max_new_tokens=6))
+    prompts = [p.pair.prompt for p in held_out]
     torch.manual_seed(7)
-    drafts = [y for ys in policy.sample([p.pair.prompt for p in held_out], 3) for y in ys]
-    by_hand = [0 if "yes" in edit_tokens(y) else 1 for y in drafts]
-    assert habit_cost(policy, held_out, habits, config(tmp_path, draft_samples=3), seed=7) == \
-        pytest.approx(sum(by_hand) / 6)
+    texts, logps = policy.sample_scored(prompts, 3)
+    by_hand = [y for ys in texts for y in ys]  # 3 drafts per held-out prompt, prompt-major
+    observation, drafts = observe(policy, held_out, config(tmp_path, draft_samples=3), seed=7)
+    assert drafts == by_hand  # the same seed: the candidate and the serving version draw common random numbers
+    kl = logps.flatten() - policy.logprobs([x for x in prompts for _ in range(3)], by_hand, reference=True)
+    assert observation["kl"] == pytest.approx(float(kl.mean()), abs=1e-5)
+    assert observation["distinct_2"] == distinct_n(by_hand)
+    assert observation["repetition"] == repeated_phrase_rate(by_hand)
 
 
 def test_a_candidate_whose_drafts_would_not_cost_the_user_less_is_rejected(store, tmp_path):

@@ -13,11 +13,11 @@ shared one. A lineage with at least `min_edits` preferences ȳ ≻ y newer than 
      log π(ȳ|x) − log π(y|x) over the version serving the user now (the DPO implicit-reward margin of
      the user's edit over the draft; the reference terms cancel between the two versions). Promote
      only if the mean gain is at least `margin` nats, the gain is positive on at least `win_rate` of
-     the held-out edits, the candidate's own fresh drafts for the held-out prompts would cost the user
-     no more than the serving version's, by the user's edit habits (`corll.edit_habits`: the spans their
-     logged edits insert or delete again and again; common random numbers), and the reward-hacking
-     monitor stays quiet on samples for the user's recent prompts (KL to π_0, repeated phrases and
-     distinct-2 against the serving version's samples). Every sample is as long as the drafts the user saw;
+     the held-out edits, and only if each version's fresh drafts for the held-out prompts (the user's
+     newest; the same seeds for both versions, as long as the drafts the user saw) show that the
+     candidate's would cost the user no more, by the user's edit habits (`corll.edit_habits`: the spans
+     their logged edits insert or delete again and again), and the reward-hacking monitor stays quiet on
+     them (KL to π_0, repeated phrases and distinct-2 against the serving version's drafts);
   4. one transaction that stores the candidate and the decision with its metrics and reason.
 
 Watermarks make a crash harmless. A version's `trained_through_event` is the newest event trained
@@ -70,12 +70,10 @@ class LearnConfig:
     # or a few tokens are learned into garbled text): each version also drafts for the held-out prompts, and
     # the candidate's drafts may cost the user at most `cost_slack` tokens per draft more, by their habits
     # (spans recurring in at least `habit_share` of their edits).
-    draft_samples: int = 4
+    draft_samples: int = 4  # per held-out prompt and version; the monitor watches the same drafts
     cost_slack: float = 0.0
     habit_share: float = 0.5
     monitor: MonitorThresholds = field(default_factory=lambda: MonitorThresholds(kl_limit=20.0))
-    monitor_prompts: int = 4  # the lineage's most recent distinct prompts ...
-    monitor_samples: int = 2  # ... sampled this often by the candidate and by the serving version
     precision: str = "auto"
     seed: int = 0
 
@@ -91,7 +89,6 @@ class Pending:
     held_out: list[Preference]
     replay: list[Preference]
     seen_through: int
-    prompts: list  # recent distinct prompts, newest first
 
 
 Report = Callable[[str], None]
@@ -115,14 +112,8 @@ def pending(store: Store, lineage: Lineage, records: list[FeedbackRecord], confi
     eligible = [p for p in prefs if p.event > trained_through]
     hold = max(1, math.ceil(config.holdout * len(eligible)))
     older = [p for p in prefs if p.event <= trained_through]
-    prompts, keys = [], set()
-    for r in reversed(records):
-        key = repr(r.messages)
-        if key not in keys and len(prompts) < config.monitor_prompts:
-            keys.add(key)
-            prompts.append(r.messages)
     return Pending(lineage, parent, new, eligible[:-hold], eligible[-hold:],
-                   older[-config.replay:] if config.replay else [], records[-1].event_id, prompts)
+                   older[-config.replay:] if config.replay else [], records[-1].event_id)
 
 
 def held_out_logprobs(policy: Policy, held_out: list[Preference]) -> torch.Tensor:
@@ -133,25 +124,17 @@ def held_out_logprobs(policy: Policy, held_out: list[Preference]) -> torch.Tenso
                         policy.logprobs(prompts, [p.pair.rejected for p in held_out])], dim=1)
 
 
-def observe(policy: Policy, prompts: list, config: LearnConfig, seed: int) -> tuple[dict, list[str]]:
-    """A monitor observation of the policy's samples for the prompts (common random numbers: the same
-    seed for the candidate and for the serving version)."""
+def observe(policy: Policy, held_out: list[Preference], config: LearnConfig, seed: int) -> tuple[dict, list[str]]:
+    """The policy's fresh drafts for the held-out prompts (`draft_samples` each; common random numbers: the
+    same seed for the candidate and for the serving version) and the monitor's observation of them."""
+    prompts = [p.pair.prompt for p in held_out]
     torch.manual_seed(seed)
-    texts, logps = policy.sample_scored(prompts, config.monitor_samples)
-    flat = [y for ys in texts for y in ys]
-    xs = [x for x in prompts for _ in range(config.monitor_samples)]
-    kl = float((logps.flatten() - policy.logprobs(xs, flat, reference=True)).mean())
-    return ({"round": 0, "love": 0.0, "help": 0.0, "distinct_2": distinct_n(flat),
-             "repetition": repeated_phrase_rate(flat), "kl": kl}, flat)
-
-
-def habit_cost(policy: Policy, held_out: list[Preference], habits: EditHabits, config: LearnConfig,
-               seed: int) -> float:
-    """What the user would change by habit in the policy's fresh drafts for the held-out prompts, in tokens
-    per draft (the same seed for both versions)."""
-    torch.manual_seed(seed)
-    drafts = policy.sample([p.pair.prompt for p in held_out], config.draft_samples)
-    return statistics.fmean(habits.cost(y) for ys in drafts for y in ys)
+    texts, logps = policy.sample_scored(prompts, config.draft_samples)
+    drafts = [y for ys in texts for y in ys]
+    xs = [x for x in prompts for _ in range(config.draft_samples)]
+    kl = float((logps.flatten() - policy.logprobs(xs, drafts, reference=True)).mean())
+    return ({"round": 0, "love": 0.0, "help": 0.0, "distinct_2": distinct_n(drafts),
+             "repetition": repeated_phrase_rate(drafts), "kl": kl}, drafts)
 
 
 def gate(gains: torch.Tensor, costlier: float, flags: list[str], config: LearnConfig) -> tuple[str, str]:
@@ -185,8 +168,7 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
     serving = store.active_version(lineage.tenant, lineage.user)
     use_version(policy, serving, base)
     before = held_out_logprobs(policy, work.held_out)
-    serving_cost = habit_cost(policy, work.held_out, habits, config, seed)
-    serving_observation, _ = observe(policy, work.prompts, config, seed)
+    serving_observation, serving_drafts = observe(policy, work.held_out, config, seed)
 
     use_version(policy, work.parent, base)
     pairs = [p.pair for p in work.replay + work.train]
@@ -202,11 +184,12 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
     store.set_worker_state(WORKER, f"gating {lineage}")
     change = held_out_logprobs(policy, work.held_out) - before
     gains = change[:, 0] - change[:, 1]  # the rise of the edit's margin over the draft
-    candidate_cost = habit_cost(policy, work.held_out, habits, config, seed)
-    candidate_observation, samples = observe(policy, work.prompts, config, seed)
+    candidate_observation, candidate_drafts = observe(policy, work.held_out, config, seed)
     monitor = HackingMonitor(config.monitor)
     monitor.observe(serving_observation)
     flags = monitor.observe(candidate_observation)
+    # what the user would change by habit, in tokens per draft
+    serving_cost, candidate_cost = (statistics.fmean(map(habits.cost, d)) for d in (serving_drafts, candidate_drafts))
     decision, reason = gate(gains, candidate_cost - serving_cost, flags, config)
 
     folder = save_adapter(policy, config.adapters_dir / lineage.tenant / (lineage.user or "shared"),
@@ -225,7 +208,7 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
                "habits": {"deleted": [" ".join(s) for s in habits.deleted],
                           "inserted": [" ".join(s) for s in habits.inserted]},
                "serving_version": serving.id if serving else None, "serving": serving_observation,
-               "candidate": candidate_observation, "monitor_flags": flags, "sample": samples[0] if samples else ""}
+               "candidate": candidate_observation, "monitor_flags": flags, "sample": candidate_drafts[0]}
     made = store.decide(lineage.tenant, lineage.user, decision=decision, reason=reason, seen_through=work.seen_through,
                         adapter_path=str(folder), parent_id=work.parent.id if work.parent else None,
                         details=details, metrics=metrics)
