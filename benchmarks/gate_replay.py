@@ -60,7 +60,7 @@ def replay(user: str, rows: list[dict], settings: dict, args) -> dict:
     for row in rows[: args.edits]:
         interaction = store.record_interaction(who, request(user, row["t"]), row["draft"], policy_version_id=None,
                                                sampling={}, response_logprob=None)
-        store.add_feedback(who, interaction, edit=revise(USERS[user], row["draft"]))  # today's editor, as below
+        store.add_feedback(who, interaction, edit=row["kept"])
     config = LearnConfig(model=settings["model"], adapters_dir=work / "adapters", min_edits=2, precision="fp32",
                          epochs=args.epochs, dpo=DPOConfig(lr=args.lr, sft_weight=args.sft_weight))
     (decision,) = learn_once(store, config)  # every changed draft of the first `--edits` is a preference
@@ -102,8 +102,9 @@ def main() -> None:
     earlier = json.loads(args.results.read_text())
     found = []
     for user in args.users.split(","):
-        rows = [r for r in earlier["learning"]["rows"] if r["user"] == user]
-        if sum(revise(USERS[user], r["draft"]) != r["draft"] for r in rows[: args.edits]) < 2:
+        # the logged drafts, each edited by today's simulated user (as the fresh drafts below are)
+        rows = [r | {"kept": revise(USERS[user], r["draft"])} for r in earlier["learning"]["rows"] if r["user"] == user]
+        if sum(r["kept"] != r["draft"] for r in rows[: args.edits]) < 2:
             print(f"{user}: fewer than 2 edited drafts among the first {args.edits}; no candidate", flush=True)
             continue
         found.append(replay(user, rows, earlier["settings"], args))
