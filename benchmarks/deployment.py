@@ -175,8 +175,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--drafts", type=int, default=40, help="drafts per user")
-    parser.add_argument("--think", type=float, default=20.0,
-                        help="seconds a user of the learning server pauses between drafts")
+    parser.add_argument("--think", type=float, default=40.0,
+                        help="seconds a user of the learning server pauses between drafts (reading and fixing one)")
     parser.add_argument("--max-tokens", type=int, default=128,
                         help="draft length cap; at 64 most emails are cut before their sign-off, which some users edit")
     parser.add_argument("--min-edits", type=int, default=6)
