@@ -25,11 +25,6 @@ def test_no_better_candidate_noisy_returns_the_best_and_noise_free_drops():
     assert choose_edit(0.95, CANDIDATES, noise_free=True).index is None
 
 
-def test_injected_mislabel_is_the_best_candidate_below_the_draft_else_the_worst():
-    assert choose_edit(0.65, CANDIDATES, inject_mislabel=True).index == 2  # 0.6 is the best below 0.65
-    assert choose_edit(0.1, CANDIDATES, inject_mislabel=True).index == 1  # none below: the worst, 0.2
-
-
 def fake_task(candidate_rewards):
     """Candidates are their own rewards written as text; the draft's reward is 0.5."""
     def reward(xs, ys):
@@ -51,13 +46,16 @@ def test_editor_reports_rewards_alpha_hat_and_mislabels():
     assert ExpertEditor(fake_task([0.1, 0.3]), l=2, noise_free=True).edit(["p"], ["0.5"]) == [None]
 
 
-def test_injected_mislabel_rate_matches_epsilon():
+def test_injected_mislabels_flip_the_preference_at_rate_epsilon_even_when_every_candidate_beats_the_draft():
     torch.manual_seed(0)
-    editor = ExpertEditor(fake_task([0.1, 0.6, 0.9]), l=3, epsilon=0.2)
+    editor = ExpertEditor(fake_task([0.6, 0.9]), l=2, epsilon=0.2)  # both candidates beat the draft's 0.5
     edits = editor.edit(["p"] * 3000, ["0.5"] * 3000)
     rate = sum(e.mislabeled for e in edits) / len(edits)
-    assert abs(rate - 0.2) < 0.025
-    assert {e.text for e in edits if e.mislabeled} == {"0.1"}
+    assert abs(rate - 0.2) < 0.025  # without the flip there would be none
+    # a flipped answer prefers the draft to the candidate the user would have given
+    assert {(e.to_pair("p").chosen, e.to_pair("p").rejected) for e in edits if e.mislabeled} == {("0.5", "0.6")}
+    assert {e.text for e in edits if not e.mislabeled} == {"0.6"}
+    assert all(not e.mislabeled for e in ExpertEditor(fake_task([0.6, 0.9]), l=2).edit(["p"] * 200, ["0.5"] * 200))
 
 
 def test_dueling_prefers_the_higher_reward_in_either_order_and_reports_ties():

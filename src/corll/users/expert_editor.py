@@ -7,8 +7,10 @@ true reward R*, and returns as the edit ȳ:
   R*(ȳ) − R*(y) ≥ α·(R*(y*) − R*(y)), with R*(y*) estimated by the best candidate;
 - when no candidate beats y: the best candidate anyway (noisy, a mislabeled pair)
   or nothing (noise-free, the round is dropped);
-- with probability ε, on purpose, the best candidate below R*(y) (or the worst
-  candidate if none is below): injected mislabels.
+- with probability ε, on purpose, that answer's preference flipped (the draft
+  preferred to the chosen candidate): injected mislabels. Picking a worse candidate
+  instead would inject nothing where every expert candidate beats the draft, as
+  they nearly always do under a DPO-trained expert.
 """
 
 from __future__ import annotations
@@ -28,17 +30,13 @@ class EditChoice:
     """Which candidate the user returns (None: no edit, the round is dropped)."""
 
     index: int | None
-    injected: bool = False
 
 
 def choose_edit(draft_reward: float, candidate_rewards: Sequence[float], *, alpha: float | None = None,
-                noise_free: bool = False, inject_mislabel: bool = False) -> EditChoice:
-    """The selection rule above, as a pure function of the rewards."""
+                noise_free: bool = False) -> EditChoice:
+    """The selection rule above (before any injected flip), as a pure function of the rewards."""
     order = sorted(range(len(candidate_rewards)), key=lambda i: candidate_rewards[i])
     best = order[-1]
-    if inject_mislabel:
-        below = [i for i in order if candidate_rewards[i] < draft_reward]
-        return EditChoice(below[-1] if below else order[0], injected=True)
     gap = candidate_rewards[best] - draft_reward
     for i in order:
         gain = candidate_rewards[i] - draft_reward
@@ -66,14 +64,16 @@ class ExpertEditor:
         edits: list[Edit | None] = []
         for i, (draft, cands) in enumerate(zip(drafts, candidates)):
             rewards = flat_rewards[i * self.l : (i + 1) * self.l]
-            inject = self.epsilon > 0 and torch.rand(()).item() < self.epsilon
-            choice = choose_edit(draft_rewards[i], rewards, alpha=self.alpha, noise_free=self.noise_free,
-                                 inject_mislabel=inject)
+            choice = choose_edit(draft_rewards[i], rewards, alpha=self.alpha, noise_free=self.noise_free)
             if choice.index is None:
                 edits.append(None)
                 continue
             gap = max(rewards) - draft_rewards[i]
             gain = rewards[choice.index] - draft_rewards[i]
-            edits.append(Edit(draft=draft, text=cands[choice.index], draft_reward=draft_rewards[i],
-                              edit_reward=rewards[choice.index], alpha_hat=gain / gap if gap > 0 else math.nan))
+            edit = Edit(draft=draft, text=cands[choice.index], draft_reward=draft_rewards[i],
+                        edit_reward=rewards[choice.index], alpha_hat=gain / gap if gap > 0 else math.nan)
+            if self.epsilon > 0 and torch.rand(()).item() < self.epsilon:  # flipped on purpose: ȳ ≺ y
+                edit = Edit(draft=edit.text, text=edit.draft, draft_reward=edit.edit_reward,
+                            edit_reward=edit.draft_reward, alpha_hat=math.nan)
+            edits.append(edit)
         return edits
