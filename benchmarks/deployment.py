@@ -46,16 +46,18 @@ USERS = {"ana": "forum-notes", "ben": "tweet-notes", "cleo": "paper-notes", "dev
 
 
 def user_session(url: str, key: str, model: str, user: str, source: str, drafts: int, think: float,
-                 max_tokens: int, rows: list[dict], lock: threading.Lock) -> None:
-    """One user's drafts, edits and pauses; one row per draft."""
+                 max_tokens: int, traffic_seed: int, rows: list[dict], lock: threading.Lock) -> None:
+    """One user's drafts, edits and pauses; one row per draft. The traffic seed picks where in the user's
+    notes the session starts and the sampling seeds of their drafts, so runs with different traffic seeds
+    are independent repetitions."""
     documents = load_documents(source)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=2, timeout=600)
     with corll.Client(url, key) as sdk:
         for t in range(drafts):
-            prompt = prompt_for("email", EMAIL_SOURCES[source], documents[t % len(documents)])
+            prompt = prompt_for("email", EMAIL_SOURCES[source], documents[(t + 17 * traffic_seed) % len(documents)])
             completion = client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-                temperature=0.7, seed=1000 * list(USERS).index(user) + t)
+                temperature=0.7, seed=100_000 * traffic_seed + 1000 * list(USERS).index(user) + t)
             draft = completion.choices[0].message.content
             kept = revise(source, draft)
             sdk.edit(completion.id, kept)
@@ -82,7 +84,7 @@ def run_arm(name: str, args, work: Path) -> dict:
     try:
         think = args.think if name == "learning" else 0.0
         threads = [threading.Thread(target=user_session, args=(url, keys[u], args.model, u, s, args.drafts, think,
-                                                               args.max_tokens, rows, lock)) for u, s in USERS.items()]
+                                                               args.max_tokens, args.seed, rows, lock)) for u, s in USERS.items()]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -146,7 +148,8 @@ def render(results: dict, summary: dict, args) -> str:
     decisions = results["learning"]["decisions"]
     lines = [f"**{hw.cpu} ({hw.capability}, {'native' if hw.native_bf16 else 'no native'} bf16), {hw.cpus} CPUs**; "
              f"model {args.model}; server 1 thread, learner 1 thread (`serve --learn`), clients on the same CPUs.", "",
-             f"{len(USERS)} users × {args.drafts} drafts, {args.max_tokens} tokens at temperature 0.7; on the learning "
+             f"{len(USERS)} users × {args.drafts} drafts (traffic seed {args.seed}), {args.max_tokens} tokens at "
+             f"temperature 0.7; on the learning "
              f"server each user pauses {args.think:g} s between drafts (the static server's drafts do not depend on "
              f"timing); learner: a candidate after {args.min_edits} new edits, "
              f"gate {'with `' + args.learn_options + '`' if args.learn_options else 'as by default'}. Wall time: {results['static']['wall_s'] / 60:.1f} min without, "
@@ -180,6 +183,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128,
                         help="draft length cap; at 64 most emails are cut before their sign-off, which some users edit")
     parser.add_argument("--min-edits", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0, help="traffic seed: which notes each user starts from and "
+                        "the sampling seeds of their drafts; repeat the run with other seeds")
     parser.add_argument("--learn-options", default="", help="settings for the learner, as `corll learn` takes them")
     parser.add_argument("--out", type=Path, default=Path("docs/deployment"))
     parser.add_argument("--static-from", type=Path, help="reuse the static arm of an earlier results JSON with the "
@@ -189,8 +194,8 @@ def main() -> None:
     results = {}
     if args.static_from:
         earlier = json.loads(args.static_from.read_text())
-        same = {k: earlier["settings"][k] for k in ("model", "drafts", "max_tokens")}
-        if same != {"model": args.model, "drafts": args.drafts, "max_tokens": args.max_tokens}:
+        same = {k: earlier["settings"].get(k, 0) for k in ("model", "drafts", "max_tokens", "seed")}
+        if same != {"model": args.model, "drafts": args.drafts, "max_tokens": args.max_tokens, "seed": args.seed}:
             parser.error(f"--static-from {args.static_from} was run with {same}")
         results["static"] = earlier["static"]
         for row in results["static"]["rows"]:  # today's users and edit measure, on the earlier drafts
