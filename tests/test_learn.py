@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from corll.cli import app as cli
-from corll.learn import LearnConfig, gate, learn_once
+from corll.learn import LearnConfig, gate, gate_monitor, learn_once
 from corll.learners.dpo import DPOConfig
 from corll.monitor import MonitorThresholds
 from corll.store import Principal, Store
@@ -37,7 +37,8 @@ def log_edits(store: Store, who: Principal, n: int, *, start: int = 0, draft: st
 def config(tmp_path: Path, **overrides) -> LearnConfig:
     settings = dict(model="tiny", adapters_dir=tmp_path / "adapters", min_edits=6, holdout=0.25, replay=4, epochs=3,
                     batch_size=4, dpo=DPOConfig(lr=5e-3), precision="fp32",
-                    monitor=MonitorThresholds(kl_limit=50.0, distinct_drop=1.0, repetition_rise=1.1))
+                    monitor=MonitorThresholds(kl_limit=50.0, distinct_drop=1.0, repetition_rise=1.1,
+                                              looping_rise=1.1))
     settings.update(overrides)
     return LearnConfig(**settings)
 
@@ -124,7 +125,7 @@ def test_a_candidate_worse_on_the_held_out_edits_is_rejected_and_kept(store, tmp
 def test_the_gate_and_the_monitor_judge_the_same_fresh_drafts_for_the_held_out_prompts(store, tmp_path):
     from corll.learn import observe
     from corll.lineages import preferences
-    from corll.objectives import distinct_n, repeated_phrase_rate
+    from corll.objectives import distinct_n, looping, repeated_phrase_rate
     from corll.policy import SamplingConfig, load_policy
 
     log_edits(store, ALICE, 2)
@@ -141,6 +142,7 @@ def test_the_gate_and_the_monitor_judge_the_same_fresh_drafts_for_the_held_out_p
     assert observation["kl"] == pytest.approx(float(kl.mean()), abs=1e-5)
     assert observation["distinct_2"] == distinct_n(by_hand)
     assert observation["repetition"] == repeated_phrase_rate(by_hand)
+    assert observation["looping"] == looping(by_hand)
 
 
 def test_a_candidate_whose_drafts_would_not_cost_the_user_less_is_rejected(store, tmp_path):
@@ -166,7 +168,7 @@ def test_on_the_real_model_a_consistent_user_is_promoted_and_a_collapsing_candid
         store = Store(f"sqlite:///{tmp_path / f'{lr}.db'}")
         log_edits(store, ALICE, 8, draft=draft, edit="Here is a short note.")
         made = learn_once(store, config(tmp_path / str(lr), model="smollm2-135m-instruct", dpo=DPOConfig(lr=lr),
-                                        epochs=4, monitor=MonitorThresholds(),
+                                        epochs=4, monitor=gate_monitor(),
                                         cost_slack=LearnConfig.cost_slack))  # every default criterion
         outcomes[lr] = made[0]
     assert outcomes[3e-4].decision == "promoted", outcomes[3e-4].reason
@@ -176,7 +178,7 @@ def test_on_the_real_model_a_consistent_user_is_promoted_and_a_collapsing_candid
                                                             "Sure !", "about the topic"], "inserted": []}
     cost = outcomes[3e-4].metrics["habit_cost"]  # its own drafts keep less of what the user deletes
     assert cost["candidate"] <= cost["serving"], cost
-    # collapsed: the monitor flags it (KL to π₀, repeated phrases or distinct-2, whichever the collapse shows)
+    # collapsed: the monitor flags it (KL to π₀, looping or distinct-2, whichever the collapse shows)
     assert outcomes[0.05].decision == "rejected" and outcomes[0.05].reason.startswith("monitor: "), \
         outcomes[0.05].reason
     assert outcomes[0.05].metrics["monitor_flags"]

@@ -6,6 +6,8 @@
   threats or hostility. A small lexicon, offline and transparent; not a moderation model.
 - distinct-n and the repeated-trigram rate measure diversity; reward hacking from
   reactions shows up first as formulaic, repeated "lovable" phrases.
+- looping measures how much of each text repeats itself: a phrase used twice in a long draft is a
+  few percent of it, a degenerate loop most of it.
 """
 
 from __future__ import annotations
@@ -54,3 +56,13 @@ def repeated_phrase_rate(texts: Sequence[str]) -> float:
     if not texts:
         return 0.0
     return sum(len(set(g)) < len(g) for g in (_ngrams(t, 3) for t in texts)) / len(texts)
+
+
+def looping(texts: Sequence[str]) -> float:
+    """Mean share of a text's word trigrams that repeat an earlier trigram of the same text (0 when none).
+    Unlike the repeated-trigram rate, one recurring phrase barely moves it: most drafts of 100 words
+    repeat some trigram once, and only a loop repeats most of them."""
+    shares = []
+    for grams in (_ngrams(t, 3) for t in texts):
+        shares.append((len(grams) - len(set(grams))) / len(grams) if grams else 0.0)
+    return sum(shares) / len(shares) if shares else 0.0

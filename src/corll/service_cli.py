@@ -305,9 +305,8 @@ def learn(
     newest edits, and promote it (the server switches at its next request) or reject it with the reason."""
     import os
 
-    from corll.learn import LearnConfig, run_learner
+    from corll.learn import LearnConfig, gate_monitor, run_learner
     from corll.learners.dpo import DPOConfig
-    from corll.monitor import MonitorThresholds
 
     if lr <= 0 or beta <= 0:
         fail("--lr and --beta must be > 0")
@@ -318,7 +317,7 @@ def learn(
                          shared=shared, epochs=epochs, batch_size=batch_size,
                          dpo=DPOConfig(lr=lr, beta=beta, sft_weight=sft_weight),
                          margin=margin, cost_slack=cost_slack, habit_share=habit_share, draft_samples=draft_samples,
-                         monitor=MonitorThresholds(kl_limit=kl_limit), precision=precision)
+                         monitor=gate_monitor(kl_limit), precision=precision)
     console.print(f"learning from {store.url.split('@')[-1]}: a candidate per user after {min_edits} new edits"
                   + ("" if once else f", looking every {poll:g} s (Ctrl-C stops)"))
     try:
