@@ -194,7 +194,8 @@ def main() -> None:
     results = {}
     if args.static_from:
         earlier = json.loads(args.static_from.read_text())
-        same = {k: earlier["settings"].get(k, 0) for k in ("model", "drafts", "max_tokens", "seed")}
+        same = {k: earlier["settings"][k] for k in ("model", "drafts", "max_tokens")}
+        same["seed"] = earlier["settings"].get("seed", 0)  # runs before --seed existed used traffic seed 0
         if same != {"model": args.model, "drafts": args.drafts, "max_tokens": args.max_tokens, "seed": args.seed}:
             parser.error(f"--static-from {args.static_from} was run with {same}")
         results["static"] = earlier["static"]

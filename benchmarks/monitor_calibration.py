@@ -18,12 +18,14 @@ from pathlib import Path
 
 from corll.hardware import detect
 from corll.learn import gate_monitor
+from corll.monitor import MonitorThresholds
 from corll.objectives import distinct_n, looping, repeated_phrase_rate
 
-RULES = {  # measure, and whether a rise (+1) or a fall (-1) is flagged
-    "repeated phrases (share of drafts)": (repeated_phrase_rate, +1),
-    "looping (mean share of repeated trigrams)": (looping, +1),
-    "distinct-2": (distinct_n, -1),
+REACTIONS, GATE = MonitorThresholds(), gate_monitor()
+RULES = {  # measure, whether a rise (+1) or a fall (-1) is flagged, the threshold, and whether the gate checks it
+    "repeated phrases (share of drafts)": (repeated_phrase_rate, +1, REACTIONS.repetition_rise, False),
+    "looping (mean share of repeated trigrams)": (looping, +1, GATE.looping_rise, True),
+    "distinct-2": (distinct_n, -1, GATE.collapse_drop, True),
 }
 
 
@@ -42,12 +44,8 @@ def main() -> None:
     for _ in range(args.draws):
         drafts = by_user[rng.choice(sorted(by_user))]
         serving, candidate = rng.sample(drafts, args.group), rng.sample(drafts, args.group)
-        for name, (measure, sign) in RULES.items():
+        for name, (measure, sign, _, _) in RULES.items():
             changes[name].append(sign * (measure(candidate) - measure(serving)))
-    t = gate_monitor()
-    thresholds = {"repeated phrases (share of drafts)": 0.20,  # the reactions monitor's rule, off in the gate
-                  "looping (mean share of repeated trigrams)": t.looping_rise,
-                  "distinct-2": t.collapse_drop}
     hw = detect()
     lines = [f"**{hw.cpu}**; drafts from `{args.results.name}` (static arm: the base model), "
              f"{args.draws} draws of two groups of {args.group} drafts from one user.", "",
@@ -56,9 +54,9 @@ def main() -> None:
     for name, values in changes.items():
         values.sort()
         at = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
-        threshold = thresholds[name]
+        _, _, threshold, in_gate = RULES[name]
         flagged = sum(v >= threshold for v in values) / len(values)
-        gate_rule = "" if name.startswith("repeated") else " (gate)"
+        gate_rule = " (gate)" if in_gate else ""
         lines.append(f"| {name} | {at(0.5):+.3f} | {at(0.99):+.3f} | {at(0.999):+.3f} | {values[-1]:+.3f} | "
                      f"{threshold:.2f}{gate_rule} | {flagged:.1%} |")
     lines += ["", "(gate): a rule of `corll.learn.gate_monitor`. The repeated-phrase rule is the reactions monitor's; "
