@@ -1,0 +1,194 @@
+"""Several simulated-deployment runs side by side: per run, per user, pooled, and corrected for the number
+of tests — the comparison tables of `docs/deployment.md`, generated from the runs' results files.
+
+    .venv/bin/python benchmarks/deployment_compare.py --run 0=docs/deployment-results.json \
+        --run 1=docs/deployment-seed1-results.json --pool 0,1 --out docs/deployment-runs
+
+Each `--run LABEL=PATH` is one results JSON of `benchmarks/deployment.py`. Effects are words edited per
+draft, `serve` − `serve --learn`, paired by user and draft (positive: the learning server's users edited
+less), over all drafts and over the last third of each user's drafts. Holm's correction runs over every
+per-run test on the page (two per run). The minimum detectable effect is at 80% power from the run's
+own paired SD.
+
+Runs listed in `--pool` must have independent traffic (different `--seed`s). Two pooled estimates are
+given: per draft (every draft a pair, which overstates the precision: a user's drafts share the versions
+that wrote them), and per user and run (each user's mean difference in a run is one observation) — the
+honest one, with few observations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from corll.stats import paired_comparison, t_interval
+from corll.verdicts import holm, minimum_detectable_effect
+
+WINDOWS = ("all", "last_third")
+
+
+def late(drafts: int) -> int:
+    """The first draft index of the last third of a user's drafts (as `deployment.py` reports it)."""
+    return drafts - drafts // 3
+
+
+def costs(run: dict) -> dict[str, dict[tuple[str, int], int]]:
+    """Words edited per (user, draft) in each arm; the two arms must hold the same drafts."""
+    out = {arm: {(r["user"], r["t"]): r["cost"] for r in run[arm]["rows"]} for arm in ("static", "learning")}
+    if out["static"].keys() != out["learning"].keys():
+        raise ValueError("the two arms of a run must hold the same users and drafts")
+    return out
+
+
+def effect(static: list[float], learning: list[float]) -> dict:
+    """Mean paired difference, its 95% t interval, p, and the minimum detectable effect at 80% power."""
+    comparison = paired_comparison(static, learning)
+    differences = [s - x for s, x in zip(static, learning)]
+    sd = statistics.stdev(differences) if len(differences) > 1 else float("nan")
+    d = comparison.difference
+    return {"mean": d.mean, "low": d.low, "high": d.high, "n": d.n, "p": comparison.p_value,
+            "mde": minimum_detectable_effect(sd, len(differences))}
+
+
+def window(pairs: list[tuple[str, int]], name: str, drafts: int) -> list[tuple[str, int]]:
+    return pairs if name == "all" else [p for p in pairs if p[1] >= late(drafts)]
+
+
+def summarise_run(run: dict) -> dict:
+    """One run: totals, the two paired effects, and per user the same plus when learning reached them."""
+    drafts = run["settings"]["drafts"]
+    cost = costs(run)
+    pairs = sorted(cost["static"])
+    users = sorted({u for u, _ in pairs})
+    decisions = run["learning"]["decisions"]
+    out = {"settings": run["settings"], "wall_min": run["learning"]["wall_s"] / 60,
+           "total": {arm: sum(cost[arm].values()) for arm in cost},
+           "promoted": sum(d["decision"] == "promoted" for d in decisions),
+           "rejected": sum(d["decision"] == "rejected" for d in decisions), "per_user": {}}
+    for name in WINDOWS:
+        chosen = window(pairs, name, drafts)
+        out[name] = effect([cost["static"][p] for p in chosen], [cost["learning"][p] for p in chosen])
+    for user in users:
+        mine = [p for p in pairs if p[0] == user]
+        learned = [r["t"] for r in run["learning"]["rows"] if r["user"] == user and r["version"] is not None]
+        theirs = [d for d in decisions if d["user"] == user]
+        out["per_user"][user] = {
+            "total": {arm: sum(cost[arm][p] for p in mine) for arm in cost},
+            **{name: effect([cost["static"][p] for p in window(mine, name, drafts)],
+                            [cost["learning"][p] for p in window(mine, name, drafts)]) for name in WINDOWS},
+            "first_learned_draft": min(learned) if learned else None,
+            "promoted": sum(d["decision"] == "promoted" for d in theirs),
+            "rejections": [d["reason"] for d in theirs if d["decision"] == "rejected"]}
+    return out
+
+
+def pool(runs: dict[str, dict]) -> dict:
+    """Independent runs together: per draft (overstates precision) and per user and run (the honest unit)."""
+    seeds = [run["settings"].get("seed", 0) for run in runs.values()]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"pooled runs must have different traffic seeds, got {seeds}")
+    out = {}
+    for name in WINDOWS:
+        static, learning, clusters = [], [], []
+        for run in runs.values():
+            cost = costs(run)
+            chosen = window(sorted(cost["static"]), name, run["settings"]["drafts"])
+            static += [cost["static"][p] for p in chosen]
+            learning += [cost["learning"][p] for p in chosen]
+            for user in sorted({u for u, _ in chosen}):
+                mine = [p for p in chosen if p[0] == user]
+                clusters.append(statistics.fmean(cost["static"][p] - cost["learning"][p] for p in mine))
+        by_cluster = t_interval(clusters)
+        out[name] = {"per_draft": effect(static, learning),
+                     "per_user_and_run": {"mean": by_cluster.mean, "low": by_cluster.low, "high": by_cluster.high,
+                                          "n": by_cluster.n, "p": paired_comparison(clusters, [0.0] * len(clusters)).p_value}}
+    out["total"] = {arm: sum(sum(costs(run)[arm].values()) for run in runs.values()) for arm in ("static", "learning")}
+    return out
+
+
+def compare(runs: dict[str, dict], pooled: list[str]) -> dict:
+    """Every run summarised, Holm-adjusted p over all per-run tests, and the pooled estimates."""
+    summaries = {label: summarise_run(run) for label, run in runs.items()}
+    adjusted = holm({(label, name): s[name]["p"] for label, s in summaries.items() for name in WINDOWS})
+    for (label, name), p in adjusted.items():
+        summaries[label][name]["p_holm"] = p
+    return {"runs": summaries, "tests": len(adjusted),
+            "pooled": {"runs": pooled, **pool({label: runs[label] for label in pooled})} if pooled else None}
+
+
+def cell(e: dict, bold: bool = False) -> str:
+    text = f"{e['mean']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}]"
+    return f"**{text}**" if bold else text
+
+
+def significant(e: dict) -> bool:
+    return e.get("p_holm", e["p"]) < 0.05 and e["low"] > 0
+
+
+def render(report: dict, labels: dict[str, str]) -> str:
+    runs = report["runs"]
+    lines = [f"Words edited per draft, `serve` − `serve --learn`, paired by user and draft (positive: the learning "
+             f"server's users edited less); 95% t intervals; Holm over the {report['tests']} per-run tests; bold: "
+             "the corrected test rejects and the interval excludes 0. MDE: the minimum detectable effect at 80% "
+             "power from the run's paired SD.", "",
+             "| run | traffic seed | words edited: `serve` → `serve --learn` | all drafts | p (Holm) | MDE | "
+             "last third | p (Holm) | MDE | promoted / rejected | wall time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, s in runs.items():
+        a, z = s["all"], s["last_third"]
+        change = (s["total"]["learning"] - s["total"]["static"]) / s["total"]["static"]
+        lines.append(f"| {labels.get(label, label)} | {s['settings'].get('seed', 0)} | {s['total']['static']} → "
+                     f"{s['total']['learning']} ({change:+.0%}) | {cell(a, significant(a))} (n = {a['n']}) | "
+                     f"{a['p']:.2g} ({a['p_holm']:.2g}) | {a['mde']:.2f} | {cell(z, significant(z))} (n = {z['n']}) | "
+                     f"{z['p']:.2g} ({z['p_holm']:.2g}) | {z['mde']:.2f} | {s['promoted']} / {s['rejected']} | "
+                     f"{s['wall_min']:.1f} min |")
+    if report["pooled"]:
+        p = report["pooled"]
+        lines += ["", f"Runs {', '.join(p['runs'])} pooled ({p['total']['static']} → {p['total']['learning']} words):", "",
+                  "| window | per draft (overstates precision) | p | per user and run | p |", "|---|---|---|---|---|"]
+        for name in WINDOWS:
+            d, c = p[name]["per_draft"], p[name]["per_user_and_run"]
+            lines.append(f"| {name.replace('_', ' ')} | {cell(d)} (n = {d['n']}) | {d['p']:.2g} | {cell(c)} "
+                         f"(n = {c['n']}) | {c['p']:.2g} |")
+    for label, s in runs.items():
+        lines += ["", f"Run {labels.get(label, label)}, per user:", "",
+                  "| user | words edited | all drafts, p | last third, p | first draft a learned version wrote | "
+                  "promoted | rejected because |", "|---|---|---|---|---|---|---|"]
+        for user, u in s["per_user"].items():
+            first = u["first_learned_draft"]
+            lines.append(f"| {user} | {u['total']['static']} → {u['total']['learning']} | {cell(u['all'])}, "
+                         f"{u['all']['p']:.2g} | {cell(u['last_third'])}, {u['last_third']['p']:.2g} | "
+                         f"{'never' if first is None else first} | {u['promoted']} | "
+                         f"{'; '.join(u['rejections']) or '—'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", action="append", required=True, metavar="LABEL=PATH",
+                        help="a results JSON of benchmarks/deployment.py under a label; repeat for each run")
+    parser.add_argument("--pool", default="", help="comma-separated labels of runs with independent traffic to pool")
+    parser.add_argument("--describe", action="append", default=[], metavar="LABEL=TEXT",
+                        help="how a run is named in the tables (default: its label)")
+    parser.add_argument("--out", type=Path, default=Path("docs/deployment-runs"))
+    args = parser.parse_args()
+    runs = {}
+    for item in args.run:
+        label, _, path = item.partition("=")
+        if not path:
+            parser.error(f"--run {item!r}: expected LABEL=PATH")
+        runs[label] = json.loads(Path(path).read_text())
+    pooled = [label for label in args.pool.split(",") if label]
+    if unknown := [label for label in pooled if label not in runs]:
+        parser.error(f"--pool names runs that are not given with --run: {', '.join(unknown)}")
+    labels = dict(item.partition("=")[::2] for item in args.describe)
+    report = compare(runs, pooled)
+    Path(f"{args.out}.md").write_text(render(report, labels))
+    Path(f"{args.out}.json").write_text(json.dumps(report, indent=1, default=str))
+    print(render(report, labels))
+
+
+if __name__ == "__main__":
+    main()
