@@ -23,6 +23,8 @@ import json
 import statistics
 from pathlib import Path
 
+from scipy import stats as scipy_stats
+
 from corll.stats import paired_comparison, t_interval
 from corll.verdicts import holm, minimum_detectable_effect
 
@@ -108,14 +110,37 @@ def pool(runs: dict[str, dict]) -> dict:
     return out
 
 
+def promotions(runs: dict[str, dict]) -> dict:
+    """What the gate saw of each promoted version beside what it then did: words it saved its user per draft it
+    served (static − learning on those drafts). The rank correlation says whether the gate's held-out margin
+    predicts a version's worth; it is exploratory (chosen after the runs), not one of the page's tests."""
+    table = []
+    for label, run in runs.items():
+        static = costs(run)["static"]
+        saved: dict[tuple[str, int], list[int]] = {}
+        for r in run["learning"]["rows"]:
+            if r["version"] is not None:
+                saved.setdefault((r["user"], r["version"]), []).append(static[(r["user"], r["t"])] - r["cost"])
+        table += [{"run": label, "user": d["user"], "version": d["version"], "margin_gain": d["margin_gain"],
+                   "drafts_served": len(saved[d["user"], d["version"]]),
+                   "saved_per_draft": statistics.fmean(saved[d["user"], d["version"]])}
+                  for d in run["learning"]["decisions"] if d["decision"] == "promoted" and saved.get((d["user"], d["version"]))]
+    out = {"versions": table}
+    if len(table) >= 3:
+        rho = scipy_stats.spearmanr([v["margin_gain"] for v in table], [v["saved_per_draft"] for v in table])
+        out["spearman"] = {"rho": float(rho.statistic), "p": float(rho.pvalue), "n": len(table)}
+    return out
+
+
 def compare(runs: dict[str, dict], pooled: list[str]) -> dict:
-    """Every run summarised, Holm-adjusted p over all per-run tests, and the pooled estimates."""
+    """Every run summarised, Holm-adjusted p over all per-run tests, the pooled estimates and the promotions."""
     summaries = {label: summarise_run(run) for label, run in runs.items()}
     adjusted = holm({(label, name): s[name]["p"] for label, s in summaries.items() for name in WINDOWS})
     for (label, name), p in adjusted.items():
         summaries[label][name]["p_holm"] = p
     return {"runs": summaries, "tests": len(adjusted),
-            "pooled": {"runs": pooled, **pool({label: runs[label] for label in pooled})} if pooled else None}
+            "pooled": {"runs": pooled, **pool({label: runs[label] for label in pooled})} if pooled else None,
+            "promotions": promotions(runs)}
 
 
 def cell(e: dict, bold: bool = False) -> str:
@@ -162,6 +187,18 @@ def render(report: dict, labels: dict[str, str]) -> str:
                          f"{u['all']['p']:.2g} | {cell(u['last_third'])}, {u['last_third']['p']:.2g} | "
                          f"{'never' if first is None else first} | {u['promoted']} | "
                          f"{'; '.join(u['rejections']) or '—'} |")
+    versions = report["promotions"]["versions"]
+    if versions:
+        lines += ["", "Every promoted version: the gate's held-out margin gain beside the words it then saved its user "
+                  "per draft it served (`serve` − `serve --learn` on those drafts):", "",
+                  "| run | user | version | held-out margin gain (nats) | drafts served | words saved per draft |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {labels.get(v['run'], v['run'])} | {v['user']} | {v['version']} | {v['margin_gain']:+.1f} | "
+                  f"{v['drafts_served']} | {v['saved_per_draft']:+.2f} |"
+                  for v in sorted(versions, key=lambda v: v["margin_gain"])]
+        if rho := report["promotions"].get("spearman"):
+            lines += ["", f"Spearman ρ = {rho['rho']:+.2f} (p = {rho['p']:.2g}, n = {rho['n']} versions); exploratory, "
+                      "not among the page's tests, and versions of one user share that user's preference."]
     return "\n".join(lines) + "\n"
 
 

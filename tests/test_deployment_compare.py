@@ -70,3 +70,12 @@ def test_the_command_writes_the_page_and_rejects_an_unknown_pooled_run(tmp_path,
         deployment_compare.main()
     assert exit_.value.code == 2 and not (tmp_path / "x.md").exists()
     assert "not given with --run: 9" in capsys.readouterr().err
+
+
+def test_each_promoted_version_is_credited_with_the_words_it_saved_on_the_drafts_it_served():
+    promoted = [{"user": "ana", "version": 1, "decision": "promoted", "margin_gain": 12.0},
+                {"user": "ben", "version": 1, "decision": "rejected", "margin_gain": 30.0}]
+    versions = deployment_compare.promotions({"a": run(0, STATIC, LEARNING, promoted)})["versions"]
+    # ana's version 1 wrote her drafts 2..5: 4-3, 4-2, 4-2, 4-1; the rejected one is not listed
+    assert versions == [{"run": "a", "user": "ana", "version": 1, "margin_gain": 12.0, "drafts_served": 4,
+                         "saved_per_draft": pytest.approx(2.0)}]
