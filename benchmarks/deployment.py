@@ -189,7 +189,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/deployment"))
     parser.add_argument("--static-from", type=Path, help="reuse the static arm of an earlier results JSON with the "
                         "same model, drafts and max tokens (its drafts do not depend on timing)")
+    parser.add_argument("--static-only", action="store_true", help="run only the static arm and write it to "
+                        "OUT-results.json, for a later --static-from (it may run on a busy machine: its drafts do not "
+                        "depend on timing)")
     args = parser.parse_args()
+    if args.static_only and args.static_from:
+        parser.error("--static-only runs the static arm that --static-from would reuse; give one of them")
     work = Path(tempfile.mkdtemp(prefix="corll-deployment-"))
     results = {}
     if args.static_from:
@@ -202,13 +207,18 @@ def main() -> None:
         for row in results["static"]["rows"]:  # today's users and edit measure, on the earlier drafts
             row["kept"] = revise(USERS[row["user"]], row["draft"])
             row["cost"] = word_edit_distance(row["draft"], row["kept"])
-    for arm in [a for a in ("static", "learning") if a not in results]:
+    arms = ["static"] if args.static_only else [a for a in ("static", "learning") if a not in results]
+    for arm in arms:
         print(f"{arm}: {len(USERS)} users × {args.drafts} drafts …", flush=True)
         results[arm] = run_arm(arm, args, work)
         print(f"{arm}: {sum(r['cost'] for r in results[arm]['rows'])} words edited in "
               f"{results[arm]['wall_s'] / 60:.1f} min", flush=True)
-    summary = compare(results, args.drafts)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.static_only:
+        Path(f"{args.out}-results.json").write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)},
+                                                                **results}, indent=1, default=str))
+        return
+    summary = compare(results, args.drafts)
     plot(results, args.drafts, args.out.with_name(args.out.name + "-curves.png"))
     Path(f"{args.out}-table.md").write_text(render(results, summary, args))
     Path(f"{args.out}-results.json").write_text(json.dumps(
