@@ -29,6 +29,7 @@ from corll.stats import paired_comparison, t_interval
 from corll.verdicts import holm, minimum_detectable_effect
 
 WINDOWS = ("all", "last_third")
+BEGIN, END = "<!-- deployment_compare.py: begin -->", "<!-- deployment_compare.py: end -->"
 
 
 def late(drafts: int) -> int:
@@ -210,6 +211,8 @@ def main() -> None:
     parser.add_argument("--describe", action="append", default=[], metavar="LABEL=TEXT",
                         help="how a run is named in the tables (default: its label)")
     parser.add_argument("--out", type=Path, default=Path("docs/deployment-runs"))
+    parser.add_argument("--into", type=Path, help="also write the tables into this page, between the lines "
+                        f"{BEGIN!r} and {END!r}")
     args = parser.parse_args()
     runs = {}
     for item in args.run:
@@ -221,10 +224,17 @@ def main() -> None:
     if unknown := [label for label in pooled if label not in runs]:
         parser.error(f"--pool names runs that are not given with --run: {', '.join(unknown)}")
     labels = dict(item.partition("=")[::2] for item in args.describe)
+    page = args.into.read_text() if args.into else None
+    if page is not None and (page.count(BEGIN) != 1 or page.count(END) != 1 or page.index(BEGIN) > page.index(END)):
+        parser.error(f"--into {args.into} needs one line {BEGIN!r} before one line {END!r}")
     report = compare(runs, pooled)
-    Path(f"{args.out}.md").write_text(render(report, labels))
+    text = render(report, labels)
+    if page is not None:
+        head, rest = page.split(BEGIN)
+        args.into.write_text(f"{head}{BEGIN}\n{text}{END}{rest.split(END)[1]}")
+    Path(f"{args.out}.md").write_text(text)
     Path(f"{args.out}.json").write_text(json.dumps(report, indent=1, default=str))
-    print(render(report, labels))
+    print(text)
 
 
 if __name__ == "__main__":

@@ -79,3 +79,22 @@ def test_each_promoted_version_is_credited_with_the_words_it_saved_on_the_drafts
     # ana's version 1 wrote her drafts 2..5: 4-3, 4-2, 4-2, 4-1; the rejected one is not listed
     assert versions == [{"run": "a", "user": "ana", "version": 1, "margin_gain": 12.0, "drafts_served": 4,
                          "saved_per_draft": pytest.approx(2.0)}]
+
+
+def test_the_tables_replace_only_the_marked_part_of_a_page(tmp_path, monkeypatch):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(run(0, STATIC, LEARNING)))
+    page = tmp_path / "page.md"
+    page.write_text(f"# Intro\n{deployment_compare.BEGIN}\nstale table\n{deployment_compare.END}\nThe rest.\n")
+    argv = ["deployment_compare.py", "--run", f"0={path}", "--out", str(tmp_path / "runs"), "--into", str(page)]
+    monkeypatch.setattr(sys, "argv", argv)
+    deployment_compare.main()
+    text = page.read_text()
+    assert text.startswith("# Intro\n") and text.endswith(f"{deployment_compare.END}\nThe rest.\n")
+    assert "stale table" not in text and "78 → 64" in text
+    deployment_compare.main()  # again: the same page, not a second copy
+    assert page.read_text() == text
+    page.write_text("# no markers\n")
+    with pytest.raises(SystemExit):
+        deployment_compare.main()
+    assert page.read_text() == "# no markers\n"
