@@ -34,12 +34,12 @@ import openai
 import corll
 from corll.feedback import word_edit_distance
 from corll.hardware import detect
-from corll.stats import paired_comparison
 from corll.store import Principal, Store
 from corll.tasks.prelude import EMAIL_SOURCES, load_documents, prompt_for
 from corll.users.preferences import DESCRIPTIONS, revise
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from deployment_compare import summarise_run  # noqa: E402
 from service_load import start_server  # noqa: E402
 
 USERS = {"ana": "forum-notes", "ben": "tweet-notes", "cleo": "paper-notes", "dev": "review-notes"}
@@ -102,21 +102,6 @@ def run_arm(name: str, args, work: Path) -> dict:
     return {"rows": sorted(rows, key=lambda r: (r["user"], r["t"])), "decisions": decisions, "wall_s": wall}
 
 
-def compare(results: dict, drafts: int) -> dict:
-    """Paired differences (no learning − learning) per draft, over the last third, and per user."""
-    cost = {arm: {(r["user"], r["t"]): r["cost"] for r in results[arm]["rows"]} for arm in ("static", "learning")}
-    pairs = sorted(cost["static"])
-    late = [p for p in pairs if p[1] >= drafts - drafts // 3]
-    out = {"all": paired_comparison([cost["static"][p] for p in pairs], [cost["learning"][p] for p in pairs]),
-           "last_third": paired_comparison([cost["static"][p] for p in late], [cost["learning"][p] for p in late])}
-    summary = {k: {"mean": v.difference.mean, "low": v.difference.low, "high": v.difference.high,
-                   "n": v.difference.n, "p": v.p_value} for k, v in out.items()}
-    summary["per_user"] = {u: {arm: sum(c for (user, _), c in cost[arm].items() if user == u)
-                               for arm in ("static", "learning")} for u in USERS}
-    summary["total"] = {arm: sum(cost[arm].values()) for arm in ("static", "learning")}
-    return summary
-
-
 def plot(results: dict, drafts: int, path: Path) -> None:
     import matplotlib
 
@@ -158,8 +143,8 @@ def render(results: dict, summary: dict, args) -> str:
              "|---|---|---|---|---|---|"]
     for user, source in USERS.items():
         mine = [d for d in decisions if d["user"] == user]
-        lines.append(f"| {user} | {DESCRIPTIONS[source]} | {summary['per_user'][user]['static']} | "
-                     f"{summary['per_user'][user]['learning']} | {sum(d['decision'] == 'promoted' for d in mine)} | "
+        lines.append(f"| {user} | {DESCRIPTIONS[source]} | {summary['per_user'][user]['total']['static']} | "
+                     f"{summary['per_user'][user]['total']['learning']} | {sum(d['decision'] == 'promoted' for d in mine)} | "
                      f"{sum(d['decision'] == 'rejected' for d in mine)} |")
     lines.append(f"| **all** | | **{summary['total']['static']}** | **{summary['total']['learning']}** | "
                  f"{sum(d['decision'] == 'promoted' for d in decisions)} | "
@@ -214,16 +199,13 @@ def main() -> None:
         print(f"{arm}: {sum(r['cost'] for r in results[arm]['rows'])} words edited in "
               f"{results[arm]['wall_s'] / 60:.1f} min", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.static_only:
-        Path(f"{args.out}-results.json").write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)},
-                                                                **results}, indent=1, default=str))
-        return
-    summary = compare(results, args.drafts)
-    plot(results, args.drafts, args.out.with_name(args.out.name + "-curves.png"))
-    Path(f"{args.out}-table.md").write_text(render(results, summary, args))
-    Path(f"{args.out}-results.json").write_text(json.dumps(
-        {"settings": vars(args) | {"out": str(args.out)}, "summary": summary, **results}, indent=1, default=str))
-    print(render(results, summary, args))
+    results = {"settings": vars(args) | {"out": str(args.out)}, **results}
+    if not args.static_only:
+        results["summary"] = summarise_run(results)
+        plot(results, args.drafts, args.out.with_name(args.out.name + "-curves.png"))
+        Path(f"{args.out}-table.md").write_text(render(results, results["summary"], args))
+        print(render(results, results["summary"], args))
+    Path(f"{args.out}-results.json").write_text(json.dumps(results, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -92,11 +92,12 @@ def pool(runs: dict[str, dict]) -> dict:
     seeds = [run["settings"].get("seed", 0) for run in runs.values()]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"pooled runs must have different traffic seeds, got {seeds}")
+    cost_of = {label: costs(run) for label, run in runs.items()}
     out = {}
     for name in WINDOWS:
         static, learning, clusters = [], [], []
-        for run in runs.values():
-            cost = costs(run)
+        for label, run in runs.items():
+            cost = cost_of[label]
             chosen = window(sorted(cost["static"]), name, run["settings"]["drafts"])
             static += [cost["static"][p] for p in chosen]
             learning += [cost["learning"][p] for p in chosen]
@@ -107,7 +108,7 @@ def pool(runs: dict[str, dict]) -> dict:
         out[name] = {"per_draft": effect(static, learning),
                      "per_user_and_run": {"mean": by_cluster.mean, "low": by_cluster.low, "high": by_cluster.high,
                                           "n": by_cluster.n, "p": paired_comparison(clusters, [0.0] * len(clusters)).p_value}}
-    out["total"] = {arm: sum(sum(costs(run)[arm].values()) for run in runs.values()) for arm in ("static", "learning")}
+    out["total"] = {arm: sum(sum(cost[arm].values()) for cost in cost_of.values()) for arm in ("static", "learning")}
     return out
 
 
