@@ -30,6 +30,7 @@ def test_simulate_end_to_end_writes_all_outputs_and_report_reads_them(tmp_path):
     for algorithm in ("corll", "dueling"):
         lines = re.findall(rf"^\d\d:\d\d:\d\d {algorithm} (\d)/4(.*)$", result.output, re.MULTILINE)
         assert {done for done, _ in lines} == {"0", "1", "2", "3", "4"}, result.output
+        assert len(lines) == len(set(lines)), result.output  # nothing said twice
         for r in (r for r in records if r["algorithm"] == algorithm):
             assert (str(r["round"]), f" · R* {r['reward']:.3f} · feedback {r['feedback']}") in lines, result.output
     summary = json.loads((out / "summary.json").read_text())

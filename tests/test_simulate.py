@@ -140,7 +140,7 @@ def test_progress_says_what_a_run_is_doing_between_records(tmp_path):
                    progress=lambda name, done, record, doing: heard.append((done, record is not None, doing)))
     evaluating = "evaluating on 16 held-out prompts × 2 samples"
     assert heard == [(0, False, evaluating), (0, True, ""), (0, False, "round 1: drafting, feedback, update"),
-                     (1, True, ""), (1, False, "round 2: drafting, feedback, update"), (2, False, evaluating),
+                     (1, False, ""), (1, False, "round 2: drafting, feedback, update"), (2, False, evaluating),
                      (2, True, "")]
 
 

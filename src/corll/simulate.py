@@ -363,8 +363,7 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
                   f"sample{'s' if config.eval_samples > 1 else ''}")
     if state["round"] == 0:
         progress(name, 0, None, evaluating)
-    last = record_eval() if state["round"] == 0 else None
-    progress(name, state["round"], last, "")
+    progress(name, state["round"], record_eval() if state["round"] == 0 else None, "")
     while state["round"] < config.rounds:
         progress(name, state["round"], None, f"round {state['round'] + 1}: drafting, feedback, update")
         started = time.perf_counter()
@@ -383,16 +382,17 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
                 state["cost_by_source"][source] = state["cost_by_source"].get(source, 0) + cost
                 state["shown_by_source"][source] = state["shown_by_source"].get(source, 0) + 1
         state["wall_time"] += time.perf_counter() - started
+        record = None  # only a new evaluation is reported: a progress log then says each result once
         if state["round"] % config.eval_every == 0 or state["round"] == config.rounds:
             progress(name, state["round"], None, evaluating)
-            last = record_eval()
+            record = record_eval()
         if state["round"] % config.checkpoint_every == 0 or state["round"] == config.rounds:
             run.save_checkpoint(name, {
                 "trainable": policy.trainable_state(), "learner": learner_of(algorithm).state_dict(),
                 "rng": torch.get_rng_state(), "cursor": stream.cursor,
                 "state": {**state, "interval": dataclasses.asdict(state["interval"])},
             })
-        progress(name, state["round"], last, "")
+        progress(name, state["round"], record, "")
     if hasattr(policy.model, "save_pretrained") and not config.full_finetune:
         evaluated().model.save_pretrained(run.path / "policies" / name)
     ours = [r for r in run.read_metrics() if r["algorithm"] == name]
