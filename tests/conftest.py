@@ -20,6 +20,11 @@ def tiny_config(**overrides) -> SimulationConfig:
     return SimulationConfig(**settings)
 
 
+def without_time(records: list[dict]) -> list[dict]:
+    """Metrics records without their timings, the one part a replayed run cannot reproduce."""
+    return [{k: v for k, v in r.items() if k not in ("wall_time", "eval_time")} for r in records]
+
+
 @pytest.fixture(scope="session")
 def postgres_url():
     """A real PostgreSQL server: $CORLL_TEST_POSTGRES_URL (CI starts one), else a throw-away one started here."""

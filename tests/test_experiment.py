@@ -152,6 +152,41 @@ def test_experiment_cli_reports_a_missing_file(tmp_path):
     assert result.exit_code == 2 and "does not exist" in " ".join(result.output.split())
 
 
+def fake_run(folder, algorithm: str, rounds: int, wall_time: float, eval_time: float | None, finished: bool) -> None:
+    """A run folder as a run leaves it: the last metrics record holds its totals; a summary once finished."""
+    folder.mkdir(parents=True)
+    timed = {} if eval_time is None else {"eval_time": eval_time}
+    (folder / "metrics.jsonl").write_text(json.dumps({"algorithm": algorithm, "round": rounds, "reward": 0.0,
+                                                      "wall_time": wall_time, **timed}) + "\n")
+    if finished:
+        (folder / "summary.json").write_text(json.dumps({algorithm: {"rounds": rounds}}))
+
+
+def test_the_plan_estimates_what_is_left_from_each_arms_finished_runs_and_runs_nothing(tmp_path):
+    from corll.experiment import plan
+
+    out = tmp_path / "out"
+    fake_run(out / "corll" / "seed-0", "corll", 4, 3600.0, 1800.0, finished=True)
+    fake_run(out / "corll" / "seed-1", "corll", 2, 1800.0, 900.0, finished=False)  # interrupted: not a measure
+    fake_run(out / "dueling" / "seed-0", "dueling", 4, 1800.0, None, finished=True)  # from before eval timing
+    corll, dueling = plan(load_experiment(write(tmp_path), out))
+    assert (corll.finished, corll.left, corll.rounds_hours, corll.evaluation_hours) == (1, 1, 1.0, 0.5)
+    assert corll.hours_left == pytest.approx(1.5)  # one run from scratch at the finished run's rate
+    assert (dueling.finished, dueling.left, dueling.evaluation_hours, dueling.hours_left) == (1, 1, None, 0.5)
+
+    result = CliRunner().invoke(app, ["experiment", str(write(tmp_path)), "--out", str(out), "--plan"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in result.output.splitlines() if line.startswith("│")}
+    assert rows["corll"] == ["1/2", "1.00", "0.50", "1", "1.50"] and rows["dueling"] == ["1/2", "0.50", "–", "1", "0.50"]
+    assert rows["total"][-2:] == ["2", "2.00"]
+    assert "count training rounds only" in " ".join(result.output.split())  # the dueling estimate says so
+    assert not (out / "corll" / "seed-1" / "checkpoints").exists() and not (out / "aggregate.json").exists()
+    both = CliRunner().invoke(app, ["experiment", str(write(tmp_path)), "--out", str(out), "--plan",
+                                    "--aggregate-only"])
+    assert both.exit_code == 2 and "give one of them" in both.output
+
+
 PROTOCOL_EXPERIMENT = """
 name: tiny-protocol
 seeds: [0, 1]

@@ -6,15 +6,11 @@ import torch
 import corll.learners.dpo as dpo_module
 from corll.learners import NonFiniteLossError
 from corll.simulate import RunDir, run_simulation
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, without_time
 
 
 def rewards(out, algorithm):
     return [r["reward"] for r in RunDir(out).read_metrics() if r["algorithm"] == algorithm]
-
-
-def without_time(records):
-    return [{k: v for k, v in r.items() if k != "wall_time"} for r in records]
 
 
 @pytest.mark.parametrize(("algorithm", "user"), [("corll", "expert"), ("corll", "local"), ("dueling", "local")])
@@ -136,12 +132,17 @@ def test_corll_logs_how_its_argmax_ranking_agrees_with_the_true_reward(tmp_path)
 
 def test_progress_says_what_a_run_is_doing_between_records(tmp_path):
     heard = []
-    run_simulation(tiny_config(algorithms=["corll"], rounds=2, eval_every=2, checkpoint_every=2), tmp_path / "run",
-                   progress=lambda name, done, record, doing: heard.append((done, record is not None, doing)))
+    summary = run_simulation(tiny_config(algorithms=["corll"], rounds=2, eval_every=2, checkpoint_every=2),
+                             tmp_path / "run",
+                             progress=lambda name, done, record, doing: heard.append((done, record is not None, doing)))
     evaluating = "evaluating on 16 held-out prompts × 2 samples"
     assert heard == [(0, False, evaluating), (0, True, ""), (0, False, "round 1: drafting, feedback, update"),
                      (1, False, ""), (1, False, "round 2: drafting, feedback, update"), (2, False, evaluating),
                      (2, True, "")]
+    # each record carries the time spent evaluating so far, the summary the run's total
+    timings = [r["eval_time"] for r in RunDir(tmp_path / "run").read_metrics()]
+    assert len(timings) == 2 and 0 < timings[0] < timings[1]
+    assert summary["corll"]["eval_time"] == pytest.approx(timings[-1], abs=0.06)
 
 
 def test_dueling_reports_the_reward_of_what_it_showed_without_asking_the_task_again(tmp_path):

@@ -213,3 +213,23 @@ def test_a_claim_without_runs_states_what_its_planned_seeds_would_detect_under_a
         "title: T\nclaims:\n  - {id: a, statement: s, experiment: e.yaml, arm: a, primary: true, design_sd: nope}\n")
     with pytest.raises(ClaimsError, match="design_sd names 'nope'"):
         load_claims(tmp_path / "bad.yaml")
+
+
+def test_the_compute_line_adds_evaluations_where_runs_timed_them(tmp_path):
+    from corll.experiment import load_experiment
+    from corll.verdicts import compute_cost, cost_line
+
+    (tmp_path / "exp.yaml").write_text("name: toy\nseeds: [0, 1]\nbase: {task: synthetic, model: tiny, rounds: 2}\n"
+                                       "arms:\n  a: {algorithms: [corll]}\n")
+    experiment = load_experiment(tmp_path / "exp.yaml", tmp_path / "runs")
+    # the last record holds a run's totals: 1800 s + 3600 s of rounds; only seed 1 timed its evaluations
+    write_run(tmp_path / "runs", "a", 0, [{"round": 0, "wall_time": 0.0}, {"round": 2, "wall_time": 1800.0}])
+    write_run(tmp_path / "runs", "a", 1, [{"round": 0, "wall_time": 0.0, "eval_time": 300.0},
+                                          {"round": 2, "wall_time": 3600.0, "eval_time": 900.0}])
+    cost = compute_cost(experiment)
+    assert cost["hours"] == pytest.approx(1.5) and cost["evaluation_hours"] == pytest.approx(0.25)
+    assert cost["runs"] == 2 and cost["runs_timing_evaluations"] == 1 and cost["complete"] is False
+    assert cost_line(cost) == ("1.5 hours of training rounds and 0.2 of evaluations so far (evaluations timed by 1 "
+                               "of 2 runs; older runs did not time them) on –")
+    (tmp_path / "runs" / "a" / "seed-0").rename(tmp_path / "elsewhere")  # only the timed run is left
+    assert cost_line(compute_cost(experiment)) == "1.0 hours of training rounds and 0.2 of evaluations so far on –"

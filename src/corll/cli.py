@@ -7,15 +7,19 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from corll.config import ALGORITHMS, BUILTIN_MODELS, DPO_LOSS_TYPES, ConfigError, SimulationConfig
 from corll.hardware import prepare_threads
 from corll.tasks import TASK_NAMES, TaskError
+
+if TYPE_CHECKING:  # imported where used: it loads torch
+    from corll.experiment import Experiment
 
 # Torch, transformers and the server load inside the commands that need them, so that --help and
 # the store's commands answer at once. Before torch loads: the OpenMP wait policy is read once.
@@ -223,8 +227,6 @@ def simulate(
 @app.command()
 def learners() -> None:
     """The learners --algorithm accepts: what each learns from and which options it reads."""
-    from rich.table import Table
-
     from corll.learners.registry import LEARNERS
 
     table = Table(title="learners (corll simulate --algorithm NAME)")
@@ -238,8 +240,6 @@ def learners() -> None:
 @app.command()
 def tasks() -> None:
     """The built-in tasks --task accepts (or bring your own: path/to/file.py:factory)."""
-    from rich.table import Table
-
     from corll.tasks import TASK_DESCRIPTIONS
 
     table = Table(title="tasks (corll simulate --task NAME)")
@@ -262,16 +262,23 @@ def experiment(
     arms: Annotated[Optional[str], typer.Option(
         help="Only these of the file's arms, e.g. 'floor,oracle' (splits like --seeds).")] = None,
     threads: ThreadsOption = None,
+    plan: Annotated[bool, typer.Option(
+        "--plan", help="Say what is finished and estimate the core-hours the rest needs; run nothing.")] = False,
 ) -> None:
     """Run a grid of simulations (arms × seeds) resumably, then aggregate them with intervals and plots."""
     from corll.experiment import ExperimentError, aggregate, load_experiment, run_experiment, run_is_finished, subset
     from corll.learners import NonFiniteLossError
 
+    if plan and aggregate_only:
+        fail("--plan and --aggregate-only each run nothing: give one of them")
     try:
         spec = load_experiment(config, out)
         spec = subset(spec, seeds, arms)
     except ExperimentError as exc:
         fail(str(exc))
+    if plan:
+        console.print(plan_table(spec))
+        return
     runs = spec.runs()
     if not aggregate_only:
         use_hardware(runs[0][2].precision if runs else "auto", threads)
@@ -314,6 +321,32 @@ def experiment(
         console.print(f"{arm:<24} seeds {len(entry['finished_seeds'])}/{len(spec.seeds)}"
                       + (f"  R* final {final['mean']:+.3f} [{final['low']:+.3f}, {final['high']:+.3f}]" if final else ""))
     console.print(f"aggregate: {spec.out / 'aggregate.json'}, {spec.out / 'results.md'}")
+
+
+def plan_table(spec: Experiment) -> Table:
+    """`corll experiment --plan`: per arm, the runs finished and the core-hours the rest needs at the rate
+    of its finished runs (one process per core: two one-thread processes halve the wall time)."""
+    from corll.experiment import plan
+
+    hours = lambda h: "–" if h is None else f"{h:.2f}"  # noqa: E731
+    plans = plan(spec)
+    own = [p for p in plans if not p.shared_with and p.left]
+    known = [p.hours_left for p in own if p.hours_left is not None]
+    notes = ["core-hours per finished run, as recorded by the runs (their CPU is in each config.json)"]
+    if len(known) < len(own):
+        notes.append("≥: arms with no finished run yet are not in the total")
+    if any(p.evaluation_hours is None for p in own if p.hours_left is not None):
+        notes.append("runs that did not time their evaluations count training rounds only")
+    notes += [f"{p.arm}: runs of {p.shared_with}, counted there" for p in plans if p.shared_with]
+    table = Table(title=f"{spec.name}: runs in {spec.out}", caption="\n".join(notes))
+    for column in ("arm", "finished", "rounds h/run", "evaluations h/run", "runs left", "core-hours left"):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    for p in plans:
+        table.add_row(p.arm, f"{p.finished}/{p.planned}", hours(p.rounds_hours), hours(p.evaluation_hours),
+                      str(p.left), "0" if not p.left else "shared" if p.shared_with else hours(p.hours_left))
+    table.add_row("total", "", "", "", str(sum(p.left for p in own)),
+                  ("≥ " if len(known) < len(own) else "") + f"{sum(known):.2f}")
+    return table
 
 
 @app.command()

@@ -273,6 +273,71 @@ def run_experiment(experiment: Experiment, progress: RunProgress = lambda *_: No
     return aggregate(experiment)
 
 
+# --- compute: what the runs cost and what is left ---------------------------------------------------
+
+
+@dataclass
+class RunCost:
+    """What one run has spent so far, read from the last record of its metrics.jsonl: seconds of training
+    rounds and of evaluations (None for runs written before evaluations were timed), and its CPU."""
+
+    rounds: float
+    evaluations: float | None
+    cpu: str | None
+
+
+def run_cost(folder: Path) -> RunCost | None:
+    """None for a run that has not recorded anything yet."""
+    records = RunDir(folder).read_metrics()
+    if not records:
+        return None
+    evaluations = [r["eval_time"] for r in records if "eval_time" in r]
+    config_file = RunDir(folder).config_file
+    hardware = (json.loads(config_file.read_text()).get("hardware") or {}) if config_file.exists() else {}
+    cpu = (f"{hardware.get('cpu')} ({hardware.get('capability')}, {hardware.get('precision')}, "
+           f"{hardware.get('threads')} thread{'s' if hardware.get('threads') != 1 else ''})") if hardware else None
+    return RunCost(max(r.get("wall_time", 0.0) for r in records), max(evaluations) if evaluations else None, cpu)
+
+
+@dataclass
+class ArmPlan:
+    """One arm's runs: how many are finished, what a finished one cost, and what the rest will cost at that rate."""
+
+    arm: str
+    planned: int
+    finished: int
+    rounds_hours: float | None  # per finished run, mean
+    evaluation_hours: float | None  # per finished run that timed its evaluations, mean
+    shared_with: Path | None  # the runs live in (and count toward) another experiment
+
+    @property
+    def left(self) -> int:
+        return self.planned - self.finished
+
+    @property
+    def hours_left(self) -> float | None:
+        """Core-hours for the unfinished runs (each from scratch: an interrupted run's progress is not
+        subtracted), counting evaluations where they were timed."""
+        if self.rounds_hours is None:
+            return None
+        return self.left * (self.rounds_hours + (self.evaluation_hours or 0.0))
+
+
+def plan(experiment: Experiment) -> list[ArmPlan]:
+    """Per arm, what is finished and an estimate of the core-hours the rest needs, from its own finished runs:
+    what `--seeds/--arms` splits should be started, and how long they will take."""
+    plans = []
+    for arm, config in experiment.arms.items():
+        runs = [(folder, run_config) for a, _, run_config, folder in experiment.runs() if a == arm]
+        costs = [run_cost(folder) for folder, run_config in runs if run_is_finished(folder, run_config)]
+        timed = [c.evaluations for c in costs if c.evaluations is not None]
+        plans.append(ArmPlan(arm, len(runs), len(costs),
+                             statistics.fmean(c.rounds for c in costs) / 3600 if costs else None,
+                             statistics.fmean(timed) / 3600 if timed else None,
+                             experiment.shared[arm].parent if arm in experiment.shared else None))
+    return plans
+
+
 # --- regret ---------------------------------------------------------------------------------------
 
 

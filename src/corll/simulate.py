@@ -323,7 +323,8 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
     task = load_task(config.task, policy)
     algorithm = build_algorithm(name, config, policy, task)
     stream = PromptStream(task.train_prompts, config.seed)
-    state = {"round": 0, "feedback": 0, "queries": 0, "interval": Interval(), "wall_time": 0.0, "cost_total": 0,
+    state = {"round": 0, "feedback": 0, "queries": 0, "interval": Interval(), "wall_time": 0.0, "eval_time": 0.0,
+             "cost_total": 0,
              "kept_total": 0, "shown_total": 0, "offline_edited": 0, "cost_by_source": {}, "shown_by_source": {}}
 
     checkpoint = run.checkpoint(name)
@@ -348,10 +349,14 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
         return algorithm.favourite() if isinstance(algorithm, LateEnsemble) else policy
 
     def record_eval() -> dict:
+        started = time.perf_counter()
+        measured = evaluate(evaluated(), task, config, system_for)
+        state["eval_time"] += time.perf_counter() - started
+        # wall_time: training rounds; eval_time: evaluations; both cumulative, so the last record is a run's cost
         record = {"algorithm": name, "seed": config.seed, "round": state["round"], "feedback": state["feedback"],
-                  "queries": state["queries"], **evaluate(evaluated(), task, config, system_for),
-                  **state["interval"].record(),
-                  "cumulative_cost": state["cost_total"], "wall_time": round(state["wall_time"], 2)}
+                  "queries": state["queries"], **measured, **state["interval"].record(),
+                  "cumulative_cost": state["cost_total"], "wall_time": round(state["wall_time"], 2),
+                  "eval_time": round(state["eval_time"], 2)}
         if task.source_of is not None:  # per source (PRELUDE: per group of users): cost and responses shown
             record |= {"cost_by_source": dict(state["cost_by_source"]),
                        "shown_by_source": dict(state["shown_by_source"])}
@@ -398,7 +403,7 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
     ours = [r for r in run.read_metrics() if r["algorithm"] == name]
     summary = {"rounds": state["round"], "feedback": state["feedback"], "queries": state["queries"],
                "reward_initial": ours[0]["reward"], "reward_final": ours[-1]["reward"], "kl_final": ours[-1]["kl"],
-               "wall_time": round(state["wall_time"], 1)}
+               "wall_time": round(state["wall_time"], 1), "eval_time": round(state["eval_time"], 1)}
     if config.offline_edits:
         summary |= {"offline_edits": config.offline_edits, "offline_edited": state["offline_edited"],
                     "cumulative_cost": state["cost_total"], "episodes": state["shown_total"],

@@ -37,7 +37,7 @@ from pathlib import Path
 import yaml
 from scipy import stats as scipy_stats
 
-from corll.experiment import Experiment, arm_records, finished_runs, load_experiment, run_is_finished
+from corll.experiment import Experiment, arm_records, finished_runs, load_experiment, run_cost, run_is_finished
 from corll.stats import paired_comparison, pearson_interval
 
 ALPHA = 0.05
@@ -326,23 +326,33 @@ def verdict_table(entries: list[dict]) -> str:
 
 
 def compute_cost(experiment: Experiment) -> dict:
-    """Wall time summed over the experiment's own runs (not those it shares with another) and the CPUs they
-    ran on (from each run's config.json)."""
-    seconds, cpus, complete = 0.0, set(), True
+    """Wall time summed over the experiment's own runs (not those it shares with another): training rounds,
+    and evaluations where the runs timed them; the CPUs they ran on (from each run's config.json)."""
+    rounds, evaluations, timed, runs, cpus, complete = 0.0, 0.0, 0, 0, set(), True
     for arm, _, run_config, folder in experiment.runs():
         complete = complete and run_is_finished(folder, run_config)
-        if arm in experiment.shared:
-            continue  # spent once, counted by the experiment that owns the runs
-        metrics, config = folder / "metrics.jsonl", folder / "config.json"
-        if metrics.exists():
-            lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-            seconds += max((r.get("wall_time", 0.0) for r in lines), default=0.0)
-        if config.exists():
-            hw = json.loads(config.read_text()).get("hardware") or {}
-            if hw:
-                cpus.add(f"{hw.get('cpu')} ({hw.get('capability')}, {hw.get('precision')}, "
-                         f"{hw.get('threads')} thread{'s' if hw.get('threads') != 1 else ''})")
-    return {"hours": seconds / 3600, "cpus": sorted(cpus), "complete": complete}
+        cost = run_cost(folder)
+        if arm in experiment.shared or cost is None:
+            continue  # shared runs: spent once, counted by the experiment that owns them
+        runs += 1
+        rounds += cost.rounds
+        if cost.evaluations is not None:
+            evaluations, timed = evaluations + cost.evaluations, timed + 1
+        if cost.cpu:
+            cpus.add(cost.cpu)
+    return {"hours": rounds / 3600, "evaluation_hours": evaluations / 3600, "runs": runs,
+            "runs_timing_evaluations": timed, "cpus": sorted(cpus), "complete": complete}
+
+
+def cost_line(cost: dict) -> str:
+    """The compute sentence under an experiment's heading."""
+    so_far, cpus = "" if cost["complete"] else " so far", ", ".join(cost["cpus"]) or "–"
+    if cost["runs_timing_evaluations"] == 0:
+        return f"{cost['hours']:.1f} hours of training rounds{so_far} (evaluations not counted) on {cpus}"
+    timed, runs = cost["runs_timing_evaluations"], cost["runs"]
+    partly = "" if timed == runs else f" (evaluations timed by {timed} of {runs} runs; older runs did not time them)"
+    return (f"{cost['hours']:.1f} hours of training rounds and {cost['evaluation_hours']:.1f} of evaluations"
+            f"{so_far}{partly} on {cpus}")
 
 
 def sizing(entry: dict, effects: tuple[float, ...] = (0.05, 0.1, 0.2)) -> dict:
@@ -390,7 +400,7 @@ def write_results(claims_path: Path, out: Path) -> tuple[Path, Path]:
             table = table.replace(link, f"![{figure}](figures/{experiment.name}-{figure}.png)")
         cost = costs[experiment.name]
         table = table.replace(f"# {experiment.name}\n", f"## {experiment.name}\n\nConfig `{name}`; "
-                              f"{cost['hours']:.1f} hours of training rounds{'' if cost['complete'] else ' so far'} (evaluations not counted) on {', '.join(cost['cpus']) or '–'}.\n", 1)
+                              f"{cost_line(cost)}.\n", 1)
         sections.append(table)
     primary = next(e for e in entries if e["primary"])
     size = sizing(primary)
