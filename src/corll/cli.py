@@ -345,7 +345,7 @@ def plan_table(spec: Experiment) -> Table:
         table.add_row(p.arm, f"{p.finished}/{p.planned}", hours(p.rounds_hours), hours(p.evaluation_hours),
                       str(p.left), "0" if not p.left else "shared" if p.shared_with else hours(p.hours_left))
     table.add_row("total", "", "", "", str(sum(p.left for p in own)),
-                  ("≥ " if len(known) < len(own) else "") + f"{sum(known):.2f}")
+                  "–" if own and not known else ("≥ " if len(known) < len(own) else "") + f"{sum(known):.2f}")
     return table
 
 
