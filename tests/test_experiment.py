@@ -163,7 +163,7 @@ def fake_run(folder, algorithm: str, rounds: int, wall_time: float, eval_time: f
 
 
 def test_the_plan_estimates_what_is_left_from_each_arms_finished_runs_and_runs_nothing(tmp_path):
-    from corll.experiment import plan
+    from corll.compute import plan
 
     out = tmp_path / "out"
     fake_run(out / "corll" / "seed-0", "corll", 4, 3600.0, 1800.0, finished=True)

@@ -217,7 +217,7 @@ def test_a_claim_without_runs_states_what_its_planned_seeds_would_detect_under_a
 
 def test_the_compute_line_adds_evaluations_where_runs_timed_them(tmp_path):
     from corll.experiment import load_experiment
-    from corll.verdicts import compute_cost, cost_line
+    from corll.compute import compute_cost, cost_line
 
     (tmp_path / "exp.yaml").write_text("name: toy\nseeds: [0, 1]\nbase: {task: synthetic, model: tiny, rounds: 2}\n"
                                        "arms:\n  a: {algorithms: [corll]}\n")

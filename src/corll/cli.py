@@ -326,7 +326,7 @@ def experiment(
 def plan_table(spec: Experiment) -> Table:
     """`corll experiment --plan`: per arm, the runs finished and the core-hours the rest needs at the rate
     of its finished runs (one process per core: two one-thread processes halve the wall time)."""
-    from corll.experiment import plan
+    from corll.compute import plan
 
     hours = lambda h: "–" if h is None else f"{h:.2f}"  # noqa: E731
     plans = plan(spec)

@@ -37,7 +37,8 @@ from pathlib import Path
 import yaml
 from scipy import stats as scipy_stats
 
-from corll.experiment import Experiment, arm_records, finished_runs, load_experiment, run_cost, run_is_finished
+from corll.compute import compute_cost, cost_line
+from corll.experiment import Experiment, arm_records, finished_runs, load_experiment
 from corll.stats import paired_comparison, pearson_interval
 
 ALPHA = 0.05
@@ -323,36 +324,6 @@ def verdict_table(entries: list[dict]) -> str:
                      f" | {measure_label(e['measure'])} | {seeds} | {e['feedback_per_arm']} | {interval} | "
                      f"{_num(e['p'], False)} | {holm_p} | {mde_cell(e)} | {e['verdict']} |")
     return "\n".join(lines)
-
-
-def compute_cost(experiment: Experiment) -> dict:
-    """Wall time summed over the experiment's own runs (not those it shares with another): training rounds,
-    and evaluations where the runs timed them; the CPUs they ran on (from each run's config.json)."""
-    rounds, evaluations, timed, runs, cpus, complete = 0.0, 0.0, 0, 0, set(), True
-    for arm, _, run_config, folder in experiment.runs():
-        complete = complete and run_is_finished(folder, run_config)
-        cost = run_cost(folder)
-        if arm in experiment.shared or cost is None:
-            continue  # shared runs: spent once, counted by the experiment that owns them
-        runs += 1
-        rounds += cost.rounds
-        if cost.evaluations is not None:
-            evaluations, timed = evaluations + cost.evaluations, timed + 1
-        if cost.cpu:
-            cpus.add(cost.cpu)
-    return {"hours": rounds / 3600, "evaluation_hours": evaluations / 3600, "runs": runs,
-            "runs_timing_evaluations": timed, "cpus": sorted(cpus), "complete": complete}
-
-
-def cost_line(cost: dict) -> str:
-    """The compute sentence under an experiment's heading."""
-    so_far, cpus = "" if cost["complete"] else " so far", ", ".join(cost["cpus"]) or "–"
-    if cost["runs_timing_evaluations"] == 0:
-        return f"{cost['hours']:.1f} hours of training rounds{so_far} (evaluations not counted) on {cpus}"
-    timed, runs = cost["runs_timing_evaluations"], cost["runs"]
-    partly = "" if timed == runs else f" (evaluations timed by {timed} of {runs} runs; older runs did not time them)"
-    return (f"{cost['hours']:.1f} hours of training rounds and {cost['evaluation_hours']:.1f} of evaluations"
-            f"{so_far}{partly} on {cpus}")
 
 
 def sizing(entry: dict, effects: tuple[float, ...] = (0.05, 0.1, 0.2)) -> dict:
