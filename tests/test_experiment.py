@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 
 from corll.cli import app
 from corll.experiment import ExperimentError, load_experiment, run_experiment
-from corll.simulate import RunDir
+from corll.simulate import RunDir, prepare_run_dir
 
 EXPERIMENT = """
 name: tiny-grid
@@ -72,6 +72,25 @@ def test_an_interrupted_run_resumes_and_a_changed_setting_is_refused(tmp_path):
     changed = load_experiment(write(tmp_path, EXPERIMENT.replace("lr: 0.01", "lr: 0.02")), tmp_path / "out")
     with pytest.raises(ExperimentError, match="different settings \\(lr\\)"):
         run_experiment(changed)
+
+
+def test_a_run_made_with_auto_precision_counts_as_the_precision_it_resolved_to(tmp_path):
+    experiment = load_experiment(write(tmp_path), tmp_path / "out")
+    run_experiment(experiment)
+    config_file = tmp_path / "out" / "corll" / "seed-0" / "config.json"
+    saved = json.loads(config_file.read_text())
+    assert saved["precision"] == "fp32" and saved["hardware"]["precision"] == "fp32"
+    # The same run, as recorded by a machine where `auto` resolved to fp32: the fp32 experiment keeps it.
+    config_file.write_text(json.dumps({**saved, "precision": "auto"}))
+    seen = []
+    run_experiment(experiment, lambda arm, seed, done, total, record, doing: doing or seen.append((arm, seed, done)))
+    assert ("corll", 0, 4) in seen and ("corll", 0, 0) not in seen  # finished, not re-run
+    assert prepare_run_dir(config_file.parent, experiment.arms["corll"], resume=True, threads=1)[1].precision == "fp32"
+    # Where `auto` resolved to bf16, the run computed something else: refused, naming the setting.
+    config_file.write_text(json.dumps({**saved, "precision": "auto", "hardware": {**saved["hardware"], "precision": "bf16"}}))
+    with pytest.raises(ExperimentError, match="different settings \\(precision\\)"):
+        run_experiment(experiment)
+    assert prepare_run_dir(config_file.parent, experiment.arms["corll"], resume=True, threads=1)[1].precision == "bf16"
 
 
 @pytest.mark.parametrize(("edit", "message"), [

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from corll.simulate import ConfigError, RunDir, SimulationConfig, build_policy, run_simulation
+from corll.simulate import ConfigError, RunDir, SimulationConfig, build_policy, computed_settings, run_simulation
 from corll.stats import Interval, paired_comparison, t_interval
 from corll.tasks import load_task
 
@@ -220,7 +220,9 @@ def check_folder_matches(folder: Path, config: SimulationConfig) -> None:
     saved_file = RunDir(folder).config_file
     if not saved_file.exists():
         return
-    saved, wanted = json.loads(saved_file.read_text()), dataclasses.asdict(config)
+    saved, wanted = computed_settings(json.loads(saved_file.read_text())), dataclasses.asdict(config)
+    if wanted["precision"] == "auto":  # `auto` here may resolve differently from where the run started
+        saved["precision"] = "auto"
     defaults = dataclasses.asdict(SimulationConfig())  # a setting added later reads as its default
     changed = sorted(k for k in wanted if saved.get(k, defaults[k]) != wanted[k])
     if changed:

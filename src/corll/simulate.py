@@ -267,9 +267,7 @@ def prepare_run_dir(out: Path, config: SimulationConfig, resume: bool,
     if run.config_file.exists():
         if not resume:
             raise RunExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-        saved = json.loads(run.config_file.read_text())
-        saved.pop(HARDWARE_KEY, None)
-        resumed = SimulationConfig(**saved)
+        resumed = SimulationConfig(**computed_settings(json.loads(run.config_file.read_text())))
         resumed.validate()
         return run, resumed
     out.mkdir(parents=True, exist_ok=True)
@@ -278,6 +276,18 @@ def prepare_run_dir(out: Path, config: SimulationConfig, resume: bool,
 
 
 HARDWARE_KEY = "hardware"  # in config.json: where the run started, not a setting
+
+
+def computed_settings(saved: dict) -> dict:
+    """A run folder's settings as its run computes them: `auto` precision reads as what it resolved to on
+    the machine the run started on. A run resumed on another kind of CPU keeps that precision (bf16 halfway
+    through an fp32 run would change what it computes), and a run made with `auto` on an fp32 machine is the
+    same computation as one that asked for fp32."""
+    settings = {k: v for k, v in saved.items() if k != HARDWARE_KEY}
+    resolved = (saved.get(HARDWARE_KEY) or {}).get("precision")
+    if settings.get("precision") == "auto" and resolved:
+        settings["precision"] = resolved
+    return settings
 
 
 def hardware_record(config: SimulationConfig, threads: int) -> dict:
