@@ -7,10 +7,13 @@ import pytest
 from corll.verdicts import holm, minimum_detectable_effect, seeds_needed, verdict, write_results
 
 
-def write_run(root, arm: str, seed: int, records: list[dict]) -> None:
-    """One run's metrics, where an experiment keeps them: root/<arm>/seed-<i>/metrics.jsonl."""
+def write_run(root, arm: str, seed: int, records: list[dict], hardware: dict | None = None) -> None:
+    """One run's metrics, where an experiment keeps them: root/<arm>/seed-<i>/metrics.jsonl (and the machine it
+    ran on in config.json, when given)."""
     folder = root / arm / f"seed-{seed}"
     folder.mkdir(parents=True)
+    if hardware:
+        (folder / "config.json").write_text(json.dumps({"hardware": hardware}))
     (folder / "metrics.jsonl").write_text("".join(json.dumps({"algorithm": arm, "seed": seed, **r}) + "\n"
                                                   for r in records))
 
@@ -233,3 +236,12 @@ def test_the_compute_line_adds_evaluations_where_runs_timed_them(tmp_path):
                                "of 2 runs; older runs did not time them) on –")
     (tmp_path / "runs" / "a" / "seed-0").rename(tmp_path / "elsewhere")  # only the timed run is left
     assert cost_line(compute_cost(experiment)) == "1.0 hours of training rounds and 0.2 of evaluations so far on –"
+    # runs on two kinds of CPU: each kind's hours apart, not one total over machines of different speeds
+    write_run(tmp_path / "runs", "a", 0, [{"round": 0, "wall_time": 0.0}, {"round": 2, "wall_time": 720.0}],
+              hardware={"cpu": "Fast", "capability": "AMX", "precision": "fp32", "threads": 1})
+    cost = compute_cost(experiment)
+    assert [(c["cpu"], c["runs"], c["hours"]) for c in cost["by_cpu"]] == [("Fast (AMX, fp32, 1 thread)", 1, 0.2),
+                                                                           ("–", 1, 1.0)]
+    assert cost["hours"] == pytest.approx(1.2) and cost["cpus"] == ["Fast (AMX, fp32, 1 thread)"]
+    assert cost_line(cost) == ("0.2 hours of training rounds (evaluations not counted) on Fast (AMX, fp32, 1 thread) "
+                               "(1 run); 1.0 hours of training rounds and 0.2 of evaluations on – (1 run) (so far)")

@@ -80,29 +80,39 @@ def plan(experiment: Experiment) -> list[ArmPlan]:
 
 def compute_cost(experiment: Experiment) -> dict:
     """Wall time summed over the experiment's own runs (not those it shares with another): training rounds,
-    and evaluations where the runs timed them; the CPUs they ran on (from each run's config.json)."""
-    rounds, evaluations, timed, runs, cpus, complete = 0.0, 0.0, 0, 0, set(), True
+    and evaluations where the runs timed them, in all and per CPU the runs ran on (from each run's
+    config.json): machines differ several-fold in speed, so hours from two kinds do not add up to one rate."""
+    per_cpu: dict[str, dict] = {}
+    complete = True
     for arm, _, run_config, folder in experiment.runs():
         complete = complete and run_is_finished(folder, run_config)
         cost = run_cost(folder)
         if arm in experiment.shared or cost is None:
             continue  # shared runs: spent once, counted by the experiment that owns them
-        runs += 1
-        rounds += cost.rounds
+        cpu = per_cpu.setdefault(cost.cpu or "–", {"cpu": cost.cpu or "–", "runs": 0, "hours": 0.0,
+                                                   "evaluation_hours": 0.0, "runs_timing_evaluations": 0})
+        cpu["runs"] += 1
+        cpu["hours"] += cost.rounds / 3600
         if cost.evaluations is not None:
-            evaluations, timed = evaluations + cost.evaluations, timed + 1
-        if cost.cpu:
-            cpus.add(cost.cpu)
-    return {"hours": rounds / 3600, "evaluation_hours": evaluations / 3600, "runs": runs,
-            "runs_timing_evaluations": timed, "cpus": sorted(cpus), "complete": complete}
+            cpu["evaluation_hours"] += cost.evaluations / 3600
+            cpu["runs_timing_evaluations"] += 1
+    by_cpu = sorted(per_cpu.values(), key=lambda c: c["cpu"])
+    totals = {key: sum(c[key] for c in by_cpu) for key in ("hours", "evaluation_hours", "runs", "runs_timing_evaluations")}
+    return {**totals, "cpus": [c["cpu"] for c in by_cpu if c["cpu"] != "–"], "by_cpu": by_cpu, "complete": complete}
+
+
+def _spent(cost: dict, so_far: str) -> str:
+    if cost["runs_timing_evaluations"] == 0:
+        return f"{cost['hours']:.1f} hours of training rounds{so_far} (evaluations not counted)"
+    timed, runs = cost["runs_timing_evaluations"], cost["runs"]
+    partly = "" if timed == runs else f" (evaluations timed by {timed} of {runs} runs; older runs did not time them)"
+    return f"{cost['hours']:.1f} hours of training rounds and {cost['evaluation_hours']:.1f} of evaluations{so_far}{partly}"
 
 
 def cost_line(cost: dict) -> str:
-    """The compute sentence under an experiment's heading."""
-    so_far, cpus = "" if cost["complete"] else " so far", ", ".join(cost["cpus"]) or "–"
-    if cost["runs_timing_evaluations"] == 0:
-        return f"{cost['hours']:.1f} hours of training rounds{so_far} (evaluations not counted) on {cpus}"
-    timed, runs = cost["runs_timing_evaluations"], cost["runs"]
-    partly = "" if timed == runs else f" (evaluations timed by {timed} of {runs} runs; older runs did not time them)"
-    return (f"{cost['hours']:.1f} hours of training rounds and {cost['evaluation_hours']:.1f} of evaluations"
-            f"{so_far}{partly} on {cpus}")
+    """The compute sentence under an experiment's heading: one clause per CPU kind the runs ran on."""
+    so_far = "" if cost["complete"] else " so far"
+    if len(cost["by_cpu"]) <= 1:
+        return f"{_spent(cost, so_far)} on {', '.join(cost['cpus']) or '–'}"
+    return "; ".join(f"{_spent(c, '')} on {c['cpu']} ({c['runs']} run{'s' if c['runs'] != 1 else ''})" for c in cost["by_cpu"]) + \
+        ("" if cost["complete"] else " (so far)")
