@@ -171,9 +171,14 @@ def test_experiment_cli_reports_a_missing_file(tmp_path):
     assert result.exit_code == 2 and "does not exist" in " ".join(result.output.split())
 
 
-def fake_run(folder, algorithm: str, rounds: int, wall_time: float, eval_time: float | None, finished: bool) -> None:
-    """A run folder as a run leaves it: the last metrics record holds its totals; a summary once finished."""
+def fake_run(folder, algorithm: str, rounds: int, wall_time: float, eval_time: float | None, finished: bool,
+             cpu: str | None = None) -> None:
+    """A run folder as a run leaves it: the last metrics record holds its totals; a summary once finished; the
+    machine it ran on, when given."""
     folder.mkdir(parents=True)
+    if cpu:
+        (folder / "config.json").write_text(json.dumps({"hardware": {"cpu": cpu, "capability": "AVX2",
+                                                                     "precision": "fp32", "threads": 1}}))
     timed = {} if eval_time is None else {"eval_time": eval_time}
     (folder / "metrics.jsonl").write_text(json.dumps({"algorithm": algorithm, "round": rounds, "reward": 0.0,
                                                       "wall_time": wall_time, **timed}) + "\n")
@@ -199,11 +204,19 @@ def test_the_plan_estimates_what_is_left_from_each_arms_finished_runs_and_runs_n
             for line in result.output.splitlines() if line.startswith("│")}
     assert rows["corll"] == ["1/2", "1.00", "0.50", "1", "1.50"] and rows["dueling"] == ["1/2", "0.50", "–", "1", "0.50"]
     assert rows["total"][-2:] == ["2", "2.00"]
-    assert "count training rounds only" in " ".join(result.output.split())  # the dueling estimate says so
+    said = " ".join(result.output.split())
+    assert "count training rounds only" in said  # the dueling estimate says so
+    assert "at the rate of runs on other CPUs than this" in said and "corll, dueling" in said
     assert not (out / "corll" / "seed-1" / "checkpoints").exists() and not (out / "aggregate.json").exists()
     both = CliRunner().invoke(app, ["experiment", str(write(tmp_path)), "--out", str(out), "--plan",
                                     "--aggregate-only"])
     assert both.exit_code == 2 and "give one of them" in both.output
+
+    # a run finished on the asking kind of CPU gives the rate there; the other arm's rate comes from elsewhere
+    fake_run(out / "dueling" / "seed-1", "dueling", 4, 900.0, 300.0, finished=True, cpu="Fast")
+    corll, dueling = plan(load_experiment(write(tmp_path), out), here="Fast, AVX2")
+    assert (dueling.finished, dueling.rounds_hours, dueling.evaluation_hours, dueling.rate_from_here) == (2, 0.25, 1 / 12, True)
+    assert (corll.rounds_hours, corll.rate_from_here) == (1.0, False)
 
 
 PROTOCOL_EXPERIMENT = """

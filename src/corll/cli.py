@@ -326,13 +326,19 @@ def experiment(
 def plan_table(spec: Experiment) -> Table:
     """`corll experiment --plan`: per arm, the runs finished and the core-hours the rest needs at the rate
     of its finished runs (one process per core: two one-thread processes halve the wall time)."""
-    from corll.compute import plan
+    from corll.compute import machine_kind, plan
+    from corll.hardware import detect
 
     hours = lambda h: "–" if h is None else f"{h:.2f}"  # noqa: E731
-    plans = plan(spec)
+    machine = detect()
+    plans = plan(spec, machine_kind(machine.cpu, machine.capability))
     own = [p for p in plans if not p.shared_with and p.left]
     known = [p.hours_left for p in own if p.hours_left is not None]
     notes = ["core-hours per finished run, as recorded by the runs (their CPU is in each config.json)"]
+    elsewhere = [p.arm for p in own if p.hours_left is not None and not p.rate_from_here]
+    if elsewhere:
+        notes.append(f"at the rate of runs on other CPUs than this {machine.cpu} ({machine.capability}): "
+                     f"{', '.join(elsewhere)}")
     if len(known) < len(own):
         notes.append("≥: arms with no finished run yet are not in the total")
     if any(p.evaluation_hours is None for p in own if p.hours_left is not None):

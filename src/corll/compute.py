@@ -22,6 +22,7 @@ class RunCost:
     rounds: float
     evaluations: float | None
     cpu: str | None
+    machine: str | None = None  # the kind of CPU alone ("model, capability"), to tell whose rate a run gives
 
 
 def run_cost(folder: Path) -> RunCost | None:
@@ -34,7 +35,12 @@ def run_cost(folder: Path) -> RunCost | None:
     hardware = (json.loads(config_file.read_text()).get("hardware") or {}) if config_file.exists() else {}
     cpu = (f"{hardware.get('cpu')} ({hardware.get('capability')}, {hardware.get('precision')}, "
            f"{hardware.get('threads')} thread{'s' if hardware.get('threads') != 1 else ''})") if hardware else None
-    return RunCost(max(r.get("wall_time", 0.0) for r in records), max(evaluations) if evaluations else None, cpu)
+    return RunCost(max(r.get("wall_time", 0.0) for r in records), max(evaluations) if evaluations else None, cpu,
+                   machine_kind(hardware.get("cpu"), hardware.get("capability")) if hardware else None)
+
+
+def machine_kind(cpu: str | None, capability: str | None) -> str:
+    return f"{cpu}, {capability}"
 
 
 @dataclass
@@ -47,6 +53,7 @@ class ArmPlan:
     rounds_hours: float | None  # per finished run, mean
     evaluation_hours: float | None  # per finished run that timed its evaluations, mean
     shared_with: Path | None  # the runs live in (and count toward) another experiment
+    rate_from_here: bool = False  # the rate is that of runs on the machine asking (else of runs elsewhere)
 
     @property
     def left(self) -> int:
@@ -61,20 +68,24 @@ class ArmPlan:
         return self.left * (self.rounds_hours + (self.evaluation_hours or 0.0))
 
 
-def plan(experiment: Experiment) -> list[ArmPlan]:
+def plan(experiment: Experiment, here: str | None = None) -> list[ArmPlan]:
     """Per arm, what is finished and an estimate of the core-hours the rest needs, from its own finished runs:
-    what `--seeds/--arms` splits should be started, and how long they will take."""
+    what `--seeds/--arms` splits should be started, and how long they will take. Where some of an arm's runs
+    finished on the kind of CPU `here` names (`machine_kind`), the rate is theirs: CPUs differ several-fold."""
     by_arm: dict[str, list[tuple[Path, SimulationConfig]]] = defaultdict(list)
     for arm, _, run_config, folder in experiment.runs():
         by_arm[arm].append((folder, run_config))
     plans = []
     for arm, runs in by_arm.items():
         costs = [run_cost(folder) for folder, run_config in runs if run_is_finished(folder, run_config)]
+        finished = len(costs)
+        local = [c for c in costs if here is not None and c.machine == here]
+        costs = local or costs
         timed = [c.evaluations for c in costs if c.evaluations is not None]
-        plans.append(ArmPlan(arm, len(runs), len(costs),
+        plans.append(ArmPlan(arm, len(runs), finished,
                              statistics.fmean(c.rounds for c in costs) / 3600 if costs else None,
                              statistics.fmean(timed) / 3600 if timed else None,
-                             experiment.shared[arm].parent if arm in experiment.shared else None))
+                             experiment.shared[arm].parent if arm in experiment.shared else None, bool(local)))
     return plans
 
 
