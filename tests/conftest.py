@@ -7,9 +7,10 @@ from corll.simulate import SimulationConfig
 
 @pytest.fixture
 def policy():
-    """A fresh tiny LoRA policy (random 2-layer Llama, character tokenizer)."""
+    """A fresh tiny LoRA policy (random 2-layer Llama, character tokenizer), in fp32 on every CPU: the tests
+    compare its numbers with hand computations at fp32 tolerances, where `auto` would pick bf16 on bf16 CPUs."""
     torch.manual_seed(0)
-    return load_policy("tiny", lora=LoraSettings(), sampling=SamplingConfig(max_new_tokens=12))
+    return load_policy("tiny", lora=LoraSettings(), sampling=SamplingConfig(max_new_tokens=12), precision="fp32")
 
 
 def tiny_config(**overrides) -> SimulationConfig:

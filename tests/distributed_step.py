@@ -17,7 +17,7 @@ PAIRS = [PreferencePair(f"prompt {i}", chosen=f"good answer {i}", rejected=f"BAD
 
 def step(pairs, accelerator=None) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    policy = load_policy("tiny")
+    policy = load_policy("tiny", precision="fp32")
     DPOLearner(policy, DPOConfig(lr=1e-2, micro_batch_pairs=2), accelerator).step(pairs)
     return policy.trainable_state()
 

@@ -25,7 +25,7 @@ def experts(cache):
 
 def test_dpo_expert_is_trained_once_cached_and_better_than_the_reference(cache):
     torch.manual_seed(0)
-    policy = load_policy("tiny", lora=LoraSettings(), sampling=SamplingConfig(max_new_tokens=16))
+    policy = load_policy("tiny", lora=LoraSettings(), sampling=SamplingConfig(max_new_tokens=16), precision="fp32")
     task = load_task("synthetic-dpo", policy)
     [folder] = experts(cache)
     report = json.loads((folder / "report.json").read_text())
@@ -43,7 +43,7 @@ def test_dpo_expert_is_trained_once_cached_and_better_than_the_reference(cache):
     assert again.reward(flat, expert_samples) == pytest.approx(task.reward(flat, expert_samples), abs=1e-5)
     assert len(experts(cache)) == 1
     # The expert is the user, not part of the learner: a run with another seed meets the same one.
-    other_seed = load_policy("tiny", lora=LoraSettings(), sampling=SamplingConfig(max_new_tokens=16), seed=5)
+    other_seed = load_policy("tiny", lora=LoraSettings(), sampling=SamplingConfig(max_new_tokens=16), seed=5, precision="fp32")
     other_expert = load_task("synthetic-dpo", other_seed).reward.expert
     assert len(experts(cache)) == 1
     # ... whose π_0 values it shares only where its base model is the learner's (tiny models differ by seed)
@@ -60,7 +60,7 @@ def test_corll_learns_from_the_dpo_expert(cache, tmp_path):
 
 
 def test_expert_reward_scores_each_response_once_and_samples_as_the_expert_does(cache):
-    policy = load_policy("tiny", lora=LoraSettings(), sampling=SamplingConfig(max_new_tokens=12))
+    policy = load_policy("tiny", lora=LoraSettings(), sampling=SamplingConfig(max_new_tokens=12), precision="fp32")
     task = load_task("synthetic-dpo", policy)
     reward, expert = task.reward, task.reward.expert
     assert task.expert == reward.sample

@@ -14,7 +14,7 @@ BASE = ServedModel(None, None)
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     store = Store(f"sqlite:///{tmp_path_factory.mktemp('engine') / 'corll.db'}")
-    return PolicyEngine("tiny", store, batch_wait=0.2)
+    return PolicyEngine("tiny", store, batch_wait=0.2, precision="fp32")
 
 
 def request(engine, text, **kwargs):

@@ -167,7 +167,7 @@ def test_resuming_from_an_adapter_makes_it_the_reference(policy, tmp_path):
     perturb_lora(policy)
     start = policy.logprobs(PROMPTS, RESPONSES)
     policy.model.save_pretrained(tmp_path / "adapter")
-    resumed = load_policy("tiny", init_adapter=tmp_path / "adapter")
+    resumed = load_policy("tiny", init_adapter=tmp_path / "adapter", precision="fp32")
     assert torch.allclose(resumed.logprobs(PROMPTS, RESPONSES, reference=True), start, atol=1e-5)
     DPOLearner(resumed, DPOConfig(lr=5e-2)).step([PreferencePair("p", "good", "bad")])
     assert not torch.allclose(resumed.logprobs(PROMPTS, RESPONSES), start, atol=1e-3)
@@ -175,7 +175,7 @@ def test_resuming_from_an_adapter_makes_it_the_reference(policy, tmp_path):
 
 
 def test_full_finetuning_keeps_a_frozen_reference():
-    policy = load_policy("tiny", lora=None)
+    policy = load_policy("tiny", lora=None, precision="fp32")
     before, reference = policy.logprobs(PROMPTS, RESPONSES), policy.logprobs(PROMPTS, RESPONSES, reference=True)
     assert torch.allclose(reference, before, atol=1e-5)  # the same weights (the reference through packed kernels)
     DPOLearner(policy, DPOConfig(lr=1e-2)).step([PreferencePair("p", "good", "bad")])
@@ -185,17 +185,17 @@ def test_full_finetuning_keeps_a_frozen_reference():
 
 def test_policies_over_the_same_base_model_share_their_reference_values(policy, tmp_path):
     perturb_lora(policy)  # adapters differ; π_0 is the base model in both
-    other = load_policy("tiny", seed=0)
+    other = load_policy("tiny", seed=0, precision="fp32")
     assert other.share_reference(policy)
     values = other.logprobs(PROMPTS, RESPONSES, reference=True)
     assert len(policy._reference_cache) == len(PROMPTS)  # computed once, for both
     policy._reference_cache.clear()
     assert torch.allclose(values, policy.logprobs(PROMPTS, RESPONSES, reference=True), atol=1e-6)
     # not shared where π_0 differs: another base model, or a starting adapter as π_0
-    assert not load_policy("tiny", seed=1).share_reference(policy)
+    assert not load_policy("tiny", seed=1, precision="fp32").share_reference(policy)
     policy.model.save_pretrained(tmp_path / "adapter")
-    assert not load_policy("tiny", init_adapter=tmp_path / "adapter").share_reference(policy)
-    changed = load_policy("tiny", seed=0)
+    assert not load_policy("tiny", init_adapter=tmp_path / "adapter", precision="fp32").share_reference(policy)
+    changed = load_policy("tiny", seed=0, precision="fp32")
     with torch.no_grad():
         next(p for n, p in changed.model.named_parameters() if "lora_" not in n and p.dim() == 2).add_(1e-3)
     assert not changed.share_reference(policy)
@@ -212,10 +212,10 @@ def test_sampling_gives_k_responses_per_prompt_and_replays_from_a_seed(policy):
 
 
 def test_a_local_model_directory_loads_the_same_weights(tmp_path):
-    original = load_policy("tiny", lora=None, seed=3)
+    original = load_policy("tiny", lora=None, seed=3, precision="fp32")
     original.model.save_pretrained(tmp_path / "model")
     original.tokenizer.save_pretrained(tmp_path / "model")
-    local = load_policy(str(tmp_path / "model"))
+    local = load_policy(str(tmp_path / "model"), precision="fp32")
     assert torch.allclose(local.logprobs(PROMPTS, RESPONSES), original.logprobs(PROMPTS, RESPONSES), atol=1e-5)
 
 
