@@ -18,8 +18,10 @@ RESPONSES = ["a long shot of the sea, and it is lovely.", "Hi there!"]
 
 @pytest.fixture(scope="module")
 def smol():
+    """fp32 weights on every CPU: the bf16 test switches to bf16 itself (autocast), the others compare at fp32
+    tolerances; `auto` would load bf16 weights where the CPU computes bf16 natively."""
     torch.manual_seed(0)
-    return load_policy("smollm2-135m-instruct", sampling=SamplingConfig(max_new_tokens=16))
+    return load_policy("smollm2-135m-instruct", sampling=SamplingConfig(max_new_tokens=16), precision="fp32")
 
 
 def test_bundled_model_uses_its_chat_template_and_samples(smol):
