@@ -40,6 +40,7 @@ def run_cost(folder: Path) -> RunCost | None:
 
 
 def machine_kind(cpu: str | None, capability: str | None) -> str:
+    """A kind of CPU as `plan` matches it: model and vector capability, not the run's precision or threads."""
     return f"{cpu}, {capability}"
 
 
@@ -108,7 +109,8 @@ def compute_cost(experiment: Experiment) -> dict:
             cpu["evaluation_hours"] += cost.evaluations / 3600
             cpu["runs_timing_evaluations"] += 1
     by_cpu = sorted(per_cpu.values(), key=lambda c: c["cpu"])
-    totals = {key: sum(c[key] for c in by_cpu) for key in ("hours", "evaluation_hours", "runs", "runs_timing_evaluations")}
+    totals = {key: sum(c[key] for c in by_cpu)
+              for key in ("hours", "evaluation_hours", "runs", "runs_timing_evaluations")}
     return {**totals, "cpus": [c["cpu"] for c in by_cpu if c["cpu"] != "–"], "by_cpu": by_cpu, "complete": complete}
 
 
@@ -117,7 +119,8 @@ def _spent(cost: dict, so_far: str) -> str:
         return f"{cost['hours']:.1f} hours of training rounds{so_far} (evaluations not counted)"
     timed, runs = cost["runs_timing_evaluations"], cost["runs"]
     partly = "" if timed == runs else f" (evaluations timed by {timed} of {runs} runs; older runs did not time them)"
-    return f"{cost['hours']:.1f} hours of training rounds and {cost['evaluation_hours']:.1f} of evaluations{so_far}{partly}"
+    return (f"{cost['hours']:.1f} hours of training rounds and {cost['evaluation_hours']:.1f} of evaluations"
+            f"{so_far}{partly}")
 
 
 def cost_line(cost: dict) -> str:
@@ -125,5 +128,6 @@ def cost_line(cost: dict) -> str:
     so_far = "" if cost["complete"] else " so far"
     if len(cost["by_cpu"]) <= 1:
         return f"{_spent(cost, so_far)} on {', '.join(cost['cpus']) or '–'}"
-    return "; ".join(f"{_spent(c, '')} on {c['cpu']} ({c['runs']} run{'s' if c['runs'] != 1 else ''})" for c in cost["by_cpu"]) + \
-        ("" if cost["complete"] else " (so far)")
+    clauses = [f"{_spent(c, '')} on {c['cpu']} ({c['runs']} run{'s' if c['runs'] != 1 else ''})"
+               for c in cost["by_cpu"]]
+    return "; ".join(clauses) + ("" if cost["complete"] else " (so far)")
