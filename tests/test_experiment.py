@@ -4,7 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from corll.cli import app
-from corll.experiment import ExperimentError, load_experiment, run_experiment
+from corll.experiment import ExperimentError, aggregate, load_experiment, run_experiment
 from corll.simulate import RunDir, prepare_run_dir
 
 EXPERIMENT = """
@@ -54,24 +54,42 @@ def test_experiment_runs_the_grid_aggregates_and_skips_finished_runs(tmp_path):
     assert seen == [("corll", 0, 4), ("dueling", 0, 4), ("corll", 1, 4), ("dueling", 1, 4)]  # nothing re-run
 
 
-def test_an_interrupted_run_resumes_and_a_changed_setting_is_refused(tmp_path):
-    experiment = load_experiment(write(tmp_path), tmp_path / "out")
+class Stop(Exception):
+    pass
 
-    class Stop(Exception):
-        pass
 
-    def stop_in_second_run(arm, seed, done, total, record, doing):
-        if (arm, seed, done) == ("dueling", 0, 3):
+def run_until(experiment, arm: str, seed: int, done: int) -> None:
+    """Run the grid and interrupt it as `arm`'s run at `seed` is about to report round `done`, as a killed
+    process would be: the runs before it finished, that one saved its last checkpoint."""
+    def stop(*progress):
+        if progress[:3] == (arm, seed, done):
             raise Stop
 
     with pytest.raises(Stop):
-        run_experiment(experiment, stop_in_second_run)
+        run_experiment(experiment, stop)
+
+
+def test_an_interrupted_run_resumes_and_a_changed_setting_is_refused(tmp_path):
+    experiment = load_experiment(write(tmp_path), tmp_path / "out")
+    run_until(experiment, "dueling", 0, 3)
     starts = []
     run_experiment(experiment, lambda arm, seed, done, total, record, doing: starts.append((arm, seed, done)))
     assert ("dueling", 0, 2) in starts and ("dueling", 0, 0) not in starts  # resumed from its checkpoint
     changed = load_experiment(write(tmp_path, EXPERIMENT.replace("lr: 0.01", "lr: 0.02")), tmp_path / "out")
     with pytest.raises(ExperimentError, match="different settings \\(lr\\)"):
         run_experiment(changed)
+
+
+def test_a_run_still_going_is_left_out_of_the_curves_while_its_arm_has_a_finished_seed(tmp_path):
+    experiment = load_experiment(write(tmp_path), tmp_path / "out")
+    run_until(experiment, "corll", 1, 3)
+    corll = aggregate(experiment)["arms"]["corll"]
+    finished = RunDir(tmp_path / "out" / "corll" / "seed-0").read_metrics()
+    going = RunDir(tmp_path / "out" / "corll" / "seed-1").read_metrics()
+    assert [r["round"] for r in going] == [0, 2] and going[0]["reward"] != finished[0]["reward"]
+    assert corll["finished_seeds"] == [0]
+    assert [p["seeds"] for p in corll["curve"]] == [1, 1, 1]  # seed 1 (rounds 0 and 2 so far) is not averaged in
+    assert [p["reward"]["mean"] for p in corll["curve"]] == pytest.approx([r["reward"] for r in finished])
 
 
 def test_a_run_made_with_auto_precision_counts_as_the_precision_it_resolved_to(tmp_path):

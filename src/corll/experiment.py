@@ -344,19 +344,8 @@ def aggregate(experiment: Experiment) -> dict:
     result: dict = {"name": experiment.name, "seeds": experiment.seeds, "arms": {}}
     costs: dict[str, dict[int, float]] = {}  # arm -> seed -> cumulative cost, for the protocol's arms
     for arm, by_seed in records.items():
-        rounds = sorted({r["round"] for recs in by_seed.values() for r in recs})
-        curve = []
-        for rnd in rounds:
-            at = [r for recs in by_seed.values() for r in recs if r["round"] == rnd]
-            point = {"round": rnd, "feedback": statistics.fmean(r["feedback"] for r in at),
-                     "queries": statistics.fmean(r["queries"] for r in at), "seeds": len(at)}
-            for metric in METRICS:
-                values = [r[metric] for r in at if r.get(metric) is not None]
-                if values:
-                    point[metric] = _interval_dict(t_interval(values))
-            curve.append(point)
         finished = finished_runs(by_seed, experiment.arms[arm])
-        entry = {"curve": curve, "finished_seeds": sorted(finished)}
+        entry = {"curve": curve(finished or by_seed), "finished_seeds": sorted(finished)}
         if finished:
             entry["final_reward"] = _interval_dict(t_interval([recs[-1]["reward"] for recs in finished.values()]))
             entry["gain"] = _interval_dict(t_interval([recs[-1]["reward"] - recs[0]["reward"]
@@ -384,8 +373,25 @@ def aggregate(experiment: Experiment) -> dict:
     return result
 
 
+def curve(by_seed: dict[int, list[dict]]) -> list[dict]:
+    """Per evaluation round, a t interval over the seeds given for every metric. `aggregate` passes the
+    finished runs (or, while none has finished, the runs going), so every point of a curve averages the same
+    seeds: a run still going would otherwise pull the early points toward its seed alone."""
+    points = []
+    for rnd in sorted({r["round"] for recs in by_seed.values() for r in recs}):
+        at = [r for recs in by_seed.values() for r in recs if r["round"] == rnd]
+        point = {"round": rnd, "feedback": statistics.fmean(r["feedback"] for r in at),
+                 "queries": statistics.fmean(r["queries"] for r in at), "seeds": len(at)}
+        for metric in METRICS:
+            values = [r[metric] for r in at if r.get(metric) is not None]
+            if values:
+                point[metric] = _interval_dict(t_interval(values))
+        points.append(point)
+    return points
+
+
 def finished_runs(by_seed: dict[int, list[dict]], config: SimulationConfig) -> dict[int, list[dict]]:
-    """The seeds whose run reached its last round (a run still going is left out of final figures)."""
+    """The seeds whose run reached its last round (a run still going is left out of finals and curves)."""
     return {seed: recs for seed, recs in by_seed.items() if recs[-1]["round"] == config.rounds}
 
 
