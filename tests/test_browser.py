@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
@@ -48,7 +49,10 @@ def site(tmp_path, browser):
 
 
 def wait(driver, condition, timeout: float = 60):
-    return WebDriverWait(driver, timeout).until(lambda d: condition(d))
+    """Poll `condition` until it holds. A view that re-renders replaces the elements a poll has just found,
+    so a stale element means "look again", as a missing one does (the page is still changing)."""
+    return WebDriverWait(driver, timeout, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda d: condition(d))
 
 
 def sign_in(driver, url: str, key: str) -> None:
