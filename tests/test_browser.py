@@ -51,8 +51,7 @@ def site(tmp_path, browser):
 def wait(driver, condition, timeout: float = 60):
     """Poll `condition` until it holds. A view that re-renders replaces the elements a poll has just found,
     so a stale element means "look again", as a missing one does (the page is still changing)."""
-    return WebDriverWait(driver, timeout, ignored_exceptions=[StaleElementReferenceException]).until(
-        lambda d: condition(d))
+    return WebDriverWait(driver, timeout, ignored_exceptions=[StaleElementReferenceException]).until(condition)
 
 
 def sign_in(driver, url: str, key: str) -> None:
