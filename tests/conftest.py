@@ -1,3 +1,5 @@
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -24,6 +26,22 @@ def tiny_config(**overrides) -> SimulationConfig:
 def without_time(records: list[dict]) -> list[dict]:
     """Metrics records without their timings, the one part a replayed run cannot reproduce."""
     return [{k: v for k, v in r.items() if k not in ("wall_time", "eval_time")} for r in records]
+
+
+class Interrupted(Exception):
+    """Where `interrupt_at` kills a run."""
+
+
+def interrupt_at(run: Callable[[Callable], object], *where) -> None:
+    """Call `run(progress)` and kill it as its progress callback first reports `where` (the callback's leading
+    arguments, e.g. an algorithm and a round, or an arm, a seed and a round), as a killed process would die:
+    the work before it finished and the run in progress keeps its last checkpoint."""
+    def progress(*reported):
+        if reported[:len(where)] == where:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run(progress)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from corll.feedback import Edit, PreferencePair, edit_costs, relative_cost
 from corll.learners.dpo import DPOConfig, DPOLearner
 from corll.learners.edits import EarlyEnsemble, Exp3, LateEnsemble, kept_text, sft_loss
 from corll.simulate import RunDir, run_simulation
-from tests.conftest import tiny_config, without_time
+from tests.conftest import interrupt_at, tiny_config, without_time
 
 
 # The late ensemble lets its bandit pick members by observed edit cost, so it is tested where R* is minus
@@ -107,16 +107,7 @@ def test_the_early_ensemble_adds_its_three_weighted_losses(policy):
 def test_an_interrupted_late_ensemble_resumes_exactly(tmp_path):
     config = tiny_config(algorithms=["ensemble-late"], rounds=4, eval_every=2, checkpoint_every=2)
     full = run_simulation(config, tmp_path / "full")
-
-    class Stop(Exception):
-        pass
-
-    def stop(name, done, record, doing):
-        if done == 3:
-            raise Stop
-
-    with pytest.raises(Stop):
-        run_simulation(config, tmp_path / "cut", progress=stop)
+    interrupt_at(lambda progress: run_simulation(config, tmp_path / "cut", progress=progress), "ensemble-late", 3)
     cut = run_simulation(config, tmp_path / "cut", resume=True)
     # the bandit's choices are reported by name, one per online round, and survive the interruption
     chosen = full["ensemble-late"]["chosen"]

@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 from corll.cli import app
 from corll.experiment import ExperimentError, aggregate, load_experiment, run_experiment
 from corll.simulate import RunDir, prepare_run_dir
+from tests.conftest import interrupt_at
 
 EXPERIMENT = """
 name: tiny-grid
@@ -54,19 +55,9 @@ def test_experiment_runs_the_grid_aggregates_and_skips_finished_runs(tmp_path):
     assert seen == [("corll", 0, 4), ("dueling", 0, 4), ("corll", 1, 4), ("dueling", 1, 4)]  # nothing re-run
 
 
-class Stop(Exception):
-    pass
-
-
 def run_until(experiment, arm: str, seed: int, done: int) -> None:
-    """Run the grid and interrupt it as `arm`'s run at `seed` is about to report round `done`, as a killed
-    process would be: the runs before it finished, that one saved its last checkpoint."""
-    def stop(*progress):
-        if progress[:3] == (arm, seed, done):
-            raise Stop
-
-    with pytest.raises(Stop):
-        run_experiment(experiment, stop)
+    """Run the grid and kill it as `arm`'s run at `seed` is about to report round `done`."""
+    interrupt_at(lambda progress: run_experiment(experiment, progress), arm, seed, done)
 
 
 def test_an_interrupted_run_resumes_and_a_changed_setting_is_refused(tmp_path):

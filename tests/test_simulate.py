@@ -6,7 +6,7 @@ import torch
 import corll.learners.dpo as dpo_module
 from corll.learners import NonFiniteLossError
 from corll.simulate import RunDir, run_simulation
-from tests.conftest import tiny_config, without_time
+from tests.conftest import interrupt_at, tiny_config, without_time
 
 
 def rewards(out, algorithm):
@@ -32,20 +32,11 @@ def test_same_seed_gives_same_metrics_and_different_seed_does_not(tmp_path):
     assert [r["reward"] for r in a] != [r["reward"] for r in c]
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_resume_continues_from_the_checkpoint_and_matches_an_uninterrupted_run(tmp_path):
     config = tiny_config(algorithms=["corll"], rounds=10)
     run_simulation(config, tmp_path / "full")
 
-    def stop_at_round_7(name, done, record, doing):
-        if done == 7:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run_simulation(config, tmp_path / "cut", progress=stop_at_round_7)
+    interrupt_at(lambda progress: run_simulation(config, tmp_path / "cut", progress=progress), "corll", 7)
     assert torch.load(RunDir(tmp_path / "cut").checkpoint("corll"), weights_only=False)["state"]["round"] == 5
     seen = []
     run_simulation(config, tmp_path / "cut", resume=True, progress=lambda n, d, r, doing: seen.append(d))
