@@ -46,7 +46,7 @@ def test_logprob_of_a_choice_equals_a_forward_pass_and_n_choices_differ(engine):
                                     ["input_ids"]] == [t.token for t in c.logprobs]]
     assert plain
     scored = engine.policy.logprobs(["Count."] * len(plain), [c.text for c in plain])
-    assert torch.allclose(torch.tensor([c.logprob for c in plain]), scored, atol=1e-3)
+    assert torch.allclose(torch.tensor([c.logprob for c in plain]), scored.cpu(), atol=1e-3)
     first = choices[0].logprobs[0]
     assert len(choices[0].logprobs) == 16 and len(first.top) == 2
     assert first.top[0][1] >= first.top[1][1] and first.top[0][1] >= first.logprob - 1e-6

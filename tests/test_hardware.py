@@ -72,6 +72,20 @@ def test_load_policy_resolves_auto_by_the_hardware(monkeypatch):
     assert load_policy("tiny").precision == "bf16"
 
 
+def test_models_compute_on_the_gpu_a_launch_assigns_and_a_policy_kept_on_the_cpu_trains_there(monkeypatch):
+    from corll.learners.dpo import make_accelerator
+
+    policy = load_policy("tiny", precision="fp32", device="cpu")
+    assert policy.device.type == "cpu" and make_accelerator(policy.device).device.type == "cpu"
+    monkeypatch.setattr(hardware, "detect", lambda: Hardware("cuda", "NVIDIA H200", "CUDA", True, 16))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert hardware.compute_device() == "cuda:0"
+    monkeypatch.setenv("LOCAL_RANK", "3")  # the fourth process of an `accelerate launch`
+    assert hardware.compute_device() == "cuda:3"
+    monkeypatch.setattr(hardware, "detect", lambda: AVX2)
+    assert hardware.compute_device() == "cpu"
+
+
 def test_simulate_says_the_choice_and_records_it_in_config_json(tmp_path, monkeypatch):
     monkeypatch.setattr(hardware, "detect", lambda: AVX2)
     out = tmp_path / "run"

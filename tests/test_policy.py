@@ -16,7 +16,7 @@ def per_token_reference(policy, prompt, response):
     """log π(y|x) by a plain loop over the response tokens of one unpadded sequence."""
     prompt_ids = policy.prompt_ids(prompt)
     response_ids = policy.tokenizer(response, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prompt_ids + response_ids])
+    ids = torch.tensor([prompt_ids + response_ids], device=policy.device)
     with torch.no_grad():
         logits = policy.model(input_ids=ids).logits[0]
     total = 0.0
@@ -38,15 +38,15 @@ def test_logprobs_match_a_per_token_loop(policy):
     perturb_lora(policy)
     batched = policy.logprobs(PROMPTS, RESPONSES)
     loop = torch.tensor([per_token_reference(policy, x, y) for x, y in zip(PROMPTS, RESPONSES)])
-    assert torch.allclose(batched, loop, atol=1e-4)
+    assert torch.allclose(batched.cpu(), loop, atol=1e-4)
 
 
 def test_logprobs_identical_under_left_and_right_padding(policy):
     perturb_lora(policy)
     prompt_ids = [policy.prompt_ids(x) for x in PROMPTS]
     with torch.no_grad():
-        left = sequence_logprobs(policy.model, encode_responses(policy.tokenizer, prompt_ids, RESPONSES, "left"))
-        right = sequence_logprobs(policy.model, encode_responses(policy.tokenizer, prompt_ids, RESPONSES, "right"))
+        left, right = (sequence_logprobs(policy.model, encode_responses(policy.tokenizer, prompt_ids, RESPONSES, side)
+                                         .to(policy.device)) for side in ("left", "right"))
     assert torch.allclose(left, right, atol=1e-4)
 
 
@@ -73,7 +73,8 @@ def test_a_whole_text_is_scored_with_its_end(policy):
     for row, (x, y) in enumerate(zip(PROMPTS, RESPONSES)):
         ids = policy.prompt_ids(x) + policy.tokenizer(y, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
-            stop = torch.log_softmax(policy.model(input_ids=torch.tensor([ids])).logits[0, -1], -1)[eos].item()
+            logits = policy.model(input_ids=torch.tensor([ids], device=policy.device)).logits
+            stop = torch.log_softmax(logits[0, -1], -1)[eos].item()
         assert whole[row].item() == pytest.approx(per_token_reference(policy, x, y) + stop, abs=1e-4)
     prefix = policy.logprobs(PROMPTS, RESPONSES, reference=True)
     ended = policy.logprobs(PROMPTS, RESPONSES, reference=True, ends=[True] * 3)
@@ -98,14 +99,14 @@ def test_a_prompt_shared_by_several_rows_is_encoded_once_and_scores_like_separat
     responses = ["abc def", "z", "", "the quick brown fox", "q"]
     shared = policy.encode(prompts, responses)
     assert shared.prompt_ids.shape[0] == 3 and shared.row_prompt.tolist() == [0, 1, 0, 0, 2]
-    whole = encode_responses(policy.tokenizer, [policy.prompt_ids(x) for x in prompts], responses)
+    whole = encode_responses(policy.tokenizer, [policy.prompt_ids(x) for x in prompts], responses).to(policy.device)
     values = {}
     for name, batch in (("shared", shared), ("whole", whole)):
         policy.model.zero_grad()
         logps = sequence_logprobs(policy.model, batch)
-        (logps * torch.arange(1.0, 6.0)).sum().backward()
+        (logps * torch.arange(1.0, 6.0, device=policy.device)).sum().backward()
         grads = torch.cat([p.grad.flatten() for p in policy.trainable_parameters()])
-        values[name] = (logps.detach(), grads)
+        values[name] = (logps.detach().cpu(), grads)
     assert torch.allclose(values["shared"][0], values["whole"][0], atol=1e-4)
     assert values["shared"][0][2] == 0  # an empty response has log-probability 0
     loop = torch.tensor([per_token_reference(policy, x, y) for x, y in zip(prompts, responses)])

@@ -57,7 +57,8 @@ def pack_frozen_linears(model: torch.nn.Module) -> int:
 def fast_inference(policy: Policy) -> Policy:
     """In fp32 on a CPU, the policy's (and its frozen reference's) frozen weights run through the prepacked
     kernels whenever no gradient is taken. Set CORLL_PACKED_KERNELS=0 to compare or to save the memory."""
-    if policy.precision == "fp32" and available() and os.environ.get("CORLL_PACKED_KERNELS", "1") != "0":
+    if (policy.precision == "fp32" and policy.device.type == "cpu" and available()
+            and os.environ.get("CORLL_PACKED_KERNELS", "1") != "0"):
         for model in (policy.model, policy._reference_model):
             if model is not None:
                 pack_frozen_linears(model)

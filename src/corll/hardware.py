@@ -114,6 +114,15 @@ def detect() -> Hardware:
     return Hardware("cpu", cpu_model(), capability, native, cpus)
 
 
+def compute_device() -> str:
+    """Where models compute: this process's GPU when CUDA is available (under a multi-GPU launch, the one
+    its LOCAL_RANK names, as `accelerate` assigns them), else the CPU. CUDA_VISIBLE_DEVICES="" keeps a GPU
+    machine on its CPU."""
+    if detect().device != "cuda":
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
+
 @dataclass(frozen=True)
 class PrecisionChoice:
     precision: str  # fp32 | bf16

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from torch import nn
 from corll.cpu_kernels import fast_inference
 from corll.config import SMOLLM2, TINY, resolve_model
 from corll.feedback import Prompt
-from corll.hardware import choose_precision
+from corll.hardware import choose_precision, compute_device
 from corll.memo import Memo
 from corll.models import CHATML_TEMPLATE, smollm2_dir, tiny_model, tiny_tokenizer
 
@@ -69,6 +70,9 @@ class EncodedBatch:
     attention_mask: torch.Tensor
     response_mask: torch.Tensor
 
+    def to(self, device: torch.device | str) -> EncodedBatch:
+        return EncodedBatch(*(t.to(device) for t in dataclasses.astuple(self)))
+
 
 @dataclass
 class SharedPromptBatch:
@@ -87,6 +91,9 @@ class SharedPromptBatch:
     def tokens(self) -> int:
         """Token positions the forward pass computes (the work, for FLOP counts)."""
         return int(self.prompt_mask.sum() + self.response_mask.sum())
+
+    def to(self, device: torch.device | str) -> SharedPromptBatch:
+        return SharedPromptBatch(*(t.to(device) for t in dataclasses.astuple(self)))
 
 
 def encode_responses(
@@ -148,7 +155,7 @@ def shared_prompt_logprobs(model: nn.Module, batch: SharedPromptBatch) -> torch.
     cache.reorder_cache(batch.row_prompt)
     prompt_lengths = batch.prompt_mask.sum(-1)[batch.row_prompt]
     length = batch.response_ids.shape[1]
-    positions = prompt_lengths[:, None] + torch.arange(length)[None, :]
+    positions = prompt_lengths[:, None] + torch.arange(length, device=prompt_lengths.device)[None, :]
     mask = torch.cat([batch.prompt_mask[batch.row_prompt], batch.response_mask], dim=1)
     logits = model(input_ids=batch.response_ids, attention_mask=mask, position_ids=positions,
                    cache=cache, use_cache=True, logits_to_keep=length).logits
@@ -237,7 +244,7 @@ class TokenLogprobs:
         """Per row, the sum over the sampled tokens before EOS (`tokens`: -1 from EOS on)."""
         if self.previous is not None and len(self.steps) < tokens.shape[1]:
             self.steps.append(self.previous.gather(1, tokens[:, -1:].clamp(min=0)).squeeze(1))
-        values = torch.stack(self.steps, 1) if self.steps else torch.zeros(tokens.shape[0], 0)
+        values = torch.stack(self.steps, 1) if self.steps else torch.zeros(tokens.shape[0], 0, device=tokens.device)
         return (values * (tokens >= 0)).sum(1)
 
 
@@ -321,16 +328,23 @@ class Policy:
             if "lora_" in name:
                 param.requires_grad = f".{adapter}." in name
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model computes (the CPU, or a GPU); every tensor handed to it is made there."""
+        return next(self.model.parameters()).device
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast (weights and gradients stay fp32) when precision is 'bf16'."""
-        device = next(self.model.parameters()).device.type
-        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     @contextlib.contextmanager
     def training_attention(self) -> Iterator[None]:
-        """Eager attention for a block with gradients. On CPU, the fused SDPA kernel samples
-        fastest, but its backward makes a DPO step on SmolLM2 ~1.3x slower than eager
-        attention (docs/performance.md); both compute the same function."""
+        """Eager attention for a block with gradients, on a CPU. There the fused SDPA kernel samples
+        fastest, but its backward makes a DPO step on SmolLM2 ~1.3x slower than eager attention
+        (docs/performance.md); both compute the same function. A GPU keeps its fused kernels."""
+        if self.device.type != "cpu":
+            yield
+            return
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         previous = base.config._attn_implementation
         base.set_attn_implementation("eager")
@@ -370,8 +384,8 @@ class Policy:
         prompt_ids = [self.prompt_ids(p, system) for p in prompts]
         width = max(len(p) for p in prompt_ids)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids])
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=self.device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=self.device)
         context = self.reference() if use_reference else contextlib.nullcontext(self.model)
         with context as model, self.autocast():
             was_training = model.training
@@ -396,8 +410,8 @@ class Policy:
     def encode(self, prompts: Sequence[Prompt], responses: Sequence[str],
                ends: Sequence[bool] | None = None) -> SharedPromptBatch:
         """Prompts and responses for `sequence_logprobs`, each distinct prompt encoded once; a response
-        marked in `ends` is scored as a whole text (with its end-of-text token)."""
-        return encode_shared(self.tokenizer, [self.prompt_ids(p) for p in prompts], responses, ends)
+        marked in `ends` is scored as a whole text (with its end-of-text token). On the model's device."""
+        return encode_shared(self.tokenizer, [self.prompt_ids(p) for p in prompts], responses, ends).to(self.device)
 
     def logprobs(self, prompts: Sequence[Prompt], responses: Sequence[str], *, reference: bool = False,
                  ends: Sequence[bool] | None = None) -> torch.Tensor:
@@ -412,7 +426,7 @@ class Policy:
                                    [ends[i] for i in todo]).tolist()
 
         keys = [(prompt_key(x), y, end) for x, y, end in zip(prompts, responses, ends)]
-        return torch.tensor(self._reference_cache.get(keys, compute))
+        return torch.tensor(self._reference_cache.get(keys, compute), device=self.device)
 
     def _score(self, model: nn.Module, prompts: Sequence[Prompt], responses: Sequence[str],
                ends: Sequence[bool]) -> torch.Tensor:
@@ -451,10 +465,11 @@ class Policy:
 
 def load_policy(name: str, *, lora: LoraSettings | None = LoraSettings(), init_adapter: str | Path | None = None,
                 sampling: SamplingConfig | None = None, precision: str = "auto", cache_dir: Path | None = None,
-                seed: int = 0) -> Policy:
+                seed: int = 0, device: str | None = None) -> Policy:
     """Load a policy by name: 'smollm2-135m-instruct', 'tiny', or a local model directory.
 
     `precision` is fp32, bf16, or auto: bf16 where the hardware computes it natively, else fp32.
+    `device` is where it computes: by default this process's GPU where CUDA is available, else the CPU.
     `lora=None` means full fine-tuning (the reference is then a frozen copy). With
     `init_adapter`, training starts from that adapter and π_0 is a frozen copy of it.
     """
@@ -468,7 +483,10 @@ def load_policy(name: str, *, lora: LoraSettings | None = LoraSettings(), init_a
     else:
         directory = smollm2_dir(cache_dir) if name == SMOLLM2 else Path(name)
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+        # No Hub kernels: transformers would fetch them from the Hub on a GPU the first time the model runs,
+        # and corll runs offline; the model's own PyTorch layers compute the same function.
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, use_kernels=False)
+    model.to(device or compute_device())  # before LoRA and the reference copy: both are made beside it
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:

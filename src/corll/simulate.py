@@ -339,10 +339,12 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
 
     checkpoint = run.checkpoint(name)
     if checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
+        saved = torch.load(checkpoint, weights_only=False, map_location="cpu")
         policy.load_trainable_state(saved["trainable"])
         learner_of(algorithm).load_state_dict(saved["learner"])
         torch.set_rng_state(saved["rng"])
+        if "cuda_rng" in saved and torch.cuda.is_available():  # sampling on a GPU draws from its generator
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
         stream.cursor = saved["cursor"]
         state = {**state, **saved["state"], "interval": Interval(**saved["state"]["interval"])}
     run.keep_metrics(name, state["round"] if checkpoint.exists() else -1)
@@ -405,6 +407,7 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
             run.save_checkpoint(name, {
                 "trainable": policy.trainable_state(), "learner": learner_of(algorithm).state_dict(),
                 "rng": torch.get_rng_state(), "cursor": stream.cursor,
+                **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
                 "state": {**state, "interval": dataclasses.asdict(state["interval"])},
             })
         progress(name, state["round"], record, "")

@@ -15,15 +15,17 @@ import torch
 from accelerate import Accelerator
 
 from corll.feedback import PreferencePair
+from corll.hardware import compute_device
 from corll.losses import dpo_loss, dpo_margin, sft_nll
 from corll.policy import Policy, sequence_logprobs
 
 
-def make_accelerator() -> Accelerator:
-    """An Accelerator for this machine. Without CUDA it is told so (`cpu=True`): then a launch with
-    several processes (`accelerate launch --multi_gpu --num_processes 2`) runs data-parallel
-    over gloo instead of silently training each process alone."""
-    return Accelerator(cpu=not torch.cuda.is_available())
+def make_accelerator(device: str | torch.device | None = None) -> Accelerator:
+    """An Accelerator for `device` (default: where this process's models compute, `compute_device`). On a
+    CPU it is told so (`cpu=True`): then a launch with several processes (`accelerate launch --multi_gpu
+    --num_processes 2`) runs data-parallel over gloo instead of silently training each process alone, and
+    a policy kept on the CPU of a GPU machine is not moved to the GPU behind its back."""
+    return Accelerator(cpu=torch.device(device or compute_device()).type == "cpu")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -63,7 +65,7 @@ class PolicyOptimizer:
     def __init__(self, policy: Policy, lr: float, *, warmup_steps: int = 0, max_grad_norm: float = 10.0,
                  weight_decay: float = 0.0, accelerator: Accelerator | None = None) -> None:
         self.policy, self.max_grad_norm = policy, max_grad_norm
-        self.accelerator = accelerator or make_accelerator()
+        self.accelerator = accelerator or make_accelerator(policy.device)
         params = policy.trainable_parameters()
         # Decoupled weight decay on a LoRA adapter pulls it toward zero, i.e. the policy toward π_0.
         optimizer = (torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay) if weight_decay

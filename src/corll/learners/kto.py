@@ -65,7 +65,7 @@ class KTOLearner:
             part = slice(start, start + cfg.micro_batch)
             with self.policy.training_attention(), self.policy.autocast():
                 logps = sequence_logprobs(self.optim.model, self.policy.encode(prompts[part], responses[part]))
-            labels = torch.tensor([e.loved for e in examples[part]])
+            labels = torch.tensor([e.loved for e in examples[part]], device=self.policy.device)
             loss = kto_loss(logps, ref[part], labels, z0, beta=cfg.beta, desirable_weight=desirable_weight,
                             undesirable_weight=cfg.undesirable_weight).sum() / n
             self.optim.backward(loss, f"KTO loss on {n} examples")

@@ -105,7 +105,8 @@ class RLOO:
         prompts = next_prompts(self.batch_size)
         samples = self.policy.sample(prompts, self.n)
         xs, ys = [x for x in prompts for _ in range(self.n)], [y for s in samples for y in s]
-        scores = torch.tensor(self.reward(xs, ys), dtype=torch.float32).view(len(prompts), self.n)
+        scores = torch.tensor(self.reward(xs, ys), dtype=torch.float32, device=self.policy.device)
+        scores = scores.view(len(prompts), self.n)
         with torch.no_grad():
             kl = (self.policy.logprobs(xs, ys) - self.policy.logprobs(xs, ys, reference=True)).view_as(scores)
         shaped = scores - self.beta * kl

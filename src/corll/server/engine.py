@@ -18,8 +18,10 @@ batch (up to floating-point ties). Text streams out as it is decoded: a token
 that ends inside a multi-byte character, or text that may be the start of a stop
 string, is held back until it is certain.
 
-A GPU deployment would put an engine with the same `submit` behind the same
-server (vLLM with its multi-LoRA support); the README says what that involves.
+On a GPU the model computes there while the scheduler's bookkeeping (token ids, masks, each
+request's generator) stays on the CPU, so a seed draws from the same random stream on either. A GPU deployment
+at scale would put an engine with the same `submit` behind the same server (vLLM with its
+multi-LoRA support); the README says what that involves.
 """
 
 from __future__ import annotations
@@ -333,18 +335,22 @@ class PolicyEngine:
         through the engine's own fresh adapter, whose zero LoRA update leaves the base model's output
         exactly as it is (peft's `disable_adapter` would cost a walk over every module per step)."""
         mixed = {"adapter_names": adapters} if any(a != BASE_ADAPTER for a in adapters) else {}
+        device = self.policy.device  # the scheduler's bookkeeping (ids, masks) stays on the CPU
         with self.policy.autocast():
-            out = self.policy.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                                    cache=cache, use_cache=True, logits_to_keep=1, **mixed)
+            out = self.policy.model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                    position_ids=positions.to(device), cache=cache, use_cache=True,
+                                    logits_to_keep=1, **mixed)
         return out.logits[:, -1]
 
     def _advance(self, rows: list[_Row], logits: torch.Tensor) -> set[int]:
         """Sample each row's next token and send the text that became certain; returns the rows that ended."""
         logps = torch.log_softmax(logits, dim=-1)  # the model's own log π, before temperature and top-k/p
+        tokens = self._sample(rows, logits)
+        drawn = logps.gather(1, torch.tensor(tokens, device=logps.device)[:, None]).squeeze(1).tolist()
         finished = set()
-        for i, (row, token) in enumerate(zip(rows, self._sample(rows, logits))):
+        for i, (row, token) in enumerate(zip(rows, tokens)):
             request = row.stream.request
-            row.logprob += logps[i, token].item()
+            row.logprob += drawn[i]
             reason = "stop" if token in self.eos else None
             if reason is None:
                 row.tokens.append(token)
@@ -367,14 +373,17 @@ class PolicyEngine:
         """Next tokens: temperature, then top-k, then top-p (as `generate` applies them), computed for the
         whole batch at once; the draw itself uses each request's own generator."""
         requests = [r.stream.request for r in rows]
-        temperature = torch.tensor([max(q.temperature, GREEDY_BELOW) for q in requests])
+        device = logits.device
+        temperature = torch.tensor([max(q.temperature, GREEDY_BELOW) for q in requests], device=device)
         widest = max(q.top_k if 0 < q.top_k < logits.shape[1] else logits.shape[1] for q in requests)
         values, ids = (logits / temperature[:, None]).topk(widest)  # sorted, best first
-        k = torch.tensor([q.top_k if q.top_k > 0 else widest for q in requests])
-        values = values.masked_fill(torch.arange(widest)[None] >= k[:, None], float("-inf"))
+        k = torch.tensor([q.top_k if q.top_k > 0 else widest for q in requests], device=device)
+        values = values.masked_fill(torch.arange(widest, device=device)[None] >= k[:, None], float("-inf"))
         probs = torch.softmax(values, dim=-1)
-        top_p = torch.tensor([q.top_p for q in requests])
+        top_p = torch.tensor([q.top_p for q in requests], device=device)
         probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p[:, None], 0.0)  # smallest set reaching top_p
+        # each request's generator lives on the CPU, so a seed draws the same text on any device
+        probs, ids = probs.cpu(), ids.cpu()
         return [int(ids[i, 0]) if q.temperature < GREEDY_BELOW
                 else int(ids[i, torch.multinomial(probs[i], 1, generator=r.generator)])
                 for i, (q, r) in enumerate(zip(requests, rows))]
@@ -407,8 +416,9 @@ class PolicyEngine:
         mask = mask[index]
         start = int(mask.any(0).long().argmax())
         for layer in cache.layers:
-            layer.keys = layer.keys[index, :, start:]
-            layer.values = layer.values[index, :, start:]
+            at = index.to(layer.keys.device)
+            layer.keys = layer.keys[at, :, start:]
+            layer.values = layer.values[at, :, start:]
         return [rows[i] for i in keep], cache, mask[:, start:]
 
 

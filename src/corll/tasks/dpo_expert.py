@@ -132,7 +132,7 @@ def load_expert(base_build: Callable, base_name: str, policy, settings: ExpertTr
     cached_build(folder, train, marker="expert.pt")  # processes starting together train it once
     expert = _load_base_policy(source, policy.precision, policy.sampling.max_new_tokens)
     expert.sampling = policy.sampling
-    expert.load_trainable_state(torch.load(weights, weights_only=True))
+    expert.load_trainable_state(torch.load(weights, weights_only=True, map_location="cpu"))
     expert.model.requires_grad_(False)
     expert.share_reference(policy)  # the same π_0 (where the learner's base is the expert's): one cache
     return expert
