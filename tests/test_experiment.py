@@ -45,10 +45,12 @@ def test_experiment_runs_the_grid_aggregates_and_skips_finished_runs(tmp_path):
     assert [p["regret"]["mean"] for p in corll["curve"]] == pytest.approx(
         [list(best.values())[0] - p["reward"]["mean"] for p in corll["curve"]])
     paired = result["paired"]["corll"]
-    assert [row["round"] for row in paired] == [0, 2, 4]
+    assert [(row["round"], row["pairs"]) for row in paired] == [(0, 2), (2, 2), (4, 2)]  # both seeds, every round
     assert paired[0]["difference"]["mean"] == pytest.approx(0.0)  # both arms start from the same policy
     assert (tmp_path / "out" / "main.png").stat().st_size > 0
-    assert "| corll | 2/2 |" in (tmp_path / "out" / "results.md").read_text()
+    page = (tmp_path / "out" / "results.md").read_text()
+    assert "| corll | 2/2 |" in page and "| arm | round | feedback | seeds | difference | p |" in page
+    assert page.count("| corll | 4 | 16 | 2 | ") == 1  # the paired row at round 4 says its two seed pairs
 
     seen.clear()
     run_experiment(experiment, lambda arm, seed, done, total, record, doing: doing or seen.append((arm, seed, done)))

@@ -428,7 +428,8 @@ def paired_cost_to_baseline(baseline: str, costs: dict[str, dict[int, float]]) -
 
 
 def paired_to_baseline(experiment: Experiment, records: dict[str, dict[int, list[dict]]]) -> dict:
-    """For each arm: arm − baseline held-out R* at every round both reached, paired by seed."""
+    """For each arm: arm − baseline held-out R* at every round both reached, paired by seed (`pairs`: how
+    many seeds reached that round in both, which differs between rounds while runs are going)."""
     base = records[experiment.baseline]
     paired = {}
     for arm, by_seed in records.items():
@@ -444,8 +445,8 @@ def paired_to_baseline(experiment: Experiment, records: dict[str, dict[int, list
                 continue
             comparison = paired_comparison([a for a, _ in pairs], [b for _, b in pairs])
             feedback = statistics.fmean(r["feedback"] for s in seeds for r in by_seed[s] if r["round"] == rnd)
-            rows.append({"round": rnd, "feedback": feedback, "difference": _interval_dict(comparison.difference),
-                         "p_value": comparison.p_value})
+            rows.append({"round": rnd, "feedback": feedback, "pairs": len(pairs),
+                         "difference": _interval_dict(comparison.difference), "p_value": comparison.p_value})
         paired[arm] = rows
     return paired
 
@@ -530,9 +531,9 @@ def results_markdown(experiment: Experiment, result: dict) -> str:
     if paired:
         lines += ["", f"Paired by seed against `{experiment.baseline}` at equal feedback "
                       "(arm − baseline held-out R*, 95% t interval, paired t-test p):", "",
-                  "| arm | round | feedback | difference | p |", "|---|---|---|---|---|"]
-        lines += [f"| {arm} | {row['round']} | {row['feedback']:.0f} | {_fmt(row['difference'])} | {row['p_value']:.3f} |"
-                  for arm, row in paired]
+                  "| arm | round | feedback | seeds | difference | p |", "|---|---|---|---|---|---|"]
+        lines += [f"| {arm} | {row['round']} | {row['feedback']:.0f} | {row['pairs']} | {_fmt(row['difference'])} "
+                  f"| {row['p_value']:.3f} |" for arm, row in paired]
     if result.get("paired_cost"):
         lines += ["", f"Cumulative online cost paired by seed against `{experiment.baseline}` "
                       "(arm − baseline, tokens over the same episodes; 95% t interval, paired t-test p):", "",
