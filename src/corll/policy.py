@@ -71,7 +71,7 @@ class EncodedBatch:
     response_mask: torch.Tensor
 
     def to(self, device: torch.device | str) -> EncodedBatch:
-        return EncodedBatch(*(t.to(device) for t in dataclasses.astuple(self)))
+        return _batch_to(self, device)
 
 
 @dataclass
@@ -93,7 +93,12 @@ class SharedPromptBatch:
         return int(self.prompt_mask.sum() + self.response_mask.sum())
 
     def to(self, device: torch.device | str) -> SharedPromptBatch:
-        return SharedPromptBatch(*(t.to(device) for t in dataclasses.astuple(self)))
+        return _batch_to(self, device)
+
+
+def _batch_to(batch, device: torch.device | str):
+    """The same batch with every tensor on `device` (the very same tensors where they are there already)."""
+    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to(device) for f in dataclasses.fields(batch)})
 
 
 def encode_responses(
