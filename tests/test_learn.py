@@ -237,14 +237,18 @@ def test_a_learner_killed_while_training_resumes_to_the_same_decisions(tmp_path)
     for process in (resumed, whole):
         assert process.wait(timeout=300) == 0, process.stdout.read()
 
-    def outcome(db: Path) -> list[tuple]:
+    def outcome(db: Path) -> tuple[list[tuple], list[float]]:
         s = Store(f"sqlite:///{db}")
-        return [(d.user, d.decision, d.seen_through, s.version(d.version_id).details["new_events"],
-                 round(d.metrics["margin_gain"], 5), round(s.version(d.version_id).details["final_loss"], 5))
-                for d in s.decisions()]
+        decisions = s.decisions()
+        return ([(d.user, d.decision, d.seen_through, s.version(d.version_id).details["new_events"]) for d in decisions],
+                [x for d in decisions for x in (d.metrics["margin_gain"], s.version(d.version_id).details["final_loss"])])
 
-    assert outcome(tmp_path / "killed" / "corll.db") == outcome(tmp_path / "whole" / "corll.db")
-    assert len(outcome(tmp_path / "whole" / "corll.db")) == 2
+    (killed_decisions, killed_numbers), (whole_decisions, whole_numbers) = (
+        outcome(tmp_path / "killed" / "corll.db"), outcome(tmp_path / "whole" / "corll.db"))
+    assert killed_decisions == whole_decisions and len(whole_decisions) == 2
+    # A CPU resumes bit for bit; CUDA kernels are not bit-reproducible, so there the numbers agree to a few percent.
+    tolerance = {"rel": 0.05} if torch.cuda.is_available() else {"abs": 1e-5}
+    assert killed_numbers == pytest.approx(whole_numbers, **tolerance)
     leftovers = [p for p in (tmp_path / "killed" / "adapters").rglob("*.partial")]
     assert leftovers == []
 
