@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 for config in experiments/paper-headline.yaml experiments/paper-k.yaml experiments/paper-alpha.yaml \
-              experiments/paper-epsilon.yaml experiments/paper-prompted-expert.yaml experiments/paper-dpo-expert.yaml \
-              experiments/edits-long.yaml experiments/edits-long-shift.yaml experiments/reactions-rluf.yaml; do
+              experiments/paper-k-alpha.yaml experiments/paper-epsilon.yaml experiments/paper-prompted-expert.yaml \
+              experiments/paper-dpo-expert.yaml experiments/edits-long.yaml experiments/edits-long-shift.yaml \
+              experiments/reactions-rluf.yaml; do
   .venv/bin/corll experiment "$config"
 done
 .venv/bin/python experiments/reactions.py  # after reactions-rluf: its finished policies are variants

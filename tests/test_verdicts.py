@@ -245,3 +245,24 @@ def test_the_compute_line_adds_evaluations_where_runs_timed_them(tmp_path):
     assert cost["hours"] == pytest.approx(1.2) and cost["cpus"] == ["Fast (AMX, fp32, 1 thread)"]
     assert cost_line(cost) == ("0.2 hours of training rounds (evaluations not counted) on Fast (AMX, fp32, 1 thread) "
                                "(1 run); 1.0 hours of training rounds and 0.2 of evaluations on – (1 run) (so far)")
+
+
+def test_every_committed_claim_names_arms_of_an_experiment_that_run_all_runs():
+    """The committed claims files are what `corll verdicts` judges: a claim that names a missing experiment or arm
+    would fail there only after hours of runs, and one whose experiment run-all.sh skips would never be measured."""
+    from pathlib import Path
+
+    from corll.experiment import load_experiment
+    from corll.verdicts import load_claims
+
+    root = Path(__file__).parent.parent
+    run_all = (root / "experiments" / "run-all.sh").read_text()
+    claims_files = sorted((root / "experiments").glob("claims*.yaml"))
+    assert len(claims_files) == 3
+    for path in claims_files:
+        for claim in load_claims(path).claims:
+            if claim.experiment is None:
+                continue
+            experiment = load_experiment(root / claim.experiment)
+            assert {claim.arm, claim.baseline or claim.arm} <= set(experiment.arms), (path.name, claim.id)
+            assert claim.experiment in run_all, (path.name, claim.id)
