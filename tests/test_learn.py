@@ -239,9 +239,9 @@ def test_a_learner_killed_while_training_resumes_to_the_same_decisions(tmp_path)
 
     def outcome(db: Path) -> tuple[list[tuple], list[float]]:
         s = Store(f"sqlite:///{db}")
-        decisions = s.decisions()
-        return ([(d.user, d.decision, d.seen_through, s.version(d.version_id).details["new_events"]) for d in decisions],
-                [x for d in decisions for x in (d.metrics["margin_gain"], s.version(d.version_id).details["final_loss"])])
+        rows = [(d, s.version(d.version_id).details) for d in s.decisions()]
+        return ([(d.user, d.decision, d.seen_through, details["new_events"]) for d, details in rows],
+                [x for d, details in rows for x in (d.metrics["margin_gain"], details["final_loss"])])
 
     (killed_decisions, killed_numbers), (whole_decisions, whole_numbers) = (
         outcome(tmp_path / "killed" / "corll.db"), outcome(tmp_path / "whole" / "corll.db"))

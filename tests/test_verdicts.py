@@ -1,10 +1,12 @@
 """Verdicts follow from the numbers: Holm's correction, the minimum detectable effect, the rule, the page."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from corll.verdicts import holm, minimum_detectable_effect, seeds_needed, verdict, write_results
+from corll.experiment import load_experiment
+from corll.verdicts import holm, load_claims, minimum_detectable_effect, seeds_needed, verdict, write_results
 
 
 def write_run(root, arm: str, seed: int, records: list[dict], hardware: dict | None = None) -> None:
@@ -250,11 +252,6 @@ def test_the_compute_line_adds_evaluations_where_runs_timed_them(tmp_path):
 def test_every_committed_claim_names_arms_of_an_experiment_that_run_all_runs():
     """The committed claims files are what `corll verdicts` judges: a claim that names a missing experiment or arm
     would fail there only after hours of runs, and one whose experiment run-all.sh skips would never be measured."""
-    from pathlib import Path
-
-    from corll.experiment import load_experiment
-    from corll.verdicts import load_claims
-
     root = Path(__file__).parent.parent
     run_all = (root / "experiments" / "run-all.sh").read_text()
     claims_files = sorted((root / "experiments").glob("claims*.yaml"))
