@@ -119,6 +119,7 @@ def test_an_edit_cost_claim_is_judged_per_shown_response_on_its_own_page(tmp_pat
     (claim,) = json.loads(data.read_text())["claims"]
     # per seed: 20/20 − 32/16 = −1.0, 22/20 − 30/16 = −0.775, 18/20 − 34/16 = −1.225
     assert claim["effect"] == pytest.approx(-1.0) and claim["verdict"] == "reproduced"
+    assert claim["values"]["floor"] == {"0": 2.0, "1": 1.875, "2": 2.125}
     text = page.read_text()
     assert "online edit cost per shown response" in text
     # the per-seed values behind the verdict, on the page: 32/16, 30/16, 34/16 and 20/20, 22/20, 18/20

@@ -243,6 +243,7 @@ def measure_claim(claim: Claim, experiment: Experiment) -> dict:
     entry = {"id": claim.id, "statement": claim.statement, "experiment": experiment.name,
              "arms": [a for a in (claim.arm, claim.baseline) if a], "measure": claim.measure,
              "direction": claim.direction, "primary": claim.primary, "seeds": seeds,
+             "values": {claim.arm: mine, **({claim.baseline: theirs} if claim.baseline else {})},
              "planned_seeds": len(experiment.seeds),
              "feedback_per_arm": experiment.arms[claim.arm].rounds * experiment.arms[claim.arm].batch_size}
     if len(seeds) < 2:
