@@ -113,6 +113,9 @@ def test_an_interrupted_late_ensemble_resumes_exactly(tmp_path):
     chosen = full["ensemble-late"]["chosen"]
     assert len(chosen) == 4 * 8 and set(chosen) <= {"preference", "sft", "cost"}  # one per episode
     assert cut["ensemble-late"]["chosen"] == chosen
+    trust = full["ensemble-late"]["trust"]  # the bandit's final probabilities: the most trusted is evaluated
+    assert set(trust) == {"preference", "sft", "cost"} and sum(trust.values()) == pytest.approx(1.0)
+    assert min(trust.values()) >= 0.2 / 3 - 1e-9 and cut["ensemble-late"]["trust"] == trust  # EXP3's γ/K floor
     cut_records, full_records = (RunDir(tmp_path / n).read_metrics() for n in ("cut", "full"))
     assert without_time(cut_records) == without_time(full_records)
 

@@ -424,8 +424,11 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
                     # than one-batch agents: compare agents per episode (shown response)
                     "cost_per_episode": state["cost_total"] / max(1, state["shown_total"]),
                     "no_edit_share": state["kept_total"] / max(1, state["shown_total"])}
-    if isinstance(algorithm, LateEnsemble):  # whom the bandit let answer, episode by episode
+    if isinstance(algorithm, LateEnsemble):
+        # whom the bandit let answer, episode by episode, and how far it trusts each member at the end (the
+        # most trusted member is the policy evaluated and saved)
         summary["chosen"] = [LATE_MEMBERS[i] for i in algorithm.chosen]
+        summary["trust"] = dict(zip(LATE_MEMBERS, algorithm.bandit.probabilities()))
     if task.objectives is not None:  # reaction tasks: watch for reward hacking
         summary["monitor_flags"] = monitor_records(ours)
     return summary
