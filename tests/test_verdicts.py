@@ -34,6 +34,16 @@ def test_holm_adjusts_by_hand():
     assert holm({"a": 0.5, "b": 0.6}) == pytest.approx({"a": 1.0, "b": 1.0})  # capped at 1, monotone
 
 
+def test_holm_counts_planned_hypotheses_not_yet_tested():
+    # a family of 5 with 3 tested: multipliers 5, 4, 3 -> 0.05, max(0.05, 0.08), max(0.08, 0.12)
+    assert holm({"a": 0.04, "b": 0.01, "c": 0.02}, family=5) == pytest.approx({"b": 0.05, "c": 0.08, "a": 0.12})
+    # a verdict given early is never withdrawn: a later, larger p-value cannot raise an adjusted one
+    early = holm({"b": 0.01, "c": 0.02}, family=3)
+    assert all(holm({"b": 0.01, "c": 0.02, "d": 0.9}, family=3)[k] <= early[k] for k in early)
+    with pytest.raises(ValueError, match="family of 2"):
+        holm({"a": 0.1, "b": 0.2, "c": 0.3}, family=2)
+
+
 def test_minimum_detectable_effect_of_a_paired_t_test():
     # n = 8, sd = 1: (t_.975,7 + t_.8,7) / sqrt(8) = (2.3646 + 0.8960) / 2.8284
     assert minimum_detectable_effect(1.0, 8) == pytest.approx(1.1528, abs=1e-3)
@@ -164,7 +174,9 @@ def test_claims_measured_by_a_study_file_and_per_metric_measures(tmp_path, monke
     half = 1.959964 / math.sqrt(len(x) - 3)
     assert result["r"]["effect"] == pytest.approx(r)
     assert result["r"]["low"] == pytest.approx(math.tanh(math.atanh(r) - half))
-    assert result["r"]["mde"] == pytest.approx(correlation_mde(7, 0.05))  # one secondary with a p: α unchanged
+    # two secondary claims planned, one still untested: Holm over both, so α/2 and twice the p-value
+    assert result["r"]["mde"] == pytest.approx(correlation_mde(7, 0.05 / 2))
+    assert result["r"]["p_adjusted"] == pytest.approx(min(1.0, 2 * result["r"]["p"]))
     assert result["later"]["verdict"].startswith("inconclusive (minimum detectable effect not estimable")
     text = page.read_text()
     assert "## Study tables" in text and "missing.md: not written yet" in text and "7 variants" in text

@@ -6,7 +6,8 @@ model's AUROC, a correlation across policy variants), a `source` file written by
 script and the `key` of the claim's inputs there: per-seed values (kind `seeds`, tested
 like an experiment's runs) or paired observations (kind `correlation`: Pearson r, Fisher's
 interval, the smallest r detectable over that many pairs). One claim is primary (tested at α = 0.05 alone); the rest
-are secondary and their p-values are Holm-corrected together across the page. Every
+are secondary and their p-values are Holm-corrected together across the page, over every secondary
+claim planned (one whose runs have not finished counts as p = 1, so no verdict is withdrawn later). Every
 verdict follows from its numbers by the same rule:
 
 - "reproduced": the (corrected) test rejects and the 95% interval excludes 0 in the
@@ -150,12 +151,20 @@ def seeds_needed(sd: float, effect: float, alpha: float = ALPHA, power: float = 
     return next((n for n in range(2, most + 1) if minimum_detectable_effect(sd, n, alpha, power) <= abs(effect)), None)
 
 
-def holm(p_values: dict[str, float]) -> dict[str, float]:
-    """Holm's step-down adjusted p-values (family-wise error at the nominal level)."""
+def holm(p_values: dict[str, float], family: int | None = None) -> dict[str, float]:
+    """Holm's step-down adjusted p-values (family-wise error at the nominal level).
+
+    `family` counts every hypothesis planned, tested yet or not; the untested ones enter as p = 1. Correcting
+    over the tested ones alone would be anti-conservative while runs are missing, and a verdict given then
+    could have to be withdrawn when the rest arrive; over the planned family it can only strengthen.
+    """
+    family = len(p_values) if family is None else family
+    if family < len(p_values):
+        raise ValueError(f"a family of {family} hypotheses cannot hold {len(p_values)} p-values")
     ordered = sorted(p_values, key=p_values.get)
     adjusted, running = {}, 0.0
     for i, key in enumerate(ordered):
-        running = max(running, min(1.0, (len(ordered) - i) * p_values[key]))
+        running = max(running, min(1.0, (family - i) * p_values[key]))
         adjusted[key] = running
     return adjusted
 
@@ -303,17 +312,15 @@ def judge(claims: Claims) -> list[dict]:
             experiments[claim.experiment] = load_experiment(Path(claim.experiment))
         entries.append(measure_claim(claim, experiments[claim.experiment]))
     secondary = {e["id"]: e["p"] for e in entries if not e["primary"] and e["p"] is not None}
-    adjusted = holm(secondary)
-    family = max(len(secondary), 1)
-    planned_family = max(sum(not claim.primary for claim in claims.claims), 1)
+    family = max(sum(not claim.primary for claim in claims.claims), 1)  # every secondary claim planned
+    adjusted = holm(secondary, family)
     by_id = {entry["id"]: entry for entry in entries}
     for claim, entry in zip(claims.claims, entries):
         entry["p_adjusted"] = entry["p"] if claim.primary else adjusted.get(claim.id)
-        # The MDE at the level the claim is tested at: α for the primary, α/m (Holm's strictest step) otherwise;
-        # a design planned before its runs, at the strictest step among every secondary claim planned.
+        # The MDE at the level the claim is tested at: α for the primary, α/m (Holm's strictest step over the
+        # planned family) otherwise; the same level sizes a design planned before its runs.
         entry["alpha"] = ALPHA if claim.primary else ALPHA / family
-        planned_level = ALPHA if claim.primary else ALPHA / planned_family
-        entry.update(detectable_effect(entry, by_id.get(claim.design_sd), planned_level))
+        entry.update(detectable_effect(entry, by_id.get(claim.design_sd), entry["alpha"]))
         entry["paper_effect"] = claim.paper_effect
         entry["interval"] = None if entry["effect"] is None else [entry["low"], entry["high"]]  # 95%, as a pair
         entry["verdict"] = verdict(entry, ALPHA, claim.paper_effect)
@@ -405,8 +412,8 @@ def write_results(claims_path: Path, out: Path) -> tuple[Path, Path]:
     json_path.write_text(json.dumps(finite(report), indent=2) + "\n")
     lines = [f"# {claims.title}", "", claims.setup.strip(), "", "## Verdicts", "",
              (f"One primary test (α = {ALPHA}); every other claim is secondary, its p-value Holm-corrected across "
-             "this page. \"Reproduced\" needs the corrected test to reject and the 95% interval to exclude 0 in "
-             "the paper's direction; \"not reproduced\" needs the interval to exclude the paper's effect; "
+             "this page over every claim planned, one not yet tested counting as p = 1. \"Reproduced\" needs the "
+             "corrected test to reject and the 95% interval to exclude 0 in the paper's direction; \"not reproduced\" needs the interval to exclude the paper's effect; "
              "otherwise \"inconclusive\" with the minimum detectable effect (80% power, paired t over the seeds "
              "finished, at the claim's level), also while fewer than two seed pairs have finished (no estimate) and, "
              "marked interim, until the experiment's planned seeds have all finished. Generated by `corll verdicts` from "
