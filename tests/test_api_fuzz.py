@@ -4,6 +4,7 @@ whatever arrives, no 5xx, and a refused request stores nothing."""
 import json
 import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import schemathesis
@@ -56,12 +57,14 @@ def hard_case_app(request, tmp_path_factory):
     client = TestClient(create_app(store, PolicyEngine("tiny", store, default_max_tokens=2, max_tokens_limit=2)))
     completion = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
                              json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}).json()
+    client.admin_key = store.create_api_key("acme", "ops", admin=True)
     yield client, store, key, completion["id"]
     client.close()
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-@given(text=HARD_TEXT, where=st.sampled_from(["edit", "message", "stop", "idempotency", "model", "completion_id"]))
+@given(text=HARD_TEXT, where=st.sampled_from(["edit", "message", "stop", "idempotency", "model", "completion_id",
+                                              "version", "before", "user"]))
 def test_hard_strings_never_cause_a_5xx_and_a_refusal_stores_nothing(hard_case_app, text, where):
     client, store, key, completion_id = hard_case_app
     before = (len(store.feedback()), len(store.list_interactions("acme", limit=200)))
@@ -70,6 +73,12 @@ def test_hard_strings_never_cause_a_5xx_and_a_refusal_stores_nothing(hard_case_a
         body = {"completion_id": completion_id, "edit": text} if where == "edit" else {"completion_id": text,
                                                                                         "reaction": "like"}
         response = client.post("/v1/feedback", headers=headers, content=json.dumps(body))
+    elif where in ("before", "user"):  # percent-encoded bytes, lone surrogates included, as a client may send them
+        raw = quote(text.encode("utf-8", "surrogatepass"), safe="")
+        if where == "before":
+            response = client.get(f"/v1/interactions?before={raw}", headers=headers)
+        else:
+            response = client.delete(f"/v1/users/{raw}", headers={"Authorization": f"Bearer {client.admin_key}"})
     elif where == "idempotency":
         header = text.encode("utf-8", "surrogatepass")[:255]  # raw bytes, as a client may send them
         if not header.strip() or any(c in header for c in b"\r\n\x00"):
@@ -77,7 +86,8 @@ def test_hard_strings_never_cause_a_5xx_and_a_refusal_stores_nothing(hard_case_a
         response = client.post("/v1/feedback", headers={**headers, "Idempotency-Key": header},
                                content=json.dumps({"completion_id": completion_id, "reaction": "like"}))
     else:
-        body = {"model": text if where == "model" else "tiny",
+        model = {"model": text, "version": f"tiny:v{text}"}.get(where, "tiny")
+        body = {"model": model,
                 "messages": [{"role": "user", "content": text if where == "message" else "hi"}],
                 **({"stop": text} if where == "stop" else {})}
         response = client.post("/v1/chat/completions", headers=headers, content=json.dumps(body))
@@ -85,3 +95,39 @@ def test_hard_strings_never_cause_a_5xx_and_a_refusal_stores_nothing(hard_case_a
     if response.status_code >= 400:
         assert response.json()["error"]["message"]
         assert (len(store.feedback()), len(store.list_interactions("acme", limit=200))) == before
+
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "needle"), [
+    ("post", "/v1/chat/completions", {**CHAT, "model": "tiny:v²"}, 404, "does not exist"),
+    ("post", "/v1/chat/completions", {**CHAT, "model": "tiny:v①"}, 404, "does not exist"),
+    ("post", "/v1/chat/completions", {**CHAT, "model": "tiny:v9223372036854775808"}, 404, "does not exist"),
+    ("post", "/v1/chat/completions", {**CHAT, "model": f"tiny:v{2**31}"}, 404, "does not exist"),
+    ("post", "/v1/rollback", {"version": 2**64}, 400, "version"),
+    ("post", "/v1/rollback", {"version": 2**63 - 1}, 400, "version"),
+    ("post", "/v1/rollback", {"version": "3"}, 400, "version"),
+    ("get", "/v1/interactions?before=%00", None, 400, "before"),
+    ("delete", "/v1/users/%00", None, 400, "user"),
+    ("delete", "/v1/users/ghost", None, 404, "no user 'ghost'"),
+    ("post", "/v1/chat/completions", {**CHAT, "n": "2"}, 400, "n"),
+    ("post", "/v1/chat/completions", {**CHAT, "stream": "yes"}, 400, "stream"),
+    ("post", "/v1/chat/completions", {**CHAT, "logprobs": "yes"}, 400, "logprobs"),
+    ("post", "/v1/chat/completions", {**CHAT, "temperature": "0.5"}, 400, "temperature"),
+    ("post", "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": []}]}, 400, "empty list"),
+    ("post", "/v1/feedback", {"completion_id": "ID", "edit": "\u200b\u200d \u2060"}, 400, "invisible"),
+    ("post", "/v1/feedback", {"completion_id": "ID", "reaction": "love", "choice": "1"}, 400, "choice"),
+])
+def test_hostile_shapes_get_a_4xx_naming_the_problem_on_both_backends(hard_case_app, method, path, body, status,
+                                                                         needle):
+    client, store, _, completion_id = hard_case_app
+    before = (len(store.feedback()), len(store.list_interactions("acme", limit=200)), len(store.versions("acme")))
+    if body is not None and body.get("completion_id") == "ID":
+        body = {**body, "completion_id": completion_id}
+    headers = {"Authorization": f"Bearer {client.admin_key}"}
+    response = client.request(method.upper(), path, headers=headers, json=body)
+    assert response.status_code == status, (response.status_code, response.text[:300])
+    assert needle in response.json()["error"]["message"]
+    assert (len(store.feedback()), len(store.list_interactions("acme", limit=200)), len(store.versions("acme"))) \
+        == before

@@ -252,3 +252,57 @@ def test_metrics_are_prometheus_text_and_count_what_happened(service):
     store = service[1]
     store.rollback(0, tenant="acme", user="alice")
     assert samples()[("corll_learner_decisions_total", (("decision", "rollback"),))] == 1
+
+
+def test_an_abandoned_completion_stops_decoding_and_is_not_logged(tmp_path):
+    """A client that gives up on a non-streaming completion frees its rows: nothing is decoded past the
+    disconnect (within the server's half-second look) and nothing is logged."""
+    store = Store(f"sqlite:///{tmp_path / 'corll.db'}")
+    engine = PolicyEngine("tiny", store, default_max_tokens=16, max_tokens_limit=400)
+    forward = engine._forward
+
+    def slow_forward(*args):  # a step as slow as a real model's, so a request outlives the client's patience
+        time.sleep(0.005)
+        return forward(*args)
+
+    engine._forward = slow_forward
+    server = LiveServer(store, engine)
+    try:
+        key = store.create_api_key("acme", "alice")
+        body = {"model": "tiny", "n": 8, "max_tokens": 400, "temperature": 1.0,
+                "messages": [{"role": "user", "content": "Tell a long story."}]}
+        headers = {"Authorization": f"Bearer {key}"}
+        started = time.perf_counter()
+        httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=headers, timeout=60)
+        whole = time.perf_counter() - started  # the time the same request takes when the client waits
+        assert len(store.list_interactions("acme")) == 8 and whole > 1.0, whole
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=headers, timeout=0.2)
+        left = time.perf_counter()
+        while engine.running and time.perf_counter() - left < whole:
+            time.sleep(0.01)
+        freed = time.perf_counter() - left
+        assert engine.running == 0 and freed < min(1.5, whole / 2), (freed, whole)
+        time.sleep(0.5)
+        assert len(store.list_interactions("acme")) == 8  # the abandoned request logged nothing
+    finally:
+        server.stop()
+
+
+def test_a_completion_still_streaming_when_its_user_is_forgotten_is_not_logged(service):
+    server, store, keys, _ = service
+    admin = store.create_api_key("acme", "ops", admin=True)
+    body = {"model": "tiny", "stream": True, "max_tokens": 400, "temperature": 1.0,
+            "messages": [{"role": "user", "content": "Tell a long story."}]}
+    events = []
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {keys['alice']}"}) as response:
+        for line in filter(None, response.iter_lines()):
+            events.append(line)
+            if len(events) == 3:  # decoding has begun: forget her now
+                forgotten = httpx.delete(f"{server.url}/v1/users/alice", headers={"Authorization": f"Bearer {admin}"})
+                assert forgotten.status_code == 200, forgotten.text
+    assert "was forgotten" in events[-1] and "[DONE]" not in "".join(events)
+    assert store.list_interactions("acme", user="alice") == []
+    with corll.Client(server.url, admin) as client:
+        assert client.interactions()["data"] == []

@@ -102,3 +102,57 @@ def test_versions_activate_per_user_and_roll_back(store_url):
     assert store.active_version("other", "x") is None
     with pytest.raises(NotFoundError):
         store.activate(999)
+
+
+def test_forget_wins_every_race_with_feedback_and_logging_and_leaves_nothing(store_url):
+    """8 clients post edits and a completion is logged for alice while she is forgotten: forget succeeds
+    every time, the racing writes are refused as not found, and nothing of hers remains."""
+    import threading
+    import time
+
+    store = Store(store_url)
+    bob_key = store.create_api_key("acme", "bob")
+    bob_interaction = interaction(store, store.authenticate(bob_key))
+    for attempt in range(3):
+        alice = store.authenticate(store.create_api_key("acme", "alice"))
+        ids = [interaction(store, alice) for _ in range(8)]
+        failures, refused, stored = [], [], []
+
+        def keep_writing(write) -> None:
+            while True:
+                try:
+                    write()
+                    stored.append(1)
+                except NotFoundError:
+                    refused.append(1)
+                    return
+                except Exception as exc:  # noqa: BLE001 - any other outcome is the bug
+                    failures.append(exc)
+                    return
+
+        writers = [threading.Thread(target=keep_writing, args=(lambda i=i: store.add_feedback(alice, ids[i], edit=f"kept {i}"),))
+                   for i in range(8)]
+        writers.append(threading.Thread(target=keep_writing, args=(lambda: interaction(store, alice),)))
+        for thread in writers:
+            thread.start()
+        time.sleep(0.3)
+        removed = store.forget_user("acme", "alice")
+        for thread in writers:
+            thread.join(timeout=60)
+        assert not failures, failures
+        assert len(refused) == 9 and removed["interactions"] >= 8 and removed["api_keys"] == 1
+        assert store.list_interactions("acme", user="alice") == []
+        assert {r.user for r in store.feedback(tenant="acme")} <= {"bob"}
+        assert [k.user for k in store.list_api_keys("acme")] == ["bob"]
+    assert store.get_interaction(Principal("acme", "bob"), bob_interaction).id == bob_interaction
+
+
+def test_forgetting_a_user_the_tenant_never_had_is_not_found_and_writes_nothing(store_url):
+    store = Store(store_url)
+    with pytest.raises(NotFoundError, match="no user 'ghost'"):
+        store.forget_user("acme", "ghost")
+    from sqlalchemy import func, select
+
+    from corll.store.schema import ForgetLog
+    with store.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(ForgetLog)) == 0

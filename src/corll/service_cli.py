@@ -99,9 +99,12 @@ def forget(
 ) -> None:
     """Forget a user: delete their interactions, feedback and keys, retire (and delete) every policy
     version trained on their feedback; a server stops serving those at its next request."""
-    from corll.store import forget as forget_user
+    from corll.store import NotFoundError, forget as forget_user
 
-    removed = forget_user(open_store(db), tenant, user)
+    try:
+        removed = forget_user(open_store(db), tenant, user)
+    except NotFoundError as exc:
+        fail(f"{exc}: nothing to forget")
     console.print(f"forgot {tenant}/{user}: {removed['interactions']} interactions, {removed['feedback_events']} "
                   f"feedback events, {removed['api_keys']} keys; retired versions "
                   f"{', '.join(map(str, removed['retired_versions'])) or 'none'}")
@@ -305,7 +308,8 @@ def learn(
     newest edits, and promote it (the server switches at its next request) or reject it with the reason."""
     import os
 
-    from corll.learn import LearnConfig, gate_monitor, run_learner
+    from corll.learn import LearnConfig, run_learner
+    from corll.monitor import degeneration_thresholds
     from corll.learners.dpo import DPOConfig
 
     if lr <= 0 or beta <= 0:
@@ -317,7 +321,7 @@ def learn(
                          shared=shared, epochs=epochs, batch_size=batch_size,
                          dpo=DPOConfig(lr=lr, beta=beta, sft_weight=sft_weight),
                          margin=margin, cost_slack=cost_slack, habit_share=habit_share, draft_samples=draft_samples,
-                         monitor=gate_monitor(kl_limit), precision=precision)
+                         monitor=degeneration_thresholds(kl_limit), precision=precision)
     console.print(f"learning from {store.url.split('@')[-1]}: a candidate per user after {min_edits} new edits"
                   + ("" if once else f", looking every {poll:g} s (Ctrl-C stops)"))
     try:

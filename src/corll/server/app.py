@@ -31,6 +31,7 @@ finished, before its last chunk leaves: an id whose answer the client saw exists
 from __future__ import annotations
 
 import asyncio
+import re
 import hashlib
 import json
 import time
@@ -48,8 +49,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from sqlalchemy.exc import SQLAlchemyError
 
 from corll.server.engine import Choice, Engine, GenerationRequest, ServedModel, Stream, gather
-from corll.server.metrics import ServiceMetrics
-from corll.store import MAX_EDIT_CHARS, ConflictError, NotFoundError, Principal, Store, StoreError, forget
+from corll.server.metrics import MetricsMiddleware, ServiceMetrics
+from corll.store import MAX_EDIT_CHARS, ConflictError, NotFoundError, Principal, Store, StoreError, forget, is_blank
 from corll.versions import version_rows
 
 MAX_BODY_BYTES = 256 * 1024
@@ -58,6 +59,8 @@ MAX_MESSAGE_CHARS = 32_000
 MAX_CHOICES = 8
 MAX_STOPS = 4
 MAX_STOP_CHARS = 64
+MAX_ID = 2**31 - 1  # ids are 32-bit integer columns on every backend: a larger one names nothing
+VERSION_SUFFIX = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit also accepts '²' and '①'
 
 
 def storable(text: str) -> str:
@@ -84,6 +87,12 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "developer", "user", "assistant"]
     content: Text | list[TextPart] = Field(max_length=MAX_MESSAGE_CHARS)
+
+    @model_validator(mode="after")
+    def _some_content(self) -> ChatMessage:
+        if isinstance(self.content, list) and not self.content:
+            raise ValueError("'content' is an empty list: send a string or at least one text part")
+        return self
     name: str | None = Field(default=None, max_length=64)
 
     def plain(self) -> dict:
@@ -94,7 +103,7 @@ class ChatMessage(BaseModel):
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    include_usage: bool = False
+    include_usage: bool = Field(default=False, strict=True)
 
 
 # OpenAI parameters corll cannot honour: refused by name rather than answered wrongly.
@@ -116,16 +125,17 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: Text = Field(max_length=256)
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
-    temperature: float | None = Field(default=None, ge=0, le=2, description="0 (or below 0.01): greedy")
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1, le=1024)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=1024)
-    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES, description="choices, sampled together")
+    # strict: a number or a boolean sent as a string ("2", "yes") is refused, as OpenAI refuses it
+    temperature: float | None = Field(default=None, ge=0, le=2, strict=True, description="0 (or below 0.01): greedy")
+    top_p: float | None = Field(default=None, gt=0, le=1, strict=True)
+    max_tokens: int | None = Field(default=None, ge=1, le=1024, strict=True)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=1024, strict=True)
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES, strict=True, description="choices, sampled together")
     stop: Text | list[Text] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=5)
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    stream: bool | None = None
+    logprobs: bool | None = Field(default=None, strict=True)
+    top_logprobs: int | None = Field(default=None, ge=0, le=5, strict=True)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, strict=True)
+    stream: bool | None = Field(default=None, strict=True)
     stream_options: StreamOptions | None = None
     modalities: list[Literal["text"]] | None = None
     response_format: dict | None = None
@@ -156,7 +166,8 @@ class ChatCompletionRequest(BaseModel):
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     completion_id: Text = Field(min_length=1, max_length=64)
-    choice: int = Field(default=0, ge=0, lt=MAX_CHOICES, description="Which choice of an n > 1 completion.")
+    choice: int = Field(default=0, ge=0, lt=MAX_CHOICES, strict=True,
+                        description="Which choice of an n > 1 completion.")
     edit: Text | None = Field(default=None, max_length=MAX_EDIT_CHARS,
                               description="The text the user kept after editing the response.")
     reaction: Literal["love", "like", "dislike"] | None = None
@@ -165,8 +176,9 @@ class FeedbackRequest(BaseModel):
     def _one_signal(self) -> FeedbackRequest:
         if (self.edit is None) == (self.reaction is None):
             raise ValueError("give exactly one of 'edit' or 'reaction'")
-        if self.edit is not None and not self.edit.strip():
-            raise ValueError("'edit' is empty: send the text the user kept")
+        if self.edit is not None and is_blank(self.edit):
+            raise ValueError("'edit' is empty or invisible (only spaces or zero-width characters): send the text "
+                             "the user kept")
         return self
 
 
@@ -193,7 +205,7 @@ class InteractionPage(BaseModel):
 
 class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int = Field(ge=0, description="The version to serve again; 0 is the base model.")
+    version: int = Field(ge=0, le=MAX_ID, strict=True, description="The version to serve again; 0 is the base model.")
     user: Text | None = Field(default=None, min_length=1, max_length=128,
                               description="With version 0: whose versions to roll back (default: the shared policy).")
 
@@ -276,7 +288,7 @@ def create_app(store: Store, engine: Engine) -> FastAPI:
 
     app.state.store = store
     metrics = ServiceMetrics(store, engine)
-    app.middleware("http")(metrics.middleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:
@@ -380,7 +392,8 @@ def create_app(store: Store, engine: Engine) -> FastAPI:
         return response
 
     @app.delete("/v1/users/{user}")
-    def forget_user(user: Annotated[str, Path(min_length=1, max_length=128)], who: Caller) -> dict:
+    def forget_user(user: Annotated[str, Path(min_length=1, max_length=128), AfterValidator(storable)],
+                    who: Caller) -> dict:
         """Forget a user of the caller's tenant (admin keys only): their log, keys and every version
         trained on their feedback."""
         if not who.admin:
@@ -420,7 +433,8 @@ def create_app(store: Store, engine: Engine) -> FastAPI:
 
     @app.get("/v1/interactions", response_model=InteractionPage)
     def interactions(who: Caller, limit: Annotated[int, Query(ge=1, le=200)] = 50,
-                     before: Annotated[str | None, Query(max_length=64)] = None) -> InteractionPage:
+                     before: Annotated[str | None, Query(max_length=64), AfterValidator(storable)] = None
+                     ) -> InteractionPage:
         rows = store.list_interactions(who.tenant, user=None if who.admin else who.user, limit=limit, before=before)
         data = [InteractionOut(id=r.id, user=r.user, messages=r.messages, response=r.response,
                                policy_version=r.policy_version_id, created_at=r.created_at.isoformat(),
@@ -481,7 +495,7 @@ def resolve_model(store: Store, base: str, who: Principal, name: str) -> ServedM
         prefix = f"{base}:v"
         version_id = name.removeprefix(prefix) if name.startswith(prefix) else ""
         version = None
-        if version_id.isdigit():
+        if VERSION_SUFFIX.fullmatch(version_id) and int(version_id) <= MAX_ID:
             try:
                 version = store.version(int(version_id))
             except NotFoundError:
@@ -578,6 +592,9 @@ class Answer:
             await run_in_threadpool(self.record, choices)
         except SQLAlchemyError:
             yield error_event(503, "the feedback store is unavailable; this completion was not logged", "unavailable")
+            return
+        except NotFoundError as exc:  # the user was forgotten while this completion was decoding
+            yield error_event(404, str(exc), "invalid_request_error")
             return
         except Exception as exc:  # noqa: BLE001 - the stream has started: report in-band, as OpenAI does
             yield error_event(500, f"generation failed: {exc}", "server_error")

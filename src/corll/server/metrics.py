@@ -11,7 +11,6 @@ import collections
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
-from starlette.requests import Request
 from starlette.responses import Response
 
 from corll.store import Store
@@ -55,14 +54,35 @@ class ServiceMetrics:
                   1 for v in store.versions() if v.active and v.user is not None))
         self.registry.register(LearnerDecisions(store))
 
-    async def middleware(self, request: Request, call_next) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        self.requests.labels(template, str(response.status_code)).inc()
-        self.latency.labels(template).observe(time.perf_counter() - started)
-        return response
+    def observe(self, scope: dict, status: int, seconds: float) -> None:
+        template = getattr(scope.get("route"), "path", "unmatched")
+        self.requests.labels(template, str(status)).inc()
+        self.latency.labels(template).observe(seconds)
 
     def exposition(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request. A plain ASGI middleware, not Starlette's `BaseHTTPMiddleware`:
+    that one hands the app a `receive` that never reports the client's disconnect, so an abandoned
+    non-streaming completion would decode to its end and be logged."""
+
+    def __init__(self, app, metrics: ServiceMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 500
+
+        async def sending(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            self.metrics.observe(scope, status, time.perf_counter() - started)

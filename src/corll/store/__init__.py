@@ -11,8 +11,9 @@ from corll.store.repository import (
     StoreError,
     database_url,
     forget,
+    is_blank,
 )
 from corll.store.schema import REACTIONS
 
 __all__ = ["MAX_EDIT_CHARS", "REACTIONS", "ConflictError", "FeedbackRecord", "KeyInfo", "NotFoundError", "Principal",
-           "Store", "StoreError", "database_url", "forget"]
+           "Store", "StoreError", "database_url", "forget", "is_blank"]

@@ -12,14 +12,15 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import create_engine, delete, event, func, or_, select, update
+from sqlalchemy import create_engine, delete, event, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -53,6 +54,15 @@ class ConflictError(StoreError):
     """An idempotency key reused for a different request."""
 
 
+INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})  # Unicode categories a reader cannot see
+
+
+def is_blank(text: str) -> bool:
+    """Whether nothing of `text` is visible: only whitespace, control and format characters (zero-width
+    spaces and joiners, direction marks)."""
+    return all(c.isspace() or unicodedata.category(c) in INVISIBLE for c in text)
+
+
 def database_url(url: str | None = None) -> str:
     """The given URL, else $CORLL_DATABASE_URL, else a SQLite file `corll.db` here. A bare path means SQLite."""
     url = url or os.environ.get("CORLL_DATABASE_URL") or DEFAULT_URL
@@ -70,6 +80,9 @@ class Principal:
     tenant: str
     user: str
     admin: bool = False
+    # the API key the caller authenticated with: forgetting the user deletes it, so work that outlives
+    # the request's start (a completion still decoding) can tell that its user was forgotten meanwhile
+    key_id: int | None = field(default=None, compare=False)
 
     def may_act_on(self, interaction: Interaction) -> bool:
         """Feedback on a completion comes from the user who received it, or from the tenant's admin."""
@@ -113,12 +126,16 @@ class Store:
         self.url = database_url(url)
         self.engine = make_engine(self.url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._writes = sessionmaker(self.engine.execution_options(**{WRITE: True}), expire_on_commit=False)
         if migrate:
             upgrade(self.engine)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        with self.sessions.begin() as session:
+        """A transaction that writes: everything it reads and writes is one serializable step with respect
+        to other writers of the same user (on SQLite it holds the database's write lock from its first
+        statement; on PostgreSQL the methods lock the users they touch, see `_lock_users`)."""
+        with self._writes.begin() as session:
             yield session
 
     # --- API keys -------------------------------------------------------------------------------
@@ -139,7 +156,7 @@ class Store:
             if row is None or row.revoked_at is not None or (row.expires_at is not None
                                                              and _aware(row.expires_at) <= utcnow()):
                 return None
-            return Principal(row.tenant, row.user, row.admin)
+            return Principal(row.tenant, row.user, row.admin, key_id=row.id)
 
     def list_api_keys(self, tenant: str | None = None) -> list[KeyInfo]:
         with self.sessions() as s:
@@ -169,8 +186,12 @@ class Store:
 
     def record_interactions(self, who: Principal, messages: list, responses: list[tuple[str, str, float | None]], *,
                             policy_version_id: int | None, sampling: dict) -> list[str]:
-        """Several responses to one prompt (a completion's choices) as (id, text, log π), all or none."""
+        """Several responses to one prompt (a completion's choices) as (id, text, log π), all or none. A user
+        forgotten while their completion was decoding is not logged (NotFoundError): forgetting is final."""
         with self.transaction() as s:
+            _lock_users(s, who.tenant, [who.user])
+            if who.key_id is not None and s.get(ApiKey, who.key_id) is None:
+                raise NotFoundError(f"user {who.user!r} of tenant {who.tenant!r} was forgotten; nothing was logged")
             for interaction_id, response, logprob in responses:
                 s.add(Interaction(id=interaction_id, tenant=who.tenant, user=who.user, messages=messages,
                                   response=response, policy_version_id=policy_version_id, sampling=sampling,
@@ -189,8 +210,9 @@ class Store:
         if (edit is None) == (reaction is None):
             raise StoreError("give exactly one of 'edit' or 'reaction'")
         if edit is not None:
-            if not edit.strip():
-                raise StoreError("'edit' is empty: send the text the user kept")
+            if is_blank(edit):
+                raise StoreError("'edit' is empty or invisible (only spaces or zero-width characters): send the "
+                                 "text the user kept")
             if len(edit) > MAX_EDIT_CHARS:
                 raise StoreError(f"'edit' has {len(edit)} characters; the limit is {MAX_EDIT_CHARS}")
         if reaction is not None and reaction not in REACTIONS:
@@ -199,7 +221,10 @@ class Store:
             return earlier
         try:
             with self.transaction() as s:
-                interaction = s.get(Interaction, interaction_id)
+                owner = s.scalar(select(Interaction.user).where(Interaction.id == interaction_id,
+                                                                Interaction.tenant == who.tenant))
+                _lock_users(s, who.tenant, [who.user] + ([owner] if owner is not None else []))
+                interaction = s.get(Interaction, interaction_id, populate_existing=True)
                 if interaction is None or not who.may_act_on(interaction):
                     raise NotFoundError(f"no completion {interaction_id!r}")
                 row = FeedbackEvent(interaction_id=interaction_id, kind="edit" if edit is not None else "reaction",
@@ -317,9 +342,14 @@ class Store:
         """Delete a user's interactions, the feedback on them and the feedback they wrote, their keys and
         idempotency records; retire every policy version trained on their feedback (their own adapters,
         shared versions whose training data included it, and every version trained on top of those),
-        activating the nearest untouched ancestor where an active one is retired. One transaction; the
-        adapters' files are the caller's to delete (`removed["adapter_paths"]`). Returns what was removed."""
+        activating the nearest untouched ancestor where an active one is retired. One transaction that
+        feedback and logging for the user cannot interleave with (they wait, then find nothing: 404); the
+        adapters' files are the caller's to delete (`removed["adapter_paths"]`). Returns what was removed;
+        a user the tenant never had is NotFoundError, and nothing is written."""
         with self.transaction() as s:
+            _lock_users(s, tenant, [user], exclusive=True)
+            if not _known(s, tenant, user):
+                raise NotFoundError(f"no user {user!r} in tenant {tenant!r}")
             mine = select(Interaction.id).where(Interaction.tenant == tenant, Interaction.user == user)
             events = list(s.scalars(select(FeedbackEvent.id).join(Interaction).where(
                 Interaction.tenant == tenant, or_(Interaction.user == user, FeedbackEvent.author == user))))
@@ -445,6 +475,28 @@ def _trained_on(version: PolicyVersion, user: str, first_event: int | None) -> b
     return first_event is not None and version.details.get("trained_through_event", 0) >= first_event
 
 
+def _lock_users(s: Session, tenant: str, users: list[str], *, exclusive: bool = False) -> None:
+    """Serialize this transaction against forgetting these users. On PostgreSQL: transaction-scoped advisory
+    locks, shared for feedback and logging (which may run side by side), exclusive for forget, taken in one
+    order so two transactions never wait on each other. On SQLite the write transaction already holds the
+    database's write lock from its first statement."""
+    if s.get_bind().dialect.name != "postgresql":
+        return
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    for user in sorted(set(users)):
+        s.execute(text(f"SELECT {function}(hashtextextended(:scope, 0))"), {"scope": f"{tenant}/{user}"})
+
+
+def _known(s: Session, tenant: str, user: str) -> bool:
+    """Whether the tenant has anything of the user: a key, an interaction, feedback they wrote, a version."""
+    checks = (select(ApiKey.id).where(ApiKey.tenant == tenant, ApiKey.user == user),
+              select(Interaction.id).where(Interaction.tenant == tenant, Interaction.user == user),
+              select(FeedbackEvent.id).join(Interaction).where(Interaction.tenant == tenant,
+                                                               FeedbackEvent.author == user),
+              select(PolicyVersion.id).where(PolicyVersion.tenant == tenant, PolicyVersion.user == user))
+    return any(s.scalar(query.limit(1)) is not None for query in checks)
+
+
 def _scope(who: Principal) -> str:
     return f"{who.tenant}/{who.user}"
 
@@ -476,6 +528,9 @@ def _activate(s: Session, row: PolicyVersion) -> None:
     row.active = True
 
 
+WRITE = "corll_write"  # execution option of the connections `Store.transaction` writes through
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
@@ -487,6 +542,15 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives a power cut
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+            # Python's sqlite3 would open a transaction only at the first write, so a transaction's reads
+            # could precede a concurrent writer's commit: transactions begin where SQLAlchemy begins them
+            connection.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin(connection) -> None:
+            # a write transaction takes the write lock at once: what it read is still true when it writes
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.get_execution_options().get(WRITE)
+                                       else "BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
