@@ -12,7 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from corll.cli import app as cli
-from corll.learn import LearnConfig, gate, gate_monitor, learn_once
+from corll.learn import LearnConfig, gate, learn_once
+from corll.monitor import degeneration_thresholds
 from corll.learners.dpo import DPOConfig
 from corll.monitor import MonitorThresholds
 from corll.store import Principal, Store
@@ -168,7 +169,7 @@ def test_on_the_real_model_a_consistent_user_is_promoted_and_a_collapsing_candid
         store = Store(f"sqlite:///{tmp_path / f'{lr}.db'}")
         log_edits(store, ALICE, 8, draft=draft, edit="Here is a short note.")
         made = learn_once(store, config(tmp_path / str(lr), model="smollm2-135m-instruct", dpo=DPOConfig(lr=lr),
-                                        epochs=4, monitor=gate_monitor(),
+                                        epochs=4, monitor=degeneration_thresholds(),
                                         cost_slack=LearnConfig.cost_slack))  # every default criterion
         outcomes[lr] = made[0]
     assert outcomes[3e-4].decision == "promoted", outcomes[3e-4].reason

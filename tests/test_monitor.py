@@ -57,8 +57,8 @@ def test_looping_tells_a_loop_from_a_phrase_used_twice():
     assert looping([email, loop]) == (1 / 31 + 33 / 38) / 2 and looping([]) == looping(["two words"]) == 0.0
 
 
-def test_the_gate_monitor_flags_loops_and_collapse_but_not_a_phrase_used_once_more():
-    from corll.learn import gate_monitor
+def test_the_degeneration_monitor_flags_loops_and_collapse_but_not_a_phrase_used_once_more():
+    from corll.monitor import degeneration_thresholds
     from corll.objectives import looping
 
     def observation(texts):
@@ -66,7 +66,7 @@ def test_the_gate_monitor_flags_loops_and_collapse_but_not_a_phrase_used_once_mo
                 "repetition": repeated_phrase_rate(texts), "looping": looping(texts), "kl": 3.0}
 
     def flags(serving, candidate):
-        monitor = HackingMonitor(gate_monitor())
+        monitor = HackingMonitor(degeneration_thresholds())
         monitor.observe(observation(serving))
         return monitor.observe(observation(candidate))
 
@@ -84,3 +84,17 @@ def test_the_gate_monitor_flags_loops_and_collapse_but_not_a_phrase_used_once_mo
     assert len(looped) == 2 and looped[1].startswith("distinct-2 fell")  # so few distinct pairs left, too
     collapsed = flags(drafts, drafts[:1] * 4)  # the same draft for every prompt
     assert len(collapsed) == 1 and collapsed[0].startswith("distinct-2 fell -0.")
+
+
+def test_a_simulation_run_whose_texts_loop_or_leave_pi_0_far_behind_is_flagged():
+    from corll.monitor import degeneration_thresholds, monitor_records
+
+    start = {"round": 0, "reward": -1.0, "kl": 0.0, "distinct_2": 0.9, "looping": 0.02}
+    healthy = {"round": 12, "reward": -0.6, "kl": 7.9, "distinct_2": 0.85, "looping": 0.05}
+    looped = {**healthy, "looping": 0.40}
+    far = {**healthy, "kl": 25.0}
+    collapsed = {**healthy, "distinct_2": 0.5}
+    assert monitor_records([start, healthy], degeneration_thresholds()) == []
+    assert ["looping" in f for f in monitor_records([start, looped], degeneration_thresholds())] == [True]
+    assert ["KL to π_0" in f for f in monitor_records([start, far], degeneration_thresholds())] == [True]
+    assert ["distinct-2" in f for f in monitor_records([start, collapsed], degeneration_thresholds())] == [True]

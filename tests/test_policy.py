@@ -239,3 +239,16 @@ def test_sampled_log_probabilities_equal_a_forward_pass(policy):
     assert torch.allclose(logps, forward, atol=1e-4), (logps, forward)
     torch.manual_seed(4)
     assert policy.sample(PROMPTS, 3) == samples  # the recorder does not change what is drawn
+
+
+def test_in_bf16_sampled_log_probabilities_come_from_the_forward_pass_that_scores_the_reference():
+    """A fresh adapter is π_0: in bf16 its implicit rewards of its own samples are exactly 0, not the
+    difference in rounding between the cached decode and a forward pass (which the argmax would follow)."""
+    policy = load_policy("tiny", precision="bf16", seed=0)
+    policy.sampling.max_new_tokens = 10
+    torch.manual_seed(4)
+    samples, logps = policy.sample_scored(PROMPTS, 3)
+    flat_x = [x for x in PROMPTS for _ in range(3)]
+    flat_y = [y for s in samples for y in s]
+    assert torch.equal(logps.flatten(), policy.logprobs(flat_x, flat_y))
+    assert torch.equal(logps.flatten(), policy.logprobs(flat_x, flat_y, reference=True))

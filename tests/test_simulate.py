@@ -150,3 +150,22 @@ def test_dueling_reports_the_reward_of_what_it_showed_without_asking_the_task_ag
     run_simulation(tiny_config(algorithms=["dueling"], rounds=2, eval_every=2, checkpoint_every=2), tmp_path / "d")
     record = RunDir(tmp_path / "d").read_metrics()[-1]
     assert record["shown_reward"] is not None and 0.0 <= record["shown_reward"] <= 1.0
+
+
+def test_algorithms_are_compared_prompt_by_prompt_on_the_same_held_out_samples(tmp_path):
+    config = tiny_config(algorithms=["corll", "dueling"], rounds=2, eval_every=2, eval_samples=3)
+    summary = run_simulation(config, tmp_path / "run")
+    finals = {r["algorithm"]: r for r in RunDir(tmp_path / "run").read_metrics() if r["round"] == 2}
+    for record in finals.values():
+        assert len(record["reward_by_prompt"]) == config.eval_prompts
+        assert sum(record["reward_by_prompt"]) / config.eval_prompts == pytest.approx(record["reward"])
+    [compared] = json.loads((tmp_path / "run" / "comparisons.json").read_text())
+    differences = [a - b for a, b in zip(finals["corll"]["reward_by_prompt"], finals["dueling"]["reward_by_prompt"])]
+    assert compared["label"] == "corll − dueling" and compared["unit"] == "held-out prompts"
+    assert compared["n"] == config.eval_prompts
+    assert compared["difference"] == pytest.approx(sum(differences) / len(differences))
+    assert compared["low"] < compared["difference"] < compared["high"]
+    # every run is watched for reward hacking, whatever its task
+    for name in ("corll", "dueling"):
+        assert isinstance(summary[name]["monitor_flags"], list)
+        assert {"distinct_2", "looping", "repetition"} <= finals[name].keys()

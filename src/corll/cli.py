@@ -193,7 +193,7 @@ def simulate(
         fail("--jobs must be >= 1")
     use_hardware(config.precision, threads)
     from corll.learners import NonFiniteLossError
-    from corll.report import summary_table
+    from corll.report import comparison_rows, comparison_table, summary_table
     from corll.simulate import RunExistsError, run_simulation
     columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}"))
@@ -218,9 +218,15 @@ def simulate(
             fail(f"{exc}; the run stopped and its last good checkpoint is in {out / 'checkpoints'} "
                  "(continue with --resume, e.g. after lowering --lr)")
     console.print(summary_table([out]))
+    if compared := comparison_rows([out]):
+        console.print(comparison_table(compared))
     for name, result in summary.items():
-        for flag in result.get("monitor_flags", []):
-            console.print(f"[bold yellow]reward-hacking monitor ({name}):[/] {flag}")
+        flags = result.get("monitor_flags", [])
+        for flag in flags:
+            console.print(f"[bold yellow]reward-hacking monitor ({name}):[/] {flag} — a gain bought this way is "
+                          "reward hacking, not better text")
+        if not flags:
+            console.print(f"reward-hacking monitor ({name}): no flags (KL to π_0 {result['kl_final']:.1f} nats)")
     console.print(f"run folder: {out}")
 
 

@@ -17,7 +17,7 @@ shared one. A lineage with at least `min_edits` preferences ȳ ≻ y newer than 
      newest; the same seeds for both versions, as long as the drafts the user saw) show that the
      candidate's would cost the user no more, by the user's edit habits (`corll.edit_habits`: the spans
      their logged edits insert or delete again and again), and the reward-hacking monitor stays quiet on
-     them (`gate_monitor`: KL to π_0, looping and a collapse of distinct-2, against the serving version's
+     them (`monitor.degeneration_thresholds`: KL to π_0, looping and a collapse of distinct-2, against the serving version's
      drafts);
   4. one transaction that stores the candidate and the decision with its metrics and reason.
 
@@ -45,23 +45,13 @@ from corll.edit_habits import EditHabits
 from corll.learners.dpo import DPOConfig
 from corll.lineages import Lineage, Preference, lineages, preferences
 from corll.log_training import dpo_epochs, use_version
-from corll.monitor import HackingMonitor, MonitorThresholds
+from corll.monitor import HackingMonitor, MonitorThresholds, degeneration_thresholds
 from corll.objectives import distinct_n, looping, repeated_phrase_rate
 from corll.policy import LoraSettings, Policy, SamplingConfig, load_policy
 from corll.store import FeedbackRecord, Store
 from corll.store.schema import Decision, PolicyVersion
 
 WORKER = "learner"
-
-
-def gate_monitor(kl_limit: float = 20.0) -> MonitorThresholds:
-    """The monitor's rules for the gate, which compares 8 or so drafts of two versions on the same prompts.
-    There is no reaction objective, so the rules that need love to rise cannot fire; degeneration is
-    checked directly: a loop (the mean share of a draft's repeated trigrams up 0.25), distinct-2 falling
-    0.3 (drafts collapsing onto each other), KL to π_0. The share of drafts that repeat some phrase is
-    recorded, not checked: three in four of the base model's 128-token drafts already repeat a trigram
-    once, so on 8 drafts a change of 2 is chance."""
-    return MonitorThresholds(kl_limit=kl_limit, repetition_rise=None, collapse_drop=0.30)
 
 
 @dataclass
@@ -84,7 +74,7 @@ class LearnConfig:
     draft_samples: int = 4  # per held-out prompt and version; the monitor watches the same drafts
     cost_slack: float = 0.0
     habit_share: float = 0.5
-    monitor: MonitorThresholds = field(default_factory=gate_monitor)
+    monitor: MonitorThresholds = field(default_factory=degeneration_thresholds)
     precision: str = "auto"
     seed: int = 0
 

@@ -10,6 +10,7 @@ are settings, documented next to each (None: recorded, not checked).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -74,3 +75,12 @@ def monitor_records(records: list[dict], thresholds: MonitorThresholds | None = 
     for record in records:
         monitor.observe(observation(record))
     return monitor.flags()
+
+
+def degeneration_thresholds(kl_limit: float = 20.0) -> MonitorThresholds:
+    """Rules for a task with no reaction objectives, where the rules that watch love rising against
+    helpfulness are off (a task's own reward rising is the point, and consistent edits legitimately make
+    texts more alike): degeneration is checked directly — a loop (the mean share of a text's repeated
+    trigrams up 0.25), distinct-2 falling 0.3 (texts collapsing onto each other), KL to π_0. The share
+    of texts that repeat some phrase is recorded, not checked: many ordinary drafts repeat a trigram once."""
+    return MonitorThresholds(love_rise=math.inf, kl_limit=kl_limit, repetition_rise=None, collapse_drop=0.30)

@@ -369,7 +369,17 @@ class Policy:
         """k responses per prompt and log π(y|x) of each ([prompts, k]), read off the logits that
         `generate` computes while sampling instead of a second forward pass. A response whose
         text does not re-tokenize to the sampled tokens is scored by a forward pass, so the
-        values always equal `logprobs(x, y)` up to floating-point rounding."""
+        values always equal `logprobs(x, y)` up to floating-point rounding.
+
+        Only in fp32, though: in bf16 the cached decode and a full forward pass round differently
+        (0.06–0.08 nats per 32-token response on SmolLM2), and log π_0 always comes from a forward
+        pass, so a fresh adapter's implicit reward β·(log π − log π_0) would be rounding noise that
+        the argmax follows and the KL estimate reports. There every value is a forward pass."""
+        if self.precision != "fp32":
+            texts = self.sample(prompts, k)
+            flat = [y for ys in texts for y in ys]
+            logps = self.logprobs([x for x in prompts for _ in range(k)], flat)
+            return texts, logps.view(len(prompts), k)
         recorder = TokenLogprobs()
         texts, tokens = self._generate(prompts, k, None, False, recorder)
         logps = recorder.totals(tokens, self.tokenizer.eos_token_id)

@@ -106,6 +106,53 @@ def gain_interval(first: list[dict], last: list[dict]) -> tuple[float, float, fl
     return gain, gain - half, gain + half
 
 
+def comparison_rows(paths: list[Path]) -> list[dict]:
+    """Each algorithm of the runs' configuration against the first one named, at the last evaluation
+    (equal rounds, so equal feedback up to the preferences a round could not gather): paired over seeds
+    when there are several (each seed's difference of held-out R*), else over the held-out prompts of
+    the one run (every algorithm is evaluated on the same prompts with the same sampling seed, so a
+    prompt's difficulty cancels). Runs of different configurations are not compared."""
+    from corll.stats import paired_comparison
+
+    configs = {json.dumps(_config(p), sort_keys=True) for p in paths}
+    if len(configs) != 1:
+        return []
+    order = json.loads((paths[0] / "config.json").read_text()).get("algorithms", [])
+    series = load_series(paths)
+    finals = {name: series[name][max(series[name])] for name in order if series.get(name)}
+    if len(finals) < 2:
+        return []
+    first, *others = finals
+    rows = []
+    for other in others:
+        a = {r["seed"]: r for r in finals[first]}
+        b = {r["seed"]: r for r in finals[other]}
+        seeds = sorted(a.keys() & b.keys())
+        if len(seeds) > 1:
+            unit, xs, ys = "seeds", [a[s]["reward"] for s in seeds], [b[s]["reward"] for s in seeds]
+        elif seeds and a[seeds[0]].get("reward_by_prompt") and b[seeds[0]].get("reward_by_prompt"):
+            unit, xs, ys = "held-out prompts", a[seeds[0]]["reward_by_prompt"], b[seeds[0]]["reward_by_prompt"]
+        else:
+            continue
+        compared = paired_comparison(xs, ys)
+        d = compared.difference
+        rows.append({"label": f"{first} − {other}", "unit": unit, "n": d.n, "difference": d.mean, "low": d.low,
+                     "high": d.high, "p_value": compared.p_value,
+                     "feedback": [statistics.fmean(r["feedback"] for r in finals[name]) for name in (first, other)]})
+    return rows
+
+
+def comparison_table(rows: list[dict]) -> Table:
+    table = Table(title="at equal feedback: held-out R* of one algorithm minus another's (paired)")
+    for column in ("comparison", "feedback", "paired over", "difference [95% CI]", "p", "excludes 0"):
+        table.add_column(column, justify="left" if column == "comparison" else "right")
+    for row in rows:
+        table.add_row(row["label"], " vs ".join(f"{f:.0f}" for f in row["feedback"]), f"{row['n']} {row['unit']}",
+                      f"{row['difference']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}]", f"{row['p_value']:.2g}",
+                      "yes" if row["low"] > 0 or row["high"] < 0 else "no")
+    return table
+
+
 def summary_table(paths: list[Path]) -> Table:
     table = Table(title="held-out true reward R*")
     for column in ("algorithm", "seeds", "rounds", "feedback", "R* before", "R* after", "ΔR* [95% CI]", "KL"):

@@ -2,6 +2,7 @@
 
 A run folder holds `config.json` (the resolved configuration), `metrics.jsonl`
 (one record per evaluation, the same fields for every algorithm), `summary.json`,
+`comparisons.json` (each algorithm against the first, paired over the held-out prompts),
 `curves.png`, `checkpoints/<algorithm>.pt` (resume state) and `policies/<algorithm>/`
 (the final adapter). Every source of randomness is torch's global generator,
 seeded per algorithm and saved in checkpoints, so a resumed run replays exactly.
@@ -28,7 +29,8 @@ from corll.learners.dpo import StepStats
 from corll.learners.edits import LateEnsemble, OracleAgent, told
 from corll.learners.registry import LATE_MEMBERS, LEARNERS, Setup
 from corll.learners.rounds import RoundLog
-from corll.monitor import monitor_records
+from corll.monitor import degeneration_thresholds, monitor_records
+from corll.objectives import distinct_n, looping, repeated_phrase_rate
 from corll import hardware
 from corll.hardware import choose_precision
 from corll.policy import LoraSettings, Policy, SamplingConfig, load_policy
@@ -77,10 +79,12 @@ class PromptStream:
 
 def evaluate(policy: Policy, task: Task, config: SimulationConfig,
              system_for: Callable[[str], str] | None = None) -> dict[str, float]:
-    """Mean R* of the policy's samples on held-out prompts, and a Monte-Carlo KL(π‖π_0).
+    """Mean R* of the policy's samples on held-out prompts (and per prompt), a Monte-Carlo KL(π‖π_0),
+    and the samples' diversity and looping, which the reward-hacking monitor watches.
 
     Sampling uses its own fixed seed inside a forked RNG, so evaluation neither
-    disturbs nor depends on the training randomness: curves compare like with like.
+    disturbs nor depends on the training randomness: curves compare like with like, and
+    every algorithm of a run is evaluated on the same prompts with the same random numbers.
     `system_for` gives each prompt a system message (the oracle agent answers that way).
     """
     prompts = task.test_prompts[: config.eval_prompts]
@@ -96,10 +100,14 @@ def evaluate(policy: Policy, task: Task, config: SimulationConfig,
     rewards = task.reward(xs, ys)
     logps = policy.logprobs(xs, ys) if logps is None else logps.flatten()
     kl = (logps - policy.logprobs(xs, ys, reference=True)).mean().item()
+    k = config.eval_samples
+    degeneration = {"distinct_2": distinct_n(ys), "looping": looping(ys), "repetition": repeated_phrase_rate(ys)}
     extra = task.metrics(xs, ys) if task.metrics is not None else {}
     return {"reward": statistics.fmean(rewards),
             "reward_sem": statistics.stdev(rewards) / math.sqrt(len(rewards)) if len(rewards) > 1 else 0.0,
-            "kl": kl, **extra}
+            # per held-out prompt, in order: two policies evaluated alike compare prompt by prompt
+            "reward_by_prompt": [statistics.fmean(rewards[i * k:(i + 1) * k]) for i in range(len(prompts))],
+            "kl": kl, **degeneration, **extra}
 
 
 @dataclass
@@ -429,8 +437,9 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
         # most trusted member is the policy evaluated and saved)
         summary["chosen"] = [LATE_MEMBERS[i] for i in algorithm.chosen]
         summary["trust"] = dict(zip(LATE_MEMBERS, algorithm.bandit.probabilities()))
-    if task.objectives is not None:  # reaction tasks: watch for reward hacking
-        summary["monitor_flags"] = monitor_records(ours)
+    # Watch every run for reward hacking: reaction tasks with the objectives' rules, every task for
+    # degeneration (a win bought with loops, collapsed diversity or a policy far from π_0)
+    summary["monitor_flags"] = monitor_records(ours, None if task.objectives is not None else degeneration_thresholds())
     return summary
 
 
@@ -455,8 +464,10 @@ def run_simulation(config: SimulationConfig, out: Path, *, resume: bool = False,
     for name, result in run_algorithms(todo, config, run, progress, jobs):
         summary[name] = result
         run.write_json(summary_file, summary)
-    from corll.report import plot_curves
+    from corll.report import comparison_rows, plot_curves
 
+    if compared := comparison_rows([run.path]):
+        run.write_json(run.path / "comparisons.json", compared)
     plot_curves([run.path], run.path / "curves.png")
     return summary
 
