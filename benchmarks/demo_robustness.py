@@ -33,11 +33,12 @@ def cpu_folder(capability: str) -> str:
     return capability.lower().replace("-", "")
 
 
-def run_seed(folder: Path, seed: int) -> float | None:
+def run_seed(folder: Path, seed: int, precision: str) -> float | None:
     """Run the demo at `seed` into `folder` (resuming it if it was interrupted); its wall time in seconds,
     None when it resumed (the time of a part says nothing about the whole)."""
     resuming = (folder / "config.json").exists()
-    command = ["bash", str(ROOT / "scripts" / "demo.sh"), "--seed", str(seed), "--out", str(folder)]
+    command = ["bash", str(ROOT / "scripts" / "demo.sh"), "--seed", str(seed), "--out", str(folder),
+               "--precision", precision]
     started = time.perf_counter()
     subprocess.run(command + (["--resume"] if resuming else []), check=True, cwd=ROOT)
     return None if resuming else round(time.perf_counter() - started, 1)
@@ -61,10 +62,10 @@ def seed_row(folder: Path, seed: int, wall: float | None) -> dict:
             "monitor_flags": {name: summary[name].get("monitor_flags", []) for name in ("corll", "dueling")}}
 
 
-def render(hardware: dict, rows: list[dict], over_seeds: dict | None) -> str:
+def render(hardware: dict, precision: str, rows: list[dict], over_seeds: dict | None) -> str:
     holds = sum(r["holds"] for r in rows)
     lines = [f"# The demo's claim over seeds — {hardware['cpu']} ({hardware['capability']}, "
-             f"native bf16: {'yes' if hardware['native_bf16'] else 'no'}, {hardware['cpus']} CPUs)", "",
+             f"native bf16: {'yes' if hardware['native_bf16'] else 'no'}, {hardware['cpus']} CPUs), {precision}", "",
              "Each row is one run of `scripts/demo.sh --seed S` (48 preferences per algorithm). The claim holds at a "
              "seed when CoRLL's final held-out R* minus dueling's, paired over the held-out prompts (same prompts, "
              "same sampling seed), has a 95% interval above 0.", "",
@@ -85,7 +86,7 @@ def render(hardware: dict, rows: list[dict], over_seeds: dict | None) -> str:
                      f"p = {over_seeds['p_value']:.2g}.")
     walls = [r["wall_s"] for r in rows if r["wall_s"] is not None]
     if walls:
-        lines.append(f"Wall time per demo (set-up already done, nothing else running): median "
+        lines.append(f"Wall time per demo (set-up already done): median "
                      f"{statistics.median(walls) / 60:.1f} min, longest {max(walls) / 60:.1f} min.")
     return "\n".join(lines) + "\n"
 
@@ -116,10 +117,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "demo-robustness",
-                        help="results folder; a subfolder per kind of CPU")
+                        help="results folder; a subfolder per kind of CPU (and precision, when not auto)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="the demo's --precision (auto: what a new user gets)")
     args = parser.parse_args()
     hardware = detect().as_dict()
-    out = args.out / cpu_folder(hardware["capability"])
+    out = args.out / (cpu_folder(hardware["capability"])
+                      + ("" if args.precision == "auto" else f"-{args.precision}"))
     out.mkdir(parents=True, exist_ok=True)
     walls_file = out / "walls.json"
     walls = json.loads(walls_file.read_text()) if walls_file.exists() else {}
@@ -128,17 +132,20 @@ def main() -> None:
         folder = out / f"seed-{seed}"
         if not finished(folder):
             print(f"demo at seed {seed} -> {folder}", flush=True)
-            walls[str(seed)] = run_seed(folder, seed)
+            walls[str(seed)] = run_seed(folder, seed, args.precision)
             walls_file.write_text(json.dumps(walls, indent=2) + "\n")
     rows = [seed_row(out / f"seed-{s}", s, walls.get(str(s))) for s in seeds]
     folders = [out / f"seed-{s}" for s in seeds]
+    precision = json.loads((folders[0] / "config.json").read_text())["hardware"]["precision"]
     over_seeds = next((c for c in comparison_rows(folders) if c["label"] == "corll − dueling"), None) \
         if len(seeds) > 1 else None
-    (out / "results.json").write_text(json.dumps({"hardware": hardware, "seeds": rows, "over_seeds": over_seeds},
+    (out / "results.json").write_text(json.dumps({"hardware": hardware, "precision": precision, "seeds": rows,
+                                                  "over_seeds": over_seeds},
                                                  indent=2) + "\n")
-    table = render(hardware, rows, over_seeds)
+    table = render(hardware, precision, rows, over_seeds)
     (out / "table.md").write_text(table)
-    plot(rows, out / "robustness.png", f"{hardware['cpu']} — {sum(r['holds'] for r in rows)} of {len(rows)} seeds")
+    plot(rows, out / "robustness.png", f"{hardware['cpu']} ({hardware['capability']}), {precision}: the claim "
+                                       f"held at {sum(r['holds'] for r in rows)} of {len(rows)} seeds")
     print(table)
 
 

@@ -17,8 +17,9 @@ the precision in use.
 The TRL arm is what a competent engineer writes in an afternoon: one batched
 `generate` for all prompts × k (left padding, `num_return_sequences=k`), batched
 forwards for policy and reference scoring with TRL's `selective_log_softmax`, and
-`trl.DPOTrainer` (reference = adapter disabled, gradient checkpointing off, the
-machine's precision) for one step per round. It creates the trainer each round (a
+`trl.DPOTrainer` (reference = adapter disabled, i.e. the base model as in corll: TRL's own copy of the
+current adapter as reference is removed, which would keep every step at loss ln 2; gradient checkpointing
+off, the machine's precision) for one step per round; the table lists its loss per round as the check. It creates the trainer each round (a
 trainer is bound to its dataset), so its Adam state restarts each step; that changes
 its learning, not its cost per step.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -121,6 +123,7 @@ class TrlArm:
         self.policy, self.editor = policy, editor
         self.tokenizer = policy.tokenizer
         self.tokenizer.padding_side = "left"
+        self.losses: list[float] = []  # each round's DPO loss: it must leave ln 2 once the adapter has moved
 
     def _chat(self, prompt: str, response: str | None = None) -> str:
         messages = [{"role": "user", "content": prompt}]
@@ -175,11 +178,14 @@ class TrlArm:
                                 learning_rate=LR, beta=BETA, save_strategy="no", report_to=[], use_cpu=True,
                                 disable_tqdm=True, logging_steps=1000, seed=0, gradient_checkpointing=False,
                                 bf16=self.policy.precision == "bf16")
-            if "ref" in getattr(self.policy.model, "peft_config", {}):
-                self.policy.model.delete_adapter("ref")  # the previous round's trainer left its reference copy
             trainer = DPOTrainer(model=self.policy.model, ref_model=None, args=args, train_dataset=data,
                                  processing_class=self.tokenizer)
-            trainer.train()
+            # Handed a peft model, TRL copies its current adapter as the reference ("ref"), so every step would
+            # start at the reference (loss ln 2, no learning signal): drop the copy, and TRL computes the
+            # reference with the adapter disabled — the base model, π_0, as corll does.
+            if "ref" in self.policy.model.peft_config:
+                self.policy.model.delete_adapter("ref")
+            self.losses.append(trainer.train().training_loss)
 
 
 # --- running ---------------------------------------------------------------------------------
@@ -247,6 +253,10 @@ def main() -> None:
             run_round(arm, prompts, times[arm.name] if r else defaultdict(list))
             print(f"round {r} {arm.name}: " + ", ".join(f"{p} {times[arm.name][p][-1]:.1f}s" for p in PHASES)
                   if r else f"warm-up {arm.name} done", flush=True)
+    trl_losses = next(arm for arm, _ in arms if arm.name == "trl").losses
+    if all(abs(loss - math.log(2)) < 1e-4 for loss in trl_losses[1:]):
+        raise SystemExit(f"the TRL arm's loss stayed at ln 2 ({trl_losses}): its reference is its own adapter, "
+                         "not the base model, and it is not doing DPO against π_0")
     memory = {name: peak_rss_of(name, 2) for name in times}
     rows = {}
     for name, t in times.items():
@@ -259,7 +269,8 @@ def main() -> None:
             "update_flops": sum(t["update_flops"]) / sum(t["update"]),
             "update_peak_fraction": sum(t["update_flops"]) / sum(t["update"]) / update_peak,
         }
-    report = render(rows, peaks, args.rounds)
+    report = render(rows, peaks, args.rounds) + ("TRL arm's DPO loss per round (warm-up first): "
+                                                 + ", ".join(f"{loss:.4f}" for loss in trl_losses) + "\n")
     print(report)
     if args.out:
         args.out.write_text(report)

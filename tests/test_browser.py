@@ -95,8 +95,6 @@ def test_draft_edit_keep_and_react_are_stored_with_the_cost_the_page_showed(site
     assert text(driver, "cost") == str(cost) and cost >= 5
     inserted = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#diff ins")]
     assert inserted[-3:] == ["so", "much,", "truly!"]
-    driver.set_window_size(1100, 1500)
-    screenshot(driver, "browser-pad.png", tmp_path)
     box.send_keys(Keys.CONTROL, "s")  # keep
     wait(driver, lambda d: d.find_element(By.ID, "pad-status").text.startswith("Kept:"))
     assert f"{cost} tokens edited" in text(driver, "pad-status")
@@ -112,6 +110,35 @@ def test_draft_edit_keep_and_react_are_stored_with_the_cost_the_page_showed(site
     wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#history-list li"))
     item = driver.find_element(By.CSS_SELECTOR, "#history-list li").text
     assert f"{cost} tokens edited" in item and "love" in item and "truly!" in item
+
+
+@pytest.mark.slow
+def test_with_smollm2_the_pad_drafts_readable_text_that_a_person_edits(tmp_path, browser):
+    """The pad as a newcomer sees it, on the real model (its screenshot is the README's picture)."""
+    store = Store(f"sqlite:///{tmp_path / 'corll.db'}")
+    server = LiveServer(store, PolicyEngine("smollm2-135m-instruct", store, precision="fp32", default_max_tokens=64))
+    try:
+        driver = browser
+        driver.set_window_size(1100, 900)
+        sign_in(driver, server.url, store.create_api_key("acme", "alice"))
+        wait(driver, lambda d: d.find_element(By.ID, "app").is_displayed())
+        driver.find_element(By.ID, "prompt").send_keys("Write a short thank-you note to a neighbour who watered "
+                                                       "my plants.")
+        driver.find_element(By.ID, "prompt").send_keys(Keys.CONTROL, Keys.ENTER)
+        wait(driver, lambda d: "Edit the draft" in d.find_element(By.ID, "pad-status").text, timeout=120)
+        box = driver.find_element(By.ID, "draft")
+        draft = box.get_attribute("value")
+        words = draft.split()
+        # prose, not the tiny test model's random characters: most "words" are words of letters
+        assert len(words) >= 8 and sum(w.strip(".,!?;:'\"").isalpha() for w in words) >= 0.5 * len(words), draft
+        box.send_keys(Keys.CONTROL, Keys.END)
+        box.send_keys(" See you at the garden party on Sunday!")
+        assert text(driver, "cost") == str(word_edit_distance(draft, box.get_attribute("value")))
+        driver.set_window_size(1100, 1400)
+        screenshot(driver, "browser-pad.png", tmp_path)
+    finally:
+        driver.execute_script("sessionStorage.clear()")
+        server.stop()
 
 
 PARITY_TEXTS = ["Hello, world!", "It's a well-known fact -- isn't it?", "Café déjà vu… naïve “quotes” (yes).",

@@ -48,3 +48,26 @@ def test_a_lora_policy_packs_its_frozen_base_but_not_its_adapter():
     trainable = [m for m in policy.model.modules() if isinstance(m, torch.nn.Linear) and m.weight.requires_grad]
     assert packed and trainable and not set(map(id, packed)) & set(map(id, trainable))
     assert all(not m.weight.requires_grad for m in packed)
+
+
+def test_a_bf16_weight_under_autocast_gives_autocasts_own_product():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 24).requires_grad_(False).to(torch.bfloat16)  # a frozen weight stored in bf16
+    assert cpu_kernels.pack_frozen_linears(layer) == 1
+    x = torch.randn(2, 3, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    assert layer._corll_packed[1] is not None and out.dtype == expected.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), expected.float(), atol=2e-2, rtol=1e-2)
+
+
+def test_a_bf16_policy_packs_its_frozen_base_and_scores_as_the_plain_kernels_do(monkeypatch):
+    policy = load_policy("tiny", precision="bf16", seed=0)
+    packed = [m for m in policy.model.modules() if hasattr(m, "_corll_packed")]
+    assert packed and all(m.weight.dtype == torch.bfloat16 for m in packed)
+    monkeypatch.setenv("CORLL_PACKED_KERNELS", "0")
+    plain = load_policy("tiny", precision="bf16", seed=0)
+    assert not any(hasattr(m, "_corll_packed") for m in plain.model.modules())
+    prompts, responses = ["hello", "x"], ["abc def", "the quick brown fox"]
+    assert torch.allclose(policy.logprobs(prompts, responses), plain.logprobs(prompts, responses), atol=0.05)

@@ -90,7 +90,11 @@ def test_bf16_frozen_weights_are_stored_in_bf16_and_trainable_ones_in_fp32():
     dtypes = {name: p.dtype for name, p in policy.model.named_parameters()}
     assert all(dtypes[n] == torch.float32 for n, p in policy.model.named_parameters() if p.requires_grad)
     assert dtypes["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"] == torch.bfloat16
-    assert dtypes["base_model.model.model.embed_tokens.weight"] == torch.float32  # tied to the head, looked up
+    assert dtypes["base_model.model.model.embed_tokens.weight"] == torch.float32  # looked up, not multiplied
+    # the head it was tied to has its own bf16 copy of the same values, so decoding casts nothing per step
+    head, embedding = policy.model.get_output_embeddings().weight, policy.model.get_input_embeddings().weight
+    assert head.dtype == torch.bfloat16 and head is not embedding and not head.requires_grad
+    assert torch.equal(head, embedding.detach().to(torch.bfloat16))
 
 
 def test_bf16_learning_curve_on_synthetic_follows_the_fp32_curve(tmp_path):

@@ -208,15 +208,20 @@ def store_frozen_linears_in_bf16(model: nn.Module) -> None:
     Under bf16 autocast every matmul first casts its fp32 weight to bf16, on every
     forward and every decoding step; frozen weights never change, so casting them once
     gives the same products without the copies. Trainable weights (LoRA, or all of them
-    under full fine-tuning) stay fp32, and so does a head tied to the input embedding,
-    whose lookups are not autocast. The weights left in fp32 are copied out of the
+    under full fine-tuning) stay fp32. A frozen head tied to the input embedding gets its own
+    bf16 copy (the embedding's lookups are not autocast and keep fp32): otherwise autocast
+    re-casts SmolLM2's 28 M head weights at every decoding step, 40 ms of a 32-row step on a
+    native-bf16 CPU, for 57 MB more memory. The weights left in fp32 are copied out of the
     memory-mapped checkpoint, so the mapping (and the fp32 pages of the weights now
     held in bf16) is released: 0.4 GiB less resident memory for SmolLM2.
     """
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     for module in model.modules():
-        if isinstance(module, nn.Linear) and not module.weight.requires_grad and id(module.weight) not in embeddings:
-            module.weight.data = module.weight.data.to(torch.bfloat16)
+        if isinstance(module, nn.Linear) and not module.weight.requires_grad:
+            if id(module.weight) in embeddings:  # tied: untie into a bf16 copy of the same values
+                module.weight = nn.Parameter(module.weight.detach().to(torch.bfloat16), requires_grad=False)
+            else:
+                module.weight.data = module.weight.data.to(torch.bfloat16)
             if module.bias is not None and not module.bias.requires_grad:
                 module.bias.data = module.bias.data.to(torch.bfloat16)
     for tensor in [*model.parameters(), *model.buffers()]:
@@ -512,8 +517,10 @@ def load_policy(name: str, *, lora: LoraSettings | None = LoraSettings(), init_a
         if init_adapter is not None:
             raise ValueError("init_adapter needs LoRA training; it cannot be combined with full fine-tuning")
         reference = copy.deepcopy(model).eval().requires_grad_(False)
-        return fast_inference(Policy(model, tokenizer, reference_model=reference, sampling=sampling,
-                                     precision=precision, source=(name, seed)))
+        policy = Policy(model, tokenizer, reference_model=reference, sampling=sampling, precision=precision,
+                        source=(name, seed))
+        fast_inference([model, reference])
+        return policy
 
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -529,4 +536,5 @@ def load_policy(name: str, *, lora: LoraSettings | None = LoraSettings(), init_a
             model = get_peft_model(model, config)
     policy = Policy(model, tokenizer, sampling=sampling, precision=precision, source=(name, seed))
     policy._mark_trainable("default")
-    return fast_inference(policy)
+    fast_inference([model])
+    return policy

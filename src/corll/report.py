@@ -136,8 +136,8 @@ def comparison_rows(paths: list[Path]) -> list[dict]:
             continue
         compared = paired_comparison(xs, ys)
         d = compared.difference
-        rows.append({"label": f"{first} − {other}", "unit": unit, "n": d.n, "difference": d.mean, "low": d.low,
-                     "high": d.high, "p_value": compared.p_value,
+        rows.append({"label": f"{first} − {other}", "unit": unit, "n": d.n, "difference": float(d.mean),
+                     "low": float(d.low), "high": float(d.high), "p_value": float(compared.p_value),
                      "feedback": [statistics.fmean(r["feedback"] for r in finals[name]) for name in (first, other)]})
     return rows
 
