@@ -346,3 +346,81 @@ def test_versions_me_and_rollback_over_http_respect_keys_and_tenants(tmp_path):
         assert httpx.get(server.url + "/ui/..%2Fapp.py").status_code == 404
     finally:
         server.stop()
+
+
+def start_learning_server(tmp_path, db: str) -> tuple[subprocess.Popen, str]:
+    """`corll serve --learn` on the tiny model, answering once it listens."""
+    import httpx
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "corll", "serve", "--model", "tiny", "--db", db, "--port", str(port), "--learn",
+         "--learn-min-edits", "6", "--adapters", str(tmp_path / "adapters"), "--precision", "fp32", "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+    while True:
+        assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()
+        try:
+            httpx.get(f"{url}/healthz")
+            return server, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+
+
+def wait_for(condition, seconds: float, server: subprocess.Popen):
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        assert server.poll() is None and time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+    return value
+
+
+def test_a_learner_killed_beside_the_server_is_restarted_reported_and_decides_and_a_second_learner_refuses(tmp_path):
+    import httpx
+
+    db = f"sqlite:///{tmp_path / 'corll.db'}"
+    store = Store(db)
+    server, url = start_learning_server(tmp_path, db)
+    try:
+        first = wait_for(lambda: httpx.get(f"{url}/healthz").json()["learner"]["pid"], 60, server)
+        health = httpx.get(f"{url}/healthz").json()
+        assert health["status"] == "ok" and health["learner"]["restarts"] == 0
+        wait_for(lambda: [w for w in store.worker_states() if w.pid == first], 60, server)  # it holds its lock
+        # a second learner on the same database refuses to start, naming the reason: no version is made twice
+        refused = CliRunner().invoke(cli, ["learn", "--once", "--model", "tiny", "--db", db,
+                                           "--adapters", str(tmp_path / "other")])
+        assert refused.exit_code == 2 and "another learner is running on this database" in refused.output
+        subprocess.run(["kill", "-9", str(first)], check=True)
+        learner = wait_for(lambda: (h := httpx.get(f"{url}/healthz").json()["learner"])["restarts"] == 1 and h["pid"]
+                           and h, 30, server)
+        assert learner["pid"] != first and learner["last_exit"] == "killed by SIGKILL"
+        assert any("killed by SIGKILL" in w.state or w.pid == learner["pid"] for w in store.worker_states())
+        log_edits(store, ALICE, 8)  # the new learner resumes from the log and decides
+        decision = wait_for(lambda: store.decisions(), 120, server)[0]
+        assert decision.user == "alice" and len(store.versions("acme")) == 1
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def test_one_learner_per_database_on_both_backends(store_url):
+    from corll.store import LearnerBusyError
+
+    first, second = Store(store_url), Store(store_url)
+    with first.learner_lock():
+        with pytest.raises(LearnerBusyError, match="another learner is running on this database"):
+            with second.learner_lock():
+                pass
+    with second.learner_lock():  # released with the block
+        pass
+
+
+def test_a_version_folder_is_never_one_a_stored_version_names(tmp_path):
+    from corll.learn import version_folder
+
+    store = Store(f"sqlite:///{tmp_path / 'corll.db'}")
+    folder = tmp_path / "adapters" / "acme" / "alice"
+    assert version_folder(store, folder, "through-8") == (folder, "through-8")
+    store.decide("acme", "alice", decision="promoted", reason="r", seen_through=8,
+                 adapter_path=str((folder / "through-8").resolve()), parent_id=None, details={}, metrics={})
+    assert version_folder(store, folder, "through-8") == (folder, "through-8-2")

@@ -48,10 +48,10 @@ from corll.log_training import dpo_epochs, use_version
 from corll.monitor import HackingMonitor, MonitorThresholds, degeneration_thresholds
 from corll.objectives import distinct_n, looping, repeated_phrase_rate
 from corll.policy import LoraSettings, Policy, SamplingConfig, load_policy
-from corll.store import FeedbackRecord, Store
+from corll.store import LEARNER, FeedbackRecord, Store
 from corll.store.schema import Decision, PolicyVersion
 
-WORKER = "learner"
+WORKER = LEARNER
 
 
 @dataclass
@@ -193,8 +193,8 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
     serving_cost, candidate_cost = (statistics.fmean(map(habits.cost, d)) for d in (serving_drafts, candidate_drafts))
     decision, reason = gate(gains, candidate_cost - serving_cost, flags, config)
 
-    folder = save_adapter(policy, config.adapters_dir / lineage.tenant / (lineage.user or "shared"),
-                          f"through-{work.seen_through}")
+    folder = save_adapter(policy, *version_folder(store, config.adapters_dir / lineage.tenant / (lineage.user or "shared"),
+                                                  f"through-{work.seen_through}"))
     trained_through = work.train[-1].event if work.train else (
         int(work.parent.details.get("trained_through_event", 0)) if work.parent else 0)
     details = {"trained_through_event": trained_through, "new_events": [p.event for p in work.train],
@@ -215,6 +215,17 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
                         details=details, metrics=metrics)
     report(f"{lineage}: version {made.version_id} {decision} ({reason})")
     return made
+
+
+def version_folder(store: Store, folder: Path, name: str) -> tuple[Path, str]:
+    """Where a candidate's adapter goes: named after the data it saw, so a crashed attempt at the same data
+    is replaced, but never a folder that a stored version already names (the same data can come round
+    again, e.g. after a forget removed newer events), which gets a numbered sibling."""
+    candidate, n = name, 1
+    while store.adapter_path_in_use(str((folder / candidate).resolve())):
+        n += 1
+        candidate = f"{name}-{n}"
+    return folder, candidate
 
 
 def save_adapter(policy: Policy, folder: Path, name: str) -> Path:

@@ -145,6 +145,11 @@ def serve(
     max_batch: Annotated[int, typer.Option(
         help="Sequences decoded together (continuous batching across users' adapters); 1 serves one at a time.",
         min=1)] = 32,
+    max_user_rows: Annotated[Optional[int], typer.Option(
+        help="One user's share of the batch in sequences; their further requests wait while others' run "
+             "[default: half of --max-batch].", min=1)] = None,
+    max_user_requests: Annotated[int, typer.Option(
+        help="Requests one user may have waiting or running; beyond that: 429 with Retry-After.", min=1)] = 16,
     learn: Annotated[bool, typer.Option(
         help="Also start the learner (`corll learn`) on this database: users' edits become promoted versions "
              "with no command run; it takes one thread and serving the rest.")] = False,
@@ -182,22 +187,25 @@ def serve(
 
         threads = max(1, available_cpus() - 1)
     precision = use_hardware(precision, threads)
-    engine = PolicyEngine(model, store, precision=precision, default_max_tokens=max_tokens, max_batch=max_batch)
+    engine = PolicyEngine(model, store, precision=precision, default_max_tokens=max_tokens, max_batch=max_batch,
+                          max_user_rows=max_user_rows, max_user_requests=max_user_requests)
     learner = None
-    if learn:  # a separate process at lower priority: training never blocks serving
-        learner = subprocess.Popen(
+    if learn:  # a separate process at lower priority: training never blocks serving; restarted if it dies
+        from corll.supervise import LearnerSupervisor
+
+        learner = LearnerSupervisor(lambda: subprocess.Popen(
             [sys.executable, "-m", "corll", "learn", "--model", model, "--adapters", str(adapters),
              "--min-edits", str(learn_min_edits), "--threads", "1", "--precision", precision, *extra],
             env={**os.environ, "CORLL_DATABASE_URL": store.url},  # the URL (and any password) stays out of `ps`
-            preexec_fn=die_with_parent if sys.platform == "linux" else None)
+            preexec_fn=die_with_parent if sys.platform == "linux" else None), store).start()
     console.print(f"serving {model} on http://{host}:{port}/v1 (store: {store.url.split('@')[-1]})"
                   + (f"; learning after {learn_min_edits} new edits per user" if learn else ""))
     try:
-        uvicorn.run(create_app(store, engine), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(store, engine, learner=learner.status if learner else None), host=host, port=port,
+                    log_level="warning")
     finally:
         if learner is not None:
-            learner.terminate()
-            learner.wait(timeout=30)
+            learner.stop()
 
 
 def learner_options_problem(options: list[str]) -> str | None:
@@ -309,6 +317,7 @@ def learn(
     import os
 
     from corll.learn import LearnConfig, run_learner
+    from corll.store import LearnerBusyError
     from corll.monitor import degeneration_thresholds
     from corll.learners.dpo import DPOConfig
 
@@ -325,7 +334,10 @@ def learn(
     console.print(f"learning from {store.url.split('@')[-1]}: a candidate per user after {min_edits} new edits"
                   + ("" if once else f", looking every {poll:g} s (Ctrl-C stops)"))
     try:
-        run_learner(store, config, poll=poll, once=once, report=console.print)
+        with store.learner_lock():
+            run_learner(store, config, poll=poll, once=once, report=console.print)
+    except LearnerBusyError as exc:
+        fail(str(exc))
     except KeyboardInterrupt:
         console.print("learner stopped; it resumes from the log's watermarks")
 

@@ -36,7 +36,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib.resources import files
 from typing import Annotated, Literal
 
@@ -48,7 +48,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.exc import SQLAlchemyError
 
-from corll.server.engine import Choice, Engine, GenerationRequest, ServedModel, Stream, gather
+from corll.server.engine import Choice, Engine, GenerationRequest, Overloaded, ServedModel, Stream, gather
 from corll.server.metrics import MetricsMiddleware, ServiceMetrics
 from corll.store import MAX_EDIT_CHARS, ConflictError, NotFoundError, Principal, Store, StoreError, forget, is_blank
 from corll.versions import version_rows
@@ -282,8 +282,12 @@ def principal(request: Request, authorization: Annotated[str | None, Header()] =
 Caller = Annotated[Principal, Depends(principal)]
 
 
-def create_app(store: Store, engine: Engine) -> FastAPI:
-    app = FastAPI(title="corll", version="0.1.0",
+def create_app(store: Store, engine: Engine, *, learner: Callable[[], dict] | None = None) -> FastAPI:
+    """The service over `store` and `engine`; `learner` says how the learner beside the server is
+    (`corll serve --learn`), for `/healthz`."""
+    # No /docs or /redoc: FastAPI's pages load Swagger's and ReDoc's assets from a CDN, and corll's pages
+    # load nothing from the network. The spec itself is served at /openapi.json.
+    app = FastAPI(title="corll", version="0.1.0", docs_url=None, redoc_url=None,
                   description="OpenAI-compatible completions that learn from users' edits and reactions.")
 
     app.state.store = store
@@ -334,7 +338,8 @@ def create_app(store: Store, engine: Engine) -> FastAPI:
             store.active_version("", None)
         except SQLAlchemyError:
             return error(503, "database unreachable", "unavailable")
-        return JSONResponse({"status": "ok", "model": engine.model_name})
+        return JSONResponse({"status": "ok", "model": engine.model_name,
+                             **({"learner": learner()} if learner is not None else {})})
 
     @app.get("/v1/models")
     def models(who: Caller) -> dict:
@@ -361,8 +366,13 @@ def create_app(store: Store, engine: Engine) -> FastAPI:
         generation = GenerationRequest(
             prompt_ids, served, n=body.n or 1, temperature=1.0 if body.temperature is None else body.temperature,
             top_p=body.top_p or 1.0, max_tokens=max_tokens, stop=body.stops(), seed=body.seed,
-            logprobs=bool(body.logprobs), top_logprobs=body.top_logprobs or 0)
-        stream = engine.submit(generation, asyncio.get_running_loop())
+            logprobs=bool(body.logprobs), top_logprobs=body.top_logprobs or 0, user=f"{who.tenant}/{who.user}")
+        try:
+            stream = engine.submit(generation, asyncio.get_running_loop())
+        except Overloaded as exc:
+            response = error(429, str(exc), "rate_limit_error", code="too_many_requests")
+            response.headers["Retry-After"] = f"{exc.retry_after:g}"
+            return response
         answer = Answer(store, who, body, messages, stream, engine.model_name)
         if body.stream:
             return StreamingResponse(answer.events(), media_type="text/event-stream")

@@ -30,7 +30,7 @@ import asyncio
 import queue
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -65,6 +65,15 @@ class GenerationRequest:
     seed: int | None = None
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives per token, with `logprobs`
+    user: str = ""  # whose request ("tenant/user"): the engine shares its rows fairly between users
+
+
+class Overloaded(Exception):
+    """The requesting user already has as many requests waiting or running as one user may."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -100,8 +109,10 @@ class Stream:
 
     The scheduler thread pushes; a consumer on an asyncio loop gets the deltas through that loop."""
 
-    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None,
+                 on_close: Callable[[], None] = lambda: None) -> None:
         self.request = request
+        self._on_close, self._closed = on_close, threading.Event()
         self.seed = request.seed if request.seed is not None else secrets.randbits(31)
         self.cancelled = threading.Event()
         self.prompt_tokens = len(request.prompt_ids)
@@ -112,6 +123,8 @@ class Stream:
 
     def push(self, item: Delta | BaseException | None) -> None:
         """Called by the scheduler: a delta, an error, or None once every choice has finished."""
+        if item is None or isinstance(item, BaseException):
+            self._close()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._async.put_nowait, item)
         else:
@@ -120,6 +133,13 @@ class Stream:
     def cancel(self) -> None:
         """The client went away: the scheduler drops this request's rows at its next step."""
         self.cancelled.set()
+        self._close()
+
+    def _close(self) -> None:
+        """The request no longer counts against its user (called once, however it ends)."""
+        if not self._closed.is_set():
+            self._closed.set()
+            self._on_close()
 
     def __iter__(self) -> Iterator[Delta]:
         while (item := self._sync.get()) is not None:
@@ -191,7 +211,7 @@ class PolicyEngine:
 
     def __init__(self, model: str, store: Store, *, precision: str = "auto", seed: int = 0,
                  default_max_tokens: int = 128, max_tokens_limit: int = 1024, max_batch: int = 32,
-                 batch_wait: float = 0.005) -> None:
+                 batch_wait: float = 0.005, max_user_rows: int | None = None, max_user_requests: int = 16) -> None:
         self.policy: Policy = load_policy(model, lora=LoraSettings(), sampling=SamplingConfig(),
                                           precision=precision, seed=seed)
         self.policy.model.eval()
@@ -201,6 +221,12 @@ class PolicyEngine:
         self.max_tokens_limit = max_tokens_limit  # a request may ask for less, never for more
         self.max_batch = max_batch  # rows decoded together; 1 serves one request at a time
         self.batch_wait = batch_wait  # how long an idle engine waits for company before starting
+        # Fairness: one user's rows in the running batch (a request of more choices still runs alone), and
+        # one user's requests waiting or running; beyond that, `submit` refuses (the HTTP layer's 429)
+        self.max_user_rows = max_user_rows if max_user_rows is not None else max(1, max_batch // 2)
+        self.max_user_requests = max_user_requests
+        self._open: dict[str, int] = {}
+        self._open_lock = threading.Lock()
         self.loaded: set[str] = set()
         self.eos = {self.policy.tokenizer.eos_token_id}
         self.context_length = getattr(self.policy.model.config, "max_position_embeddings", 2048)
@@ -215,9 +241,20 @@ class PolicyEngine:
         return self.policy.prompt_ids(messages)
 
     def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None) -> Stream:
-        stream = Stream(request, loop)
+        with self._open_lock:
+            if self._open.get(request.user, 0) >= self.max_user_requests:
+                raise Overloaded(f"{self.max_user_requests} requests of this user are already waiting or running; "
+                                 "retry when one has finished", retry_after=1.0)
+            self._open[request.user] = self._open.get(request.user, 0) + 1
+        stream = Stream(request, loop, on_close=lambda: self._closed(request.user))
         self._queue.put(stream)
         return stream
+
+    def _closed(self, user: str) -> None:
+        with self._open_lock:
+            self._open[user] -= 1
+            if not self._open[user]:
+                del self._open[user]
 
     # --- the scheduler ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -227,7 +264,7 @@ class PolicyEngine:
         waiting: list[Stream] = []
         while True:
             waiting += self._arrivals(block=not rows and not waiting)
-            admitted, waiting = self._admit(waiting, len(rows))
+            admitted, waiting = self._admit(waiting, rows)
             try:
                 rows, cache, mask = self._step(rows, cache, mask, admitted)
             except Exception as exc:  # noqa: BLE001 - a failed step fails its requests, never the server
@@ -283,16 +320,29 @@ class PolicyEngine:
             rows, cache, mask = self._select(rows, cache, mask, [i for i in range(len(rows)) if i not in finished])
         return rows, cache, mask
 
-    def _admit(self, waiting: list[Stream], busy: int) -> tuple[list[Stream], list[Stream]]:
-        """Newcomers that fit beside `busy` rows (a request's n choices enter together); the rest wait."""
-        admitted, rest = [], []
+    def _admit(self, waiting: list[Stream], rows: list[_Row]) -> tuple[list[Stream], list[Stream]]:
+        """Newcomers that fit beside the running rows (a request's n choices enter together), in arrival
+        order; the rest wait. A user at their share of the batch (`max_user_rows`) waits without holding
+        up anyone else: one user's flood of requests cannot fill the batch and stall the others. A request
+        too big for the rows left holds up those behind it, so it is not starved by smaller ones."""
+        busy = len(rows)
+        mine: dict[str, int] = {}
+        for row in rows:
+            mine[row.stream.request.user] = mine.get(row.stream.request.user, 0) + 1
+        admitted, rest, blocked = [], [], False
         for stream in waiting:
+            request = stream.request
+            held = mine.get(request.user, 0)
             if stream.cancelled.is_set():
                 stream.push(None)
-            elif busy + stream.request.n <= max(self.max_batch, stream.request.n) and not rest:
+            elif held and held + request.n > self.max_user_rows:  # over the user's share: others go first
+                rest.append(stream)
+            elif not blocked and busy + request.n <= max(self.max_batch, request.n):
                 admitted.append(stream)
-                busy += stream.request.n
+                busy += request.n
+                mine[request.user] = held + request.n
             else:
+                blocked = True
                 rest.append(stream)
         return admitted, rest
 

@@ -50,6 +50,10 @@ class NotFoundError(StoreError):
     """No such interaction for this tenant (another tenant's ids are not revealed)."""
 
 
+class LearnerBusyError(StoreError):
+    """Another learner holds the database's learner lock."""
+
+
 class ConflictError(StoreError):
     """An idempotency key reused for a different request."""
 
@@ -443,6 +447,50 @@ class Store:
             return s.scalar(select(func.coalesce(func.max(Decision.seen_through), 0)).where(
                 Decision.tenant == tenant, Decision.user.is_(None) if user is None else Decision.user == user))
 
+    @contextmanager
+    def learner_lock(self) -> Iterator[None]:
+        """Hold the database's learner lock while the block runs: one learner per database, so two never
+        train the same lineage at once (a second `corll learn`, even `--once`, refuses to start). On
+        PostgreSQL a session advisory lock on a connection kept for the purpose; on SQLite an exclusive
+        lock on a file beside the database. Both end with the process however it ends, so a learner killed
+        with SIGKILL does not keep its successor out."""
+        busy = ("another learner is running on this database{}; one learner per database trains every "
+                "lineage (stop it first, or let `corll serve --learn` run it)")
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.connect() as connection:
+                if not connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LEARNER_LOCK}).scalar():
+                    raise LearnerBusyError(busy.format(self._learner_pid()))
+                try:
+                    yield
+                finally:
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LEARNER_LOCK})
+            return
+        from filelock import FileLock, Timeout
+
+        database = self.engine.url.database
+        if not database or database == ":memory:":
+            yield  # a private in-memory database: no other process can reach it
+            return
+        lock = FileLock(f"{database}.learner.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise LearnerBusyError(busy.format(self._learner_pid())) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _learner_pid(self) -> str:
+        with self.sessions() as s:
+            row = s.get(WorkerState, LEARNER)
+            return f" (pid {row.pid}: {row.state})" if row is not None else ""
+
+    def adapter_path_in_use(self, path: str) -> bool:
+        """Whether a policy version already names this adapter folder (a version's folder is its own)."""
+        with self.sessions() as s:
+            return s.scalar(select(PolicyVersion.id).where(PolicyVersion.adapter_path == path).limit(1)) is not None
+
     def set_worker_state(self, name: str, state: str) -> None:
         with self.transaction() as s:
             s.merge(WorkerState(name=name, state=state, pid=os.getpid(), updated_at=utcnow()))
@@ -528,6 +576,8 @@ def _activate(s: Session, row: PolicyVersion) -> None:
     row.active = True
 
 
+LEARNER = "learner"  # the learner's row in worker_states
+LEARNER_LOCK = 0x636F726C6C  # the advisory lock key of the learner ("corll" in ASCII)
 WRITE = "corll_write"  # execution option of the connections `Store.transaction` writes through
 
 
