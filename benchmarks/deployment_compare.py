@@ -26,7 +26,7 @@ from pathlib import Path
 from scipy import stats as scipy_stats
 
 from corll.stats import paired_comparison, t_interval
-from corll.verdicts import holm, minimum_detectable_effect
+from corll.stats import holm, minimum_detectable_effect
 
 WINDOWS = ("all", "last_third")
 BEGIN, END = "<!-- deployment_compare.py: begin -->", "<!-- deployment_compare.py: end -->"

@@ -82,3 +82,73 @@ def test_a_cancelled_request_leaves_the_batch(engine):
     assert engine.running == 0 and long.finished == 0  # dropped mid-way, not run to its 400 tokens
     after = engine.submit(request(engine, "Still there?", seed=4)).result()[0]
     assert after.finish_reason in ("length", "stop")  # the engine still serves
+
+
+def saved_adapter(folder, seed: int = 0):
+    """A tiny-model LoRA adapter with non-zero weights, saved in peft's format."""
+    from corll.policy import LoraSettings, load_policy
+
+    policy = load_policy("tiny", lora=LoraSettings(), precision="fp32", seed=0)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    policy.model.save_pretrained(folder)
+    return folder
+
+
+def rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_memory_stays_flat_as_a_thousand_users_adapters_come_and_go(tmp_path):
+    import shutil
+
+    store = Store(f"sqlite:///{tmp_path / 'corll.db'}")
+    engine = PolicyEngine("tiny", store, precision="fp32", max_loaded_adapters=8)
+    source = saved_adapter(tmp_path / "source")
+    prompt = engine.prompt_ids([{"role": "user", "content": "Hi"}])
+    sizes = {}
+    for user in range(1, 1001):
+        folder = tmp_path / "adapters" / str(user)
+        shutil.copytree(source, folder)
+        choice = engine.submit(GenerationRequest(prompt, ServedModel(user, str(folder)), max_tokens=1,
+                                                 user=f"acme/u{user}")).result()[0]
+        assert choice.finish_reason in ("length", "stop")
+        shutil.rmtree(folder)
+        if user in (200, 1000):
+            sizes[user] = rss_mb()
+        assert len(engine.adapters.attached) <= 8
+    assert set(engine.policy.model.peft_config) <= {"default", *engine.adapters.attached}
+    assert sizes[1000] - sizes[200] < 30, sizes  # 800 more users' adapters came and went: no growth
+
+
+def test_an_adapter_is_read_off_the_scheduler_thread_and_one_that_cannot_be_read_fails_alone(tmp_path, monkeypatch):
+    import corll.server.adapters as adapters
+
+    store = Store(f"sqlite:///{tmp_path / 'corll.db'}")
+    engine = PolicyEngine("tiny", store, precision="fp32")
+    folder = saved_adapter(tmp_path / "slow")
+    read = adapters.read_adapter
+
+    def slow_read(path):  # a slow disk: reading takes a second
+        time.sleep(1.0)
+        return read(path)
+
+    monkeypatch.setattr(adapters, "read_adapter", slow_read)
+    prompt = engine.prompt_ids([{"role": "user", "content": "Hi"}])
+    adapter_users = [engine.submit(GenerationRequest(prompt, ServedModel(7, str(folder)), max_tokens=4, user="a/x"))]
+    missing = engine.submit(GenerationRequest(prompt, ServedModel(8, str(tmp_path / "gone")), max_tokens=4,
+                                              user="a/y"))
+    started = time.monotonic()
+    base = engine.submit(GenerationRequest(prompt, BASE, max_tokens=4, user="a/z")).result()[0]
+    assert base.finish_reason in ("length", "stop") and time.monotonic() - started < 0.5  # not behind the read
+    assert adapter_users[0].result()[0].finish_reason in ("length", "stop")
+    assert "v7" in engine.adapters.attached
+    with pytest.raises(Exception):
+        missing.result()
+    assert engine.submit(GenerationRequest(prompt, BASE, max_tokens=2)).result()[0].tokens >= 1  # still serving

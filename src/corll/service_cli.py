@@ -148,6 +148,9 @@ def serve(
     max_user_rows: Annotated[Optional[int], typer.Option(
         help="One user's share of the batch in sequences; their further requests wait while others' run "
              "[default: half of --max-batch].", min=1)] = None,
+    max_loaded_adapters: Annotated[int, typer.Option(
+        help="Users' adapters kept in memory; beyond that the least recently used is unloaded (read again "
+             "from disk, off the decoding thread, when its user returns).", min=1)] = 32,
     max_user_requests: Annotated[int, typer.Option(
         help="Requests one user may have waiting or running; beyond that: 429 with Retry-After.", min=1)] = 16,
     learn: Annotated[bool, typer.Option(
@@ -188,7 +191,8 @@ def serve(
         threads = max(1, available_cpus() - 1)
     precision = use_hardware(precision, threads)
     engine = PolicyEngine(model, store, precision=precision, default_max_tokens=max_tokens, max_batch=max_batch,
-                          max_user_rows=max_user_rows, max_user_requests=max_user_requests)
+                          max_user_rows=max_user_rows, max_user_requests=max_user_requests,
+                          max_loaded_adapters=max_loaded_adapters)
     learner = None
     if learn:  # a separate process at lower priority: training never blocks serving; restarted if it dies
         from corll.supervise import LearnerSupervisor

@@ -40,10 +40,9 @@ from scipy import stats as scipy_stats
 
 from corll.compute import compute_cost, cost_line
 from corll.experiment import Experiment, arm_records, finished_runs, load_experiment
-from corll.stats import paired_comparison, pearson_interval
+from corll.stats import (ALPHA, POWER, correlation_mde, holm, minimum_detectable_effect, paired_comparison,
+                         pearson_interval, seeds_needed)
 
-ALPHA = 0.05
-POWER = 0.8
 
 MEASURES = {
     "reward": "final held-out R*",
@@ -136,45 +135,6 @@ def run_value(records: list[dict], measure: str) -> float | None:
         return last - first if kind == "gain" else last
     values = [r[measure] for r in records[1:] if r.get(measure) is not None]
     return statistics.fmean(values) if values else None
-
-
-def minimum_detectable_effect(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
-    """The true mean difference a two-sided paired t-test over n pairs detects with `power`."""
-    if n < 2 or not math.isfinite(sd):
-        return math.inf
-    df = n - 1
-    return (scipy_stats.t.ppf(1 - alpha / 2, df) + scipy_stats.t.ppf(power, df)) * sd / math.sqrt(n)
-
-
-def seeds_needed(sd: float, effect: float, alpha: float = ALPHA, power: float = POWER, most: int = 200) -> int | None:
-    """The fewest seeds whose minimum detectable effect is at most `effect` (None: more than `most`)."""
-    return next((n for n in range(2, most + 1) if minimum_detectable_effect(sd, n, alpha, power) <= abs(effect)), None)
-
-
-def holm(p_values: dict[str, float], family: int | None = None) -> dict[str, float]:
-    """Holm's step-down adjusted p-values (family-wise error at the nominal level).
-
-    `family` counts every hypothesis planned, tested yet or not; the untested ones enter as p = 1. Correcting
-    over the tested ones alone would be anti-conservative while runs are missing, and a verdict given then
-    could have to be withdrawn when the rest arrive; over the planned family it can only strengthen.
-    """
-    family = len(p_values) if family is None else family
-    if family < len(p_values):
-        raise ValueError(f"a family of {family} hypotheses cannot hold {len(p_values)} p-values")
-    ordered = sorted(p_values, key=p_values.get)
-    adjusted, running = {}, 0.0
-    for i, key in enumerate(ordered):
-        running = max(running, min(1.0, (family - i) * p_values[key]))
-        adjusted[key] = running
-    return adjusted
-
-
-def correlation_mde(n: int, alpha: float = ALPHA, power: float = POWER) -> float:
-    """The smallest true r a two-sided test over n pairs detects with `power` (Fisher's z)."""
-    if n < 4:
-        return math.inf
-    z = scipy_stats.norm.ppf(1 - alpha / 2) + scipy_stats.norm.ppf(power)
-    return math.tanh(z / math.sqrt(n - 3))
 
 
 def measure_source_claim(claim: Claim, data: dict) -> dict:

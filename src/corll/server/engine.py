@@ -7,7 +7,8 @@ running batch at the next decoding step: each newcomer's prompt is prefilled, it
 KV cache left-padded and stacked onto the batch's, and from then on every row
 advances one token per step. Rows may belong to different users' adapters: peft's
 mixed-adapter batches (`adapter_names`, one per row) apply each row's own LoRA
-weights inside one forward pass, so nobody waits for an adapter switch. A row
+weights inside one forward pass, so nobody waits for an adapter switch; adapters are read
+off this thread and the least recently used unloaded beyond a budget (`adapters.py`). A row
 leaves the batch when it ends (EOS, a stop string, its own token limit) or its
 client goes away, and its cache rows are dropped at once.
 
@@ -32,16 +33,15 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import torch
 from transformers import DynamicCache
 
 from corll.policy import GREEDY_BELOW, LoraSettings, Policy, SamplingConfig, load_policy
+from corll.server.adapters import BASE_ADAPTER, AdapterCache
 from corll.store import Store
 
-BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,7 @@ class Stream:
         self._async: asyncio.Queue | None = asyncio.Queue() if loop else None
         self._sync: queue.Queue = queue.Queue()
         self.finished = 0  # choices done (the scheduler's count)
+        self.adapter: str | None = None  # the peft adapter its rows compute with, once attached (scheduler's)
 
     def push(self, item: Delta | BaseException | None) -> None:
         """Called by the scheduler: a delta, an error, or None once every choice has finished."""
@@ -211,7 +212,8 @@ class PolicyEngine:
 
     def __init__(self, model: str, store: Store, *, precision: str = "auto", seed: int = 0,
                  default_max_tokens: int = 128, max_tokens_limit: int = 1024, max_batch: int = 32,
-                 batch_wait: float = 0.005, max_user_rows: int | None = None, max_user_requests: int = 16) -> None:
+                 batch_wait: float = 0.005, max_user_rows: int | None = None, max_user_requests: int = 16,
+                 max_loaded_adapters: int = 32) -> None:
         self.policy: Policy = load_policy(model, lora=LoraSettings(), sampling=SamplingConfig(),
                                           precision=precision, seed=seed)
         self.policy.model.eval()
@@ -227,7 +229,7 @@ class PolicyEngine:
         self.max_user_requests = max_user_requests
         self._open: dict[str, int] = {}
         self._open_lock = threading.Lock()
-        self.loaded: set[str] = set()
+        self.adapters = AdapterCache(self.policy.model, max_loaded_adapters)  # read off this thread, LRU
         self.eos = {self.policy.tokenizer.eos_token_id}
         self.context_length = getattr(self.policy.model.config, "max_position_embeddings", 2048)
         self.running = 0  # rows in the batch now, and the most ever decoded together
@@ -263,7 +265,8 @@ class PolicyEngine:
         mask = torch.zeros(0, 0, dtype=torch.long)
         waiting: list[Stream] = []
         while True:
-            waiting += self._arrivals(block=not rows and not waiting)
+            # idle but for requests whose adapters are being read: look again shortly, without spinning
+            waiting += self._arrivals(block=not rows and not waiting, pause=self.batch_wait if not rows else 0.0)
             admitted, waiting = self._admit(waiting, rows)
             try:
                 rows, cache, mask = self._step(rows, cache, mask, admitted)
@@ -273,9 +276,15 @@ class PolicyEngine:
                 rows, cache, mask = [], None, torch.zeros(0, 0, dtype=torch.long)
             self.running = len(rows)
 
-    def _arrivals(self, block: bool) -> list[Stream]:
-        """New requests: wait for the first if idle, then whatever arrives within `batch_wait`."""
+    def _arrivals(self, block: bool, pause: float = 0.0) -> list[Stream]:
+        """New requests: wait for the first if idle, then whatever arrives within `batch_wait` (or, not
+        blocking, whatever arrives within `pause`)."""
         arrived = []
+        if not block and pause:
+            try:
+                arrived.append(self._queue.get(timeout=pause))
+            except queue.Empty:
+                pass
         if block:
             arrived.append(self._queue.get())
             deadline = self.batch_wait
@@ -329,6 +338,7 @@ class PolicyEngine:
         mine: dict[str, int] = {}
         for row in rows:
             mine[row.stream.request.user] = mine.get(row.stream.request.user, 0) + 1
+        in_use = {row.adapter for row in rows}
         admitted, rest, blocked = [], [], False
         for stream in waiting:
             request = stream.request
@@ -337,7 +347,11 @@ class PolicyEngine:
                 stream.push(None)
             elif held and held + request.n > self.max_user_rows:  # over the user's share: others go first
                 rest.append(stream)
+            elif not self._adapter_ready(stream, in_use):  # its adapter is being read: others go first
+                if not stream.cancelled.is_set():
+                    rest.append(stream)
             elif not blocked and busy + request.n <= max(self.max_batch, request.n):
+                in_use.add(stream.adapter)
                 admitted.append(stream)
                 busy += request.n
                 mine[request.user] = held + request.n
@@ -346,27 +360,27 @@ class PolicyEngine:
                 rest.append(stream)
         return admitted, rest
 
-    def _adapter(self, model: ServedModel) -> str:
-        """The peft adapter name for a served model, loading its weights on first use."""
-        if model.adapter_path is None:
-            return BASE_ADAPTER
-        name = f"v{model.version_id}"
-        if name not in self.loaded:
-            self.policy.model.load_adapter(str(Path(model.adapter_path)), adapter_name=name, is_trainable=False)
-            self.loaded.add(name)
-        return name
+    def _adapter_ready(self, stream: Stream, in_use: set[str]) -> bool:
+        """Whether the request's adapter is attached (asking the loader for it if not); a request whose
+        adapter cannot be read fails alone (and counts as settled)."""
+        if stream.adapter not in (None, BASE_ADAPTER) and stream.adapter not in self.adapters.attached:
+            stream.adapter = None  # detached while the request waited for room in the batch
+        if stream.adapter is None:
+            model = stream.request.model
+            try:
+                stream.adapter = self.adapters.resolve(f"v{model.version_id}", model.adapter_path, in_use)
+            except Exception as exc:  # noqa: BLE001 - an adapter that cannot load fails its own request only
+                stream.push(exc)
+                stream.cancelled.set()
+                return False
+        return stream.adapter is not None
 
     def _prefill(self, streams: list[Stream]) -> tuple[list[_Row], DynamicCache, torch.Tensor, torch.Tensor]:
         rows, ids = [], []
         for stream in streams:
-            try:
-                adapter = self._adapter(stream.request.model)
-            except Exception as exc:  # noqa: BLE001 - an adapter that cannot load fails its own request only
-                stream.push(exc)
-                continue
             generator = torch.Generator().manual_seed(stream.seed)
             for index in range(stream.request.n):
-                rows.append(_Row(stream, index, generator, adapter, position=len(stream.request.prompt_ids)))
+                rows.append(_Row(stream, index, generator, stream.adapter, position=len(stream.request.prompt_ids)))
                 ids.append(stream.request.prompt_ids)
         if not rows:
             return [], None, torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 0)
