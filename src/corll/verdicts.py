@@ -52,6 +52,8 @@ MEASURES = {
     "cost_per_episode": "online edit cost per shown response (tokens)",
     "auroc": "held-out AUROC on drawn reactions, minus the baseline's",
     "pearson_r": "Pearson r over policy variants",
+    # a fixed policy against π₀ on the held-out prompts: the "seeds" column counts prompts
+    "prompt_positivity": "positive-review reward of held-out samples, paired over held-out prompts",
 }
 PER_METRIC = {"gain": "held-out {} gain (final − initial)", "final": "final held-out {}"}  # e.g. gain:help
 

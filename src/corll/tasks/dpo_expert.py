@@ -37,7 +37,8 @@ EXPERT_BETA = 0.1
 class ExpertTraining:
     """How π* is trained. Paper: DPO on IMDB preference pairs. Here: best-vs-worst of 4 π_0
     samples on 160 training prompts, 2 epochs, LoRA lr 5e-4 — enough to make π* clearly better
-    than π_0 under the base reward without collapsing (docs/results.md reports both)."""
+    than π_0 under the base reward without collapsing (`experiments/expert_check.py` measures it on
+    the held-out prompts; docs/results.md reports it as a claim)."""
 
     prompts: int = 160
     samples: int = 4
