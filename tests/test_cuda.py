@@ -70,7 +70,8 @@ def test_a_simulation_interrupted_on_the_gpu_resumes_from_its_checkpoint(tmp_pat
 
 
 def test_the_serving_engine_decodes_on_the_gpu(tmp_path):
-    from corll.server.engine import GenerationRequest, PolicyEngine, ServedModel
+    from corll.server.engine import PolicyEngine
+    from corll.server.protocol import GenerationRequest, ServedModel
     from corll.store import Store
 
     engine = PolicyEngine("tiny", Store(f"sqlite:///{tmp_path / 'corll.db'}"), precision="fp32", batch_wait=0.2)

@@ -5,7 +5,8 @@ import time
 import pytest
 import torch
 
-from corll.server.engine import GenerationRequest, PolicyEngine, ServedModel, _held_back
+from corll.server.engine import PolicyEngine, _held_back
+from corll.server.protocol import GenerationRequest, ServedModel
 from corll.store import Store
 
 BASE = ServedModel(None, None)

@@ -361,3 +361,13 @@ def test_a_flooding_user_gets_429_beyond_their_share_and_does_not_stall_another_
         assert during <= 2 * alone, (alone, during)
     finally:
         server.stop()
+
+
+def test_the_http_layer_imports_no_model_code():
+    """The app speaks to its engine through `corll.server.protocol` alone: importing it loads no torch."""
+    import subprocess
+    import sys
+
+    probe = "import sys, corll.server.app; print('torch' in sys.modules, 'corll.server.engine' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]

@@ -48,7 +48,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.exc import SQLAlchemyError
 
-from corll.server.engine import Choice, Engine, GenerationRequest, Overloaded, ServedModel, Stream, gather
+from corll.server.protocol import Choice, Engine, GenerationRequest, Overloaded, ServedModel, Stream, gather
 from corll.server.metrics import MetricsMiddleware, ServiceMetrics
 from corll.store import MAX_EDIT_CHARS, ConflictError, NotFoundError, Principal, Store, StoreError, forget, is_blank
 from corll.versions import version_rows

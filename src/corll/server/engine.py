@@ -29,167 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import secrets
 import threading
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 from transformers import DynamicCache
 
 from corll.policy import GREEDY_BELOW, LoraSettings, Policy, SamplingConfig, load_policy
 from corll.server.adapters import BASE_ADAPTER, AdapterCache
+from corll.server.protocol import Delta, GenerationRequest, Overloaded, Stream, TokenLogprob
 from corll.store import Store
 
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """What a request's `model` names: the base model, the caller's active version, or a pinned one."""
-
-    version_id: int | None  # None: the base model
-    adapter_path: str | None
-
-
-@dataclass
-class GenerationRequest:
-    prompt_ids: list[int]
-    model: ServedModel
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = SamplingConfig.top_k
-    max_tokens: int = 128
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    logprobs: bool = False
-    top_logprobs: int = 0  # alternatives per token, with `logprobs`
-    user: str = ""  # whose request ("tenant/user"): the engine shares its rows fairly between users
-
-
-class Overloaded(Exception):
-    """The requesting user already has as many requests waiting or running as one user may."""
-
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    token: str
-    logprob: float
-    top: tuple[tuple[str, float], ...] = ()
-
-
-@dataclass(frozen=True)
-class Delta:
-    """New text of one choice; `finish_reason` is set on the choice's last delta."""
-
-    index: int
-    text: str
-    logprobs: tuple[TokenLogprob, ...] = ()
-    finish_reason: str | None = None
-    logprob: float = 0.0  # on the last delta: log π of the choice's generated tokens
-    tokens: int = 0  # on the last delta: how many tokens the choice generated
-
-
-@dataclass
-class Choice:
-    text: str = ""
-    logprob: float = 0.0  # log π(tokens | prompt) of what was generated
-    tokens: int = 0
-    finish_reason: str | None = None
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-
-
-class Stream:
-    """A request's deltas as they are decoded; iterate them (sync or async) or wait for the whole answer.
-
-    The scheduler thread pushes; a consumer on an asyncio loop gets the deltas through that loop."""
-
-    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None,
-                 on_close: Callable[[], None] = lambda: None) -> None:
-        self.request = request
-        self._on_close, self._closed = on_close, threading.Event()
-        self.seed = request.seed if request.seed is not None else secrets.randbits(31)
-        self.cancelled = threading.Event()
-        self.prompt_tokens = len(request.prompt_ids)
-        self._loop = loop
-        self._async: asyncio.Queue | None = asyncio.Queue() if loop else None
-        self._sync: queue.Queue = queue.Queue()
-        self.finished = 0  # choices done (the scheduler's count)
-        self.adapter: str | None = None  # the peft adapter its rows compute with, once attached (scheduler's)
-
-    def push(self, item: Delta | BaseException | None) -> None:
-        """Called by the scheduler: a delta, an error, or None once every choice has finished."""
-        if item is None or isinstance(item, BaseException):
-            self._close()
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._async.put_nowait, item)
-        else:
-            self._sync.put(item)
-
-    def cancel(self) -> None:
-        """The client went away: the scheduler drops this request's rows at its next step."""
-        self.cancelled.set()
-        self._close()
-
-    def _close(self) -> None:
-        """The request no longer counts against its user (called once, however it ends)."""
-        if not self._closed.is_set():
-            self._closed.set()
-            self._on_close()
-
-    def __iter__(self) -> Iterator[Delta]:
-        while (item := self._sync.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    async def deltas(self, poll: float = 0.5):
-        """Async iteration; `poll` bounds how long a cancelled consumer keeps the slot."""
-        while True:
-            try:
-                item = await asyncio.wait_for(self._async.get(), poll)
-            except TimeoutError:
-                if self.cancelled.is_set():
-                    return
-                continue
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    @staticmethod
-    def collect(deltas, n: int) -> list[Choice]:
-        choices = [Choice() for _ in range(n)]
-        for d in deltas:
-            gather(choices[d.index], d)
-        return choices
-
-    def result(self) -> list[Choice]:
-        """Block until every choice has finished (for callers without an event loop)."""
-        return self.collect(self, self.request.n)
-
-
-def gather(choice: Choice, delta: Delta) -> None:
-    choice.text += delta.text
-    choice.logprobs.extend(delta.logprobs)
-    if delta.finish_reason:
-        choice.finish_reason, choice.logprob, choice.tokens = delta.finish_reason, delta.logprob, delta.tokens
-
-
-class Engine(Protocol):
-    """What the HTTP layer needs from an engine: a GPU engine (e.g. vLLM) would implement the same."""
-
-    model_name: str
-
-    def prompt_ids(self, messages: list[dict]) -> list[int]: ...
-
-    def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None) -> Stream: ...
 
 
 @dataclass
