@@ -19,7 +19,7 @@ from corll.store import Store
 _folder = Path(tempfile.mkdtemp(prefix="corll-fuzz-"))
 STORE = Store(f"sqlite:///{_folder / 'fuzz.db'}")
 KEY = STORE.create_api_key("acme", "fuzzer")
-APP = create_app(STORE, PolicyEngine("tiny", STORE, default_max_tokens=4, max_tokens_limit=4))
+APP = create_app(STORE, PolicyEngine("tiny", default_max_tokens=4, max_tokens_limit=4))
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 
@@ -54,7 +54,7 @@ def hard_case_app(request, tmp_path_factory):
         engine.dispose()
     store = Store(url)
     key = store.create_api_key("acme", "fuzzer")
-    client = TestClient(create_app(store, PolicyEngine("tiny", store, default_max_tokens=2, max_tokens_limit=2)))
+    client = TestClient(create_app(store, PolicyEngine("tiny", default_max_tokens=2, max_tokens_limit=2)))
     completion = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
                              json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}).json()
     client.admin_key = store.create_api_key("acme", "ops", admin=True)

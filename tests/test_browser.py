@@ -40,7 +40,7 @@ def browser():
 @pytest.fixture
 def site(tmp_path, browser):
     store = Store(f"sqlite:///{tmp_path / 'corll.db'}")
-    server = LiveServer(store, PolicyEngine("tiny", store, default_max_tokens=24))
+    server = LiveServer(store, PolicyEngine("tiny", default_max_tokens=24))
     keys = {"alice": store.create_api_key("acme", "alice"), "admin": store.create_api_key("acme", "root", admin=True)}
     browser.set_window_size(1100, 900)
     yield server, store, keys, browser
@@ -116,7 +116,7 @@ def test_draft_edit_keep_and_react_are_stored_with_the_cost_the_page_showed(site
 def test_with_smollm2_the_pad_drafts_readable_text_that_a_person_edits(tmp_path, browser):
     """The pad as a newcomer sees it, on the real model (its screenshot is the README's picture)."""
     store = Store(f"sqlite:///{tmp_path / 'corll.db'}")
-    server = LiveServer(store, PolicyEngine("smollm2-135m-instruct", store, precision="fp32", default_max_tokens=64))
+    server = LiveServer(store, PolicyEngine("smollm2-135m-instruct", precision="fp32", default_max_tokens=64))
     try:
         driver = browser
         driver.set_window_size(1100, 900)

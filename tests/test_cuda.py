@@ -69,12 +69,11 @@ def test_a_simulation_interrupted_on_the_gpu_resumes_from_its_checkpoint(tmp_pat
     assert summary["reward_final"] > summary["reward_initial"]  # the synthetic task's reward went up on the GPU
 
 
-def test_the_serving_engine_decodes_on_the_gpu(tmp_path):
+def test_the_serving_engine_decodes_on_the_gpu():
     from corll.server.engine import PolicyEngine
     from corll.server.protocol import GenerationRequest, ServedModel
-    from corll.store import Store
 
-    engine = PolicyEngine("tiny", Store(f"sqlite:///{tmp_path / 'corll.db'}"), precision="fp32", batch_wait=0.2)
+    engine = PolicyEngine("tiny", precision="fp32", batch_wait=0.2)
     assert engine.policy.device.type == "cuda"
     ids = engine.prompt_ids([{"role": "user", "content": "Count."}])
     choices = engine.submit(GenerationRequest(ids, ServedModel(None, None), n=3, seed=5, max_tokens=16,

@@ -7,15 +7,13 @@ import torch
 
 from corll.server.engine import PolicyEngine, _held_back
 from corll.server.protocol import GenerationRequest, ServedModel
-from corll.store import Store
 
 BASE = ServedModel(None, None)
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    store = Store(f"sqlite:///{tmp_path_factory.mktemp('engine') / 'corll.db'}")
-    return PolicyEngine("tiny", store, batch_wait=0.2, precision="fp32")
+def engine():
+    return PolicyEngine("tiny", batch_wait=0.2, precision="fp32")
 
 
 def request(engine, text, **kwargs):
@@ -109,8 +107,7 @@ def rss_mb() -> float:
 def test_memory_stays_flat_as_a_thousand_users_adapters_come_and_go(tmp_path):
     import shutil
 
-    store = Store(f"sqlite:///{tmp_path / 'corll.db'}")
-    engine = PolicyEngine("tiny", store, precision="fp32", max_loaded_adapters=8)
+    engine = PolicyEngine("tiny", precision="fp32", max_loaded_adapters=8)
     source = saved_adapter(tmp_path / "source")
     prompt = engine.prompt_ids([{"role": "user", "content": "Hi"}])
     sizes = {}
@@ -131,8 +128,7 @@ def test_memory_stays_flat_as_a_thousand_users_adapters_come_and_go(tmp_path):
 def test_an_adapter_is_read_off_the_scheduler_thread_and_one_that_cannot_be_read_fails_alone(tmp_path, monkeypatch):
     import corll.server.adapters as adapters
 
-    store = Store(f"sqlite:///{tmp_path / 'corll.db'}")
-    engine = PolicyEngine("tiny", store, precision="fp32")
+    engine = PolicyEngine("tiny", precision="fp32")
     folder = saved_adapter(tmp_path / "slow")
     read = adapters.read_adapter
 

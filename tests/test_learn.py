@@ -320,7 +320,7 @@ def test_versions_me_and_rollback_over_http_respect_keys_and_tenants(tmp_path):
             "admin": store.create_api_key("acme", "root", admin=True), "evil": store.create_api_key("evil", "eve", admin=True)}
     mine = store.decide("acme", "alice", decision="promoted", reason="held-out edit margin +1.0 nats", seen_through=0,
                         adapter_path=str(tmp_path / "a"), parent_id=None, details={"pairs": 3}, metrics={"margin_gain": 1.0})
-    server = LiveServer(store, PolicyEngine("tiny", store, default_max_tokens=8))
+    server = LiveServer(store, PolicyEngine("tiny", default_max_tokens=8))
     try:
         def call(who, method, path, **kwargs):
             return httpx.request(method, server.url + path, headers={"Authorization": f"Bearer {keys[who]}"}, **kwargs)

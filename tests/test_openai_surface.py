@@ -22,7 +22,7 @@ def served(tmp_path_factory):
     folder = tmp_path_factory.mktemp("surface")
     db = f"sqlite:///{folder / 'corll.db'}"
     store = Store(db)
-    engine = PolicyEngine("tiny", store, default_max_tokens=16, batch_wait=0.3)
+    engine = PolicyEngine("tiny", default_max_tokens=16, batch_wait=0.3)
     server = LiveServer(store, engine)
     keys = {u: store.create_api_key("acme", u) for u in ("alice", "bob")}
     keys["mallory"] = store.create_api_key("evil", "mallory")

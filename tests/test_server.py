@@ -38,7 +38,7 @@ class LiveServer:
 def service(tmp_path):
     db = f"sqlite:///{tmp_path / 'corll.db'}"
     store = Store(db)
-    engine = PolicyEngine("tiny", store, default_max_tokens=16)
+    engine = PolicyEngine("tiny", default_max_tokens=16)
     server = LiveServer(store, engine)
     keys = {"alice": store.create_api_key("acme", "alice"), "bob": store.create_api_key("acme", "bob"),
             "mallory": store.create_api_key("evil", "mallory")}
@@ -260,7 +260,7 @@ def test_an_abandoned_completion_stops_decoding_and_is_not_logged(tmp_path):
     """A client that gives up on a non-streaming completion frees its rows: nothing is decoded past the
     disconnect (within the server's half-second look) and nothing is logged."""
     store = Store(f"sqlite:///{tmp_path / 'corll.db'}")
-    engine = slow_engine(store)
+    engine = slow_engine()
     server = LiveServer(store, engine)
     try:
         key = store.create_api_key("acme", "alice")
@@ -284,10 +284,10 @@ def test_an_abandoned_completion_stops_decoding_and_is_not_logged(tmp_path):
         server.stop()
 
 
-def slow_engine(store: Store) -> PolicyEngine:
+def slow_engine() -> PolicyEngine:
     """The tiny model decoding at a real model's pace and never ending early (no end-of-text token), so a
     request outlives what a test does meanwhile."""
-    engine = PolicyEngine("tiny", store, default_max_tokens=16, max_tokens_limit=400)
+    engine = PolicyEngine("tiny", default_max_tokens=16, max_tokens_limit=400)
     forward = engine._forward
 
     def slow_forward(*args):
@@ -300,7 +300,7 @@ def slow_engine(store: Store) -> PolicyEngine:
 
 def test_a_completion_still_streaming_when_its_user_is_forgotten_is_not_logged(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'corll.db'}")
-    server = LiveServer(store, slow_engine(store))
+    server = LiveServer(store, slow_engine())
     keys = {"alice": store.create_api_key("acme", "alice")}
     admin = store.create_api_key("acme", "ops", admin=True)
     body = {"model": "tiny", "stream": True, "max_tokens": 400, "temperature": 1.0,
@@ -327,7 +327,7 @@ def test_a_flooding_user_gets_429_beyond_their_share_and_does_not_stall_another_
     import statistics
 
     store = Store(f"sqlite:///{tmp_path / 'corll.db'}")
-    engine = PolicyEngine("tiny", store, default_max_tokens=16, max_tokens_limit=400)
+    engine = PolicyEngine("tiny", default_max_tokens=16, max_tokens_limit=400)
     server = LiveServer(store, engine)
     keys = {u: store.create_api_key("acme", u) for u in ("flood", "bob")}
 

@@ -20,7 +20,7 @@ from tests.test_server import LiveServer, openai_client
 def deployment(store_url):
     url = store_url
     store = Store(url)
-    server = LiveServer(store, PolicyEngine("tiny", store, default_max_tokens=8))
+    server = LiveServer(store, PolicyEngine("tiny", default_max_tokens=8))
     keys = {"alice": store.create_api_key("acme", "alice"), "carol": store.create_api_key("acme", "carol"),
             "admin": store.create_api_key("acme", "ops", admin=True)}
     yield server, store, keys, url

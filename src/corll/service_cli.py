@@ -190,7 +190,7 @@ def serve(
 
         threads = max(1, available_cpus() - 1)
     precision = use_hardware(precision, threads)
-    engine = PolicyEngine(model, store, precision=precision, default_max_tokens=max_tokens, max_batch=max_batch,
+    engine = PolicyEngine(model, precision=precision, default_max_tokens=max_tokens, max_batch=max_batch,
                           max_user_rows=max_user_rows, max_user_requests=max_user_requests,
                           max_loaded_adapters=max_loaded_adapters)
     learner = None

@@ -38,7 +38,6 @@ from transformers import DynamicCache
 from corll.policy import GREEDY_BELOW, LoraSettings, Policy, SamplingConfig, load_policy
 from corll.server.adapters import BASE_ADAPTER, AdapterCache
 from corll.server.protocol import Delta, GenerationRequest, Overloaded, Stream, TokenLogprob
-from corll.store import Store
 
 
 
@@ -60,7 +59,7 @@ class _Row:
 class PolicyEngine:
     """The transformers engine: continuous batching, mixed adapters, streaming (see the module doc)."""
 
-    def __init__(self, model: str, store: Store, *, precision: str = "auto", seed: int = 0,
+    def __init__(self, model: str, *, precision: str = "auto", seed: int = 0,
                  default_max_tokens: int = 128, max_tokens_limit: int = 1024, max_batch: int = 32,
                  batch_wait: float = 0.005, max_user_rows: int | None = None, max_user_requests: int = 16,
                  max_loaded_adapters: int = 32) -> None:
@@ -68,7 +67,6 @@ class PolicyEngine:
                                           precision=precision, seed=seed)
         self.policy.model.eval()
         self.model_name = model
-        self.store = store
         self.default_max_tokens = default_max_tokens
         self.max_tokens_limit = max_tokens_limit  # a request may ask for less, never for more
         self.max_batch = max_batch  # rows decoded together; 1 serves one request at a time
