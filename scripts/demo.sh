@@ -2,7 +2,7 @@
 # The main job: a real LLM (SmolLM2-135M-Instruct) learns from simulated user
 # edits (CoRLL) and, side by side in a second process, from dueling feedback; both are evaluated on
 # all 40 held-out prompts × 4 samples with the same random numbers and compared prompt by prompt.
-# About 9 minutes on 2 CPU cores without native bf16 (docs/demo.md says on which CPU it was measured).
+# About 2.5 minutes on 2 cores with native bf16 (AVX512-BF16); docs/demo.md says which CPUs it was timed on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
