@@ -3,98 +3,20 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from corll.cli_common import (D, DbOption, PrecisionOption, ThreadsOption, app, console, fail, open_store,
+                              progress_bars, use_hardware)
 from corll.config import ALGORITHMS, BUILTIN_MODELS, DPO_LOSS_TYPES, ConfigError, SimulationConfig
-from corll.hardware import prepare_threads
 from corll.tasks import TASK_NAMES, TaskError
 
 if TYPE_CHECKING:  # imported where used: it loads torch
     from corll.experiment import Experiment
-
-# Torch, transformers and the server load inside the commands that need them, so that --help and
-# the store's commands answer at once. Before torch loads: the OpenMP wait policy is read once.
-prepare_threads()
-
-
-app = typer.Typer(help="corll: make LLMs learn from the edits and reactions users already give.",
-                  no_args_is_help=True, add_completion=False)
-console = Console()
-D = SimulationConfig()
-
-
-def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code=2)
-
-
-PrecisionOption = Annotated[str, typer.Option(
-    help="auto (bf16 where the hardware computes it natively, else fp32), fp32, or bf16 autocast "
-         "(trained weights and optimizer stay fp32).")]
-ThreadsOption = Annotated[Optional[int], typer.Option(
-    help="Threads for the model's math (default: the CPUs this process may use).")]
-
-
-class LoggedProgress(Progress):
-    """Where the output is not a terminal (a log file, a pipe), bars cannot redraw: each bar that moves
-    prints one timestamped line instead, so a run in the background leaves a log that says where it is."""
-
-    def update(self, task_id, **changes) -> None:
-        before = self._task(task_id).completed
-        super().update(task_id, **changes)
-        if self._task(task_id).completed != before:
-            self.note(task_id, self._task(task_id).fields.get("status", ""))
-
-    def note(self, task_id, text: str) -> None:
-        """A line about this bar (an evaluation's result), printed only where bars are not drawn."""
-        task = self._task(task_id)
-        if self.disable:
-            self.console.print(f"{time.strftime('%H:%M:%S')} {task.description.strip()} {task.completed:.0f}/"
-                               f"{task.total:.0f}" + (f" · {text}" if text else ""), highlight=False, soft_wrap=True)
-
-    def _task(self, task_id):
-        return next(task for task in self.tasks if task.id == task_id)
-
-
-@contextmanager
-def progress_bars(*columns) -> Iterator[Progress]:
-    """Progress bars that vanish when the command stops early (an error, Ctrl-C), so no empty or
-    half-drawn bars are left under the message that says why."""
-    with LoggedProgress(*columns, console=console, disable=not console.is_terminal) as bar:
-        try:
-            yield bar
-        except BaseException:
-            for task in list(bar.task_ids):
-                bar.remove_task(task)
-            raise
-
-
-def use_hardware(precision: str, threads: int | None) -> str:
-    """Set the thread count, say which precision runs and why (and warn when it is a slow choice);
-    returns the resolved precision."""
-    from corll.hardware import PrecisionError, choose_precision, set_threads
-    from corll.models import quiet_libraries
-
-    quiet_libraries()
-    try:
-        count = set_threads(threads)
-        choice = choose_precision(precision)
-    except (PrecisionError, ValueError) as exc:
-        fail(str(exc))
-    console.print(f"{choice.reason} · {count} thread{'s' if count > 1 else ''}", style="dim")
-    if choice.warning:
-        console.print(f"[bold yellow]warning:[/] {choice.warning}")
-    return choice.precision
-
 
 # CLI option -> SimulationConfig field, where the names differ
 OPTION_FIELDS = {"algorithm": "algorithms", "loss": "loss_type"}
@@ -497,31 +419,6 @@ def reward_model_eval(
 
 # --- the feedback log ----------------------------------------------------------------------
 
-DbOption = Annotated[Optional[str], typer.Option(
-    "--db", help="Database URL or SQLite file (default: $CORLL_DATABASE_URL, else ./corll.db).")]
-
-
-def open_store(db: str | None, *, must_exist: bool = True):
-    """The feedback log. Commands that only read it (must_exist) refuse a SQLite file that does not
-    exist, so a mistyped --db is an error rather than a new empty database; commands that start a
-    deployment (keys create, serve) may create it."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from corll.store import Store
-    from corll.store.repository import database_url
-
-    url = make_url(database_url(db))
-    if must_exist and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
-            and not Path(url.database).exists():
-        fail(f"the database {url.database} does not exist (check --db or $CORLL_DATABASE_URL; "
-             "`corll keys create` or `corll serve` creates one)")
-    try:
-        return Store(db)
-    except SQLAlchemyError as exc:
-        fail(f"cannot open the database {db or '(default)'}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}")
-
-
-
-# the feedback service's commands (keys, serve, learn, train, versions, ...) live in their own module
-from corll import service_cli  # noqa: E402,F401  (registers them on `app`)
+# the feedback service's commands (keys, serve, learn, train, versions, ...) live in their own module, which
+# registers them on `app`; it imports only cli_common, so nothing imports back up into this module
+from corll import service_cli  # noqa: E402,F401

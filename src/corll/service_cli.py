@@ -1,6 +1,6 @@
 """The feedback service's commands: API keys, serving, learning from the log, versions, forgetting, export.
 
-They register on the one `corll` app (`corll.cli`), which imports this module last.
+They register on the one `corll` app (`corll.cli_common.app`); `corll.cli` imports this module to load them.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-from corll.cli import (D, DbOption, PrecisionOption, ThreadsOption, app, console, fail, open_store, progress_bars,
-                       use_hardware)
+from corll.cli_common import (D, DbOption, PrecisionOption, ThreadsOption, app, console, fail, open_store,
+                              progress_bars, use_hardware)
 from corll.config import BUILTIN_MODELS
 
 keys_app = typer.Typer(help="API keys: each is bound to one tenant and one user.", no_args_is_help=True)
