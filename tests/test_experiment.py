@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 
 from corll.cli import app
 from corll.experiment import ExperimentError, aggregate, load_experiment, run_experiment
-from corll.simulate import RunDir, prepare_run_dir
+from corll.run_dir import RunDir, prepare_run_dir
 from tests.conftest import interrupt_at
 
 EXPERIMENT = """

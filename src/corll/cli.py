@@ -116,7 +116,8 @@ def simulate(
     use_hardware(config.precision, threads)
     from corll.learners import NonFiniteLossError
     from corll.report import comparison_rows, comparison_table, summary_table
-    from corll.simulate import RunExistsError, run_simulation
+    from corll.run_dir import RunExistsError
+    from corll.simulate import run_simulation
     columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}"))
     with progress_bars(*columns) as bar:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corll.experiment import Experiment, run_is_finished
-from corll.simulate import RunDir, SimulationConfig
+from corll.config import SimulationConfig
+from corll.run_dir import RunDir
 
 
 @dataclass

@@ -35,7 +35,9 @@ from pathlib import Path
 
 import yaml
 
-from corll.simulate import ConfigError, RunDir, SimulationConfig, build_policy, computed_settings, run_simulation
+from corll.config import ConfigError, SimulationConfig
+from corll.run_dir import RunDir, computed_settings
+from corll.simulate import build_policy, run_simulation
 from corll.stats import Interval, paired_comparison, t_interval
 from corll.tasks import load_task
 

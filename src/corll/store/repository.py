@@ -12,19 +12,19 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import create_engine, delete, event, func, or_, select, text, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from corll.store.records import (ConflictError, FeedbackRecord, KeyInfo, LearnerBusyError, NotFoundError,
+                                  Principal, StoreError, is_blank)
+from corll.store.database import LEARNER, WRITE, hold_learner_lock, lock_users, make_engine, upgrade
 from corll.store.schema import (
     REACTIONS,
     ApiKey,
@@ -42,31 +42,6 @@ DEFAULT_URL = "sqlite:///corll.db"
 MAX_EDIT_CHARS = 32_000
 
 
-class StoreError(ValueError):
-    """A request the store refuses: it names the problem; nothing was written."""
-
-
-class NotFoundError(StoreError):
-    """No such interaction for this tenant (another tenant's ids are not revealed)."""
-
-
-class LearnerBusyError(StoreError):
-    """Another learner holds the database's learner lock."""
-
-
-class ConflictError(StoreError):
-    """An idempotency key reused for a different request."""
-
-
-INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})  # Unicode categories a reader cannot see
-
-
-def is_blank(text: str) -> bool:
-    """Whether nothing of `text` is visible: only whitespace, control and format characters (zero-width
-    spaces and joiners, direction marks)."""
-    return all(c.isspace() or unicodedata.category(c) in INVISIBLE for c in text)
-
-
 def database_url(url: str | None = None) -> str:
     """The given URL, else $CORLL_DATABASE_URL, else a SQLite file `corll.db` here. A bare path means SQLite."""
     url = url or os.environ.get("CORLL_DATABASE_URL") or DEFAULT_URL
@@ -75,54 +50,6 @@ def database_url(url: str | None = None) -> str:
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the tenant and user an API key is bound to; an admin acts for the whole tenant."""
-
-    tenant: str
-    user: str
-    admin: bool = False
-    # the API key the caller authenticated with: forgetting the user deletes it, so work that outlives
-    # the request's start (a completion still decoding) can tell that its user was forgotten meanwhile
-    key_id: int | None = field(default=None, compare=False)
-
-    def may_act_on(self, interaction: Interaction) -> bool:
-        """Feedback on a completion comes from the user who received it, or from the tenant's admin."""
-        return interaction.tenant == self.tenant and (self.admin or interaction.user == self.user)
-
-
-@dataclass(frozen=True)
-class KeyInfo:
-    """What `corll keys list` shows of a key (never the key itself)."""
-
-    id: int
-    prefix: str | None
-    tenant: str
-    user: str
-    admin: bool
-    created_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
-
-
-@dataclass(frozen=True)
-class FeedbackRecord:
-    """A feedback event together with the interaction it is about (for training and export)."""
-
-    event_id: int
-    kind: str
-    edit: str | None
-    reaction: str | None
-    created_at: datetime
-    interaction_id: str
-    tenant: str
-    user: str
-    messages: list
-    response: str
-    policy_version_id: int | None
-    author: str | None = None  # whose key sent it (None: logged before authors were recorded)
 
 
 class Store:
@@ -193,7 +120,7 @@ class Store:
         """Several responses to one prompt (a completion's choices) as (id, text, log π), all or none. A user
         forgotten while their completion was decoding is not logged (NotFoundError): forgetting is final."""
         with self.transaction() as s:
-            _lock_users(s, who.tenant, [who.user])
+            lock_users(s, who.tenant, [who.user])
             if who.key_id is not None and s.get(ApiKey, who.key_id) is None:
                 raise NotFoundError(f"user {who.user!r} of tenant {who.tenant!r} was forgotten; nothing was logged")
             for interaction_id, response, logprob in responses:
@@ -227,7 +154,7 @@ class Store:
             with self.transaction() as s:
                 owner = s.scalar(select(Interaction.user).where(Interaction.id == interaction_id,
                                                                 Interaction.tenant == who.tenant))
-                _lock_users(s, who.tenant, [who.user] + ([owner] if owner is not None else []))
+                lock_users(s, who.tenant, [who.user] + ([owner] if owner is not None else []))
                 interaction = s.get(Interaction, interaction_id, populate_existing=True)
                 if interaction is None or not who.may_act_on(interaction):
                     raise NotFoundError(f"no completion {interaction_id!r}")
@@ -351,7 +278,7 @@ class Store:
         adapters' files are the caller's to delete (`removed["adapter_paths"]`). Returns what was removed;
         a user the tenant never had is NotFoundError, and nothing is written."""
         with self.transaction() as s:
-            _lock_users(s, tenant, [user], exclusive=True)
+            lock_users(s, tenant, [user], exclusive=True)
             if not _known(s, tenant, user):
                 raise NotFoundError(f"no user {user!r} in tenant {tenant!r}")
             mine = select(Interaction.id).where(Interaction.tenant == tenant, Interaction.user == user)
@@ -450,36 +377,13 @@ class Store:
     @contextmanager
     def learner_lock(self) -> Iterator[None]:
         """Hold the database's learner lock while the block runs: one learner per database, so two never
-        train the same lineage at once (a second `corll learn`, even `--once`, refuses to start). On
-        PostgreSQL a session advisory lock on a connection kept for the purpose; on SQLite an exclusive
-        lock on a file beside the database. Both end with the process however it ends, so a learner killed
-        with SIGKILL does not keep its successor out."""
-        busy = ("another learner is running on this database{}; one learner per database trains every "
-                "lineage (stop it first, or let `corll serve --learn` run it)")
-        if self.engine.dialect.name == "postgresql":
-            with self.engine.connect() as connection:
-                if not connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LEARNER_LOCK}).scalar():
-                    raise LearnerBusyError(busy.format(self._learner_pid()))
-                try:
-                    yield
-                finally:
-                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LEARNER_LOCK})
-            return
-        from filelock import FileLock, Timeout
-
-        database = self.engine.url.database
-        if not database or database == ":memory:":
-            yield  # a private in-memory database: no other process can reach it
-            return
-        lock = FileLock(f"{database}.learner.lock")
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise LearnerBusyError(busy.format(self._learner_pid())) from None
-        try:
+        train the same lineage at once; a second `corll learn`, even `--once`, gets LearnerBusyError."""
+        with hold_learner_lock(self.engine) as held:
+            if not held:
+                raise LearnerBusyError(f"another learner is running on this database{self._learner_pid()}; one "
+                                       "learner per database trains every lineage (stop it first, or let `corll "
+                                       "serve --learn` run it)")
             yield
-        finally:
-            lock.release()
 
     def _learner_pid(self) -> str:
         with self.sessions() as s:
@@ -523,18 +427,6 @@ def _trained_on(version: PolicyVersion, user: str, first_event: int | None) -> b
     return first_event is not None and version.details.get("trained_through_event", 0) >= first_event
 
 
-def _lock_users(s: Session, tenant: str, users: list[str], *, exclusive: bool = False) -> None:
-    """Serialize this transaction against forgetting these users. On PostgreSQL: transaction-scoped advisory
-    locks, shared for feedback and logging (which may run side by side), exclusive for forget, taken in one
-    order so two transactions never wait on each other. On SQLite the write transaction already holds the
-    database's write lock from its first statement."""
-    if s.get_bind().dialect.name != "postgresql":
-        return
-    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-    for user in sorted(set(users)):
-        s.execute(text(f"SELECT {function}(hashtextextended(:scope, 0))"), {"scope": f"{tenant}/{user}"})
-
-
 def _known(s: Session, tenant: str, user: str) -> bool:
     """Whether the tenant has anything of the user: a key, an interaction, feedback they wrote, a version."""
     checks = (select(ApiKey.id).where(ApiKey.tenant == tenant, ApiKey.user == user),
@@ -574,45 +466,3 @@ def _activate(s: Session, row: PolicyVersion) -> None:
     owner = PolicyVersion.user.is_(None) if row.user is None else PolicyVersion.user == row.user
     s.execute(update(PolicyVersion).where(PolicyVersion.tenant == row.tenant, owner).values(active=False))
     row.active = True
-
-
-LEARNER = "learner"  # the learner's row in worker_states
-LEARNER_LOCK = 0x636F726C6C  # the advisory lock key of the learner ("corll" in ASCII)
-WRITE = "corll_write"  # execution option of the connections `Store.transaction` writes through
-
-
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(connection, _record) -> None:
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-            cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives a power cut
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-            # Python's sqlite3 would open a transaction only at the first write, so a transaction's reads
-            # could precede a concurrent writer's commit: transactions begin where SQLAlchemy begins them
-            connection.isolation_level = None
-
-        @event.listens_for(engine, "begin")
-        def _begin(connection) -> None:
-            # a write transaction takes the write lock at once: what it read is still true when it writes
-            connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.get_execution_options().get(WRITE)
-                                       else "BEGIN")
-
-        return engine
-    return create_engine(url, pool_pre_ping=True)
-
-
-def upgrade(engine: Engine) -> None:
-    """Bring the schema to the latest Alembic revision."""
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
