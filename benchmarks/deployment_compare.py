@@ -1,8 +1,8 @@
 """Several simulated-deployment runs side by side: per run, per user, pooled, and corrected for the number
 of tests — the comparison tables of `docs/deployment.md`, generated from the runs' results files.
 
-    .venv/bin/python benchmarks/deployment_compare.py --run 0=docs/deployment-results.json \
-        --run 1=docs/deployment-seed1-results.json --pool 0,1 --out docs/deployment-runs
+    .venv/bin/python benchmarks/deployment_compare.py --run 0=results/deployment-early/deployment-results.json \
+        --run 1=results/deployment-early/deployment-seed1-results.json --pool 0,1 --out docs/deployment-runs
 
 Each `--run LABEL=PATH` is one results JSON of `benchmarks/deployment.py`. Effects are words edited per
 draft, `serve` − `serve --learn`, paired by user and draft (positive: the learning server's users edited

@@ -1,7 +1,7 @@
 """Does the learner's gate promote the candidates that would make users edit less? An offline check on a
 simulated deployment's own log.
 
-    .venv/bin/python benchmarks/gate_replay.py --results docs/deployment-results.json --edits 16
+    .venv/bin/python benchmarks/gate_replay.py --results results/deployment-early/deployment-results.json --edits 16
 
 For each simulated user of a `benchmarks/deployment.py` run, their first `--edits` drafts (as the learning
 server logged them), each with the simulated user's edit of it, go into a fresh store and the learner
@@ -27,9 +27,9 @@ import torch
 
 from corll.feedback import word_edit_distance
 from corll.hardware import detect, set_threads
-from corll.learn import LearnConfig, learn_once
+from corll.service.learn import LearnConfig, learn_once
 from corll.learners.dpo import DPOConfig
-from corll.log_training import use_version
+from corll.service.candidate import use_version
 from corll.policy import LoraSettings, SamplingConfig, load_policy
 from corll.stats import paired_comparison
 from corll.store import Principal, Store
@@ -85,7 +85,7 @@ def replay(user: str, rows: list[dict], settings: dict, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=Path("docs/deployment-results.json"))
+    parser.add_argument("--results", type=Path, default=Path("results/deployment-early/deployment-results.json"))
     parser.add_argument("--edits", type=int, default=16, help="each user's first drafts and edits given to the learner")
     parser.add_argument("--prompts", type=int, default=12, help="the user's next requests, for the true cost")
     parser.add_argument("--samples", type=int, default=2)

@@ -1,6 +1,6 @@
 """Each speed lever of corll's CoRLL loop, switched off and on, in one process run.
 
-    .venv/bin/python benchmarks/levers.py --repeats 2 --out docs/levers-avx2-table.md  # one table per kind of CPU
+    .venv/bin/python benchmarks/levers.py --repeats 2 --out results/levers/levers-avx2-table.md  # one table per kind of CPU
 
 Workload: SmolLM2-135M-Instruct, LoRA r=8, 8 positive-review prompts, k=4 samples
 of up to 64 new tokens, 8 preference pairs (each prompt's first sample over its
@@ -38,7 +38,8 @@ from corll.feedback import PreferencePair
 from corll.hardware import available_cpus, choose_precision, detect
 from corll.learners.dpo import DPOConfig, DPOLearner
 from corll.memo import Memo
-from corll.policy import EncodedBatch, LoraSettings, Policy, SamplingConfig, load_policy
+from corll.policy import LoraSettings, Policy, SamplingConfig, load_policy
+from corll.batches import EncodedBatch
 from corll.tasks import load_task
 from corll.tasks.dpo_expert import EXPERT_BETA, ExpertReward
 from corll.users.expert_editor import ExpertEditor

@@ -1,6 +1,6 @@
 """How often would the gate's monitor flag a candidate that is no different from the serving version?
 
-    .venv/bin/python benchmarks/monitor_calibration.py docs/deployment-results.json --out docs/monitor-calibration.md
+    .venv/bin/python benchmarks/monitor_calibration.py results/deployment-early/deployment-results.json --out docs/monitor-calibration.md
 
 The gate compares 8 drafts of each version (2 held-out prompts × 4 samples). Here both "versions" are
 the base model: two groups of 8 drafts drawn at random from the same user's drafts of a deployment
@@ -17,7 +17,7 @@ import random
 from pathlib import Path
 
 from corll.hardware import detect
-from corll.learn import gate_monitor
+from corll.service.learn import gate_monitor
 from corll.monitor import MonitorThresholds
 from corll.objectives import distinct_n, looping, repeated_phrase_rate
 
@@ -59,7 +59,7 @@ def main() -> None:
         gate_rule = " (gate)" if in_gate else ""
         lines.append(f"| {name} | {at(0.5):+.3f} | {at(0.99):+.3f} | {at(0.999):+.3f} | {values[-1]:+.3f} | "
                      f"{threshold:.2f}{gate_rule} | {flagged:.1%} |")
-    lines += ["", "(gate): a rule of `corll.learn.gate_monitor`. The repeated-phrase rule is the reactions monitor's; "
+    lines += ["", "(gate): a rule of `corll.service.learn.gate_monitor`. The repeated-phrase rule is the reactions monitor's; "
               "the gate records that share and no longer checks it."]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,6 +1,6 @@
 """Serving throughput and latency: continuous batching across adapters vs one request at a time.
 
-    .venv/bin/python benchmarks/serve_load.py --seconds 60 --out docs/serve-table.md
+    .venv/bin/python benchmarks/serve_load.py --seconds 60 --out results/serve-load/serve-table.md
 
 Two `corll serve` processes on the same model, measured in one run: the batching
 engine (`--max-batch 32`) and the serialized server (`--max-batch 1`: each

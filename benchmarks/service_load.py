@@ -1,6 +1,6 @@
 """Feedback service under load, and after a crash: events/s, latency percentiles, nothing lost.
 
-    .venv/bin/python benchmarks/service_load.py --seconds 10 --out docs/service-table.md
+    .venv/bin/python benchmarks/service_load.py --seconds 10 --out results/service-load/service-table.md
 
 For each backend (SQLite file in WAL mode; PostgreSQL 15 on loopback, started
 with scripts/postgres.sh) a real `corll serve` process (tiny model) takes

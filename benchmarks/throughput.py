@@ -1,7 +1,7 @@
 """CoRLL throughput: corll's loop against the loop a competent engineer builds on TRL, side by side.
 
     .venv/bin/pip install -e ".[bench]"
-    .venv/bin/python benchmarks/throughput.py --rounds 3 --out docs/performance-avx2-table.md  # one table per kind of CPU
+    .venv/bin/python benchmarks/throughput.py --rounds 3 --out results/throughput/performance-avx2-table.md  # one table per kind of CPU
 
 The same workload for both (SmolLM2-135M-Instruct, LoRA r=8, k=4 samples, N=8
 preferences per DPO step, 64 new tokens, the same prompts, the local editor as the
@@ -42,7 +42,7 @@ import torch
 
 from corll.feedback import PreferencePair
 from corll.hardware import choose_precision, detect, set_threads
-from corll.learners.corll import implicit_argmax
+from corll.learners.corll import implicit_rewards, pick
 from corll.learners.dpo import DPOConfig, DPOLearner
 from corll.policy import LoraSettings, Policy, SamplingConfig, load_policy
 from corll.tasks import load_task
@@ -110,7 +110,7 @@ class CorllArm:
         return samples
 
     def score(self, prompts, samples):
-        return implicit_argmax(self.policy, prompts, samples, BETA, self.logps)
+        return pick(samples, implicit_rewards(self.policy, prompts, samples, BETA, self.logps))
 
     def update(self, pairs):
         self.learner.step(pairs)

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from scipy.stats import pearsonr
 
-from corll.metrics import auroc, expected_calibration_error, reliability_bins
+from corll.classification import auroc, expected_calibration_error, reliability_bins
 from corll.reward_model import (RewardModel, RewardModelConfig, cross_validated, plot_reliability, reward_features,
                                  train_reward_model)
 from corll.simulate import SimulationConfig, build_policy
@@ -117,7 +117,7 @@ def reward_models(out: Path, policy, task, train: list[str], seed: int) -> tuple
     return models, {"answers": len(labels), "loves": sum(labels), "settings": settings}
 
 
-def rm_stage(out: Path, policy, task, train: list[str], held: dict, seed: int, figures: Path) -> dict:
+def rm_stage(out: Path, policy, task, train: list[str], held: dict, seed: int) -> dict:
     """Seed `seed`'s log, both reward models trained on it, and their held-out scores."""
     models, log = reward_models(out, policy, task, train, seed)
     repeated = [p for p in held["truth"] for _ in range(REACTION_DRAWS)]
@@ -130,7 +130,7 @@ def rm_stage(out: Path, policy, task, train: list[str], held: dict, seed: int, f
         predicted_rep = [p for p in predicted for _ in range(REACTION_DRAWS)]
         bins = [dataclasses.asdict(b) for b in reliability_bins(predicted_rep, drawn, 10)]
         if name == "well-specified" and seed == 0:
-            plot_reliability(bins, figures / "reactions-reliability.png", f"P[Love], {len(predicted)} held-out answers")
+            plot_reliability(bins, out / "reactions-reliability.png", f"P[Love], {len(predicted)} held-out answers")
         result["models"][name] = {
             **log["settings"][name], "auroc": auroc(predicted_rep, drawn),
             "ece": expected_calibration_error(predicted_rep, drawn, 10),
@@ -224,7 +224,7 @@ def study_markdown(rms: dict[int, dict], found: dict, result: dict) -> str:
                      f"{w['pearson_vs_true_probability']:+.2f} | {m['auroc']:.3f} | {m['ece']:.3f} | "
                      f"{m['pearson_vs_true_probability']:+.2f} | {m['weight_decay']:g} | {rm['oracle_auroc']:.3f} |")
     rows, seeds = found["variants"], found["evaluation_seeds"]
-    lines += ["", "![reliability](figures/reactions-reliability.png)", "",
+    lines += ["", "![reliability](reactions-reliability.png)", "",
               "## Offline P[Love] and online love rates, per policy variant", "",
               f"Each variant answers the 30 held-out requests {VARIANT_SAMPLES} times. Online: {IMPRESSIONS} drawn "
               "reactions (Wilson 95% interval) beside the expected rate; offline: mean P[Love] under the reward "
@@ -249,7 +249,6 @@ def study_markdown(rms: dict[int, dict], found: dict, result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("results/reactions"))
-    parser.add_argument("--figures", type=Path, default=Path("docs/figures"))
     parser.add_argument("--seeds", default="0,1,2", help="independent reaction logs (0 is the task's own)")
     parser.add_argument("--model", default=BASE.model, help="smollm2-135m-instruct, or tiny for a smoke run")
     args = parser.parse_args()
@@ -257,13 +256,12 @@ def main() -> None:
     if len(seeds) < 2 or 0 not in seeds:
         parser.error("--seeds needs seed 0 (the task's own log) and at least one evaluation seed")
     args.out.mkdir(parents=True, exist_ok=True)
-    args.figures.mkdir(parents=True, exist_ok=True)
     base = dataclasses.replace(BASE, model=args.model)
     policy = build_policy(base)
     task = load_task(base.task, policy)
     train, _ = split_requests()
     held = stage(args.out, "held-out", lambda: held_out_set(policy, task))
-    rms = {s: stage(args.out, f"rm-seed-{s}", lambda s=s: rm_stage(args.out, policy, task, train, held, s, args.figures))
+    rms = {s: stage(args.out, f"rm-seed-{s}", lambda s=s: rm_stage(args.out, policy, task, train, held, s))
            for s in seeds}
     found = variants(args.out, base, policy, task, train, seeds)
     result = study(rms, found)

@@ -4,7 +4,8 @@ import pytest
 from typer.testing import CliRunner
 
 from corll.cli import app
-from corll.experiment import ExperimentError, aggregate, load_experiment, run_experiment
+from corll.experiment import ExperimentError, load_experiment, run_experiment
+from corll.experiment_results import aggregate
 from corll.run_dir import RunDir, prepare_run_dir
 from tests.conftest import interrupt_at
 
@@ -32,7 +33,8 @@ def write(tmp_path, text=EXPERIMENT):
 def test_experiment_runs_the_grid_aggregates_and_skips_finished_runs(tmp_path):
     experiment = load_experiment(write(tmp_path), tmp_path / "out")
     seen = []
-    result = run_experiment(experiment, lambda arm, seed, done, total, record, doing: doing or seen.append((arm, seed, done)))
+    run_experiment(experiment, lambda arm, seed, done, total, record, doing: doing or seen.append((arm, seed, done)))
+    result = aggregate(experiment)
     folders = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").glob("*/seed-*"))
     assert folders == ["corll/seed-0", "corll/seed-1", "dueling/seed-0", "dueling/seed-1"]
     assert [s[:2] for s in seen if s[2] == 0] == [("corll", 0), ("dueling", 0), ("corll", 1), ("dueling", 1)]
@@ -162,7 +164,8 @@ def test_a_run_another_process_is_training_is_skipped_and_taken_up_later(tmp_pat
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
-    result = run_experiment(experiment)  # the claim is gone with its process: this run is taken up
+    run_experiment(experiment)  # the claim is gone with its process: this run is taken up
+    result = aggregate(experiment)
     assert result["arms"]["corll"]["finished_seeds"] == [0, 1]
 
 
@@ -245,7 +248,9 @@ figures:
 
 
 def test_a_protocol_experiment_reports_cost_over_the_same_episodes_for_every_agent(tmp_path):
-    result = run_experiment(load_experiment(write(tmp_path, PROTOCOL_EXPERIMENT), tmp_path / "out"))
+    experiment = load_experiment(write(tmp_path, PROTOCOL_EXPERIMENT), tmp_path / "out")
+    run_experiment(experiment)
+    result = aggregate(experiment)
     over_t = {}
     for arm in ("floor", "preference"):
         runs = [RunDir(tmp_path / "out" / arm / f"seed-{s}").read_metrics()[-1] for s in (0, 1)]
@@ -282,7 +287,8 @@ def test_a_shared_arm_uses_the_other_experiments_runs_and_must_match_them(tmp_pa
     experiment = load_experiment(tmp_path / "borrower.yaml")
     assert [run[3].as_posix() for run in experiment.runs()] == ["runs/grid/corll/seed-0", "runs/borrower/noisy/seed-0"]
     seen = []
-    result = run_experiment(experiment, lambda arm, seed, done, total, record, doing: doing or seen.append((arm, done)))
+    run_experiment(experiment, lambda arm, seed, done, total, record, doing: doing or seen.append((arm, done)))
+    result = aggregate(experiment)
     assert ("corll", 4) in seen and ("corll", 0) not in seen  # finished in the owner's folder: not re-run
     assert not (tmp_path / "runs/borrower/corll").exists() and (tmp_path / "runs/borrower/noisy/seed-0").is_dir()
     owned = RunDir(tmp_path / "runs/grid/corll/seed-0").read_metrics()[-1]["reward"]

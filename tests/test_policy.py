@@ -6,7 +6,8 @@ import torch
 from corll.feedback import PreferencePair
 from corll.learners import DPOConfig, DPOLearner
 from corll.losses import dpo_margin
-from corll.policy import encode_responses, load_policy, sequence_logprobs
+from corll.policy import load_policy
+from corll.batches import encode_responses, sequence_logprobs
 
 PROMPTS = ["hello", "a much longer prompt here", "x"]
 RESPONSES = ["abc def", "z", "the quick brown fox"]

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from corll.metrics import auroc
+from corll.classification import auroc
 from corll.reward_model import (
     RewardModel,
     RewardModelConfig,

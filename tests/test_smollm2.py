@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from corll.cli import app
 from corll.losses import dpo_loss
-from corll.policy import SamplingConfig, encode_responses, load_policy, sequence_logprobs
+from corll.policy import SamplingConfig, load_policy
+from corll.batches import encode_responses, sequence_logprobs
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["Continue this movie review: The film opens with", "Say hi."]

@@ -1,35 +1,37 @@
-"""Names and settings, importable without torch: the CLI answers --help, checks a command's
-options and names the problem before any model (or torch) loads."""
+"""A run's settings and their scalar checks: the ground floor, importing nothing of corll above
+`hardware` and no torch, so the CLI answers --help and names a bad option before any model loads.
+Names that other rooms own (learners, tasks, models) are checked by `learners.registry.check`."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from corll.hardware import PRECISIONS
-from corll.learners.registry import LEARNERS, learners_for
 
-SMOLLM2 = "smollm2-135m-instruct"
-TINY = "tiny"
-BUILTIN_MODELS = (SMOLLM2, TINY)
 DPO_LOSS_TYPES = ("sigmoid", "ipo")
 EDITORS = ("local", "expert", "llm")
-ALGORITHMS = tuple(LEARNERS)
-EDIT_ALGORITHMS = learners_for("edits")
-REACTION_ALGORITHMS = learners_for("reactions")
 
 
-class ModelNotFoundError(ValueError):
-    """The model name is neither a built-in model nor a local directory."""
-
-
-def resolve_model(name: str) -> str:
-    """Check a model name before anything loads: a built-in name or an existing local directory."""
-    if name in BUILTIN_MODELS or Path(name).is_dir():
-        return name
-    raise ModelNotFoundError(
-        f"unknown model {name!r}: use one of {', '.join(BUILTIN_MODELS)} or a local model directory"
-    )
+def parse_weights(spec: str) -> dict[str, float]:
+    """'love=1,help=0.5,safe=0.5' -> {'love': 1.0, 'help': 0.5, 'safe': 0.5}; refuses negative or all-zero weights."""
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = math.nan
+        if not sep or not name.strip() or math.isnan(weight):
+            raise ValueError(f"--weights: {part!r} is not name=number")
+        weights[name.strip()] = weight
+    if not weights:
+        raise ValueError("--weights: give at least one objective, e.g. love=1,help=0.5,safe=0.5")
+    if any(w < 0 for w in weights.values()):
+        raise ValueError(f"--weights must not be negative: {spec}")
+    if all(w == 0 for w in weights.values()):
+        raise ValueError(f"--weights are all zero: nothing to optimize ({spec})")
+    return weights
 
 
 class ConfigError(ValueError):
@@ -74,7 +76,7 @@ class SimulationConfig:
     rank_agreement: bool = False  # CoRLL: log how the implicit-reward ranking of the k samples agrees with R*
 
     def validate(self) -> None:
-        """Reject impossible settings before any model loads, naming the option."""
+        """Reject impossible values before any model loads, naming the option (names: `registry.check`)."""
         checks = [
             (self.rounds >= 1, "--rounds must be >= 1"),
             (self.k >= 1, "--k must be >= 1"),
@@ -103,24 +105,11 @@ class SimulationConfig:
                 raise ConfigError(message)
         if self.user not in EDITORS:
             raise ConfigError(f"unknown user {self.user!r}: use one of {', '.join(EDITORS)}")
-        for name in self.algorithms:
-            if name not in LEARNERS:
-                raise ConfigError(f"unknown algorithm {name!r}: use one of {', '.join(LEARNERS)}")
-        if "rluf" in self.algorithms:
-            from corll.learners.rluf import parse_weights
-
-            try:
-                parse_weights(self.weights)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from exc
         if len(set(self.algorithms)) != len(self.algorithms):
             raise ConfigError("--algorithm: each algorithm may be given once")
         if self.full_finetune and self.init_adapter:
             raise ConfigError("--init-adapter needs LoRA; it cannot be combined with --full-finetune")
-        from corll.tasks import resolve_task
-
         try:
-            resolve_model(self.model)
-            resolve_task(self.task)
+            parse_weights(self.weights)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc

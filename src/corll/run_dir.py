@@ -14,6 +14,7 @@ import torch
 
 from corll import hardware
 from corll.config import ConfigError, SimulationConfig
+from corll.learners.registry import check
 from corll.hardware import choose_precision
 
 
@@ -93,7 +94,7 @@ def prepare_run_dir(out: Path, config: SimulationConfig, resume: bool,
         if not resume:
             raise RunExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
         resumed = SimulationConfig(**computed_settings(json.loads(run.config_file.read_text())))
-        resumed.validate()
+        check(resumed)
         return run, resumed
     out.mkdir(parents=True, exist_ok=True)
     run.write_json(run.config_file, {**dataclasses.asdict(config), HARDWARE_KEY: hardware_record(config, threads)})

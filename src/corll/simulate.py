@@ -18,15 +18,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from corll.config import ConfigError, SimulationConfig
-from corll.config import EDIT_ALGORITHMS
+from corll.learners import registry
+from corll.learners.base import EditLearner, Learner
 from corll.learners.dpo import StepStats
-from corll.learners.edits import LateEnsemble, OracleAgent, told
-from corll.learners.registry import LATE_MEMBERS, LEARNERS, Setup
+from corll.learners.edits import told
 from corll.learners.rounds import RoundLog
 from corll.monitor import degeneration_thresholds, monitor_records
 from corll.objectives import distinct_n, looping, repeated_phrase_rate
@@ -46,17 +45,9 @@ def build_policy(config: SimulationConfig) -> Policy:
                        precision=config.precision, seed=config.seed)
 
 
-Algorithm = Any  # whatever a registered learner's builder returns (learners/registry.py)
-
-
-def build_algorithm(name: str, config: SimulationConfig, policy: Policy, task: Task) -> Algorithm:
+def build_learner(name: str, config: SimulationConfig, policy: Policy, task: Task) -> Learner:
     """The learner registered under `name`, built for this run."""
-    return LEARNERS[name].build(Setup(config, policy, task))
-
-
-def learner_of(algorithm: Algorithm):
-    """What holds an algorithm's training state beyond the policy's weights (optimizers, models, bandits)."""
-    return algorithm if hasattr(algorithm, "state_dict") else algorithm.learner
+    return registry.build(name, config, policy, task, lambda: build_policy(config))
 
 
 class PromptStream:
@@ -109,7 +100,7 @@ def evaluate(policy: Policy, task: Task, config: SimulationConfig,
 
 
 @dataclass
-class Interval:
+class FeedbackTally:
     """Feedback statistics accumulated between two evaluations."""
 
     pairs: int = 0
@@ -206,14 +197,13 @@ def shown_rewards(task: Task, log: RoundLog) -> list[float]:
     return task.reward(*map(list, zip(*log.shown))) if log.shown else []
 
 
-def offline_phase(algorithm: Algorithm, task: Task, policy: Policy, stream: PromptStream, n: int,
+def offline_phase(learner: EditLearner, task: Task, policy: Policy, stream: PromptStream, n: int,
                   batch_size: int) -> int:
     """The offline phase of learning from user edits: π_0 drafts for the next n prompts, edited by the users behind the log
     (`task.offline_edit`: in the shift setting, users with other preferences than the online ones); the
-    agent learns from them batch by batch as it would online. Returns how many drafts were edited."""
-    if not hasattr(algorithm, "learn") or task.local_edit is None:
-        raise ConfigError(f"--offline-edits needs an edit learner ({', '.join(EDIT_ALGORITHMS)}) and a task "
-                          f"with a local editor, not {task.name!r}")
+    learner learns from them batch by batch as it would online. Returns how many drafts were edited."""
+    if task.local_edit is None:
+        raise ConfigError(f"--offline-edits needs a task with a local editor, not {task.name!r}")
     editor = LocalEditor(dataclasses.replace(task, local_edit=task.offline_edit or task.local_edit))
     edited = 0
     for start in range(0, n, batch_size):
@@ -221,7 +211,7 @@ def offline_phase(algorithm: Algorithm, task: Task, policy: Policy, stream: Prom
         drafts = [s[0] for s in policy.sample(prompts, 1, use_reference=True)]
         edits = editor.edit(prompts, drafts)
         edited += sum(e is not None for e in edits)
-        algorithm.learn(prompts, drafts, edits)
+        learner.learn(prompts, drafts, edits)
     return edited
 
 
@@ -230,9 +220,9 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
     torch.manual_seed(config.seed)
     policy = build_policy(config)
     task = load_task(config.task, policy)
-    algorithm = build_algorithm(name, config, policy, task)
+    learner = build_learner(name, config, policy, task)
     stream = PromptStream(task.train_prompts, config.seed)
-    state = {"round": 0, "feedback": 0, "queries": 0, "interval": Interval(), "wall_time": 0.0, "eval_time": 0.0,
+    state = {"round": 0, "feedback": 0, "queries": 0, "interval": FeedbackTally(), "wall_time": 0.0, "eval_time": 0.0,
              "cost_total": 0,
              "kept_total": 0, "shown_total": 0, "offline_edited": 0, "cost_by_source": {}, "shown_by_source": {}}
 
@@ -240,28 +230,23 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
     if checkpoint.exists():
         saved = torch.load(checkpoint, weights_only=False, map_location="cpu")
         policy.load_trainable_state(saved["trainable"])
-        learner_of(algorithm).load_state_dict(saved["learner"])
+        learner.load_state_dict(saved["learner"])
         torch.set_rng_state(saved["rng"])
         if "cuda_rng" in saved and torch.cuda.is_available():  # sampling on a GPU draws from its generator
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
         stream.cursor = saved["cursor"]
-        state = {**state, **saved["state"], "interval": Interval(**saved["state"]["interval"])}
+        state = {**state, **saved["state"], "interval": FeedbackTally(**saved["state"]["interval"])}
     run.keep_metrics(name, state["round"] if checkpoint.exists() else -1)
     if not checkpoint.exists() and config.offline_edits:
         started = time.perf_counter()
-        state["offline_edited"] = offline_phase(algorithm, task, policy, stream, config.offline_edits,
+        state["offline_edited"] = offline_phase(learner, task, policy, stream, config.offline_edits,
                                                 config.batch_size)
         state["wall_time"] += time.perf_counter() - started
 
-    system_for = algorithm.describe_user if isinstance(algorithm, OracleAgent) else None
-
-    def evaluated() -> Policy:
-        """The policy evaluated and saved: for the late ensemble the member its bandit trusts most."""
-        return algorithm.favourite() if isinstance(algorithm, LateEnsemble) else policy
-
     def record_eval() -> dict:
         started = time.perf_counter()
-        measured = evaluate(evaluated(), task, config, system_for)
+        shown = learner.shown()
+        measured = evaluate(shown.policy, task, config, shown.system_for)
         state["eval_time"] += time.perf_counter() - started
         # wall_time: training rounds; eval_time: evaluations; both cumulative, so the last record is a run's cost
         record = {"algorithm": name, "seed": config.seed, "round": state["round"], "feedback": state["feedback"],
@@ -272,7 +257,7 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
             record |= {"cost_by_source": dict(state["cost_by_source"]),
                        "shown_by_source": dict(state["shown_by_source"])}
         run.append_metric(record)
-        state["interval"] = Interval()
+        state["interval"] = FeedbackTally()
         return record
 
     evaluating = (f"evaluating on {config.eval_prompts} held-out prompts × {config.eval_samples} "
@@ -283,7 +268,7 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
     while state["round"] < config.rounds:
         progress(name, state["round"], None, f"round {state['round'] + 1}: drafting, feedback, update")
         started = time.perf_counter()
-        log, stats = algorithm.round(stream)
+        log, stats = learner.round(stream)
         state["round"] += 1
         state["feedback"] += log.feedback
         state["queries"] += log.queries
@@ -304,14 +289,14 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
             record = record_eval()
         if state["round"] % config.checkpoint_every == 0 or state["round"] == config.rounds:
             run.save_checkpoint(name, {
-                "trainable": policy.trainable_state(), "learner": learner_of(algorithm).state_dict(),
+                "trainable": policy.trainable_state(), "learner": learner.state_dict(),
                 "rng": torch.get_rng_state(), "cursor": stream.cursor,
                 **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
                 "state": {**state, "interval": dataclasses.asdict(state["interval"])},
             })
         progress(name, state["round"], record, "")
     if hasattr(policy.model, "save_pretrained") and not config.full_finetune:
-        evaluated().model.save_pretrained(run.path / "policies" / name)
+        learner.shown().policy.model.save_pretrained(run.path / "policies" / name)
     ours = [r for r in run.read_metrics() if r["algorithm"] == name]
     summary = {"rounds": state["round"], "feedback": state["feedback"], "queries": state["queries"],
                "reward_initial": ours[0]["reward"], "reward_final": ours[-1]["reward"], "kl_final": ours[-1]["kl"],
@@ -323,11 +308,7 @@ def run_algorithm(name: str, config: SimulationConfig, run: RunDir, progress: Pr
                     # than one-batch agents: compare agents per episode (shown response)
                     "cost_per_episode": state["cost_total"] / max(1, state["shown_total"]),
                     "no_edit_share": state["kept_total"] / max(1, state["shown_total"])}
-    if isinstance(algorithm, LateEnsemble):
-        # whom the bandit let answer, episode by episode, and how far it trusts each member at the end (the
-        # most trusted member is the policy evaluated and saved)
-        summary["chosen"] = [LATE_MEMBERS[i] for i in algorithm.chosen]
-        summary["trust"] = dict(zip(LATE_MEMBERS, algorithm.bandit.probabilities()))
+    summary |= learner.summary()
     # Watch every run for reward hacking: reaction tasks with the objectives' rules, every task for
     # degeneration (a win bought with loops, collapsed diversity or a policy far from π_0)
     summary["monitor_flags"] = monitor_records(ours, None if task.objectives is not None else degeneration_thresholds())
@@ -343,7 +324,11 @@ def run_simulation(config: SimulationConfig, out: Path, *, resume: bool = False,
     two-thread process (decoding does not scale with threads). The thread count is part of what a
     run replays from (it changes floating-point sums), so `jobs` changes results in the last digits.
     """
-    config.validate()
+    registry.check(config)
+    for name in config.algorithms:  # before any model loads
+        if config.offline_edits and name not in registry.EDIT_ALGORITHMS:
+            raise ConfigError(f"--offline-edits needs an edit learner ({', '.join(registry.EDIT_ALGORITHMS)}), "
+                              f"not {name!r}")
     jobs = min(jobs, len(config.algorithms))
     run, config = prepare_run_dir(out, config, resume, worker_threads(jobs) if jobs > 1 else torch.get_num_threads())
     summary_file = run.path / "summary.json"

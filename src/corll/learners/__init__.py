@@ -11,7 +11,7 @@ _HOMES = {
     "DPOConfig": "corll.learners.dpo", "DPOLearner": "corll.learners.dpo", "NonFiniteLossError": "corll.learners.dpo",
     "Dueling": "corll.learners.dueling",
     "KTOConfig": "corll.learners.kto", "KTOFromReactions": "corll.learners.kto", "KTOLearner": "corll.learners.kto",
-    "RLOO": "corll.learners.rluf", "RLUF": "corll.learners.rluf", "parse_weights": "corll.learners.rluf",
+    "RLOO": "corll.learners.rluf", "RLUF": "corll.learners.rluf",
     "weighted_reward": "corll.learners.rluf",
     "RoundLog": "corll.learners.rounds",
 }

@@ -17,7 +17,8 @@ from accelerate import Accelerator
 from corll.feedback import PreferencePair
 from corll.hardware import compute_device
 from corll.losses import dpo_loss, dpo_margin, sft_nll
-from corll.policy import Policy, sequence_logprobs
+from corll.policy import Policy
+from corll.batches import sequence_logprobs
 
 
 def make_accelerator(device: str | torch.device | None = None) -> Accelerator:

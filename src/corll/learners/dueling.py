@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from corll.learners.base import Defaults
 from corll.learners.dpo import DPOLearner, StepStats
-from corll.learners.rounds import RoundLog, gather
+from corll.learners.rounds import RoundLog, ask_until
 from corll.policy import Policy
 from corll.users.dueling import DuelingLabeller
 
 
-class Dueling:
+class Dueling(Defaults):
     def __init__(self, policy: Policy, learner: DPOLearner, labeller: DuelingLabeller, *,
                  batch_size: int = 8) -> None:
         self.policy, self.learner, self.labeller = policy, learner, labeller
@@ -29,5 +30,5 @@ class Dueling:
                         shown_rewards=[r for d in duels for r in d.rewards])
 
     def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
-        log = gather(next_prompts, self.batch_size, self.ask)
+        log = ask_until(next_prompts, self.batch_size, self.ask)
         return log, self.learner.step(log.pairs) if log.pairs else None

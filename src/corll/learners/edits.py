@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 import torch
 
 from corll.feedback import Edit, PreferencePair, edit_costs, relative_cost
-from corll.learners.corll import argmax_draft, implicit_argmax
+from corll.learners.base import Defaults, NextPrompts, Shown
+from corll.learners.corll import implicit_rewards, pick
 from corll.learners.dpo import DPOLearner, PolicyOptimizer, StepStats
 from corll.learners.rounds import RoundLog
-from corll.policy import Policy, sequence_logprobs
+from corll.policy import Policy
+from corll.batches import sequence_logprobs
 from corll.users import Editor
 
 
@@ -79,28 +81,22 @@ class SFTLearner:
         self.optim.load_state_dict(state)
 
 
-def _log(prompts, drafts, edits, pairs=()) -> RoundLog:
-    kept = [e for e in edits if e is not None]
-    return RoundLog(pairs=list(pairs), edits=kept, queries=len(prompts), costs=edit_costs(drafts, edits),
-                    shown=list(zip(prompts, drafts)))
-
-
-def edit_round(agent, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
+def edit_round(agent, next_prompts: NextPrompts) -> tuple[RoundLog, StepStats | None]:
     """One online episode of any agent with `act`/`learn`: show drafts, observe edits, learn from them."""
     prompts = next_prompts(agent.batch_size)
     drafts = agent.act(prompts)
     return observed_round(agent, prompts, drafts, agent.editor.edit(prompts, drafts))
 
 
-def observed_round(agent, prompts: list[str], drafts: list[str], edits: list[Edit | None]
-                   ) -> tuple[RoundLog, StepStats | None]:
+def observed_round(agent, prompts: list[str], drafts: list[str], edits: list[Edit | None],
+                   pairs: list[PreferencePair] | None = None) -> tuple[RoundLog, StepStats | None]:
     """The rest of an episode once the user has edited the drafts: log it and let the agent learn."""
-    pairs = [e.to_pair(x) for x, e in zip(prompts, edits) if e is not None]
-    return _log(prompts, drafts, edits, pairs), agent.learn(prompts, drafts, edits)
+    pairs = [e.to_pair(x) for x, e in zip(prompts, edits) if e is not None] if pairs is None else pairs
+    return RoundLog.edited(prompts, drafts, edits, pairs), agent.learn(prompts, drafts, edits)
 
 
 @dataclass
-class FloorAgent:
+class FloorAgent(Defaults):
     """The protocol's floor: π_0's answers, never learning."""
 
     policy: Policy
@@ -113,14 +109,14 @@ class FloorAgent:
     def learn(self, prompts: list[str], drafts: list[str], edits: list[Edit | None]) -> None:
         return None
 
-    def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
+    def round(self, next_prompts: NextPrompts) -> tuple[RoundLog, StepStats | None]:
         return edit_round(self, next_prompts)
 
     def state_dict(self) -> dict:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        pass  # nothing trains
 
 
 def told(prompts: Sequence[str], describe_user: Callable[[str], str]) -> list[list[dict]]:
@@ -137,6 +133,9 @@ class OracleAgent(FloorAgent):
     def act(self, prompts: list[str]) -> list[str]:
         return [s[0] for s in self.policy.sample(told(prompts, self.describe_user), 1, use_reference=True)]
 
+    def shown(self) -> Shown:
+        return Shown(self.policy, self.describe_user)
+
 
 @dataclass
 class HeadroomAgent(FloorAgent):
@@ -149,7 +148,7 @@ class HeadroomAgent(FloorAgent):
     def act(self, prompts: list[str]) -> list[str]:
         return self.least_edited(prompts)[0]
 
-    def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
+    def round(self, next_prompts: NextPrompts) -> tuple[RoundLog, StepStats | None]:
         prompts = next_prompts(self.batch_size)
         return observed_round(self, prompts, *self.least_edited(prompts))  # the editor already answered
 
@@ -166,7 +165,7 @@ class HeadroomAgent(FloorAgent):
 
 
 @dataclass
-class SFTAgent:
+class SFTAgent(Defaults):
     policy: Policy
     learner: SFTLearner
     editor: Editor | None
@@ -178,24 +177,8 @@ class SFTAgent:
     def learn(self, prompts: list[str], drafts: list[str], edits: list[Edit | None]) -> StepStats:
         return self.learner.step(prompts, [kept_text(y, e) for y, e in zip(drafts, edits)])
 
-    def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats]:
+    def round(self, next_prompts: NextPrompts) -> tuple[RoundLog, StepStats]:
         return edit_round(self, next_prompts)
-
-
-@dataclass
-class PreferenceAgent:
-    """CoRLL as a member of the late ensemble: argmax-of-k drafts, DPO on ȳ ≻ y."""
-
-    policy: Policy
-    learner: DPOLearner
-    k: int = 2
-
-    def act(self, prompts: list[str]) -> list[str]:
-        return argmax_draft(self.policy, prompts, self.k, self.learner.config.beta)
-
-    def learn(self, prompts: list[str], drafts: list[str], edits: list[Edit | None]) -> StepStats | None:
-        pairs = [e.to_pair(x) for x, e in zip(prompts, edits) if e is not None]
-        return self.learner.step(pairs) if pairs else None
 
 
 class CostModel:
@@ -243,7 +226,7 @@ class CostModel:
 
 
 @dataclass
-class CostAgent:
+class CostAgent(Defaults):
     policy: Policy
     learner: DPOLearner
     editor: Editor | None
@@ -269,15 +252,13 @@ class CostAgent:
         self.learner.load_state_dict(state["learner"])
         self.model.load_state_dict(state["cost_model"])
 
-    def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
+    def round(self, next_prompts: NextPrompts) -> tuple[RoundLog, StepStats | None]:
         prompts = next_prompts(self.batch_size)
         drafts = self.act(prompts)
-        pairs = list(self.pending)
-        edits = self.editor.edit(prompts, drafts)
-        return _log(prompts, drafts, edits, pairs), self.learn(prompts, drafts, edits)
+        return observed_round(self, prompts, drafts, self.editor.edit(prompts, drafts), list(self.pending))
 
 
-class EarlyEnsemble:
+class EarlyEnsemble(Defaults):
     """One model, one step on w_pref·DPO(ȳ ≻ y) + w_sft·SFT(kept text) + w_cost·DPO(cost-ranked samples)."""
 
     def __init__(self, policy: Policy, dpo: DPOLearner, editor: Editor, *, k: int = 2, batch_size: int = 8,
@@ -291,7 +272,7 @@ class EarlyEnsemble:
     def act(self, prompts: list[str]) -> list[str]:
         samples = self.policy.sample(prompts, self.k)
         _, self.pending = self.model.rank(prompts, samples)
-        return implicit_argmax(self.policy, prompts, samples, self.dpo.config.beta)
+        return pick(samples, implicit_rewards(self.policy, prompts, samples, self.dpo.config.beta))
 
     def learn(self, prompts: list[str], drafts: list[str], edits: list[Edit | None]) -> StepStats:
         """One step on the weighted sum, accumulated in micro-batches: memory stays that of one micro-batch
@@ -306,7 +287,7 @@ class EarlyEnsemble:
                 loss += self.dpo.accumulate_gradients(pairs, weight)["loss"]
         return StepStats(loss=loss, margin=0.0, accuracy=0.0, grad_norm=self.dpo.optim.apply("early ensemble"))
 
-    def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats]:
+    def round(self, next_prompts: NextPrompts) -> tuple[RoundLog, StepStats]:
         return edit_round(self, next_prompts)
 
     def state_dict(self) -> dict:
@@ -337,12 +318,14 @@ class Exp3:
         self.log_weights[arm] -= self.gamma * min(1.0, max(0.0, loss)) / (p * self.arms)
 
 
-class LateEnsemble:
+class LateEnsemble(Defaults):
     """Separately trained learners; a bandit over their observed edit cost chooses who answers each episode
     (each response), so it gets as many chances to learn whom to trust as there are episodes."""
 
-    def __init__(self, agents: Sequence, editor: Editor, *, batch_size: int = 8) -> None:
+    def __init__(self, agents: Sequence, editor: Editor, *, batch_size: int = 8,
+                 names: Sequence[str] = ()) -> None:
         self.agents, self.editor, self.batch_size = list(agents), editor, batch_size
+        self.names = list(names) or [type(a).__name__ for a in self.agents]
         self.bandit = Exp3(len(self.agents))
         self.chosen: list[int] = []
         self.current: list[int] | None = None  # who answered each prompt whose draft is out for editing
@@ -369,25 +352,26 @@ class LateEnsemble:
         steps = [member.learn(prompts, drafts, edits) for member in self.agents]
         return steps[max(set(arms), key=arms.count) if arms else 0]
 
-    def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
+    def round(self, next_prompts: NextPrompts) -> tuple[RoundLog, StepStats | None]:
         return edit_round(self, next_prompts)
 
-    def favourite(self) -> Policy:
+    def shown(self) -> Shown:
         """The policy of the member the bandit now trusts most: what the ensemble is evaluated as."""
         p = self.bandit.probabilities()
-        return self.agents[max(range(len(p)), key=p.__getitem__)].policy
+        return Shown(self.agents[max(range(len(p)), key=p.__getitem__)].policy)
+
+    def summary(self) -> dict:
+        """Whom the bandit let answer, episode by episode, and how far it trusts each member at the end."""
+        return {"chosen": [self.names[i] for i in self.chosen],
+                "trust": dict(zip(self.names, self.bandit.probabilities()))}
 
     def state_dict(self) -> dict:
-        """Every member's weights and optimizer (they train separate adapters), and the bandit."""
-        return {"members": [{"trainable": a.policy.trainable_state(), "learner": a.learner.state_dict(),
-                             **({"cost_model": a.model.state_dict()} if isinstance(a, CostAgent) else {})}
-                            for a in self.agents],
+        """Every member's weights and training state (they train separate adapters), and the bandit."""
+        return {"members": [{"trainable": a.policy.trainable_state(), "state": a.state_dict()} for a in self.agents],
                 "bandit": list(self.bandit.log_weights), "chosen": list(self.chosen)}
 
     def load_state_dict(self, state: dict) -> None:
         for agent, saved in zip(self.agents, state["members"]):
             agent.policy.load_trainable_state(saved["trainable"])
-            agent.learner.load_state_dict(saved["learner"])
-            if isinstance(agent, CostAgent):
-                agent.model.load_state_dict(saved["cost_model"])
+            agent.load_state_dict(saved["state"])
         self.bandit.log_weights, self.chosen = list(state["bandit"]), list(state["chosen"])

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 import torch
 
+from corll.learners.base import Defaults
 from corll.learners.dpo import PolicyOptimizer, StepStats
 from corll.learners.rounds import RoundLog
 from corll.losses import kto_loss
-from corll.policy import Policy, sequence_logprobs
+from corll.policy import Policy
+from corll.batches import sequence_logprobs
 from corll.tasks import ReactFn
 
 
@@ -79,7 +81,7 @@ class KTOLearner:
         self.optim.load_state_dict(state)
 
 
-class KTOFromReactions:
+class KTOFromReactions(Defaults):
     """The round loop: one sample per prompt, shown to a reaction user, N examples per KTO step."""
 
     def __init__(self, policy: Policy, learner: KTOLearner, react: ReactFn, *, batch_size: int = 8) -> None:

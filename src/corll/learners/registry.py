@@ -6,6 +6,9 @@ or labels from the true reward — and which options it reads beyond the shared 
 and builds it from a `Setup`. A new learner is one file in `learners/` plus one
 `register(...)` here; the simulation loop does not change.
 
+It also owns the check of the names a run's settings give (learners, model, task, reaction
+weights), which `corll.config` cannot make without importing the rooms that own them.
+
 Importing this module loads no torch: builders import their learner when they run.
 """
 
@@ -13,10 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from corll.config import ConfigError, SimulationConfig
+from corll.models import resolve_model
+from corll.tasks import resolve_task
 
 if TYPE_CHECKING:
-    from corll.config import SimulationConfig
+    from corll.learners.base import Learner
     from corll.learners.dpo import DPOLearner
     from corll.policy import Policy
     from corll.tasks import Task
@@ -32,6 +39,7 @@ class Setup:
     config: SimulationConfig
     policy: Policy
     task: Task
+    new_policy: Callable[[], Policy]  # another policy of the run's settings (the late ensemble's members)
     _dpo: DPOLearner | None = field(default=None, repr=False)
 
     def dpo(self, policy: Policy | None = None) -> DPOLearner:
@@ -49,7 +57,6 @@ class Setup:
 
     def editor(self):
         """The simulated user who edits drafts (--user)."""
-        from corll.config import ConfigError
         from corll.users import ExpertEditor, LLMEditor, LocalEditor
 
         c, task = self.config, self.task
@@ -66,8 +73,8 @@ class Setup:
 
     def objective(self):
         """Σ w·objective over the task's scorers, from --weights."""
-        from corll.config import ConfigError
-        from corll.learners.rluf import parse_weights, weighted_reward
+        from corll.config import parse_weights
+        from corll.learners.rluf import weighted_reward
 
         try:
             return weighted_reward(self.reaction_task().objectives, parse_weights(self.config.weights))
@@ -75,8 +82,6 @@ class Setup:
             raise ConfigError(str(exc)) from exc
 
     def reaction_task(self) -> Task:
-        from corll.config import ConfigError
-
         if self.task.react is None or self.task.objectives is None:
             raise ConfigError(f"this learner needs a reaction task (assistant-reactions, synthetic-reactions), "
                               f"not {self.task.name!r}")
@@ -88,7 +93,7 @@ class LearnerSpec:
     name: str
     summary: str  # one line: what it shows users and what it learns from
     feedback: str  # one of FEEDBACK_KINDS
-    build: Callable[[Setup], Any]
+    build: Callable[[Setup], Learner]
     options: tuple[str, ...] = ()  # options it reads beyond the shared ones (rounds, N, β, lr, loss, …)
 
 
@@ -105,14 +110,33 @@ def learners_for(feedback: str) -> tuple[str, ...]:
     return tuple(name for name, spec in LEARNERS.items() if spec.feedback == feedback)
 
 
+def check(config: SimulationConfig) -> None:
+    """Every setting of a run, values and names, before any model loads; a problem is a ConfigError."""
+    config.validate()
+    for name in config.algorithms:
+        if name not in LEARNERS:
+            raise ConfigError(f"unknown algorithm {name!r}: use one of {', '.join(LEARNERS)}")
+    try:
+        resolve_model(config.model)
+        resolve_task(config.task)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def build(name: str, config: SimulationConfig, policy: Policy, task: Task,
+          new_policy: Callable[[], Policy]) -> Learner:
+    """The learner registered under `name`, built for this run."""
+    return LEARNERS[name].build(Setup(config, policy, task, new_policy))
+
+
 # --- the built-in learners ----------------------------------------------------------------------
 
 
 def _corll(s: Setup):
-    from corll.learners.corll import CoRLL
+    from corll.learners.corll import CoRLL, RankAgreement
 
-    return CoRLL(s.policy, s.dpo(), s.editor(), k=s.config.k, batch_size=s.config.batch_size,
-                 rank_agreement=s.config.rank_agreement)
+    kind = RankAgreement if s.config.rank_agreement and s.config.k > 1 else CoRLL
+    return kind(s.policy, s.dpo(), s.editor(), k=s.config.k, batch_size=s.config.batch_size)
 
 
 def _dueling(s: Setup):
@@ -162,19 +186,13 @@ def _early(s: Setup):
 
 def _late(s: Setup):
     """Three learners on separate adapters over copies of the same base weights; a bandit picks who answers."""
-    from corll.learners.edits import CostAgent, LateEnsemble, PreferenceAgent, SFTAgent, SFTLearner
-    from corll.simulate import build_policy
+    from corll.learners.corll import CoRLL
+    from corll.learners.edits import CostAgent, LateEnsemble, SFTAgent, SFTLearner
 
-    members = []
-    for member in LATE_MEMBERS:
-        own = s.policy if member == "preference" else build_policy(s.config)
-        if member == "preference":
-            members.append(PreferenceAgent(own, s.dpo(), k=s.config.k))
-        elif member == "sft":
-            members.append(SFTAgent(own, SFTLearner(own, s.config.lr), None))
-        else:
-            members.append(CostAgent(own, s.dpo(own), None, k=max(s.config.k, 2)))
-    return LateEnsemble(members, s.editor(), batch_size=s.config.batch_size)
+    sft, cost = s.new_policy(), s.new_policy()
+    members = [CoRLL(s.policy, s.dpo(), None, k=s.config.k), SFTAgent(sft, SFTLearner(sft, s.config.lr), None),
+               CostAgent(cost, s.dpo(cost), None, k=max(s.config.k, 2))]
+    return LateEnsemble(members, s.editor(), batch_size=s.config.batch_size, names=LATE_MEMBERS)
 
 
 def _floor(s: Setup):
@@ -190,7 +208,6 @@ def _headroom(s: Setup):
 
 
 def _oracle(s: Setup):
-    from corll.config import ConfigError
     from corll.learners.edits import OracleAgent
 
     if s.task.describe_user is None:
@@ -226,3 +243,7 @@ for _spec in (
                 "among π₀'s own answers could save, without learning", "edits", _headroom, ("k", *EDITOR_OPTIONS)),
 ):
     register(_spec)
+
+ALGORITHMS = tuple(LEARNERS)
+EDIT_ALGORITHMS = learners_for("edits")
+REACTION_ALGORITHMS = learners_for("reactions")

@@ -8,43 +8,23 @@
 
 `RLOO` is the alternative update over the same n samples: REINFORCE with each sample's
 reward minus the mean of the other n − 1 (the leave-one-out baseline), and the KL to π_0
-charged inside the reward. docs/reactions-pilot.md compares the two at the same samples and
+charged inside the reward. docs/pilots/reactions-pilot.md compares the two at the same samples and
 reward; DPO stays the default (why: see there).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 
 from corll.feedback import PreferencePair
+from corll.learners.base import Defaults
 from corll.learners.dpo import DPOLearner, PolicyOptimizer, StepStats
-from corll.learners.rounds import RoundLog, gather
-from corll.policy import Policy, sequence_logprobs
+from corll.learners.rounds import RoundLog, ask_until
+from corll.policy import Policy
+from corll.batches import sequence_logprobs
 from corll.tasks import RewardFn
-
-
-def parse_weights(spec: str) -> dict[str, float]:
-    """'love=1,help=0.5,safe=0.5' -> {'love': 1.0, 'help': 0.5, 'safe': 0.5}; refuses negative or all-zero weights."""
-    weights: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        name, sep, value = part.partition("=")
-        try:
-            weight = float(value)
-        except ValueError:
-            weight = math.nan
-        if not sep or not name.strip() or math.isnan(weight):
-            raise ValueError(f"--weights: {part!r} is not name=number")
-        weights[name.strip()] = weight
-    if not weights:
-        raise ValueError("--weights: give at least one objective, e.g. love=1,help=0.5,safe=0.5")
-    if any(w < 0 for w in weights.values()):
-        raise ValueError(f"--weights must not be negative: {spec}")
-    if all(w == 0 for w in weights.values()):
-        raise ValueError(f"--weights are all zero: nothing to optimize ({spec})")
-    return weights
 
 
 def weighted_reward(objectives: dict[str, RewardFn], weights: dict[str, float]) -> RewardFn:
@@ -62,7 +42,7 @@ def weighted_reward(objectives: dict[str, RewardFn], weights: dict[str, float]) 
     return reward
 
 
-class RLUF:
+class RLUF(Defaults):
     def __init__(self, policy: Policy, learner: DPOLearner, reward: RewardFn, *, n: int = 4,
                  batch_size: int = 8) -> None:
         self.policy, self.learner, self.reward = policy, learner, reward
@@ -80,7 +60,7 @@ class RLUF:
         return RoundLog(pairs=pairs, queries=len(prompts), skipped=len(prompts) - len(pairs))
 
     def round(self, next_prompts: Callable[[int], list[str]]) -> tuple[RoundLog, StepStats | None]:
-        log = gather(next_prompts, self.batch_size, self.ask)
+        log = ask_until(next_prompts, self.batch_size, self.ask)
         return log, self.learner.step(log.pairs) if log.pairs else None
 
 
@@ -90,7 +70,7 @@ def leave_one_out(rewards: torch.Tensor) -> torch.Tensor:
     return rewards - (rewards.sum(1, keepdim=True) - rewards) / (n - 1)
 
 
-class RLOO:
+class RLOO(Defaults):
     """REINFORCE leave-one-out on Σ w·objective − β·KL: one step per round of N prompts × n samples."""
 
     def __init__(self, policy: Policy, reward: RewardFn, *, n: int = 4, batch_size: int = 8, lr: float = 2e-4,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from corll.feedback import Edit, PreferencePair
+from corll.feedback import Edit, PreferencePair, edit_costs
 
 # How many times a round may go back for more prompts when users drop rounds or tie.
 MAX_DRAWS = 8
@@ -28,6 +28,28 @@ class RoundLog:
     # CoRLL with rank_agreement: (prompt, its k samples, their implicit rewards) behind each argmax
     candidates: list[tuple[str, list[str], list[float]]] = field(default_factory=list)
 
+    @classmethod
+    def edited(cls, prompts: list[str], drafts: list[str], edits: list[Edit | None],
+               pairs: list[PreferencePair] | None = None) -> RoundLog:
+        """Drafts shown and their users' edits (None: kept as drafted). The pairs default to ȳ ≻ y, and
+        then an unedited draft is a skipped query; learners that bring their own pairs (SFT, cost, the
+        ensembles) learn from every draft and skip none."""
+        kept = [(x, e) for x, e in zip(prompts, edits) if e is not None]
+        return cls(pairs=[e.to_pair(x) for x, e in kept] if pairs is None else list(pairs),
+                   edits=[e for _, e in kept], queries=len(prompts),
+                   skipped=len(prompts) - len(kept) if pairs is None else 0,
+                   costs=edit_costs(drafts, edits), shown=list(zip(prompts, drafts)))
+
+    def extend(self, part: RoundLog) -> None:
+        """Add a later batch of the same round."""
+        self.pairs += part.pairs
+        self.edits += part.edits
+        self.queries += part.queries
+        self.skipped += part.skipped
+        self.costs += part.costs
+        self.shown += part.shown
+        self.candidates += part.candidates
+
     @property
     def feedback(self) -> int:
         """Units of feedback this round used: preference pairs, or labelled reactions."""
@@ -37,7 +59,7 @@ class RoundLog:
 Ask = Callable[[list[str]], RoundLog]
 
 
-def gather(next_prompts: Callable[[int], list[str]], n: int, ask: Ask) -> RoundLog:
+def ask_until(next_prompts: Callable[[int], list[str]], n: int, ask: Ask) -> RoundLog:
     """Ask users about fresh prompts until n preferences are in (or MAX_DRAWS batches were asked)."""
     log, parts = RoundLog(), []
     for _ in range(MAX_DRAWS):
@@ -46,13 +68,7 @@ def gather(next_prompts: Callable[[int], list[str]], n: int, ask: Ask) -> RoundL
             break
         part = ask(next_prompts(missing))
         parts.append(part)
-        log.pairs += part.pairs
-        log.edits += part.edits
-        log.queries += part.queries
-        log.skipped += part.skipped
-        log.costs += part.costs
-        log.shown += part.shown
-        log.candidates += part.candidates
+        log.extend(part)
     if parts and all(part.shown_rewards is not None for part in parts):
         log.shown_rewards = [r for part in parts for r in part.shown_rewards]
     return log

@@ -47,72 +47,18 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AfterValidator
 from sqlalchemy.exc import SQLAlchemyError
 
-from corll.server.protocol import Choice, Engine, GenerationRequest, Overloaded, ServedModel, Stream, gather
+from corll.server.protocol import Choice, Engine, GenerationRequest, Overloaded, ServedModel, Stream, add_delta
+from corll.server.errors import (MAX_BODY_BYTES, BodySizeLimit, ModelNotFound, Unauthorized, error, error_event,
+                                 validation_error)
 from corll.server.metrics import MetricsMiddleware, ServiceMetrics
 from corll.server.schemas import (MAX_ID, VERSION_SUFFIX, ChatCompletionRequest, FeedbackRequest, FeedbackResponse,
                                  InteractionOut, InteractionPage, RollbackRequest, storable)
 from corll.store import ConflictError, NotFoundError, Principal, Store, StoreError, forget
-from corll.versions import version_rows
-
-MAX_BODY_BYTES = 256 * 1024
-
-def error(status: int, message: str, kind: str = "invalid_request_error", *, param: str | None = None,
-          code: str | None = None) -> JSONResponse:
-    """OpenAI's error shape: the official client reads `message`, `type`, `param` and `code` from it."""
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                        status_code=status)
-
-
-def validation_error(exc: RequestValidationError) -> JSONResponse:
-    """The first problem, naming its field (never echoing the input, which may not even be encodable)."""
-    first = exc.errors()[0]
-    where = [str(p) for p in first.get("loc", ()) if p != "body"]
-    if first.get("type") == "json_invalid":
-        return error(400, "the request body is not valid JSON", code="invalid_json")
-    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-    param = ".".join(where) or None
-    return error(400, f"{param}: {message}" if param else message, param=param, code="invalid_value")
-
+from corll.service.versions import version_rows
 
 def choice_id(completion_id: str, index: int) -> str:
     """The logged interaction behind choice `index` of a completion (choice 0 keeps the completion's id)."""
     return completion_id if index == 0 else f"{completion_id}-{index}"
-
-
-class BodySizeLimit:
-    """Refuse request bodies over `limit` bytes with 413, whether or not Content-Length is sent."""
-
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await error(413, f"request body over {self.limit} bytes", "request_too_large")(scope, receive, send)
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise BodyTooLarge
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send)
-        except BodyTooLarge:
-            await error(413, f"request body over {self.limit} bytes", "request_too_large")(scope, receive, send)
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class Unauthorized(Exception):
-    pass
 
 
 def principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
@@ -304,10 +250,6 @@ def create_app(store: Store, engine: Engine, *, learner: Callable[[], dict] | No
     return app
 
 
-class ModelNotFound(Exception):
-    pass
-
-
 STATIC = files("corll.server").joinpath("static")
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                ".css": "text/css; charset=utf-8"}
@@ -391,7 +333,7 @@ class Answer:
 
     async def _gather(self, choices: list[Choice]) -> None:
         async for delta in self.stream.deltas():
-            gather(choices[delta.index], delta)
+            add_delta(choices[delta.index], delta)
 
     def record(self, choices: list[Choice]) -> list[str]:
         """Log every choice (one transaction); returns their interaction ids."""
@@ -438,7 +380,7 @@ class Answer:
                 yield self.chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                    "finish_reason": None}], **usage)
             async for delta in self.stream.deltas():
-                gather(choices[delta.index], delta)
+                add_delta(choices[delta.index], delta)
                 if delta.text or delta.logprobs:
                     yield self.chunk([{"index": delta.index, "delta": {"content": delta.text},
                                        "logprobs": self.logprobs(delta.logprobs), "finish_reason": None}], **usage)
@@ -462,10 +404,6 @@ class Answer:
         if usage:
             yield self.chunk([], usage=self.usage(choices))
         yield "data: [DONE]\n\n"
-
-
-def error_event(status: int, message: str, kind: str) -> str:
-    return f"data: {json.dumps({'error': {'message': message, 'type': kind, 'param': None, 'code': str(status)}})}\n\n"
 
 
 def new_completion_id() -> str:

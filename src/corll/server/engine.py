@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from corll.batches import left_pad
 from corll.policy import GREEDY_BELOW, LoraSettings, Policy, SamplingConfig, load_policy
 from corll.server.adapters import BASE_ADAPTER, AdapterCache
 from corll.server.protocol import Delta, GenerationRequest, Overloaded, Stream, TokenLogprob
@@ -232,10 +233,7 @@ class PolicyEngine:
                 ids.append(stream.request.prompt_ids)
         if not rows:
             return [], None, torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 0)
-        width = max(len(p) for p in ids)
-        pad = self.policy.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in ids])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ids])
+        input_ids, mask = left_pad(ids, self.policy.tokenizer.pad_token_id)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache()
         logits = self._forward(input_ids, mask, positions, cache, [r.adapter for r in rows])

@@ -139,7 +139,7 @@ class Stream:
     def collect(deltas, n: int) -> list[Choice]:
         choices = [Choice() for _ in range(n)]
         for d in deltas:
-            gather(choices[d.index], d)
+            add_delta(choices[d.index], d)
         return choices
 
     def result(self) -> list[Choice]:
@@ -147,7 +147,7 @@ class Stream:
         return self.collect(self, self.request.n)
 
 
-def gather(choice: Choice, delta: Delta) -> None:
+def add_delta(choice: Choice, delta: Delta) -> None:
     choice.text += delta.text
     choice.logprobs.extend(delta.logprobs)
     if delta.finish_reason:

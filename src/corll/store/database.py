@@ -12,6 +12,8 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from corll.locks import try_file_lock
+
 LEARNER = "learner"  # the learner's row in worker_states
 LEARNER_LOCK = 0x636F726C6C  # the advisory lock key of the learner ("corll" in ASCII)
 WRITE = "corll_write"  # execution option of the connections `Store.transaction` writes through
@@ -81,19 +83,9 @@ def hold_learner_lock(engine: Engine) -> Iterator[bool]:
                 if held:
                     connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LEARNER_LOCK})
         return
-    from filelock import FileLock, Timeout
-
     database = engine.url.database
     if not database or database == ":memory:":
         yield True  # a private in-memory database: no other process can reach it
         return
-    lock = FileLock(f"{database}.learner.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        lock.release()
+    with try_file_lock(f"{database}.learner.lock") as held:
+        yield held

@@ -2,12 +2,13 @@
 
 A task is train and held-out prompts, a true reward R*(x, y) that only simulated
 users and evaluation may see, and an expert policy π* that proposes better
-responses. Built-in tasks are listed in `TASKS`; users bring their own as
+responses. Built-in tasks are listed in `CATALOGUE`; users bring their own as
 `path/to/file.py:factory`, where `factory(policy) -> Task`.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -74,57 +75,69 @@ class TaskError(ValueError):
 TaskFactory = Callable[["Policy"], Task]
 
 
-def _builtin() -> dict[str, TaskFactory]:
-    from corll.tasks import dpo_expert, positive_review, prelude, reactions, synthetic
-
-    tiny_expert = dpo_expert.ExpertTraining(prompts=64, epochs=3, lr=1e-2, max_new_tokens=16)
-    return {
-        "positive-review": positive_review.build,
-        "synthetic": synthetic.build,
-        "synthetic-personal": synthetic.build_personal,
-        "positive-review-dpo": dpo_expert.wrap(positive_review.build, "positive-review"),
-        "synthetic-dpo": dpo_expert.wrap(synthetic.build, "synthetic", tiny_expert),
-        "assistant-reactions": reactions.build_assistant,
-        "synthetic-reactions": reactions.build_synthetic,
-        "prelude-summarize": lambda policy: prelude.build_prelude("summarize"),
-        "prelude-email": lambda policy: prelude.build_prelude("email"),
-        "prelude-summarize-shift": lambda policy: prelude.build_prelude(
-            "summarize", prelude.shifted(prelude.SUMMARIZE_SOURCES)),
-        "prelude-email-shift": lambda policy: prelude.build_prelude("email", prelude.shifted(prelude.EMAIL_SOURCES)),
-        "prelude-summarize-long": lambda policy: prelude.build_prelude("summarize", long=True),
-        "prelude-summarize-long-shift": lambda policy: prelude.build_prelude(
-            "summarize", prelude.shifted(prelude.SUMMARIZE_SOURCES), long=True),
-    }
+def _task_module(name: str):
+    return importlib.import_module(f"corll.tasks.{name}")
 
 
-TASK_DESCRIPTIONS = {
-    "positive-review": "continue a movie review; R* rewards positive sentiment and fluency; the local user "
-                       "swaps negative words (coactive learning's demo)",
-    "synthetic": "tiny-model task with an exact reward (share of lowercase characters), for tests and quick trials",
-    "positive-review-dpo": "positive-review with the paper's expert: SmolLM2 with a DPO-trained adapter "
-                           "(trained once, ~5 min); R* = 0.1·log π*/π₀",
-    "synthetic-dpo": "synthetic with a DPO-trained expert, for tests",
-    "assistant-reactions": "119 assistant requests and a panel of simulated users who rarely love an answer "
-                           "(reactions)",
-    "synthetic-reactions": "tiny-model reaction task, for tests",
-    "prelude-summarize": "summarize short documents (35–42 words) from five sources, each source's users with a "
-                         "latent style preference; R* = minus the tokens the user changes (learning from user edits)",
-    "prelude-email": "write emails from notes, each user with a latent preference (learning from user edits)",
-    "prelude-summarize-shift": "prelude-summarize where the offline log came from users with other preferences",
-    "prelude-email-shift": "prelude-email where the offline log came from users with other preferences",
-    "prelude-summarize-long": "prelude-summarize on long documents (140–235 words: news, forum posts, encyclopedia "
-                              "articles, abstracts, film reviews), 40 held-out documents",
-    "prelude-summarize-long-shift": "prelude-summarize-long where the offline log came from users with other "
-                                    "preferences",
-    "synthetic-personal": "tiny-model personalization task with rule editors, for tests and quick trials",
+def _prelude(kind: str, *, shift: bool = False, long: bool = False) -> Callable[[], TaskFactory]:
+    def make() -> TaskFactory:
+        prelude = _task_module("prelude")
+        sources = prelude.SUMMARIZE_SOURCES if kind == "summarize" else prelude.EMAIL_SOURCES
+        preferences = prelude.shifted(sources) if shift else None
+        return lambda policy: prelude.build_prelude(kind, preferences, long=long)
+
+    return make
+
+
+def _with_dpo_expert(base: str, small: bool = False) -> Callable[[], TaskFactory]:
+    def make() -> TaskFactory:
+        dpo_expert = _task_module("dpo_expert")
+        training = dpo_expert.ExpertTraining(prompts=64, epochs=3, lr=1e-2, max_new_tokens=16) if small else None
+        return dpo_expert.wrap(getattr(_task_module(base.replace("-", "_")), "build"), base,
+                               *([training] if training else []))
+
+    return make
+
+
+# The built-in tasks: name -> (what it is, how to get its factory). Factories import their module only
+# when asked, so naming and checking a task loads no torch.
+CATALOGUE: dict[str, tuple[str, Callable[[], TaskFactory]]] = {
+    "positive-review": ("continue a movie review; R* rewards positive sentiment and fluency; the local user "
+                        "swaps negative words (coactive learning's demo)",
+                        lambda: _task_module("positive_review").build),
+    "synthetic": ("tiny-model task with an exact reward (share of lowercase characters), for tests and quick trials",
+                  lambda: _task_module("synthetic").build),
+    "positive-review-dpo": ("positive-review with the paper's expert: SmolLM2 with a DPO-trained adapter "
+                            "(trained once, ~5 min); R* = 0.1·log π*/π₀", _with_dpo_expert("positive-review")),
+    "synthetic-dpo": ("synthetic with a DPO-trained expert, for tests", _with_dpo_expert("synthetic", small=True)),
+    "assistant-reactions": ("119 assistant requests and a panel of simulated users who rarely love an answer "
+                            "(reactions)", lambda: _task_module("reactions").build_assistant),
+    "synthetic-reactions": ("tiny-model reaction task, for tests", lambda: _task_module("reactions").build_synthetic),
+    "prelude-summarize": ("summarize short documents (35–42 words) from five sources, each source's users with a "
+                          "latent style preference; R* = minus the tokens the user changes (learning from user "
+                          "edits)", _prelude("summarize")),
+    "prelude-email": ("write emails from notes, each user with a latent preference (learning from user edits)",
+                      _prelude("email")),
+    "prelude-summarize-shift": ("prelude-summarize where the offline log came from users with other preferences",
+                                _prelude("summarize", shift=True)),
+    "prelude-email-shift": ("prelude-email where the offline log came from users with other preferences",
+                            _prelude("email", shift=True)),
+    "prelude-summarize-long": ("prelude-summarize on long documents (140–235 words: news, forum posts, "
+                               "encyclopedia articles, abstracts, film reviews), 40 held-out documents",
+                               _prelude("summarize", long=True)),
+    "prelude-summarize-long-shift": ("prelude-summarize-long where the offline log came from users with other "
+                                     "preferences", _prelude("summarize", shift=True, long=True)),
+    "synthetic-personal": ("tiny-model personalization task with rule editors, for tests and quick trials",
+                           lambda: _task_module("synthetic").build_personal),
 }
+TASK_DESCRIPTIONS = {name: description for name, (description, _) in CATALOGUE.items()}
 TASK_NAMES = tuple(TASK_DESCRIPTIONS)
 
 
 def resolve_task(spec: str) -> TaskFactory:
     """The factory for a built-in name or `file.py:factory`; fails before any model loads."""
     if spec in TASK_NAMES:
-        return _builtin()[spec]
+        return lambda policy: CATALOGUE[spec][1]()(policy)
     path, sep, attr = spec.rpartition(":")
     if not sep and spec.endswith(".py"):
         raise TaskError(f"task {spec!r} names a file but not its factory: use {spec}:FACTORY, where "

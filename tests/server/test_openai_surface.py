@@ -1,0 +1,167 @@
+"""The OpenAI surface of `corll serve` through the official client: models, n, stop, logprobs, streaming,
+pinned versions and refused parameters, with users on different adapters sharing a batch."""
+
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+from typer.testing import CliRunner
+
+from corll.cli import app as cli
+from corll.server.engine import PolicyEngine
+from corll.store import Store
+from tests.server.test_app import LiveServer, openai_client
+
+CHAT = [{"role": "user", "content": "Write a line."}]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("surface")
+    db = f"sqlite:///{folder / 'corll.db'}"
+    store = Store(db)
+    engine = PolicyEngine("tiny", default_max_tokens=16, batch_wait=0.3)
+    server = LiveServer(store, engine)
+    keys = {u: store.create_api_key("acme", u) for u in ("alice", "bob")}
+    keys["mallory"] = store.create_api_key("evil", "mallory")
+    # alice gets her own adapter, trained on her edits: her rows and bob's (base) must share batches.
+    for i in range(4):
+        c = openai_client(server, keys["alice"]).chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": f"Item {i}."}], max_tokens=8, seed=i)
+        httpx.post(f"{server.url}/v1/feedback", json={"completion_id": c.id, "edit": "alice alice alice"},
+                   headers={"Authorization": f"Bearer {keys['alice']}"}).raise_for_status()
+    trained = CliRunner().invoke(cli, ["train", "--model", "tiny", "--db", db, "--adapters", str(folder / "a"),
+                                       "--per-user", "--min-feedback", "4", "--batch-size", "4", "--lr", "0.05"])
+    assert trained.exit_code == 0, trained.output
+    yield server, store, engine, keys
+    server.stop()
+
+
+def create(server, key, **kwargs):
+    kwargs.setdefault("model", "tiny")
+    kwargs.setdefault("messages", CHAT)
+    return openai_client(server, key).chat.completions.create(**kwargs)
+
+
+def test_users_on_different_adapters_share_a_batch_and_each_gets_their_own_answer(served):
+    server, store, engine, keys = served
+    [version] = store.versions("acme")
+    alone = {u: create(server, keys[u], seed=9, max_tokens=12).choices[0].message.content for u in ("alice", "bob")}
+    assert alone["alice"] != alone["bob"]  # her adapter changes what she is shown
+    engine.peak = 0
+    together: dict[str, str] = {}
+
+    def ask(user: str) -> None:
+        together[user] = create(server, keys[user], seed=9, max_tokens=12).choices[0].message.content
+
+    threads = [threading.Thread(target=ask, args=(u,)) for u in ("alice", "bob")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert engine.peak == 2 and together == alone
+    pinned = create(server, keys["alice"], model=f"tiny:v{version.id}", seed=9, max_tokens=12)
+    assert pinned.choices[0].message.content == alone["alice"]
+    assert pinned.system_fingerprint == f"corll-policy-{version.id}"
+
+
+def test_models_list_names_the_base_and_the_callers_versions_only(served):
+    server, store, _, keys = served
+    [version] = store.versions("acme")
+    logged = len(store.list_interactions("acme", limit=200))
+    mine = [m.id for m in openai_client(server, keys["alice"]).models.list()]
+    assert mine == ["tiny", f"tiny:v{version.id}"]
+    assert [m.id for m in openai_client(server, keys["bob"]).models.list()] == ["tiny"]  # alice's adapter is hers
+    assert openai_client(server, keys["alice"]).models.retrieve(f"tiny:v{version.id}").id == f"tiny:v{version.id}"
+    for key, model in ((keys["alice"], "gpt-4o"), (keys["bob"], f"tiny:v{version.id}"),
+                       (keys["mallory"], f"tiny:v{version.id}")):
+        with pytest.raises(openai.NotFoundError) as caught:
+            create(server, key, model=model)
+        assert caught.value.code == "model_not_found" and caught.value.param == "model"
+    assert len(store.list_interactions("acme", limit=200)) == logged  # refused requests logged nothing
+
+
+def test_n_choices_stop_and_logprobs(served):
+    server, store, _, keys = served
+    many = create(server, keys["bob"], n=3, seed=1, max_tokens=10, logprobs=True, top_logprobs=3)
+    assert [c.index for c in many.choices] == [0, 1, 2] and len({c.message.content for c in many.choices}) == 3
+    for c in many.choices:
+        assert all(len(t.top_logprobs) == 3 for t in c.logprobs.content)
+        assert "".join(t.token for t in c.logprobs.content).startswith(c.message.content[:1])
+    assert many.usage.completion_tokens == sum(len(c.logprobs.content) for c in many.choices)
+    who = store.authenticate(keys["bob"])
+    assert store.get_interaction(who, f"{many.id}-2").response == many.choices[2].message.content
+    for seed in range(20):  # a draft long enough to stop inside (the tiny model may end at once)
+        free = create(server, keys["bob"], seed=seed, max_tokens=16).choices[0].message.content
+        if len(free) >= 10:
+            break
+    stop = free[6:8]
+    stopped = create(server, keys["bob"], seed=seed, max_tokens=16, stop=[stop, "never-seen"]).choices[0]
+    assert stopped.message.content == free[: free.index(stop)] and stopped.finish_reason == "stop"
+
+
+def test_streaming_sends_tokens_as_they_come_and_usage_last(served):
+    server, store, _, keys = served
+    arrivals, pieces = [], []
+    stream = create(server, keys["bob"], seed=2, max_tokens=300, temperature=0, stream=True,
+                    stream_options={"include_usage": True})
+    started = time.monotonic()
+    for chunk in stream:
+        arrivals.append(time.monotonic() - started)
+        pieces.append(chunk)
+    content = [i for i, c in enumerate(pieces) if c.choices and c.choices[0].delta.content]
+    assert len(content) > 10 and arrivals[content[0]] < arrivals[-1] / 2  # the first token long before the last
+    assert pieces[-1].choices == [] and pieces[-1].usage.completion_tokens > 0
+    text = "".join(c.choices[0].delta.content or "" for c in pieces if c.choices)
+    assert store.get_interaction(store.authenticate(keys["bob"]), pieces[0].id).response == text
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"frequency_penalty": 0.5}, "frequency_penalty"),
+    ({"n": 9}, "n"),
+    ({"top_logprobs": 2}, "top_logprobs"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"mystery": 1}, "mystery"),
+])
+def test_parameters_corll_cannot_honour_answer_400_naming_them(served, extra, param):
+    server, store, _, keys = served
+    before = len(store.list_interactions("acme", limit=200))
+    with pytest.raises(openai.BadRequestError) as caught:
+        create(server, keys["bob"], extra_body=extra) if param == "mystery" else create(server, keys["bob"], **extra)
+    assert param in caught.value.message and caught.value.body["type"] == "invalid_request_error"
+    assert len(store.list_interactions("acme", limit=200)) == before
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_rows_and_logs_nothing(served):
+    server, store, engine, keys = served
+    logged = len(store.list_interactions("acme", limit=200))
+    greedy = {"model": "tiny", "messages": [{"role": "user", "content": "Talk."}], "max_tokens": 400, "temperature": 0}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json={**greedy, "stream": True},
+                      headers={"Authorization": f"Bearer {keys['bob']}"}) as response:
+        lines = (line for line in response.iter_lines() if line.startswith("data: {"))
+        assert next(line for line in lines if '"content": "' in line and '"content": ""' not in line)
+        assert engine.running == 1  # decoding, far from its 400 tokens
+    deadline = time.monotonic() + 10
+    while engine.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.running == 0  # long before 400 greedy tokens could have been decoded
+    assert len(store.list_interactions("acme", limit=200)) == logged
+
+
+def test_developer_messages_and_text_parts_are_read_as_the_chat_template_takes_them(served):
+    server, store, _, keys = served
+    parts = [{"role": "developer", "content": "Be brief."},
+             {"role": "user", "content": [{"type": "text", "text": "Write "}, {"type": "text", "text": "a line."}]}]
+    plain = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Write a line."}]
+    a = create(server, keys["bob"], messages=parts, seed=8, max_tokens=8)
+    b = create(server, keys["bob"], messages=plain, seed=8, max_tokens=8)
+    assert a.choices[0].message.content == b.choices[0].message.content  # the same prompt to the model
+    assert store.get_interaction(store.authenticate(keys["bob"]), a.id).messages == plain
+    with pytest.raises(openai.BadRequestError) as caught:  # an image part is not text
+        create(server, keys["bob"], messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:,"}}]}])
+    assert "messages" in caught.value.message
