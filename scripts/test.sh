@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The vLLM engine's tests serve through vLLM itself, from its own environment (.venv-vllm).
+bash scripts/setup-vllm.sh
 # The store tests need a PostgreSQL server binary (they start a throw-away server themselves).
 if ! command -v pg_ctl >/dev/null && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -80,3 +80,38 @@ def store_url(request, tmp_path):
         connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
     engine.dispose()
     return url
+
+
+def vllm_test_model(folder):
+    """A tiny Llama saved as a model directory that both engines can serve: vLLM's CPU attention needs a
+    head size of 32 or more (the tiny test model's is 16), so two heads of 32 over the same width."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from corll.models import tiny_tokenizer
+
+    if (folder / "config.json").exists():
+        return folder
+    tokenizer = tiny_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def random_adapter(folder, model: str = "tiny", *, seed: int = 0, r: int = 8, alpha: int = 16,
+                   targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"), std: float = 0.5) -> str:
+    """A LoRA adapter of `model` with random non-zero weights (B drawn too, so it changes the output),
+    saved in peft's format, as a trained version would be."""
+    policy = load_policy(model, lora=LoraSettings(r=r, alpha=alpha, target_modules=targets), precision="fp32")
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, std)
+    policy.model.save_pretrained(folder)
+    return str(folder)

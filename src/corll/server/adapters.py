@@ -1,10 +1,10 @@
-"""Users' LoRA adapters inside the serving model: read off the scheduler thread, attached between decoding
-steps, and the least recently used detached beyond a budget.
+"""Users' LoRA adapters inside the serving model: read off the scheduler thread, copied into a slot
+between decoding steps, and the least recently used one's slot reused beyond a budget.
 
 A version's adapter is read from disk (its config and weights) by a loader thread while the scheduler keeps
-decoding everyone else; once read, the scheduler attaches it between two steps (creating r-rank matrices
-and copying weights: milliseconds), so a wave of first requests from adapter users no longer stalls the
-batch for as long as their files take to read. An adapter whose files cannot be read fails its own
+decoding everyone else; once read, the scheduler copies it into a free slot of the stacked adapter
+matrices (`lora_batch.py`) between two steps (milliseconds), so a wave of first requests from adapter
+users does not stall the batch for as long as their files take to read. An adapter whose files cannot be read fails its own
 requests only. Beyond `budget` attached adapters, the least recently used one that no running row uses
 is detached, so memory stays flat however many users come and go; a request whose adapter would need a
 slot while every slot is in use waits for one.
@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
-BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
+from corll.server.lora_batch import AdapterSlots
+
+BASE_ADAPTER = "__base__"  # the base model's name among adapters: slot 0
 
 
 def read_adapter(path: str) -> tuple[object, dict[str, torch.Tensor]]:
@@ -34,11 +36,11 @@ def read_adapter(path: str) -> tuple[object, dict[str, torch.Tensor]]:
 
 
 class AdapterCache:
-    def __init__(self, model, budget: int) -> None:
-        if budget < 1:
-            raise ValueError(f"the adapter budget must be >= 1, not {budget}")
-        self.model, self.budget = model, budget
-        self.attached: OrderedDict[str, None] = OrderedDict()  # least recently used first
+    """Which adapter holds which slot; the budget is every slot but the base model's."""
+
+    def __init__(self, slots: AdapterSlots) -> None:
+        self.slots, self.budget = slots, slots.count - 1
+        self.attached: OrderedDict[str, int] = OrderedDict()  # name -> slot, least recently used first
         self._reading: dict[str, Future] = {}
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="corll-adapter-loader")
 
@@ -63,21 +65,19 @@ class AdapterCache:
         self._attach(name, config, weights)
         return name
 
+    def slot(self, name: str) -> int:
+        """The slot a row of adapter `name` computes with (0: the base model)."""
+        return 0 if name == BASE_ADAPTER else self.attached[name]
+
     def _make_room(self, in_use: Collection[str]) -> bool:
         while len(self.attached) >= self.budget:
             idle = next((n for n in self.attached if n not in in_use), None)
             if idle is None:
                 return False
-            self.model.delete_adapter(idle)
-            del self.attached[idle]
+            del self.attached[idle]  # its slot is overwritten by the next adapter attached
         return True
 
     def _attach(self, name: str, config, weights: dict[str, torch.Tensor]) -> None:
-        from peft import set_peft_model_state_dict
-
-        self.model.add_adapter(name, config)
-        set_peft_model_state_dict(self.model, weights, adapter_name=name)
-        for parameter_name, parameter in self.model.named_parameters():
-            if f".{name}." in parameter_name:
-                parameter.requires_grad_(False)
-        self.attached[name] = None
+        free = min(set(range(1, self.slots.count)) - set(self.attached.values()))
+        self.slots.load(free, config, weights)
+        self.attached[name] = free

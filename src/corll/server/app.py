@@ -47,7 +47,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AfterValidator
 from sqlalchemy.exc import SQLAlchemyError
 
-from corll.server.protocol import Choice, Engine, GenerationRequest, Overloaded, ServedModel, Stream, add_delta
+from corll.server.protocol import (Choice, Engine, EngineError, GenerationRequest, Overloaded, ServedModel, Stream,
+                                   add_delta)
 from corll.server.errors import (MAX_BODY_BYTES, BodySizeLimit, ModelNotFound, Unauthorized, error, error_event,
                                  validation_error)
 from corll.server.metrics import MetricsMiddleware, ServiceMetrics
@@ -104,6 +105,10 @@ def create_app(store: Store, engine: Engine, *, learner: Callable[[], dict] | No
     def _unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:
         return error(401, str(exc), "authentication_error", code="invalid_api_key")
 
+    @app.exception_handler(EngineError)
+    async def engine_error(request: Request, exc: EngineError) -> JSONResponse:
+        return error(exc.status, str(exc), exc.kind)
+
     @app.exception_handler(ModelNotFound)
     def _no_model(_: Request, exc: ModelNotFound) -> JSONResponse:
         return error(404, str(exc), param="model", code="model_not_found")
@@ -130,7 +135,10 @@ def create_app(store: Store, engine: Engine, *, learner: Callable[[], dict] | No
             store.active_version("", None)
         except SQLAlchemyError:
             return error(503, "database unreachable", "unavailable")
-        return JSONResponse({"status": "ok", "model": engine.model_name,
+        state = engine.health()
+        if state["state"] != "ready":
+            return error(503, f"the {state['engine']} engine is {state['state']}", "unavailable")
+        return JSONResponse({"status": "ok", "model": engine.model_name, "engine": state,
                              **({"learner": learner()} if learner is not None else {})})
 
     @app.get("/v1/models")
@@ -393,6 +401,9 @@ class Answer:
             return
         except NotFoundError as exc:  # the user was forgotten while this completion was decoding
             yield error_event(404, str(exc), "invalid_request_error")
+            return
+        except EngineError as exc:
+            yield error_event(exc.status, str(exc), exc.kind)
             return
         except Exception as exc:  # noqa: BLE001 - the stream has started: report in-band, as OpenAI does
             yield error_event(500, f"generation failed: {exc}", "server_error")

@@ -5,10 +5,11 @@
 One scheduler thread owns the model. Requests that arrive while it is busy join the
 running batch at the next decoding step: each newcomer's prompt is prefilled, its
 KV cache left-padded and stacked onto the batch's, and from then on every row
-advances one token per step. Rows may belong to different users' adapters: peft's
-mixed-adapter batches (`adapter_names`, one per row) apply each row's own LoRA
-weights inside one forward pass, so nobody waits for an adapter switch; adapters are read
-off this thread and the least recently used unloaded beyond a budget (`adapters.py`). A row
+advances one token per step. Rows may belong to different users' adapters: every loaded adapter
+sits in a slot of stacked LoRA matrices and each row gathers its own in one batched product per
+layer (`lora_batch.py`), so nobody waits for an adapter switch and the cost of a step hardly grows
+with the number of distinct adapters; adapters are read off this thread and the least recently used
+slot reused beyond a budget (`adapters.py`). The base model itself carries no adapter machinery. A row
 leaves the batch when it ends (EOS, a stop string, its own token limit) or its
 client goes away, and its cache rows are dropped at once.
 
@@ -36,9 +37,10 @@ import torch
 from transformers import DynamicCache
 
 from corll.batches import left_pad
-from corll.policy import GREEDY_BELOW, LoraSettings, Policy, SamplingConfig, load_policy
+from corll.policy import GREEDY_BELOW, Policy, load_frozen
 from corll.server.adapters import BASE_ADAPTER, AdapterCache
-from corll.server.protocol import Delta, GenerationRequest, Overloaded, Stream, TokenLogprob
+from corll.server.lora_batch import AdapterSlots
+from corll.server.protocol import Delta, GenerationRequest, Stream, TokenLogprob, UserLimit
 
 
 
@@ -63,10 +65,10 @@ class PolicyEngine:
     def __init__(self, model: str, *, precision: str = "auto", seed: int = 0,
                  default_max_tokens: int = 128, max_tokens_limit: int = 1024, max_batch: int = 32,
                  batch_wait: float = 0.005, max_user_rows: int | None = None, max_user_requests: int = 16,
-                 max_loaded_adapters: int = 32) -> None:
-        self.policy: Policy = load_policy(model, lora=LoraSettings(), sampling=SamplingConfig(),
-                                          precision=precision, seed=seed)
-        self.policy.model.eval()
+                 max_loaded_adapters: int = 32, max_lora_rank: int = 8) -> None:
+        if max_loaded_adapters < 1:
+            raise ValueError(f"the adapter budget must be >= 1, not {max_loaded_adapters}")
+        self.policy: Policy = load_frozen(model, precision=precision, seed=seed)
         self.model_name = model
         self.default_max_tokens = default_max_tokens
         self.max_tokens_limit = max_tokens_limit  # a request may ask for less, never for more
@@ -75,10 +77,10 @@ class PolicyEngine:
         # Fairness: one user's rows in the running batch (a request of more choices still runs alone), and
         # one user's requests waiting or running; beyond that, `submit` refuses (the HTTP layer's 429)
         self.max_user_rows = max_user_rows if max_user_rows is not None else max(1, max_batch // 2)
-        self.max_user_requests = max_user_requests
-        self._open: dict[str, int] = {}
-        self._open_lock = threading.Lock()
-        self.adapters = AdapterCache(self.policy.model, max_loaded_adapters)  # read off this thread, LRU
+        self.limit = UserLimit(max_user_requests)
+        dtype = torch.bfloat16 if self.policy.precision == "bf16" else torch.float32
+        self.slots = AdapterSlots(self.policy.model, max_loaded_adapters + 1, rank=max_lora_rank, dtype=dtype)
+        self.adapters = AdapterCache(self.slots)  # read off this thread, least recently used slot reused
         self.eos = {self.policy.tokenizer.eos_token_id}
         self.context_length = getattr(self.policy.model.config, "max_position_embeddings", 2048)
         self.running = 0  # rows in the batch now, and the most ever decoded together
@@ -92,20 +94,14 @@ class PolicyEngine:
         return self.policy.prompt_ids(messages)
 
     def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None) -> Stream:
-        with self._open_lock:
-            if self._open.get(request.user, 0) >= self.max_user_requests:
-                raise Overloaded(f"{self.max_user_requests} requests of this user are already waiting or running; "
-                                 "retry when one has finished", retry_after=1.0)
-            self._open[request.user] = self._open.get(request.user, 0) + 1
-        stream = Stream(request, loop, on_close=lambda: self._closed(request.user))
+        stream = Stream(request, loop, on_close=self.limit.enter(request.user))
         self._queue.put(stream)
         return stream
 
-    def _closed(self, user: str) -> None:
-        with self._open_lock:
-            self._open[user] -= 1
-            if not self._open[user]:
-                del self._open[user]
+    def health(self) -> dict:
+        return {"engine": "transformers", "state": "ready" if self._thread.is_alive() else "stopped",
+                "running": self.running, "adapters_loaded": len(self.adapters.attached),
+                "adapter_bytes": self.slots.bytes_per_adapter}
 
     # --- the scheduler ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -241,15 +237,12 @@ class PolicyEngine:
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                  cache: DynamicCache, adapters: list[str]) -> torch.Tensor:
-        """Last-position logits; each row through its own adapter. A batch of base-model rows only runs
-        through the engine's own fresh adapter, whose zero LoRA update leaves the base model's output
-        exactly as it is (peft's `disable_adapter` would cost a walk over every module per step)."""
-        mixed = {"adapter_names": adapters} if any(a != BASE_ADAPTER for a in adapters) else {}
+        """Last-position logits; each row through its own adapter (a batch of base-model rows through none)."""
         device = self.policy.device  # the scheduler's bookkeeping (ids, masks) stays on the CPU
-        with self.policy.autocast():
+        with self.policy.autocast(), self.slots.rows([self.adapters.slot(a) for a in adapters]):
             out = self.policy.model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                                     position_ids=positions.to(device), cache=cache, use_cache=True,
-                                    logits_to_keep=1, **mixed)
+                                    logits_to_keep=1)
         return out.logits[:, -1]
 
     def _advance(self, rows: list[_Row], logits: torch.Tensor) -> set[int]:

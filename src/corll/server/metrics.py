@@ -48,7 +48,7 @@ class ServiceMetrics:
         self.completion_tokens = Counter("corll_completion_tokens", "Tokens generated for logged completions",
                                          registry=self.registry)
         Gauge("corll_engine_running_sequences", "Sequences in the decoding batch now",
-              registry=self.registry).set_function(lambda: getattr(engine, "running", 0))
+              registry=self.registry).set_function(lambda: engine.running)
         Gauge("corll_users_with_own_active_version", "Users served by a per-user policy version",
               registry=self.registry).set_function(lambda: sum(
                   1 for v in store.versions() if v.active and v.user is not None))

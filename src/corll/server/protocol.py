@@ -48,6 +48,39 @@ class Overloaded(Exception):
         self.retry_after = retry_after
 
 
+class EngineError(Exception):
+    """The engine could not run a request: `status` is the HTTP answer (503 while the engine is down or
+    restarting, 4xx for a request it refuses), `kind` OpenAI's error type."""
+
+    def __init__(self, message: str, status: int = 503, kind: str = "unavailable") -> None:
+        super().__init__(message)
+        self.status, self.kind = status, kind
+
+
+class UserLimit:
+    """Fairness at the door: at most `limit` requests of one user waiting or running in an engine."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def enter(self, user: str) -> Callable[[], None]:
+        """Count a request of `user`, or raise Overloaded; returns what to call once it has ended."""
+        with self._lock:
+            if self._open.get(user, 0) >= self.limit:
+                raise Overloaded(f"{self.limit} requests of this user are already waiting or running; "
+                                 "retry when one has finished", retry_after=1.0)
+            self._open[user] = self._open.get(user, 0) + 1
+        return lambda: self._leave(user)
+
+    def _leave(self, user: str) -> None:
+        with self._lock:
+            self._open[user] -= 1
+            if not self._open[user]:
+                del self._open[user]
+
+
 @dataclass(frozen=True)
 class TokenLogprob:
     token: str
@@ -92,7 +125,7 @@ class Stream:
         self._async: asyncio.Queue | None = asyncio.Queue() if loop else None
         self._sync: queue.Queue = queue.Queue()
         self.finished = 0  # choices done (the scheduler's count)
-        self.adapter: str | None = None  # the peft adapter its rows compute with, once attached (scheduler's)
+        self.adapter: str | None = None  # the adapter its rows compute with, once attached (the engine's)
 
     def push(self, item: Delta | BaseException | None) -> None:
         """Called by the scheduler: a delta, an error, or None once every choice has finished."""
@@ -155,14 +188,20 @@ def add_delta(choice: Choice, delta: Delta) -> None:
 
 
 class Engine(Protocol):
-    """What the HTTP layer needs from an engine (the transformers engine here; vLLM's would implement the same):
+    """What the HTTP layer needs from an engine (the transformers engine, `engine.py`, or vLLM's, `vllm_engine.py`):
     the served model's name, its limits, the chat prompt's token ids, and a stream of text per request."""
 
     model_name: str
     default_max_tokens: int  # a request's length cap when it names none
     max_tokens_limit: int  # the most a request may ask for
     context_length: int  # prompt plus response, in tokens
+    running: int  # sequences being decoded now (for /metrics)
 
     def prompt_ids(self, messages: list[dict]) -> list[int]: ...
 
     def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None) -> Stream: ...
+
+    def health(self) -> dict:
+        """What /healthz reports of the engine: at least `engine` (its kind) and `state` ("ready", or
+        "restarting" while it cannot take requests: /healthz then answers 503)."""
+        ...

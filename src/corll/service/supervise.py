@@ -89,3 +89,14 @@ class LearnerSupervisor:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self._thread.join(timeout=5)
+
+
+def die_with_parent() -> None:
+    """In a child process (Linux): be sent SIGTERM when the parent ends, however it ends (uvicorn re-raises
+    the SIGTERM that stopped it, so the server's own clean-up may never run)."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG

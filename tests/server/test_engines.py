@@ -1,0 +1,97 @@
+"""What both engines promise beyond the OpenAI surface: a promoted version serves its user's next request,
+a forgotten user's adapter leaves the engine, a dead vLLM answers 503 and comes back; and how `auto`
+chooses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from corll.server.engines import choose_engine
+from corll.store import Store, forget
+from tests.conftest import random_adapter
+from tests.server.test_app import LiveServer, openai_client
+
+
+@pytest.fixture(scope="module", params=["corll", "vllm"])
+def running(request, tmp_path_factory):
+    from tests.server.test_openai_surface import start_engine
+
+    folder = tmp_path_factory.mktemp(f"engines-{request.param}")
+    store = Store(f"sqlite:///{folder / 'corll.db'}")
+    model, engine = start_engine(request.param, folder)
+    server = LiveServer(store, engine)
+    yield request.param, model, engine, server, store, folder
+    server.stop()
+    if request.param == "vllm":
+        engine.close()
+
+
+def ask(server, key, model, **kwargs):
+    return openai_client(server, key).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hello there."}], max_tokens=6, seed=5, **kwargs)
+
+
+def test_a_promoted_version_serves_its_users_next_request_within_five_seconds(running):
+    kind, model, engine, server, store, folder = running
+    key = store.create_api_key("acme", "promoted")
+    before = ask(server, key, model)
+    path = random_adapter(folder / "promoted", model, seed=1)
+    promoted_at = time.monotonic()
+    version = store.add_policy_version("acme", "promoted", path)
+    after = ask(server, key, model)
+    assert time.monotonic() - promoted_at < 5.0
+    assert after.system_fingerprint == f"corll-policy-{version}" and before.system_fingerprint != after.system_fingerprint
+    assert after.choices[0].message.content != before.choices[0].message.content  # its weights answer
+
+
+def test_a_forgotten_users_adapter_leaves_the_engine(running):
+    kind, model, engine, server, store, folder = running
+    key = store.create_api_key("acme", "leaving")
+    other = store.create_api_key("acme", "staying")
+    version = store.add_policy_version("acme", "leaving", random_adapter(folder / "leaving", model, seed=2))
+    ask(server, key, model)
+    loaded = engine.adapters.loaded if kind == "vllm" else engine.adapters.attached
+    assert f"v{version}" in loaded
+    forget(store, "acme", "leaving")
+    ask(server, other, model)  # any next request: the engine notices the adapter's folder is gone
+    if kind == "vllm":
+        assert f"v{version}" not in engine.adapters.loaded
+        served = httpx.get(f"{engine.url}/v1/models").json()["data"]
+        assert f"v{version}" not in [m["id"] for m in served]  # nothing of the user left inside vLLM
+    with pytest.raises(Exception):
+        ask(server, key, model)  # and the user's key is gone with them
+
+
+@pytest.mark.parametrize("running", ["vllm"], indirect=True)  # corll's engine has no child process to lose
+def test_a_dead_vllm_answers_503_and_is_restarted(running):
+    kind, model, engine, server, store, folder = running
+    key = store.create_api_key("acme", "patient")
+    os.killpg(engine.process._process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while engine.process.ready.is_set() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    health = httpx.get(f"{server.url}/healthz")
+    assert health.status_code == 503 and "restarting" in health.json()["error"]["message"]
+    with pytest.raises(Exception) as refused:
+        ask(server, key, model)
+    assert getattr(refused.value, "status_code", None) == 503
+    assert engine.process.ready.wait(180)  # restarted
+    assert ask(server, key, model).choices[0].finish_reason in ("length", "stop")
+    assert httpx.get(f"{server.url}/healthz").json()["engine"]["restarts"] == 1
+
+
+def test_auto_picks_vllm_on_a_gpu_where_installed_and_corlls_engine_on_a_cpu():
+    assert choose_engine("auto", vllm_installed=True, cuda=True)[0] == "vllm"
+    assert choose_engine("auto", vllm_installed=False, cuda=True) == (
+        "corll", "auto: a CUDA GPU but vLLM is not installed (scripts/setup-vllm.sh installs it)")
+    assert choose_engine("auto", vllm_installed=True, cuda=False)[0] == "corll"
+    assert choose_engine("vllm", vllm_installed=True, cuda=False) == ("vllm", "asked for with --engine")
+    with pytest.raises(ValueError, match="setup-vllm.sh"):
+        choose_engine("vllm", vllm_installed=False, cuda=False)
+    with pytest.raises(ValueError, match="--engine must be one of auto, corll, vllm"):
+        choose_engine("tgi", vllm_installed=True, cuda=True)

@@ -1,0 +1,55 @@
+"""Stacked adapters give each row exactly what peft gives it alone, in one mixed batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from corll.server.adapters import read_adapter
+from corll.server.lora_batch import AdapterError, AdapterSlots
+from tests.conftest import random_adapter
+
+
+def peft_logits(folder: str, ids: torch.Tensor) -> torch.Tensor:
+    from peft import PeftModel
+
+    from corll.models import tiny_model, tiny_tokenizer
+
+    model = PeftModel.from_pretrained(tiny_model(tiny_tokenizer()), folder).eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_each_row_of_a_mixed_batch_gets_its_own_adapter_exactly(tmp_path):
+    from corll.models import tiny_model, tiny_tokenizer
+
+    first = random_adapter(tmp_path / "a", seed=1, std=0.3)
+    second = random_adapter(tmp_path / "b", seed=2, r=4, alpha=32, targets=("q_proj", "v_proj"), std=0.3)  # padded, other scale
+    ids = torch.randint(3, 90, (1, 7))
+    model = tiny_model(tiny_tokenizer()).eval()
+    slots = AdapterSlots(model, 4, rank=8)
+    slots.load(1, *read_adapter(first))
+    slots.load(3, *read_adapter(second))
+    batch = ids.repeat(4, 1)
+    with torch.no_grad(), slots.rows([1, 0, 3, 1]):
+        mixed = model(input_ids=batch).logits
+    with torch.no_grad():
+        base = model(input_ids=ids).logits  # outside `rows`: the base model
+    expected = [peft_logits(first, ids), base, peft_logits(second, ids), peft_logits(first, ids)]
+    for row, want in enumerate(expected):
+        torch.testing.assert_close(mixed[row : row + 1], want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(expected[0], base, atol=1e-3)  # the adapters do change the output
+    # rank 8 × (in + out) fp32 numbers per layer: q, k, v, o of both layers
+    assert slots.bytes_per_adapter == sum(4 * 8 * (l.base.in_features + l.base.out_features)
+                                          for l in slots.layers.values()) == 4 * 8 * 2 * (128 + 96 + 96 + 128)
+
+
+def test_an_adapter_the_slots_cannot_hold_is_refused_with_the_reason(tmp_path):
+    from corll.models import tiny_model, tiny_tokenizer
+
+    slots = AdapterSlots(tiny_model(tiny_tokenizer()), 2, rank=4)
+    with pytest.raises(AdapterError, match="rank 8 exceeds this engine's maximum 4"):
+        slots.load(1, *read_adapter(random_adapter(tmp_path / "wide", seed=1, r=8)))
+    with pytest.raises(AdapterError, match="up_proj"):
+        slots.load(1, *read_adapter(random_adapter(tmp_path / "mlp", seed=1, r=4, targets=("q_proj", "up_proj"))))
+    assert all(not layer.A[1].any() for layer in slots.layers.values())  # a refused adapter leaves nothing
