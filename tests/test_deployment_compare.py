@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "deployment_compare.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "deployment_compare.py"
 spec = importlib.util.spec_from_file_location("deployment_compare", SCRIPT)
 deployment_compare = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(deployment_compare)
 
 
 def run(seed: int, static: dict[str, list[int]], learning: dict[str, list[int]], decisions=()) -> dict:
-    """A results file as `benchmarks/deployment.py` writes it; learned versions serve from draft 2 on."""
+    """A results file as `experiments/deployment.py` writes it; learned versions serve from draft 2 on."""
     def rows(costs, learned):
         return [{"user": u, "t": t, "cost": c, "version": 1 if learned and t >= 2 else None}
                 for u, cs in costs.items() for t, c in enumerate(cs)]

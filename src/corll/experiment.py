@@ -36,7 +36,7 @@ import yaml
 
 from corll.config import ConfigError, SimulationConfig
 from corll.learners.registry import check
-from corll.locks import try_file_lock
+from corll.files import try_file_lock
 from corll.run_dir import RunDir, computed_settings
 from corll.simulate import build_policy, run_simulation
 from corll.tasks import load_task

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from torch import nn
 
 from corll.losses import focal_loss, weighted_bce
 from corll.classification import auroc, expected_calibration_error, reliability_bins
+from corll.files import atomic
 
 BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
@@ -98,12 +98,10 @@ class RewardModel(nn.Module):
 
     def save(self, path: Path, details: dict | None = None) -> None:
         """Write atomically, with the backbone's name so a mismatched load is refused."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"kind": "corll-reward-model", "backbone": BACKBONE, "embedding_dim": EMBEDDING_DIM,
-                    "hidden": self.hidden, "features": self.features, "state": self.state_dict(),
-                    "details": details or {}}, tmp)
-        os.replace(tmp, path)
+        with atomic(path) as tmp:
+            torch.save({"kind": "corll-reward-model", "backbone": BACKBONE, "embedding_dim": EMBEDDING_DIM,
+                        "hidden": self.hidden, "features": self.features, "state": self.state_dict(),
+                        "details": details or {}}, tmp)
 
     @staticmethod
     def details(path: Path) -> dict:

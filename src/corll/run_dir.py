@@ -16,6 +16,7 @@ from corll import hardware
 from corll.config import ConfigError, SimulationConfig
 from corll.learners.registry import check
 from corll.hardware import choose_precision
+from corll.files import atomic
 
 
 class RunDir:
@@ -36,10 +37,8 @@ class RunDir:
         return self.path / "checkpoints" / f"{algorithm}.pt"
 
     def write_text(self, path: Path, text: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        with atomic(path) as tmp:
+            tmp.write_text(text)
 
     def write_json(self, path: Path, value) -> None:
         self.write_text(path, json.dumps(value, indent=2) + "\n")
@@ -72,11 +71,8 @@ class RunDir:
             os.fsync(f.fileno())
 
     def save_checkpoint(self, algorithm: str, state: dict) -> None:
-        path = self.checkpoint(algorithm)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        with atomic(self.checkpoint(algorithm)) as tmp:
+            torch.save(state, tmp)
 
 
 class RunExistsError(FileExistsError):

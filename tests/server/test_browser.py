@@ -199,7 +199,7 @@ def test_the_learning_view_charts_edits_and_an_admin_rolls_back(site, tmp_path):
                                               policy_version_id=None, sampling={}, response_logprob=None)
         store.add_feedback(alice, completion, edit=" ".join(["x"] * cost + list("abcdefg"[cost:])))
     promoted = store.decide("acme", "alice", decision="promoted", reason="held-out edit margin +1.2 nats",
-                            seen_through=5, adapter_path=str(tmp_path / "a1"), parent_id=None, details={"pairs": 4},
+                            seen_through=3, adapter_path=str(tmp_path / "a1"), parent_id=None, details={"pairs": 4},
                             metrics={"margin_gain": 1.2})
     store.decide("acme", "alice", decision="rejected", reason="monitor: KL to π_0 is 41.7 nats (> 20.0)",
                  seen_through=5, adapter_path=str(tmp_path / "a2"), parent_id=promoted.version_id,

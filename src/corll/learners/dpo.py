@@ -16,6 +16,7 @@ from accelerate import Accelerator
 
 from corll.feedback import PreferencePair
 from corll.hardware import compute_device
+from corll.config import DPOConfig
 from corll.losses import dpo_loss, dpo_margin, sft_nll
 from corll.policy import Policy
 from corll.batches import sequence_logprobs
@@ -31,24 +32,6 @@ def make_accelerator(device: str | torch.device | None = None) -> Accelerator:
 
 class NonFiniteLossError(RuntimeError):
     """The loss or its gradient is NaN or infinite; the step was not applied."""
-
-
-@dataclass
-class DPOConfig:
-    """DPO settings. Paper: β=0.1, Adam, lr 1e-5 (full fine-tuning, IMDB) or 5e-7 with 10% warm-up (7B
-    LoRA). With LoRA on a 135M model on CPU, lr 2e-4 to 5e-4 moves the policy within tens of steps."""
-
-    beta: float = 0.1
-    lr: float = 2e-4
-    loss_type: str = "sigmoid"
-    label_smoothing: float = 0.0
-    warmup_steps: int = 0
-    max_grad_norm: float = 10.0
-    micro_batch_pairs: int = 4
-    # Weight of the chosen response's per-token negative log-likelihood added to the DPO loss (0: plain
-    # DPO). With few pairs whose chosen and rejected share most tokens (an edit and its draft), DPO
-    # alone can lower the likelihood of both; the supervised term keeps the edit itself likely.
-    sft_weight: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from corll.feedback import Edit, PreferencePair, edit_costs, relative_cost
 from corll.learners.base import Defaults, NextPrompts, Shown
 from corll.learners.corll import implicit_rewards, pick
 from corll.learners.dpo import DPOLearner, PolicyOptimizer, StepStats
+from corll.losses import sft_nll
 from corll.learners.rounds import RoundLog
 from corll.policy import Policy
 from corll.batches import sequence_logprobs
@@ -47,7 +48,7 @@ def sft_loss(policy: Policy, model: torch.nn.Module, prompts: Sequence[str], tar
     batch = policy.encode(prompts, targets)
     with policy.training_attention(), policy.autocast():
         logps = sequence_logprobs(model, batch)
-    return (-logps / batch.response_mask.sum(-1).clamp(min=1)).sum() / n
+    return sft_nll(logps, batch.response_mask.sum(-1)).sum() / n
 
 
 def accumulate_sft(policy: Policy, optim: PolicyOptimizer, prompts: Sequence[str], targets: Sequence[str],

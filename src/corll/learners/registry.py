@@ -44,11 +44,9 @@ class Setup:
 
     def dpo(self, policy: Policy | None = None) -> DPOLearner:
         """The DPO learner of the run's settings (for `policy`: a fresh one on that policy)."""
-        from corll.learners.dpo import DPOConfig, DPOLearner
+        from corll.learners.dpo import DPOLearner
 
-        c = self.config
-        config = DPOConfig(beta=c.beta, lr=c.lr, loss_type=c.loss_type, label_smoothing=c.label_smoothing,
-                           warmup_steps=c.warmup_rounds)
+        config = self.config.dpo()
         if policy is not None:
             return DPOLearner(policy, config)
         if self._dpo is None:

@@ -27,18 +27,25 @@ from corll.store.schema import PolicyVersion
 
 
 @dataclass
-class LogTrainingConfig:
+class TrainingSettings:
+    """How a candidate version is trained from logged preferences, by `corll train` and by the learner:
+    from which model, into which folder, and the DPO passes over the data."""
+
     model: str
     adapters_dir: Path
-    tenant: str | None = None  # None: every tenant
-    since_version: int | None = None  # None: after the active version's data; 0: all feedback
-    per_user: bool = False
-    min_feedback: int = 8  # a user (or tenant) with fewer new preferences is left for a later run
     epochs: int = 2
     batch_size: int = 8
     dpo: DPOConfig = field(default_factory=DPOConfig)
     precision: str = "auto"
     seed: int = 0
+
+
+@dataclass
+class LogTrainingConfig(TrainingSettings):
+    tenant: str | None = None  # None: every tenant
+    since_version: int | None = None  # None: after the active version's data; 0: all feedback
+    per_user: bool = False
+    min_feedback: int = 8  # a user (or tenant) with fewer new preferences is left for a later run
 
 
 @dataclass

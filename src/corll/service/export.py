@@ -15,11 +15,11 @@ Edits identical to the response carry no preference and are left out of every fo
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from corll.store import FeedbackRecord
+from corll.files import atomic
 
 FORMATS = ("trl-preference", "trl-kto", "openai-dpo", "sft")
 DESIRABLE_REACTIONS = {"love": True, "like": True, "dislike": False}
@@ -57,10 +57,8 @@ def rows(records: list[FeedbackRecord], fmt: str) -> Iterator[dict]:
 def write_jsonl(records: list[FeedbackRecord], fmt: str, out: Path) -> int:
     """Write the rows to `out` atomically (a temporary file, then rename); returns how many."""
     items = list(rows(records, fmt))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items))
-    os.replace(tmp, out)
+    with atomic(out) as tmp:
+        tmp.write_text("".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items))
     return len(items)
 
 

@@ -2,7 +2,12 @@
 edits before it may serve them — promoted or rejected with nobody running a command.
 
 One pass (`learn_once`) visits every lineage — a user's own policy, and with `shared` each tenant's
-shared one. A lineage with at least `min_edits` preferences ȳ ≻ y newer than its last decision gets:
+shared one — oldest untrained edit first, so nobody waits behind a busy user. On PostgreSQL any number
+of workers (`corll learn` on one machine or many) share the lineages: a worker trains a lineage only
+while it holds its lease (a session advisory lock that PostgreSQL ends with the worker's connection, so a
+worker that dies frees its lineage at once), and a decision on edits another worker has already decided
+is refused in the decision's transaction. On SQLite one learner runs per database. A lineage with at
+least `min_edits` preferences ȳ ≻ y newer than its last decision gets:
 
   1. its preferences newer than the active version's training data, oldest first; the newest
      `holdout` share of them is held out from training;
@@ -44,27 +49,23 @@ import torch
 from corll.service.edit_habits import EditHabits
 from corll.learners.dpo import DPOConfig
 from corll.service.lineages import Lineage, Preference, lineages, preferences
-from corll.service.candidate import dpo_epochs, use_version
+from corll.service.candidate import TrainingSettings, dpo_epochs, use_version
 from corll.monitor import HackingMonitor, MonitorThresholds, degeneration_thresholds
 from corll.objectives import distinct_n, looping, repeated_phrase_rate
 from corll.policy import LoraSettings, Policy, SamplingConfig, load_policy
-from corll.store import LEARNER, FeedbackRecord, Store
+from corll.store import ConflictError, FeedbackRecord, Store
 from corll.store.schema import Decision, PolicyVersion
-
-WORKER = LEARNER
 
 
 @dataclass
-class LearnConfig:
-    model: str
-    adapters_dir: Path
+class LearnConfig(TrainingSettings):
+    epochs: int = 4
+    batch_size: int = 4
+    dpo: DPOConfig = field(default_factory=lambda: DPOConfig(lr=3e-4))
     min_edits: int = 8  # new preferences before a candidate is trained: a few minutes of one person's edits
     holdout: float = 0.25  # newest share of the training-eligible preferences kept back for the gate (>= 1)
     replay: int = 16  # older preferences of the lineage revisited with the new ones
     shared: bool = False  # also learn each tenant's shared policy from all its users' edits
-    epochs: int = 4
-    batch_size: int = 4
-    dpo: DPOConfig = field(default_factory=lambda: DPOConfig(lr=3e-4))
     margin: float = 0.0  # nats the held-out edit's margin over the draft must rise on average (strictly more)
     win_rate: float = 0.5  # share of held-out edits whose margin must rise
     # The margin can rise while the drafts get worse (the edit's own likelihood falls less than the draft's,
@@ -75,8 +76,6 @@ class LearnConfig:
     cost_slack: float = 0.0
     habit_share: float = 0.5
     monitor: MonitorThresholds = field(default_factory=degeneration_thresholds)
-    precision: str = "auto"
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -155,8 +154,10 @@ def gate(gains: torch.Tensor, costlier: float, flags: list[str], config: LearnCo
     return "promoted", measured
 
 
-def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Report) -> Decision:
-    """Train, gate and record one candidate (see the module's steps 2-4)."""
+def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Report,
+                  worker: str) -> Decision | None:
+    """Train, gate and record one candidate (see the module's steps 2-4); None if another worker decided the
+    same edits first (this worker's lease lapsed)."""
     lineage, seed = work.lineage, config.seed + work.seen_through  # the seed follows the data: a rerun is identical
     torch.manual_seed(seed)
     policy = load_policy(config.model, lora=LoraSettings(), precision=config.precision, seed=seed)
@@ -178,11 +179,11 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
     if pairs:
         def step_done(done: int, steps: int, loss: float) -> None:
             if done:
-                store.set_worker_state(WORKER, f"training {lineage}: DPO step {done}/{steps}, loss {loss:.4f}")
+                store.set_worker_state(worker, f"training {lineage}: DPO step {done}/{steps}, loss {loss:.4f}")
 
         loss = dpo_epochs(policy, pairs, config.dpo, epochs=config.epochs, batch_size=config.batch_size,
                           step_done=step_done)
-    store.set_worker_state(WORKER, f"gating {lineage}")
+    store.set_worker_state(worker, f"gating {lineage}")
     change = held_out_logprobs(policy, work.held_out) - before
     gains = change[:, 0] - change[:, 1]  # the rise of the edit's margin over the draft
     candidate_observation, candidate_drafts = observe(policy, work.held_out, config, seed)
@@ -210,9 +211,13 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
                           "inserted": [" ".join(s) for s in habits.inserted]},
                "serving_version": serving.id if serving else None, "serving": serving_observation,
                "candidate": candidate_observation, "monitor_flags": flags, "sample": candidate_drafts[0]}
-    made = store.decide(lineage.tenant, lineage.user, decision=decision, reason=reason, seen_through=work.seen_through,
-                        adapter_path=str(folder), parent_id=work.parent.id if work.parent else None,
-                        details=details, metrics=metrics)
+    try:
+        made = store.decide(lineage.tenant, lineage.user, decision=decision, reason=reason,
+                            seen_through=work.seen_through, adapter_path=str(folder),
+                            parent_id=work.parent.id if work.parent else None, details=details, metrics=metrics)
+    except ConflictError as exc:
+        report(f"{lineage}: {exc}; this candidate is dropped")
+        return None
     report(f"{lineage}: version {made.version_id} {decision} ({reason})")
     return made
 
@@ -240,16 +245,27 @@ def save_adapter(policy: Policy, folder: Path, name: str) -> Path:
     return final
 
 
-def learn_once(store: Store, config: LearnConfig, report: Report = lambda _: None) -> list[Decision]:
-    """One pass over every lineage with enough new edits; returns the decisions made."""
+def learn_once(store: Store, config: LearnConfig, report: Report = lambda _: None,
+               worker: str | None = None) -> list[Decision]:
+    """One pass over every lineage with enough new edits, oldest untrained edit first (nobody waits behind a
+    busy user), each under its lease: on PostgreSQL, lineages another worker holds are left to it. Returns
+    the decisions this worker made."""
+    worker = worker or store.worker_name()
     records = store.feedback(kind="edit")
+    queue = []
+    for lineage, mine in lineages(records, config.shared).items():
+        if (work := pending(store, lineage, mine, config)) is not None:
+            queue.append((work.new[0].event, str(lineage), lineage, mine))
     made = []
-    for lineage, mine in sorted(lineages(records, config.shared).items(), key=lambda item: str(item[0])):
-        work = pending(store, lineage, mine, config)
-        if work is not None:
-            store.set_worker_state(WORKER, f"training {lineage}: {len(work.train)} new, {len(work.replay)} "
+    for _, _, lineage, mine in sorted(queue):
+        with store.lineage_lease(lineage.tenant, lineage.user) as held:
+            # under the lease, again: another worker may have decided these edits meanwhile
+            if not held or (work := pending(store, lineage, mine, config)) is None:
+                continue
+            store.set_worker_state(worker, f"training {lineage}: {len(work.train)} new, {len(work.replay)} "
                                    f"replayed, {len(work.held_out)} held out")
-            made.append(learn_lineage(store, work, config, report))
+            if (decision := learn_lineage(store, work, config, report, worker)) is not None:
+                made.append(decision)
     return made
 
 
@@ -258,9 +274,10 @@ def run_learner(store: Store, config: LearnConfig, *, poll: float, once: bool = 
     """Learn, then wait `poll` seconds for new feedback, until `stop()` (or after one pass with `once`)."""
     import time
 
+    worker = store.worker_name()
     while True:
-        learn_once(store, config, report)
-        store.set_worker_state(WORKER, f"idle: waiting for {config.min_edits} new edits per user")
+        learn_once(store, config, report, worker)
+        store.set_worker_state(worker, f"idle: waiting for {config.min_edits} new edits per user")
         if once:
             return
         deadline = time.monotonic() + poll

@@ -12,10 +12,10 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from corll.locks import try_file_lock
+from corll.files import try_file_lock
 
 LEARNER = "learner"  # the learner's row in worker_states
-LEARNER_LOCK = 0x636F726C6C  # the advisory lock key of the learner ("corll" in ASCII)
+LEASE_SPACE = 0x636F726C  # the advisory key space of lineage leases ("corl" in ASCII)
 WRITE = "corll_write"  # execution option of the connections `Store.transaction` writes through
 
 
@@ -70,18 +70,12 @@ def lock_users(s: Session, tenant: str, users: list[str], *, exclusive: bool = F
 
 @contextmanager
 def hold_learner_lock(engine: Engine) -> Iterator[bool]:
-    """Try the database's learner lock; yields whether it is held (then until the block ends). On PostgreSQL
-    a session advisory lock on a connection kept for the purpose; on SQLite an exclusive lock on a file
-    beside the database. Both end with the process however it ends, so a learner killed with SIGKILL does
-    not keep its successor out."""
+    """Try the database's learner lock; yields whether it is held (then until the block ends). On SQLite an
+    exclusive lock on a file beside the database: one learner per database, and it ends with the process
+    however it ends, so a learner killed with SIGKILL does not keep its successor out. On PostgreSQL any
+    number of learner workers may run: each lineage is leased to one at a time (`hold_lineage_lease`)."""
     if engine.dialect.name == "postgresql":
-        with engine.connect() as connection:
-            held = bool(connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LEARNER_LOCK}).scalar())
-            try:
-                yield held
-            finally:
-                if held:
-                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LEARNER_LOCK})
+        yield True
         return
     database = engine.url.database
     if not database or database == ":memory:":
@@ -89,3 +83,26 @@ def hold_learner_lock(engine: Engine) -> Iterator[bool]:
         return
     with try_file_lock(f"{database}.learner.lock") as held:
         yield held
+
+
+@contextmanager
+def hold_lineage_lease(engine: Engine, tenant: str, user: str | None) -> Iterator[bool]:
+    """Try to lease one lineage (a user's, or with user None the tenant's shared one) to this worker: yields
+    whether it is held, then until the block ends. On PostgreSQL a session advisory lock on a connection
+    kept for the lease (two-key form, a key space apart from `lock_users`' locks): PostgreSQL ends it the
+    moment the holder's connection ends, so a worker that dies mid-training, even by SIGKILL, frees its
+    lineage for another at once, with no expiry to wait out. Elsewhere one learner holds the database."""
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    scope = f"{tenant}/{'' if user is None else user}"
+    with engine.connect() as connection:
+        held = bool(connection.execute(text("SELECT pg_try_advisory_lock(:space, hashtext(:scope))"),
+                                       {"space": LEASE_SPACE, "scope": scope}).scalar())
+        try:
+            yield held
+        finally:
+            if held:
+                connection.execute(text("SELECT pg_advisory_unlock(:space, hashtext(:scope))"),
+                                   {"space": LEASE_SPACE, "scope": scope})
+                connection.commit()

@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from corll.store.records import (ConflictError, FeedbackRecord, KeyInfo, LearnerBusyError, NotFoundError,
                                   Principal, StoreError, is_blank)
-from corll.store.database import LEARNER, WRITE, hold_learner_lock, lock_users, make_engine, upgrade
+from corll.store.database import (LEARNER, WRITE, hold_learner_lock, hold_lineage_lease, lock_users, make_engine,
+                                  upgrade)
 from corll.store.schema import (
     REACTIONS,
     ApiKey,
@@ -353,6 +354,11 @@ class Store:
         if decision not in ("promoted", "rejected"):
             raise StoreError(f"a candidate is promoted or rejected, not {decision!r}")
         with self.transaction() as s:
+            decided = s.scalar(select(func.max(Decision.seen_through)).where(
+                Decision.tenant == tenant, Decision.user.is_(None) if user is None else Decision.user == user))
+            if decided is not None and decided >= seen_through:  # a lapsed lease: these edits are decided already
+                raise ConflictError(f"the edits of {tenant}/{user or '(shared)'} through event {seen_through} are "
+                                    "decided already")
             row = PolicyVersion(tenant=tenant, user=user, adapter_path=adapter_path, parent_id=parent_id,
                                 details=details, active=False)
             s.add(row)
@@ -376,14 +382,30 @@ class Store:
 
     @contextmanager
     def learner_lock(self) -> Iterator[None]:
-        """Hold the database's learner lock while the block runs: one learner per database, so two never
-        train the same lineage at once; a second `corll learn`, even `--once`, gets LearnerBusyError."""
+        """Hold the database's learner lock while the block runs. On SQLite one learner per database, so two
+        never train the same lineage at once: a second `corll learn`, even `--once`, gets LearnerBusyError.
+        On PostgreSQL any number of workers, each lineage leased to one at a time (`lineage_lease`)."""
         with hold_learner_lock(self.engine) as held:
             if not held:
-                raise LearnerBusyError(f"another learner is running on this database{self._learner_pid()}; one "
-                                       "learner per database trains every lineage (stop it first, or let `corll "
-                                       "serve --learn` run it)")
+                raise LearnerBusyError(f"another learner is running on this database{self._learner_pid()}; on "
+                                       "SQLite one learner trains every lineage (stop it first, or let `corll "
+                                       "serve --learn` run it; on PostgreSQL several workers can share the work)")
             yield
+
+    @contextmanager
+    def lineage_lease(self, tenant: str, user: str | None) -> Iterator[bool]:
+        """Whether this worker holds the lineage's lease (then until the block ends); see `hold_lineage_lease`."""
+        with hold_lineage_lease(self.engine, tenant, user) as held:
+            yield held
+
+    def worker_name(self) -> str:
+        """This learner's name in worker_states: the learner on SQLite (one per database), one per worker
+        process on PostgreSQL."""
+        if self.engine.dialect.name != "postgresql":
+            return LEARNER
+        import socket
+
+        return f"{LEARNER} {socket.gethostname()}:{os.getpid()}"
 
     def _learner_pid(self) -> str:
         with self.sessions() as s:

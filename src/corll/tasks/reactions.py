@@ -39,6 +39,7 @@ import torch
 
 from corll.objectives import WORD, distinct_n, helpfulness, repeated_phrase_rate, safety
 from corll.tasks import ReactFn, RewardFn, Task
+from corll.files import atomic
 
 N_TEST = 30
 SPLIT_SEED = 7
@@ -176,12 +177,9 @@ def cached_reaction_log(policy, train: list[str], react: ReactFn, seed: int = 0)
 
 
 def write_reaction_log(path: Path, xs: Sequence[str], ys: Sequence[str], labels: Sequence[int]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for x, y, label in zip(xs, ys, labels):
             f.write(json.dumps({"prompt": x, "response": y, "love": int(label)}) + "\n")
-    tmp.replace(path)
 
 
 def read_reaction_log(path: Path) -> tuple[list[str], list[str], list[int]]:

@@ -1,10 +1,22 @@
-"""A lock that a process holds while it works and the OS releases if the process dies."""
+"""Files that stay whole whatever happens to the process: writes that land all at once, and locks the
+OS releases if their holder dies."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic(path: Path) -> Iterator[Path]:
+    """A temporary file beside `path` to write, renamed onto `path` when the block ends without an error:
+    a reader (or a resumed run) sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    yield tmp
+    os.replace(tmp, path)
 
 
 @contextlib.contextmanager

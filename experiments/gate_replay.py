@@ -1,9 +1,9 @@
 """Does the learner's gate promote the candidates that would make users edit less? An offline check on a
 simulated deployment's own log.
 
-    .venv/bin/python benchmarks/gate_replay.py --results results/deployment-early/deployment-results.json --edits 16
+    .venv/bin/python experiments/gate_replay.py --results results/deployment-early/deployment-results.json --edits 16
 
-For each simulated user of a `benchmarks/deployment.py` run, their first `--edits` drafts (as the learning
+For each simulated user of a `experiments/deployment.py` run, their first `--edits` drafts (as the learning
 server logged them), each with the simulated user's edit of it, go into a fresh store and the learner
 (`corll learn`'s defaults) trains and gates a candidate from the base model. Then the question a real
 deployment cannot ask: the simulated user edits fresh drafts from both versions for their next `--prompts`

@@ -1,7 +1,7 @@
 """A simulated deployment: users draft emails through the running server and edit them, with and without
 the learner — do their edits shrink with nobody running a command?
 
-    .venv/bin/python benchmarks/deployment.py --drafts 40 --out docs/deployment
+    .venv/bin/python experiments/deployment.py --drafts 40 --out docs/deployment
 
 Each simulated user has one latent preference (the rule editors of the learning-from-user-edits
 tasks: a greeting, a closing, bullet points, ...) and writes emails from their own kind of notes.
@@ -39,6 +39,7 @@ from corll.tasks.prelude import EMAIL_SOURCES, load_documents, prompt_for
 from corll.users.preferences import DESCRIPTIONS, revise
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the load benchmark's server starter
 from deployment_compare import summarise_run  # noqa: E402
 from service_load import start_server  # noqa: E402
 

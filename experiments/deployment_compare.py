@@ -1,10 +1,10 @@
 """Several simulated-deployment runs side by side: per run, per user, pooled, and corrected for the number
 of tests — the comparison tables of `docs/deployment.md`, generated from the runs' results files.
 
-    .venv/bin/python benchmarks/deployment_compare.py --run 0=results/deployment-early/deployment-results.json \
+    .venv/bin/python experiments/deployment_compare.py --run 0=results/deployment-early/deployment-results.json \
         --run 1=results/deployment-early/deployment-seed1-results.json --pool 0,1 --out docs/deployment-runs
 
-Each `--run LABEL=PATH` is one results JSON of `benchmarks/deployment.py`. Effects are words edited per
+Each `--run LABEL=PATH` is one results JSON of `experiments/deployment.py`. Effects are words edited per
 draft, `serve` − `serve --learn`, paired by user and draft (positive: the learning server's users edited
 less), over all drafts and over the last third of each user's drafts. Holm's correction runs over every
 per-run test on the page (two per run). The minimum detectable effect is at 80% power from the run's
@@ -207,7 +207,7 @@ def render(report: dict, labels: dict[str, str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="append", required=True, metavar="LABEL=PATH",
-                        help="a results JSON of benchmarks/deployment.py under a label; repeat for each run")
+                        help="a results JSON of experiments/deployment.py under a label; repeat for each run")
     parser.add_argument("--pool", default="", help="comma-separated labels of runs with independent traffic to pool")
     parser.add_argument("--describe", action="append", default=[], metavar="LABEL=TEXT",
                         help="how a run is named in the tables (default: its label)")

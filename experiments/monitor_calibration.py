@@ -1,6 +1,6 @@
 """How often would the gate's monitor flag a candidate that is no different from the serving version?
 
-    .venv/bin/python benchmarks/monitor_calibration.py results/deployment-early/deployment-results.json --out docs/monitor-calibration.md
+    .venv/bin/python experiments/monitor_calibration.py results/deployment-early/deployment-results.json --out docs/monitor-calibration.md
 
 The gate compares 8 drafts of each version (2 held-out prompts × 4 samples). Here both "versions" are
 the base model: two groups of 8 drafts drawn at random from the same user's drafts of a deployment
@@ -31,7 +31,7 @@ RULES = {  # measure, whether a rise (+1) or a fall (-1) is flagged, the thresho
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, help="a deployment results JSON (benchmarks/deployment.py)")
+    parser.add_argument("results", type=Path, help="a deployment results JSON (experiments/deployment.py)")
     parser.add_argument("--draws", type=int, default=4000)
     parser.add_argument("--group", type=int, default=8, help="drafts per version, as the gate sees them")
     parser.add_argument("--out", type=Path, default=Path("docs/monitor-calibration.md"))
