@@ -1,0 +1,131 @@
+"""Learner workers on one PostgreSQL database: 1 worker against 2, the same edits, in one run.
+
+    .venv/bin/python benchmarks/learner_pool.py --users 40 --edits 8 --out results/learner-pool
+
+`--users` simulated users each send `--edits` edits at once (all logged before the workers start); then
+`corll learn --once` workers, one thread each, run until every lineage has its decision: first one
+worker alone, then two side by side on a fresh copy of the same log. Reported: the wall time until the
+last decision, its ratio (2 workers against 1), and the time from each user's last edit to their
+decision (p50, p95). A throw-away PostgreSQL server is started for the run (scripts/postgres.sh) unless
+$CORLL_TEST_POSTGRES_URL names one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from corll.hardware import detect
+from corll.store import Principal, Store
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = [f"Write a short note about topic {i}." for i in range(200)]
+
+
+def fresh_database(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+
+
+def log_edits(url: str, users: int, edits: int) -> dict[str, float]:
+    """Every user's edits, logged now; returns when each user's last edit was logged (epoch seconds)."""
+    store = Store(url)
+    last = {}
+    for u in range(users):
+        who = Principal("bench", f"user{u}")
+        for i in range(edits):
+            messages = [{"role": "user", "content": PROMPTS[(u * edits + i) % len(PROMPTS)]}]
+            interaction = store.record_interaction(who, messages, "hello there, friend", policy_version_id=None,
+                                                   sampling={}, response_logprob=None)
+            store.add_feedback(who, interaction, edit=f"note {u} " * 3)
+        last[who.user] = time.time()
+    store.engine.dispose()
+    return last
+
+
+def worker(url: str, adapters: Path, model: str, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "corll", "learn", "--once", "--model", model, "--db", url, "--adapters",
+             str(adapters), "--min-edits", "8", "--epochs", "2", "--threads", "1", "--nice", "0",
+             "--precision", "fp32"], stdout=out, stderr=subprocess.STDOUT)
+
+
+def run(url: str, workers: int, args, work: Path) -> dict:
+    fresh_database(url)
+    last_edit = log_edits(url, args.users, args.edits)
+    started = time.time()
+    processes = [worker(url, work / f"adapters-{workers}", args.model, work / f"worker-{workers}-{w}.log")
+                 for w in range(workers)]
+    while True:  # a worker's --once pass may end while a lineage it left to the other is still training
+        codes = [p.wait() for p in processes]
+        assert all(code == 0 for code in codes), (work / f"worker-{workers}-0.log").read_text()[-2000:]
+        store = Store(url)
+        decided = store.decisions()
+        if len({d.user for d in decided}) == args.users:
+            break
+        processes = [worker(url, work / f"adapters-{workers}", args.model, work / f"worker-{workers}-again.log")]
+    waits = sorted(d.created_at.timestamp() - last_edit[d.user] for d in decided)
+    finished = max(d.created_at.timestamp() for d in decided)
+    store.engine.dispose()
+    return {"workers": workers, "decisions": len(decided), "wall_s": finished - started,
+            "edit_to_decision_p50_s": statistics.median(waits),
+            "edit_to_decision_p95_s": waits[min(len(waits) - 1, int(0.95 * len(waits)))]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=40)
+    parser.add_argument("--edits", type=int, default=8, help="Edits per user (the learner's --min-edits is 8).")
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="corll-pool-"))
+    server = None
+    url = os.environ.get("CORLL_TEST_POSTGRES_URL")
+    try:
+        if url is None:
+            folder = Path(tempfile.mkdtemp(prefix="corll-postgres-"))
+            folder.chmod(0o777)
+            started = subprocess.run([str(ROOT / "scripts" / "postgres.sh"), "start", str(folder), "55434"],
+                                     capture_output=True, text=True, check=True)
+            url, server = started.stdout.strip().splitlines()[-1], folder
+        rows = [run(url, n, args, work) for n in (1, 2)]
+    finally:
+        if server is not None:
+            subprocess.run([str(ROOT / "scripts" / "postgres.sh"), "stop", str(server)], capture_output=True)
+            shutil.rmtree(server, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    hardware = detect()
+    one, two = rows
+    lines = [f"**{hardware.cpu} ({hardware.capability}), {hardware.cpus} CPUs**; PostgreSQL on the same machine.", "",
+             f"{args.users} users × {args.edits} edits logged at once, model {args.model}, workers of one thread "
+             "(`corll learn --once --threads 1 --epochs 2`).", "",
+             "| workers | decisions | wall until the last decision s | edit → decision p50 s | p95 s |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['workers']} | {r['decisions']} | {r['wall_s']:.1f} | {r['edit_to_decision_p50_s']:.1f} | "
+              f"{r['edit_to_decision_p95_s']:.1f} |" for r in rows]
+    lines += ["", f"2 workers take ×{two['wall_s'] / one['wall_s']:.2f} the time of 1 (target ≤ 0.6)."]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = args.out / f"{hardware.capability.lower().replace('-', '')}-table"
+        stem.with_suffix(".md").write_text(table)
+        stem.with_suffix(".json").write_text(json.dumps({"machine": hardware.cpu, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
