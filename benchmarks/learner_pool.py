@@ -110,7 +110,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     hardware = detect()
     one, two = rows
-    lines = [f"**{hardware.cpu} ({hardware.capability}), {hardware.cpus} CPUs**; PostgreSQL on the same machine.", "",
+    lines = [f"**{hardware.cpu} ({hardware.capability}, {'native' if hardware.native_bf16 else 'no native'} bf16), "
+             f"{hardware.cpus} CPUs**; PostgreSQL on the same machine.", "",
              f"{args.users} users × {args.edits} edits logged at once, model {args.model}, workers of one thread "
              "(`corll learn --once --threads 1 --epochs 2`).", "",
              "| workers | decisions | wall until the last decision s | edit → decision p50 s | p95 s |",

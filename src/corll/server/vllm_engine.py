@@ -209,6 +209,8 @@ class VLLMEngine:
             self.running -= 1
             if name != BASE_NAME:
                 self.adapters.in_use[name] -= 1
+                if not self.adapters.in_use[name]:  # idle: forgotten here, so the count never grows with users
+                    del self.adapters.in_use[name]
 
     def _body(self, stream: Stream, name: str) -> dict:
         request = stream.request
