@@ -37,10 +37,8 @@ import httpx
 import openai
 
 from corll.hardware import detect
+from corll.service.supervise import free_port
 from corll.store import Store
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from service_load import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["Write a tagline for a bakery.", "Describe a rainy morning.", "Give one tip for a job interview.",

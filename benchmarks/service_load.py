@@ -20,7 +20,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,17 +28,12 @@ from pathlib import Path
 
 import httpx
 
+from corll.service.supervise import free_port
 from corll.store import Principal, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 8, 32)
 INTERACTIONS = 200
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(db: str, *options: str, model: str = "tiny") -> tuple[subprocess.Popen, str]:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from corll.service.supervise import free_port
 from tests.distributed_step import PAIRS, step
 
 
@@ -14,10 +15,11 @@ def test_a_step_on_two_cpu_processes_equals_a_single_process_step(tmp_path):
     # two CPU processes also on a GPU machine (where the single-process step below runs on its GPU)
     path = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    subprocess.run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                    "--mixed_precision", "no", "--dynamo_backend", "no",
-                    str(Path(__file__).with_name("distributed_step.py")), str(out)],
-                   check=True, env=env, timeout=300, capture_output=True)
+    run = subprocess.run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+                          str(Path(__file__).with_name("distributed_step.py")), str(out)],
+                         env=env, timeout=300, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-4000:]
     distributed = torch.load(out)
     assert distributed["world"] == 2
     single = step(PAIRS)

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from corll.cli import app as cli
 from corll.service.learn import LearnConfig, gate, learn_once
+from corll.service.supervise import free_port
 from corll.monitor import degeneration_thresholds
 from corll.learners.dpo import DPOConfig
 from corll.monitor import MonitorThresholds
@@ -254,14 +255,6 @@ def test_a_learner_killed_while_training_resumes_to_the_same_decisions(tmp_path)
     assert killed_numbers == pytest.approx(whole_numbers, **tolerance)
     leftovers = [p for p in (tmp_path / "killed" / "adapters").rglob("*.partial")]
     assert leftovers == []
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_serve_with_learn_promotes_a_users_version_after_their_edits_with_no_command(tmp_path):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -33,7 +34,7 @@ import httpx
 
 from corll.models import chat_prompt_ids, load_tokenizer, model_dir
 from corll.server.protocol import Delta, EngineError, GenerationRequest, Stream, TokenLogprob, UserLimit
-from corll.service.supervise import die_with_parent
+from corll.service.supervise import die_with_parent, free_port
 
 BASE_NAME = "base"  # the base model's name inside vLLM
 VLLM_PYTHON = Path(".venv-vllm") / "bin" / "python"
@@ -72,7 +73,7 @@ class VLLMProcess:
 
     def __init__(self, directory: Path, launch: VLLMLaunch, log: Path) -> None:
         self.directory, self.launch, self.log = directory, launch, log
-        self.port = launch.port or _free_port()
+        self.port = launch.port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.restarts, self.last_exit = 0, None
         self.ready = threading.Event()
@@ -101,7 +102,7 @@ class VLLMProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        self._process.kill()
+        self._kill_group()
         raise EngineError(f"vLLM did not answer within {self.launch.startup_timeout:.0f} s; see {self.log}")
 
     def _watch(self) -> None:
@@ -123,12 +124,22 @@ class VLLMProcess:
                 continue
 
     def stop(self) -> None:
+        """End vLLM and the engine processes it spawned (its own session, so one group holds them all)."""
         self._stopping = True
         self._process.terminate()
         try:
             self._process.wait(30)
         except subprocess.TimeoutExpired:
-            self._process.kill()
+            pass
+        self._kill_group()
+
+    def _kill_group(self) -> None:
+        """SIGKILL whatever is left of vLLM's process group (the server and any engine core it spawned)."""
+        try:
+            os.killpg(self._process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._process.wait()
 
 
 @dataclass
@@ -297,14 +308,6 @@ def _error(status: int, body: str) -> EngineError:
     if 400 <= status < 500:
         return EngineError(f"vLLM refused the request: {message}", 400, "invalid_request_error")
     return EngineError(f"the vLLM engine failed: {message}", 503, "unavailable")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def vllm_installed(python: Path = VLLM_PYTHON) -> bool:
