@@ -2,11 +2,11 @@
 
     .venv/bin/python benchmarks/learner_pool.py --users 40 --edits 8 --out results/learner-pool
 
-`--users` simulated users each send `--edits` edits at once (all logged before the workers start); then
-`corll learn --once` workers, one thread each, run until every lineage has its decision: first one
-worker alone, then two side by side on a fresh copy of the same log. Reported: the wall time until the
-last decision, its ratio (2 workers against 1), and the time from each user's last edit to their
-decision (p50, p95). A throw-away PostgreSQL server is started for the run (scripts/postgres.sh) unless
+`corll learn` workers of one thread each are started on an empty log and wait, polling every 0.5 s, as
+a deployed pool does; then `--users` simulated users send `--edits` edits each, one user after another,
+as fast as the store logs them; the run ends when every user has a decision. First one worker, then two
+on a fresh log. Reported: the wall time from the first edit to the last decision, its ratio (2 workers
+against 1), and the time from the edit that made each user due to their decision (p50, p95). A throw-away PostgreSQL server is started for the run (scripts/postgres.sh) unless
 $CORLL_TEST_POSTGRES_URL names one.
 """
 
@@ -39,10 +39,9 @@ def fresh_database(url: str) -> None:
     engine.dispose()
 
 
-def log_edits(url: str, users: int, edits: int) -> dict[str, float]:
-    """Every user's edits, logged now; returns when each user's last edit was logged (epoch seconds)."""
+def log_edits(url: str, users: int, edits: int) -> None:
+    """Every user's edits, one user after another, as the server logs them."""
     store = Store(url)
-    last = {}
     for u in range(users):
         who = Principal("bench", f"user{u}")
         for i in range(edits):
@@ -50,34 +49,38 @@ def log_edits(url: str, users: int, edits: int) -> dict[str, float]:
             interaction = store.record_interaction(who, messages, "hello there, friend", policy_version_id=None,
                                                    sampling={}, response_logprob=None)
             store.add_feedback(who, interaction, edit=f"note {u} " * 3)
-        last[who.user] = time.time()
     store.engine.dispose()
-    return last
 
 
 def worker(url: str, adapters: Path, model: str, log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "corll", "learn", "--once", "--model", model, "--db", url, "--adapters",
+            [sys.executable, "-m", "corll", "learn", "--poll", "0.5", "--model", model, "--db", url, "--adapters",
              str(adapters), "--min-edits", "8", "--epochs", "2", "--threads", "1", "--nice", "0",
              "--precision", "fp32"], stdout=out, stderr=subprocess.STDOUT)
 
 
 def run(url: str, workers: int, args, work: Path) -> dict:
+    """Workers started and idle on an empty log; then the edits; until every user has a decision."""
     fresh_database(url)
-    last_edit = log_edits(url, args.users, args.edits)
-    started = time.time()
+    store = Store(url)
     processes = [worker(url, work / f"adapters-{workers}", args.model, work / f"worker-{workers}-{w}.log")
                  for w in range(workers)]
-    while True:  # a worker's --once pass may end while a lineage it left to the other is still training
-        codes = [p.wait() for p in processes]
-        assert all(code == 0 for code in codes), (work / f"worker-{workers}-0.log").read_text()[-2000:]
-        store = Store(url)
-        decided = store.decisions()
-        if len({d.user for d in decided}) == args.users:
-            break
-        processes = [worker(url, work / f"adapters-{workers}", args.model, work / f"worker-{workers}-again.log")]
-    waits = sorted(d.created_at.timestamp() - last_edit[d.user] for d in decided)
+    try:
+        while len(store.worker_states()) < workers:  # each reports idle after its first (empty) poll
+            assert all(p.poll() is None for p in processes), (work / f"worker-{workers}-0.log").read_text()[-2000:]
+            time.sleep(0.2)
+        started = time.time()
+        log_edits(url, args.users, args.edits)
+        while len(decided := store.decisions()) < args.users:
+            assert all(p.poll() is None for p in processes), (work / f"worker-{workers}-0.log").read_text()[-2000:]
+            time.sleep(0.2)
+    finally:
+        for p in processes:
+            p.terminate()
+        for p in processes:
+            p.wait()
+    waits = sorted(d.metrics["edit_to_decision_s"] for d in decided)
     finished = max(d.created_at.timestamp() for d in decided)
     store.engine.dispose()
     return {"workers": workers, "decisions": len(decided), "wall_s": finished - started,
@@ -112,9 +115,9 @@ def main() -> None:
     one, two = rows
     lines = [f"**{hardware.cpu} ({hardware.capability}, {'native' if hardware.native_bf16 else 'no native'} bf16), "
              f"{hardware.cpus} CPUs**; PostgreSQL on the same machine.", "",
-             f"{args.users} users × {args.edits} edits logged at once, model {args.model}, workers of one thread "
-             "(`corll learn --once --threads 1 --epochs 2`).", "",
-             "| workers | decisions | wall until the last decision s | edit → decision p50 s | p95 s |",
+             f"{args.users} users × {args.edits} edits, one user after another, model {args.model}, waiting workers of "
+             "one thread (`corll learn --poll 0.5 --threads 1 --epochs 2`).", "",
+             "| workers | decisions | first edit → last decision s | edit → decision p50 s | p95 s |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['workers']} | {r['decisions']} | {r['wall_s']:.1f} | {r['edit_to_decision_p50_s']:.1f} | "
               f"{r['edit_to_decision_p95_s']:.1f} |" for r in rows]

@@ -19,23 +19,7 @@ from corll.monitor import degeneration_thresholds
 from corll.learners.dpo import DPOConfig
 from corll.monitor import MonitorThresholds
 from corll.store import Principal, Store
-
-ALICE = Principal("acme", "alice")
-BOB = Principal("acme", "bob")
-PROMPTS = [f"Write a note about topic {i}." for i in range(40)]
-
-
-def log_edits(store: Store, who: Principal, n: int, *, start: int = 0, draft: str = "hello there, friend",
-              edit: str = "yes yes yes") -> list[int]:
-    """n logged completions of `who`, each edited: the user always turns the draft into `edit`."""
-    events = []
-    for i in range(start, start + n):
-        messages = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
-        interaction = store.record_interaction(who, messages, draft, policy_version_id=None, sampling={},
-                                               response_logprob=None)
-        events.append(store.add_feedback(who, interaction, edit=edit))
-    return events
-
+from tests.service.edits import ALICE, BOB, PROMPTS, log_edits
 
 def config(tmp_path: Path, **overrides) -> LearnConfig:
     settings = dict(model="tiny", adapters_dir=tmp_path / "adapters", min_edits=6, holdout=0.25, replay=4, epochs=3,
@@ -206,6 +190,7 @@ def test_rollback_wins_until_new_feedback_arrives(store, tmp_path):
     assert "rolled back to the base model" in shown and "promoted" in shown
     status = CliRunner(env={"COLUMNS": "250"}).invoke(cli, ["status", "--db", db]).output
     assert "alice" in status and again.decision in status
+    assert "edit to decision over the last 2 decisions" in status  # the rollback was no learner's decision
 
 
 def learner_process(db: str, adapters: Path, *, once: bool = True) -> subprocess.Popen:
@@ -297,6 +282,9 @@ def test_serve_with_learn_promotes_a_users_version_after_their_edits_with_no_com
         assert store.get_interaction(Principal("acme", "alice"), after.id).policy_version_id == decision.version_id
         metrics = httpx.get(f"{url}/metrics").text
         assert 'corll_learner_decisions_total{decision="promoted"} 1.0' in metrics
+        waited = decision.metrics["edit_to_decision_s"]  # from alice's 8th edit (the learner's 6th: due) to here
+        assert 0 < waited < 240 and f'corll_edit_to_decision_seconds{{quantile="0.5"}} {waited}' in metrics
+        assert "corll_learner_queue_lineages " in metrics and 'corll_learner_worker_training{lineage=' in metrics
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -381,28 +381,30 @@ def status(db: DbOption = None, tenant: Annotated[Optional[str], typer.Option(he
 
     from rich.table import Table
 
-    from corll.service.lineages import lineages, preferences
+    from corll.service.queue import EditQueue, edit_to_decision
+    from corll.store.schema import aware
 
     store = open_store(db)
     now = datetime.now(timezone.utc)
     workers = store.worker_states()
     for w in workers:
-        seen = w.updated_at if w.updated_at.tzinfo else w.updated_at.replace(tzinfo=timezone.utc)
-        console.print(f"{w.name} (pid {w.pid}, {int((now - seen).total_seconds())} s ago): {w.state}")
+        due = f"; {w.queue} lineages due at its last poll" if w.queue is not None else ""
+        console.print(f"{w.name} (pid {w.pid}, {int((now - aware(w.updated_at)).total_seconds())} s ago): {w.state}{due}")
     if not workers:
         console.print("no learner has run on this database (start one: `corll learn` or `corll serve --learn`)")
+    if (waits := edit_to_decision(store)) is not None:
+        console.print(f"edit to decision over the last {waits['decisions']} decisions: p50 {waits['p50']:.0f} s, "
+                      f"p95 {waits['p95']:.0f} s")
     last = {(d.tenant, d.user): d for d in store.decisions(tenant)}
     table = Table("tenant", "user", "serving", "new edits", "last decision", "when")
-    records = store.feedback(tenant=tenant, kind="edit")
-    for lineage, mine in sorted(lineages(records, shared=True).items(), key=lambda item: str(item[0])):
+    queue = EditQueue(store, min_edits=1, shared=True, tenant=tenant)
+    queue.poll()
+    for lineage in sorted(queue.lineages, key=str):
         serving = store.active_version(lineage.tenant, lineage.user)
-        start = store.seen_through(lineage.tenant, lineage.user)
-        if serving is not None and (serving.user == lineage.user):
-            start = max(start, int(serving.details.get("trained_through_event", 0)))
         d = last.get((lineage.tenant, lineage.user))
         table.add_row(lineage.tenant, lineage.user or "(shared)",
                       "base model" if serving is None or serving.adapter_path is None else f"version {serving.id}",
-                      str(sum(p.event > start for p in preferences(mine))),
+                      str(len(queue.waiting(lineage))),
                       f"{d.decision} version {d.version_id}: {d.reason}" if d else "",
                       d.created_at.strftime("%Y-%m-%d %H:%M:%S") if d else "")
     console.print(table)

@@ -7,25 +7,27 @@ labels are the route templates, never raw paths, so their number stays bounded.
 from __future__ import annotations
 
 import time
-import collections
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.responses import Response
 
+from corll.service.queue import edit_to_decision
 from corll.store import Store
-from corll.store.schema import DECISIONS
+from corll.store.schema import DECISIONS, aware
 
 
-class LearnerDecisions:
-    """The learner's decisions, read from the log at each scrape: the learner is another process (or
-    machine), and the log is where its work is recorded whole."""
+class LearnerMetrics:
+    """The learners' work, read from the log at each scrape: they are other processes (or machines), and
+    the log is where their work is recorded whole. Decisions by kind; the queue (lineages with enough
+    waiting edits, as the most recently reporting worker saw it at its last poll); each worker's lineage;
+    the time from the edit that made a lineage due to its decision, over the newest 1000 decisions."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
 
     def collect(self):
-        counts = collections.Counter(d.decision for d in self.store.decisions())
+        counts = self.store.decision_counts()
         family = CounterMetricFamily("corll_learner_decisions", "Learner decisions: candidates promoted or rejected "
                                      "by the gate, rollbacks by hand", labels=["decision"])
         for decision in DECISIONS:
@@ -33,6 +35,24 @@ class LearnerDecisions:
         yield family
         yield CounterMetricFamily("corll_learner_training_runs", "Candidates trained by the learner",
                                   value=counts.get("promoted", 0) + counts.get("rejected", 0))
+        workers = self.store.worker_states()
+        reported = [w for w in workers if w.queue is not None]
+        if reported:
+            newest = max(reported, key=lambda w: aware(w.updated_at))
+            yield GaugeMetricFamily("corll_learner_queue_lineages", "Lineages with enough waiting edits at a "
+                                    "learner's last poll", value=newest.queue)
+        training = GaugeMetricFamily("corll_learner_worker_training", "1 while a learner worker trains a lineage "
+                                     "(labelled with it), 0 while it waits", labels=["worker", "lineage"])
+        for w in workers:
+            training.add_metric([w.name, w.lineage or ""], 1 if w.lineage else 0)
+        yield training
+        if (waits := edit_to_decision(self.store)) is not None:
+            family = GaugeMetricFamily("corll_edit_to_decision_seconds", "Seconds from the edit that made a "
+                                       "lineage due to the learner's decision, newest 1000 decisions",
+                                       labels=["quantile"])
+            family.add_metric(["0.5"], waits["p50"])
+            family.add_metric(["0.95"], waits["p95"])
+            yield family
 
 
 class ServiceMetrics:
@@ -52,7 +72,7 @@ class ServiceMetrics:
         Gauge("corll_users_with_own_active_version", "Users served by a per-user policy version",
               registry=self.registry).set_function(lambda: sum(
                   1 for v in store.versions() if v.active and v.user is not None))
-        self.registry.register(LearnerDecisions(store))
+        self.registry.register(LearnerMetrics(store))
 
     def observe(self, scope: dict, status: int, seconds: float) -> None:
         template = getattr(scope.get("route"), "path", "unmatched")

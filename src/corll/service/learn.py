@@ -48,13 +48,14 @@ import torch
 
 from corll.service.edit_habits import EditHabits
 from corll.learners.dpo import DPOConfig
-from corll.service.lineages import Lineage, Preference, lineages, preferences
+from corll.service.lineages import Lineage, Preference, own_active, preferences, trained_through
+from corll.service.queue import EditQueue
 from corll.service.candidate import TrainingSettings, dpo_epochs, use_version
 from corll.monitor import HackingMonitor, MonitorThresholds, degeneration_thresholds
 from corll.objectives import distinct_n, looping, repeated_phrase_rate
 from corll.policy import LoraSettings, Policy, SamplingConfig, load_policy
-from corll.store import ConflictError, FeedbackRecord, Store
-from corll.store.schema import Decision, PolicyVersion
+from corll.store import ConflictError, Store
+from corll.store.schema import Decision, PolicyVersion, aware, utcnow
 
 
 @dataclass
@@ -88,32 +89,28 @@ class Pending:
     train: list[Preference]  # newer than the parent's training data, minus the held-out ones
     held_out: list[Preference]
     replay: list[Preference]
-    seen_through: int
+    seen_through: int  # the newest edit read
+    due: bool  # at least `min_edits` new preferences: a candidate is trained
 
 
 Report = Callable[[str], None]
 
 
-def own_active(store: Store, lineage: Lineage) -> PolicyVersion | None:
-    """The version this lineage trains from: its own active one (a user without one starts from the base
-    model, not from the shared policy, whose training data may include their edits)."""
-    return next((v for v in store.versions(lineage.tenant) if v.active and v.user == lineage.user), None)
-
-
-def pending(store: Store, lineage: Lineage, records: list[FeedbackRecord], config: LearnConfig) -> Pending | None:
-    """The lineage's candidate data if it has `min_edits` new preferences, else None."""
+def pending(store: Store, lineage: Lineage, config: LearnConfig) -> Pending:
+    """The lineage's candidate data, read from the log: its edits after the parent's training data and up
+    to `replay` older ones."""
     parent = own_active(store, lineage)
-    trained_through = int(parent.details.get("trained_through_event", 0)) if parent else 0
+    trained = trained_through(parent)
+    start = max(trained, store.seen_through(lineage.tenant, lineage.user))
+    records = store.lineage_edits(lineage.tenant, lineage.user, after=trained, older=config.replay)
     prefs = preferences(records)
-    start = max(trained_through, store.seen_through(lineage.tenant, lineage.user))
     new = [p for p in prefs if p.event > start]
-    if len(new) < config.min_edits:
-        return None
-    eligible = [p for p in prefs if p.event > trained_through]
+    eligible = [p for p in prefs if p.event > trained]
     hold = max(1, math.ceil(config.holdout * len(eligible)))
-    older = [p for p in prefs if p.event <= trained_through]
+    older = [p for p in prefs if p.event <= trained]
     return Pending(lineage, parent, new, eligible[:-hold], eligible[-hold:],
-                   older[-config.replay:] if config.replay else [], records[-1].event_id)
+                   older[-config.replay:] if config.replay else [],
+                   max(start, records[-1].event_id if records else 0), len(new) >= config.min_edits)
 
 
 def held_out_logprobs(policy: Policy, held_out: list[Preference]) -> torch.Tensor:
@@ -179,11 +176,12 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
     if pairs:
         def step_done(done: int, steps: int, loss: float) -> None:
             if done:
-                store.set_worker_state(worker, f"training {lineage}: DPO step {done}/{steps}, loss {loss:.4f}")
+                store.set_worker_state(worker, f"training {lineage}: DPO step {done}/{steps}, loss {loss:.4f}",
+                                       lineage=str(lineage))
 
         loss = dpo_epochs(policy, pairs, config.dpo, epochs=config.epochs, batch_size=config.batch_size,
                           step_done=step_done)
-    store.set_worker_state(worker, f"gating {lineage}")
+    store.set_worker_state(worker, f"gating {lineage}", lineage=str(lineage))
     change = held_out_logprobs(policy, work.held_out) - before
     gains = change[:, 0] - change[:, 1]  # the rise of the edit's margin over the draft
     candidate_observation, candidate_drafts = observe(policy, work.held_out, config, seed)
@@ -196,9 +194,7 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
 
     folder = save_adapter(policy, *version_folder(store, config.adapters_dir / lineage.tenant / (lineage.user or "shared"),
                                                   f"through-{work.seen_through}"))
-    trained_through = work.train[-1].event if work.train else (
-        int(work.parent.details.get("trained_through_event", 0)) if work.parent else 0)
-    details = {"trained_through_event": trained_through, "new_events": [p.event for p in work.train],
+    details = {"trained_through_event": work.train[-1].event if work.train else trained_through(work.parent), "new_events": [p.event for p in work.train],
                "replayed_events": [p.event for p in work.replay], "held_out_events": [p.event for p in work.held_out],
                "pairs": len(pairs), "users": sorted({u for p in work.replay + work.train for u in p.users}),
                "epochs": config.epochs, "final_loss": loss, "lr": config.dpo.lr, "beta": config.dpo.beta,
@@ -211,6 +207,8 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
                           "inserted": [" ".join(s) for s in habits.inserted]},
                "serving_version": serving.id if serving else None, "serving": serving_observation,
                "candidate": candidate_observation, "monitor_flags": flags, "sample": candidate_drafts[0]}
+    # how long the user waited: from the edit that made the lineage due to this decision
+    metrics["edit_to_decision_s"] = (utcnow() - aware(work.new[config.min_edits - 1].at)).total_seconds()
     try:
         made = store.decide(lineage.tenant, lineage.user, decision=decision, reason=reason,
                             seen_through=work.seen_through, adapter_path=str(folder),
@@ -246,26 +244,29 @@ def save_adapter(policy: Policy, folder: Path, name: str) -> Path:
 
 
 def learn_once(store: Store, config: LearnConfig, report: Report = lambda _: None,
-               worker: str | None = None) -> list[Decision]:
-    """One pass over every lineage with enough new edits, oldest untrained edit first (nobody waits behind a
-    busy user), each under its lease: on PostgreSQL, lineages another worker holds are left to it. Returns
-    the decisions this worker made."""
+               worker: str | None = None, queue: EditQueue | None = None) -> list[Decision]:
+    """One pass over the lineages with enough new edits (`EditQueue`: read since the last pass, oldest
+    waiting edit first), each under its lease: on PostgreSQL, lineages another worker holds are left to it.
+    Returns the decisions this worker made."""
     worker = worker or store.worker_name()
-    records = store.feedback(kind="edit")
-    queue = []
-    for lineage, mine in lineages(records, config.shared).items():
-        if (work := pending(store, lineage, mine, config)) is not None:
-            queue.append((work.new[0].event, str(lineage), lineage, mine))
+    queue = queue or EditQueue(store, min_edits=config.min_edits, shared=config.shared)
+    queue.poll()
     made = []
-    for _, _, lineage, mine in sorted(queue):
+    for lineage in queue.due():
         with store.lineage_lease(lineage.tenant, lineage.user) as held:
-            # under the lease, again: another worker may have decided these edits meanwhile
-            if not held or (work := pending(store, lineage, mine, config)) is None:
+            if not held:
+                continue
+            # read under the lease: another worker may have decided these edits meanwhile
+            work = pending(store, lineage, config)
+            if not work.due:
+                queue.resync(lineage, short_through=work.seen_through)
                 continue
             store.set_worker_state(worker, f"training {lineage}: {len(work.train)} new, {len(work.replay)} "
-                                   f"replayed, {len(work.held_out)} held out")
+                                   f"replayed, {len(work.held_out)} held out", lineage=str(lineage),
+                                   queue=len(queue.due()))
             if (decision := learn_lineage(store, work, config, report, worker)) is not None:
                 made.append(decision)
+            queue.resync(lineage)
     return made
 
 
@@ -275,9 +276,11 @@ def run_learner(store: Store, config: LearnConfig, *, poll: float, once: bool = 
     import time
 
     worker = store.worker_name()
+    queue = EditQueue(store, min_edits=config.min_edits, shared=config.shared)
     while True:
-        learn_once(store, config, report, worker)
-        store.set_worker_state(worker, f"idle: waiting for {config.min_edits} new edits per user")
+        learn_once(store, config, report, worker, queue)
+        store.set_worker_state(worker, f"idle: waiting for {config.min_edits} new edits per user",
+                               queue=len(queue.due()))
         if once:
             return
         deadline = time.monotonic() + poll

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from datetime import datetime
+
 from corll.feedback import PreferencePair
-from corll.store import FeedbackRecord
+from corll.store import EditEvent, FeedbackRecord, Store
+from corll.store.schema import PolicyVersion
 
 
 @dataclass(frozen=True)
@@ -14,6 +17,7 @@ class Preference:
     event: int
     pair: PreferencePair
     users: tuple[str, ...]  # whose feedback it is: the completion's user and the edit's author
+    at: datetime  # when the edit was logged
 
 
 @dataclass(frozen=True)
@@ -35,20 +39,37 @@ def logged_pair(record: FeedbackRecord) -> PreferencePair:
 
 def preferences(records: list[FeedbackRecord]) -> list[Preference]:
     """Edits that changed the draft, as preferences ȳ ≻ y with their event ids (oldest first)."""
-    return [Preference(r.event_id, logged_pair(r),
-                       tuple(sorted({r.user, r.author or r.user})))
+    return [Preference(r.event_id, logged_pair(r), tuple(sorted({r.user, r.author or r.user})), r.created_at)
             for r in records if r.kind == "edit" and r.edit.strip() != r.response.strip()]
 
 
-def lineages(records: list[FeedbackRecord], shared: bool) -> dict[Lineage, list[FeedbackRecord]]:
-    """Each lineage's edits: a user's own (edits they wrote on their own completions), and with `shared`
-    the tenant's (all its edits)."""
-    found: dict[Lineage, list[FeedbackRecord]] = {}
-    for r in records:
-        if r.kind != "edit":
-            continue
-        if r.author in (None, r.user):
-            found.setdefault(Lineage(r.tenant, r.user), []).append(r)
-        if shared:
-            found.setdefault(Lineage(r.tenant, None), []).append(r)
-    return found
+def owners(event: FeedbackRecord | EditEvent, shared: bool) -> list[Lineage]:
+    """The lineages an edit trains: its user's own (when they wrote it on their own completion), and with
+    `shared` the tenant's."""
+    found = [Lineage(event.tenant, event.user)] if event.author in (None, event.user) else []
+    return found + [Lineage(event.tenant, None)] if shared else found
+
+
+def trained_through(version: PolicyVersion | None) -> int:
+    """The newest event trained into a version's lineage (0: the base model)."""
+    return int(version.details.get("trained_through_event", 0)) if version is not None else 0
+
+
+def own_active(store: Store, lineage: Lineage) -> PolicyVersion | None:
+    """The version this lineage trains from: its own active one (a user without one starts from the base
+    model, not from the shared policy, whose training data may include their edits)."""
+    return next((v for v in store.versions(lineage.tenant, active=True) if v.user == lineage.user), None)
+
+
+def watermark(store: Store, lineage: Lineage) -> int:
+    """Where the lineage's new edits start: after its last decision, and after its active version's data."""
+    return max(store.seen_through(lineage.tenant, lineage.user), trained_through(own_active(store, lineage)))
+
+
+def watermarks(store: Store, tenant: str | None = None) -> dict[Lineage, int]:
+    """`watermark` of every lineage with a decision or an active version, in two reads."""
+    marks = {Lineage(t, u): n for (t, u), n in store.decided_through(tenant).items()}
+    for version in store.versions(tenant, active=True):
+        lineage = Lineage(version.tenant, version.user)
+        marks[lineage] = max(marks.get(lineage, 0), trained_through(version))
+    return marks

@@ -3,6 +3,7 @@
 from corll.store.database import LEARNER
 from corll.store.records import (
     ConflictError,
+    EditEvent,
     FeedbackRecord,
     KeyInfo,
     LearnerBusyError,
@@ -14,5 +15,5 @@ from corll.store.records import (
 from corll.store.repository import MAX_EDIT_CHARS, Store, database_url, forget
 from corll.store.schema import REACTIONS
 
-__all__ = ["LEARNER", "MAX_EDIT_CHARS", "REACTIONS", "ConflictError", "FeedbackRecord", "KeyInfo", "LearnerBusyError",
+__all__ = ["LEARNER", "MAX_EDIT_CHARS", "REACTIONS", "ConflictError", "EditEvent", "FeedbackRecord", "KeyInfo", "LearnerBusyError",
            "NotFoundError", "Principal", "Store", "StoreError", "database_url", "forget", "is_blank"]

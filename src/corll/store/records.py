@@ -81,3 +81,14 @@ class FeedbackRecord:
     response: str
     policy_version_id: int | None
     author: str | None = None  # whose key sent it (None: logged before authors were recorded)
+
+
+@dataclass(frozen=True)
+class EditEvent:
+    """An edit event without its texts: enough to tell whose lineage waits, and since when."""
+
+    event_id: int
+    tenant: str
+    user: str
+    author: str | None
+    created_at: datetime

@@ -15,14 +15,14 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from corll.store.records import (ConflictError, FeedbackRecord, KeyInfo, LearnerBusyError, NotFoundError,
+from corll.store.records import (ConflictError, EditEvent, FeedbackRecord, KeyInfo, LearnerBusyError, NotFoundError,
                                   Principal, StoreError, is_blank)
 from corll.store.database import (LEARNER, WRITE, hold_learner_lock, hold_lineage_lease, lock_users, make_engine,
                                   upgrade)
@@ -36,6 +36,7 @@ from corll.store.schema import (
     Interaction,
     PolicyVersion,
     WorkerState,
+    aware,
     utcnow,
 )
 
@@ -86,7 +87,7 @@ class Store:
         with self.sessions() as s:
             row = s.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
             if row is None or row.revoked_at is not None or (row.expires_at is not None
-                                                             and _aware(row.expires_at) <= utcnow()):
+                                                             and aware(row.expires_at) <= utcnow()):
                 return None
             return Principal(row.tenant, row.user, row.admin, key_id=row.id)
 
@@ -229,6 +230,39 @@ class Store:
             return [FeedbackRecord(e.id, e.kind, e.edit, e.reaction, e.created_at, i.id, i.tenant, i.user, i.messages,
                                    i.response, i.policy_version_id, e.author) for e, i in s.execute(query)]
 
+    def edit_events(self, *, after: int = 0, tenant: str | None = None, user: str | None = None) -> list[EditEvent]:
+        """Edit events after an event id, oldest first, without their texts; with `user`, those on the user's
+        lineage (edits they wrote on their own completions). A range of the primary key: a reader that
+        remembers the newest event it has read pays for the new ones, however old the log."""
+        with self.sessions() as s:
+            query = (select(FeedbackEvent.id, Interaction.tenant, Interaction.user, FeedbackEvent.author,
+                            FeedbackEvent.created_at).join(Interaction)
+                     .where(FeedbackEvent.id > after, FeedbackEvent.kind == "edit").order_by(FeedbackEvent.id))
+            if tenant is not None:
+                query = query.where(Interaction.tenant == tenant)
+            if user is not None:
+                query = query.where(*_own_edits(user))
+            return [EditEvent(*row) for row in s.execute(query)]
+
+    def lineage_edits(self, tenant: str, user: str | None, *, after: int, older: int) -> list[FeedbackRecord]:
+        """A lineage's edits with their texts, oldest first: those after an event id, and the `older` newest
+        edits at or before it that changed their draft. `user` None: the tenant's shared lineage (all its
+        edits); else the user's own (`edit_events`). Through the (tenant, user) index: one user's history,
+        not the log's."""
+        def query(*where):
+            q = (select(FeedbackEvent, Interaction).join(Interaction)
+                 .where(FeedbackEvent.kind == "edit", Interaction.tenant == tenant, *where))
+            return q if user is None else q.where(*_own_edits(user))
+
+        with self.sessions() as s:
+            rows = list(s.execute(query(FeedbackEvent.id > after).order_by(FeedbackEvent.id)))
+            if older > 0:
+                earlier = s.execute(query(FeedbackEvent.id <= after, FeedbackEvent.edit != Interaction.response)
+                                    .order_by(FeedbackEvent.id.desc()).limit(older))
+                rows = list(earlier)[::-1] + rows
+            return [FeedbackRecord(e.id, e.kind, e.edit, e.reaction, e.created_at, i.id, i.tenant, i.user, i.messages,
+                                   i.response, i.policy_version_id, e.author) for e, i in rows]
+
     # --- policy versions ------------------------------------------------------------------------
     def add_policy_version(self, tenant: str, user: str | None, adapter_path: str | None, *,
                            parent_id: int | None = None, details: dict | None = None, activate: bool = True) -> int:
@@ -259,8 +293,13 @@ class Store:
                     return row
             return None
 
-    def versions(self, tenant: str | None = None) -> list[PolicyVersion]:
-        return self._rows(PolicyVersion, tenant)
+    def versions(self, tenant: str | None = None, *, active: bool = False) -> list[PolicyVersion]:
+        """Policy versions in id order; with `active`, only those serving now (one per lineage at most)."""
+        if not active:
+            return self._rows(PolicyVersion, tenant)
+        with self.sessions() as s:
+            query = select(PolicyVersion).where(PolicyVersion.active.is_(True)).order_by(PolicyVersion.id)
+            return list(s.scalars(query if tenant is None else query.where(PolicyVersion.tenant == tenant)))
 
     def _rows(self, table: type[PolicyVersion] | type[Decision], tenant: str | None) -> list:
         """A table's rows in id order, optionally one tenant's."""
@@ -380,6 +419,25 @@ class Store:
             return s.scalar(select(func.coalesce(func.max(Decision.seen_through), 0)).where(
                 Decision.tenant == tenant, Decision.user.is_(None) if user is None else Decision.user == user))
 
+    def decided_through(self, tenant: str | None = None) -> dict[tuple[str, str | None], int]:
+        """Per lineage (tenant, user; user None for the shared one) the newest event a decision has seen."""
+        with self.sessions() as s:
+            query = select(Decision.tenant, Decision.user, func.max(Decision.seen_through)).group_by(
+                Decision.tenant, Decision.user)
+            if tenant is not None:
+                query = query.where(Decision.tenant == tenant)
+            return {(t, u): n for t, u, n in s.execute(query)}
+
+    def recent_decisions(self, limit: int) -> list[Decision]:
+        """The newest decisions, newest first."""
+        with self.sessions() as s:
+            return list(s.scalars(select(Decision).order_by(Decision.id.desc()).limit(limit)))
+
+    def decision_counts(self) -> dict[str, int]:
+        """How many decisions of each kind the log holds."""
+        with self.sessions() as s:
+            return dict(s.execute(select(Decision.decision, func.count()).group_by(Decision.decision)).all())
+
     @contextmanager
     def learner_lock(self) -> Iterator[None]:
         """Hold the database's learner lock while the block runs. On SQLite one learner per database, so two
@@ -417,9 +475,13 @@ class Store:
         with self.sessions() as s:
             return s.scalar(select(PolicyVersion.id).where(PolicyVersion.adapter_path == path).limit(1)) is not None
 
-    def set_worker_state(self, name: str, state: str) -> None:
+    def set_worker_state(self, name: str, state: str, *, lineage: str | None = None, queue: int | None = None) -> None:
+        """Report what a worker does: in words, the lineage it trains (None: none), and the queue it saw
+        (None: keep the last count)."""
         with self.transaction() as s:
-            s.merge(WorkerState(name=name, state=state, pid=os.getpid(), updated_at=utcnow()))
+            known = s.get(WorkerState, name)
+            s.merge(WorkerState(name=name, state=state, pid=os.getpid(), updated_at=utcnow(), lineage=lineage,
+                                queue=queue if queue is not None or known is None else known.queue))
 
     def worker_states(self) -> list[WorkerState]:
         with self.sessions() as s:
@@ -463,11 +525,6 @@ def _scope(who: Principal) -> str:
     return f"{who.tenant}/{who.user}"
 
 
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they were stored in UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
-
-
 def _servable(s: Session, version_id: int) -> PolicyVersion:
     """A version that exists and is not retired, so it may serve again."""
     row = s.get(PolicyVersion, version_id)
@@ -476,6 +533,11 @@ def _servable(s: Session, version_id: int) -> PolicyVersion:
     if row.retired_at is not None:
         raise StoreError(f"policy version {version_id} is retired ({row.retired_reason}) and cannot serve")
     return row
+
+
+def _own_edits(user: str) -> tuple:
+    """Edits on a user's lineage: on their completions, written by them (or before authors were kept)."""
+    return Interaction.user == user, or_(FeedbackEvent.author.is_(None), FeedbackEvent.author == user)
 
 
 def _newest_event(s: Session, tenant: str, user: str | None) -> int:

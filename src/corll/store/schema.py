@@ -25,6 +25,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def aware(moment: datetime) -> datetime:
+    """A stored time in UTC: SQLite hands back naive datetimes, which were stored in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -73,7 +78,8 @@ class Interaction(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     feedback: Mapped[list[FeedbackEvent]] = relationship(back_populates="interaction", order_by="FeedbackEvent.id")
 
-    __table_args__ = (Index("ix_interactions_tenant_created", "tenant", "created_at"),)
+    __table_args__ = (Index("ix_interactions_tenant_created", "tenant", "created_at"),
+                      Index("ix_interactions_tenant_user", "tenant", "user"))
 
 
 class FeedbackEvent(Base):
@@ -121,12 +127,15 @@ class Decision(Base):
 
 
 class WorkerState(Base):
-    """What a background worker (the learner) is doing now, for `corll status`."""
+    """What a background worker (a learner) is doing now, for `corll status` and `/metrics`: in words, the
+    lineage it trains (None: idle), and how many lineages it saw waiting at its last poll."""
 
     __tablename__ = "worker_states"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     state: Mapped[str] = mapped_column(Text)
     pid: Mapped[int] = mapped_column(Integer)
+    lineage: Mapped[str | None] = mapped_column(String(260), nullable=True)
+    queue: Mapped[int | None] = mapped_column(Integer, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
