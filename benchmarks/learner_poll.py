@@ -7,25 +7,22 @@ due), and at each size a learner worker's queue is measured: its first poll (eac
 once, and the watermarks), then `--polls` steady polls, each after one new edit logged through the store
 as the server logs it (`learn_once` with the worker's queue: the new events read, nothing due). The
 previous learner read every edit with its texts at each poll (`Store.feedback(kind="edit")`); that read is
-timed once per size as the baseline, without the per-lineage queries that followed it. A throw-away
-PostgreSQL server is started for the run (scripts/postgres.sh) unless $CORLL_TEST_POSTGRES_URL names one.
+timed once per size as the baseline, without the per-lineage queries that followed it. PostgreSQL:
+see `bench_common.postgres`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
-import shutil
 import statistics
-import subprocess
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 from sqlalchemy import func, insert, select
+
+from bench_common import postgres, write_table
 
 from corll.hardware import detect
 from corll.service.learn import LearnConfig, learn_once
@@ -33,7 +30,6 @@ from corll.service.queue import EditQueue
 from corll.store import Principal, Store
 from corll.store.schema import Decision, FeedbackEvent, Interaction
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZES = (1_000, 100_000, 1_000_000)
 CHUNK = 20_000
 
@@ -63,7 +59,7 @@ def fill(store: Store, total: int, users: int) -> None:
 
 
 def measure(store: Store, args, rng: random.Random) -> dict:
-    config = LearnConfig(model="tiny", min_edits=8)
+    config = LearnConfig(model="tiny", adapters_dir=Path("unused"), min_edits=8)  # nothing is due: nothing trains
     queue = EditQueue(store, min_edits=config.min_edits, shared=False)
     started = time.perf_counter()
     learn_once(store, config, worker="bench", queue=queue)
@@ -91,15 +87,8 @@ def main() -> None:
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    server, url = None, os.environ.get("CORLL_TEST_POSTGRES_URL")
     rng = random.Random(0)
-    try:
-        if url is None:
-            server = Path(tempfile.mkdtemp(prefix="corll-postgres-"))
-            server.chmod(0o777)
-            started = subprocess.run([str(ROOT / "scripts" / "postgres.sh"), "start", str(server), "55435"],
-                                     capture_output=True, text=True, check=True)
-            url = started.stdout.strip().splitlines()[-1]
+    with postgres() as url:
         store = Store(url)
         rows = []
         for size in map(int, args.sizes.split(",")):
@@ -109,10 +98,6 @@ def main() -> None:
             rows.append(measure(store, args, rng))
             print(rows[-1], flush=True)
         store.engine.dispose()
-    finally:
-        if server is not None:
-            subprocess.run([str(ROOT / "scripts" / "postgres.sh"), "stop", str(server)], capture_output=True)
-            shutil.rmtree(server, ignore_errors=True)
     hardware = detect()
     spread = max(r["poll_ms_p50"] for r in rows) / min(r["poll_ms_p50"] for r in rows)
     lines = [f"**{hardware.cpu} ({hardware.capability}), {hardware.cpus} CPUs**; PostgreSQL on the same machine.", "",
@@ -127,11 +112,7 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        stem = args.out / f"{hardware.capability.lower().replace('-', '')}-table"
-        stem.with_suffix(".md").write_text(table)
-        stem.with_suffix(".json").write_text(json.dumps({"machine": hardware.cpu, "users": args.users,
-                                                         "rows": rows}, indent=2) + "\n")
+        write_table(args.out, hardware, table, {"users": args.users, "rows": rows})
 
 
 if __name__ == "__main__":

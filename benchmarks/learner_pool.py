@@ -6,15 +6,12 @@
 a deployed pool does; then `--users` simulated users send `--edits` edits each, one user after another,
 as fast as the store logs them; the run ends when every user has a decision. First one worker, then two
 on a fresh log. Reported: the wall time from the first edit to the last decision, its ratio (2 workers
-against 1), and the time from the edit that made each user due to their decision (p50, p95). A throw-away PostgreSQL server is started for the run (scripts/postgres.sh) unless
-$CORLL_TEST_POSTGRES_URL names one.
+against 1), and the time from the edit that made each user due to their decision (p50, p95). PostgreSQL: see `bench_common.postgres`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -23,10 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_common import postgres, write_table
+
 from corll.hardware import detect
 from corll.store import Principal, Store
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [f"Write a short note about topic {i}." for i in range(200)]
 
 
@@ -96,20 +94,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="corll-pool-"))
-    server = None
-    url = os.environ.get("CORLL_TEST_POSTGRES_URL")
     try:
-        if url is None:
-            folder = Path(tempfile.mkdtemp(prefix="corll-postgres-"))
-            folder.chmod(0o777)
-            started = subprocess.run([str(ROOT / "scripts" / "postgres.sh"), "start", str(folder), "55434"],
-                                     capture_output=True, text=True, check=True)
-            url, server = started.stdout.strip().splitlines()[-1], folder
-        rows = [run(url, n, args, work) for n in (1, 2)]
+        with postgres() as url:
+            rows = [run(url, n, args, work) for n in (1, 2)]
     finally:
-        if server is not None:
-            subprocess.run([str(ROOT / "scripts" / "postgres.sh"), "stop", str(server)], capture_output=True)
-            shutil.rmtree(server, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     hardware = detect()
     one, two = rows
@@ -125,10 +113,8 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        stem = args.out / f"{hardware.capability.lower().replace('-', '')}-table"
-        stem.with_suffix(".md").write_text(table)
-        stem.with_suffix(".json").write_text(json.dumps({"machine": hardware.cpu, "rows": rows}, indent=2) + "\n")
+        write_table(args.out, hardware, table, {"users": args.users, "edits": args.edits, "model": args.model,
+                                                "rows": rows})
 
 
 if __name__ == "__main__":

@@ -28,10 +28,11 @@ from pathlib import Path
 
 import httpx
 
+from bench_common import postgres
+
 from corll.service.supervise import free_port
 from corll.store import Principal, Store
 
-ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 8, 32)
 INTERACTIONS = 200
 
@@ -140,12 +141,8 @@ def main() -> None:
     results = {}
     try:
         results["sqlite"] = run_backend("sqlite", f"sqlite:///{work / 'load.db'}", args.seconds)
-        pg = subprocess.run(["bash", str(ROOT / "scripts" / "postgres.sh"), "start", str(work / "pg"), str(free_port())],
-                            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        try:
+        with postgres() as pg:
             results["postgresql"] = run_backend("postgresql", pg, args.seconds)
-        finally:
-            subprocess.run(["bash", str(ROOT / "scripts" / "postgres.sh"), "stop", str(work / "pg")], check=False)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = render(results, args.seconds)

@@ -10,6 +10,7 @@ shared noise.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Sequence
@@ -152,3 +153,22 @@ def correlation_mde(n: int, alpha: float = ALPHA, power: float = POWER) -> float
         return math.inf
     z = scipy_stats.norm.ppf(1 - alpha / 2) + scipy_stats.norm.ppf(power)
     return math.tanh(z / math.sqrt(n - 3))
+
+
+@functools.lru_cache(maxsize=4096)
+def sign_evidence(wins: int, losses: int) -> float:
+    """An e-value that wins are likelier than losses (P(win) > 1/2), valid at every look.
+
+    The likelihood ratio of the signs seen, p^wins (1-p)^losses against p = 1/2, mixed over p uniform on
+    (1/2, 1]. Whenever P(win) ≤ 1/2 (ties dropped) each ratio, and so the mixture, is a nonnegative
+    supermartingale starting at 1; by Ville's inequality the chance it ever reaches 1/α is at most α, however
+    often and whenever one looks, so a test may stop the moment it does (a mixture sequential probability
+    ratio test). ∫_{1/2}^{1} p^w (1-p)^l dp = B(w+1, l+1) · I_{1/2}(l+1, w+1).
+    """
+    from scipy.special import betainc, betaln
+
+    n = wins + losses
+    mass = betainc(losses + 1, wins + 1, 0.5)
+    if mass <= 0:
+        return math.inf
+    return 2 * math.exp(betaln(wins + 1, losses + 1) + n * math.log(2) + math.log(mass))

@@ -336,6 +336,15 @@ def learn(
         help="Drafts each version writes per held-out prompt for that comparison.", min=1)] = 4,
     kl_limit: Annotated[float, typer.Option(help="Reject a candidate whose samples are this far from the base "
                                                   "model (KL in nats per response).")] = 20.0,
+    canary_share: Annotated[float, typer.Option(
+        help="Online canary: the share of a user's drafts a candidate that passed the offline gate writes until "
+             "their edits show it costs them fewer edited words than the version they have (promoted) or not "
+             "(rejected). 0: the offline gate promotes alone.", min=0.0, max=0.95)] = 0.0,
+    canary_alpha: Annotated[float, typer.Option(
+        help="The canary's chance of promoting a candidate that is not better, however often it looks.",
+        min=1e-6, max=0.5)] = 0.05,
+    canary_budget: Annotated[int, typer.Option(
+        help="Edited candidate drafts after which an undecided canary is rejected.", min=1)] = 40,
     poll: Annotated[float, typer.Option(help="Seconds between looks at the feedback log.", min=0.1)] = 10.0,
     once: Annotated[bool, typer.Option(help="One pass over the log, then exit (for cron).")] = False,
     nice: Annotated[int, typer.Option(help="Lower the learner's CPU priority by this much (serving comes first).",
@@ -348,6 +357,7 @@ def learn(
     newest edits, and promote it (the server switches at its next request) or reject it with the reason."""
     import os
 
+    from corll.service.canary import CanarySettings
     from corll.service.learn import LearnConfig, run_learner
     from corll.store import LearnerBusyError
     from corll.monitor import degeneration_thresholds
@@ -362,8 +372,10 @@ def learn(
                          shared=shared, epochs=epochs, batch_size=batch_size,
                          dpo=DPOConfig(lr=lr, beta=beta, sft_weight=sft_weight),
                          margin=margin, cost_slack=cost_slack, habit_share=habit_share, draft_samples=draft_samples,
-                         monitor=degeneration_thresholds(kl_limit), precision=precision)
+                         monitor=degeneration_thresholds(kl_limit), precision=precision,
+                         canary=CanarySettings(canary_share, canary_alpha, canary_budget))
     console.print(f"learning from {store.url.split('@')[-1]}: a candidate per user after {min_edits} new edits"
+                  + (f", tried live on {canary_share:.0%} of their drafts" if canary_share else "")
                   + ("" if once else f", looking every {poll:g} s (Ctrl-C stops)"))
     try:
         with store.learner_lock():

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -294,9 +295,13 @@ def served_models(store: Store, base: str, who: Principal) -> list[dict]:
 
 
 def resolve_model(store: Store, base: str, who: Principal, name: str) -> ServedModel:
-    """What `model` names for this caller; unknown names (and other users' versions) are not found."""
+    """What `model` names for this caller; unknown names (and other users' versions) are not found. The base
+    name is the caller's active version, or, for the share of requests an open canary takes, its candidate
+    (`corll.service.canary`; the interaction logs which version drafted)."""
     if name == base:
         version = store.active_version(who.tenant, who.user)
+        if (canary := store.canary_for(who.tenant, who.user)) is not None and random.random() < canary.share:
+            version = store.version(canary.version_id)
     else:
         prefix = f"{base}:v"
         version_id = name.removeprefix(prefix) if name.startswith(prefix) else ""

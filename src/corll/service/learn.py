@@ -50,6 +50,7 @@ from corll.service.edit_habits import EditHabits
 from corll.learners.dpo import DPOConfig
 from corll.service.lineages import Lineage, Preference, own_active, preferences, trained_through
 from corll.service.queue import EditQueue
+from corll.service.canary import CanarySettings, watch
 from corll.service.candidate import TrainingSettings, dpo_epochs, use_version
 from corll.monitor import HackingMonitor, MonitorThresholds, degeneration_thresholds
 from corll.objectives import distinct_n, looping, repeated_phrase_rate
@@ -77,6 +78,7 @@ class LearnConfig(TrainingSettings):
     cost_slack: float = 0.0
     habit_share: float = 0.5
     monitor: MonitorThresholds = field(default_factory=degeneration_thresholds)
+    canary: CanarySettings = field(default_factory=CanarySettings)  # off: the offline gate promotes alone
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ def observe(policy: Policy, held_out: list[Preference], config: LearnConfig, see
 
 
 def gate(gains: torch.Tensor, costlier: float, flags: list[str], config: LearnConfig) -> tuple[str, str]:
-    """Promoted or rejected, and why, from the held-out margin gains, how many more tokens per draft the user
+    """Promoted, rejected or sent to the online canary (`service.canary`), and why, from the held-out margin gains, how many more tokens per draft the user
     would change by habit in the candidate's drafts than in the serving version's, and the monitor's flags."""
     mean, wins = float(gains.mean()), float((gains > 0).float().mean())
     measured = (f"held-out edit margin {mean:+.3f} nats, rises on {wins:.0%} of {len(gains)}; "
@@ -148,6 +150,9 @@ def gate(gains: torch.Tensor, costlier: float, flags: list[str], config: LearnCo
         return "rejected", f"{measured} (margin needs to rise on >= {config.win_rate:.0%})"
     if costlier > config.cost_slack:
         return "rejected", f"{measured} (may be at most {config.cost_slack:+.1f})"
+    if config.canary.on:
+        return "canary", (f"{measured}; passed the offline gate, now drafting {config.canary.share:.0%} of the "
+                          "lineage's drafts until its users' edits decide")
     return "promoted", measured
 
 
@@ -210,9 +215,12 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
     # how long the user waited: from the edit that made the lineage due to this decision
     metrics["edit_to_decision_s"] = (utcnow() - aware(work.new[config.min_edits - 1].at)).total_seconds()
     try:
+        canary = (dict(share=config.canary.share, alpha=config.canary.alpha, budget=config.canary.budget,
+                       control_id=serving.id if serving else None) if decision == "canary" else None)
         made = store.decide(lineage.tenant, lineage.user, decision=decision, reason=reason,
                             seen_through=work.seen_through, adapter_path=str(folder),
-                            parent_id=work.parent.id if work.parent else None, details=details, metrics=metrics)
+                            parent_id=work.parent.id if work.parent else None, details=details, metrics=metrics,
+                            canary=canary)
     except ConflictError as exc:
         report(f"{lineage}: {exc}; this candidate is dropped")
         return None
@@ -251,8 +259,11 @@ def learn_once(store: Store, config: LearnConfig, report: Report = lambda _: Non
     worker = worker or store.worker_name()
     queue = queue or EditQueue(store, min_edits=config.min_edits, shared=config.shared)
     queue.poll()
-    made = []
+    made = watch_canaries(store, report)
+    testing = {Lineage(c.tenant, c.user) for c in store.canaries(open_only=True)}
     for lineage in queue.due():
+        if lineage in testing:  # its candidate is being tried live; the edits wait for the verdict
+            continue
         with store.lineage_lease(lineage.tenant, lineage.user) as held:
             if not held:
                 continue
@@ -267,6 +278,24 @@ def learn_once(store: Store, config: LearnConfig, report: Report = lambda _: Non
             if (decision := learn_lineage(store, work, config, report, worker)) is not None:
                 made.append(decision)
             queue.resync(lineage)
+    return made
+
+
+def watch_canaries(store: Store, report: Report) -> list[Decision]:
+    """A look at each open canary with new edits, under its lineage's lease; returns the verdicts reached."""
+    made = []
+    for canary in store.canaries(open_only=True):
+        with store.lineage_lease(canary.tenant, canary.user) as held:
+            if not held:
+                continue
+            try:
+                closed = watch(store, canary)
+            except ConflictError:  # another worker closed it first
+                continue
+            if closed is not None:
+                report(f"{Lineage(canary.tenant, canary.user)}: version {closed.version_id} {closed.decision} "
+                       f"({closed.reason})")
+                made.append(closed)
     return made
 
 

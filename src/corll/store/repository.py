@@ -29,6 +29,8 @@ from corll.store.database import (LEARNER, WRITE, hold_learner_lock, hold_lineag
 from corll.store.schema import (
     REACTIONS,
     ApiKey,
+    Canary,
+    CanaryLook,
     Decision,
     FeedbackEvent,
     ForgetLog,
@@ -349,6 +351,9 @@ class Store:
             s.execute(delete(ApiKey).where(ApiKey.tenant == tenant, ApiKey.user == user))
             s.execute(delete(IdempotencyKey).where(IdempotencyKey.scope == f"{tenant}/{user}"))
             s.execute(delete(Decision).where(Decision.tenant == tenant, Decision.user == user))
+            theirs = select(Canary.id).where(Canary.tenant == tenant, Canary.user == user)
+            s.execute(delete(CanaryLook).where(CanaryLook.canary_id.in_(theirs)))
+            s.execute(delete(Canary).where(Canary.tenant == tenant, Canary.user == user))
             s.add(ForgetLog(tenant=tenant, user=user, removed=removed))
             return removed
 
@@ -386,12 +391,16 @@ class Store:
 
     # --- the learner's decisions -----------------------------------------------------------------
     def decide(self, tenant: str, user: str | None, *, decision: str, reason: str, seen_through: int,
-               adapter_path: str, parent_id: int | None, details: dict, metrics: dict) -> Decision:
+               adapter_path: str, parent_id: int | None, details: dict, metrics: dict,
+               canary: dict | None = None) -> Decision:
         """Record a trained candidate and the gate's decision in one transaction: the candidate's version
-        (active at once when promoted, kept inactive when rejected) and the decision row. A crash before
-        the commit leaves neither."""
-        if decision not in ("promoted", "rejected"):
-            raise StoreError(f"a candidate is promoted or rejected, not {decision!r}")
+        (active at once when promoted, kept inactive when rejected or sent to a canary) and the decision
+        row; for a "canary", the open canary too (`canary`: its share, alpha, budget and control_id, the
+        version it is measured against). A crash before the commit leaves none of them."""
+        if decision not in ("promoted", "rejected", "canary"):
+            raise StoreError(f"a candidate is promoted, rejected or sent to a canary, not {decision!r}")
+        if (decision == "canary") != (canary is not None):
+            raise StoreError("a canary decision, and only one, opens a canary with its settings")
         with self.transaction() as s:
             decided = s.scalar(select(func.max(Decision.seen_through)).where(
                 Decision.tenant == tenant, Decision.user.is_(None) if user is None else Decision.user == user))
@@ -406,6 +415,88 @@ class Store:
                 _activate(s, row)
             made = Decision(tenant=tenant, user=user, version_id=row.id, parent_id=parent_id, decision=decision,
                             reason=reason, seen_through=seen_through, metrics=metrics)
+            s.add(made)
+            if canary is not None:
+                s.add(Canary(tenant=tenant, user=user, version_id=row.id, seen_through=seen_through, state="open",
+                             **canary))
+            s.flush()
+            return made
+
+    # --- canaries --------------------------------------------------------------------------------
+    def canaries(self, tenant: str | None = None, *, open_only: bool = False) -> list[Canary]:
+        """Canaries with their looks, oldest first."""
+        with self.sessions() as s:
+            query = select(Canary).options(selectinload(Canary.looks)).order_by(Canary.id)
+            if tenant is not None:
+                query = query.where(Canary.tenant == tenant)
+            if open_only:
+                query = query.where(Canary.state == "open")
+            return list(s.scalars(query))
+
+    def canary_for(self, tenant: str, user: str) -> Canary | None:
+        """The open canary whose candidate may draft for this user: their own lineage's; else, while they have
+        no version of their own, the tenant's shared one. None when neither is open (or its version was
+        retired)."""
+        with self.sessions() as s:
+            def open_on(owner):
+                return s.scalar(select(Canary).join(PolicyVersion, PolicyVersion.id == Canary.version_id).where(
+                    Canary.tenant == tenant, Canary.state == "open", PolicyVersion.retired_at.is_(None),
+                    Canary.user.is_(None) if owner is None else Canary.user == owner).limit(1))
+
+            if (own := open_on(user)) is not None:
+                return own
+            has_own = s.scalar(select(PolicyVersion.id).where(
+                PolicyVersion.tenant == tenant, PolicyVersion.user == user, PolicyVersion.active.is_(True)).limit(1))
+            return None if has_own is not None else open_on(None)
+
+    def canary_edits(self, canary_id: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """(draft, edit) of each edited draft since the canary opened, in edit order: the candidate's, and
+        the control's (the version it would replace). Only the lineage's edits count: a user's own on a
+        user's canary, any of the tenant's on a shared one."""
+        with self.sessions() as s:
+            canary = s.get(Canary, canary_id)
+            if canary is None:
+                raise NotFoundError(f"no canary {canary_id}")
+
+            def arm(version_id: int | None) -> list[tuple[str, str]]:
+                query = (select(Interaction.response, FeedbackEvent.edit).join(Interaction)
+                         .where(FeedbackEvent.kind == "edit", Interaction.tenant == canary.tenant,
+                                Interaction.created_at >= canary.created_at,
+                                Interaction.policy_version_id.is_(None) if version_id is None
+                                else Interaction.policy_version_id == version_id)
+                         .order_by(FeedbackEvent.id))
+                if canary.user is not None:
+                    query = query.where(*_own_edits(canary.user))
+                return [tuple(row) for row in s.execute(query)]
+
+            return arm(canary.version_id), arm(canary.control_id)
+
+    def add_look(self, canary_id: int, look: CanaryLook) -> None:
+        with self.transaction() as s:
+            look.canary_id = canary_id
+            s.add(look)
+
+    def close_canary(self, canary_id: int, look: CanaryLook, decision: str, reason: str) -> Decision:
+        """The canary's last look and verdict in one transaction: the look, the canary closed, a decision
+        row (with the gate's `seen_through`, so the edits made during the canary train the next candidate),
+        and for "promoted" the candidate serving its lineage. A canary closed already is ConflictError."""
+        if decision not in ("promoted", "rejected"):
+            raise StoreError(f"a canary ends promoted or rejected, not {decision!r}")
+        with self.transaction() as s:
+            canary = s.get(Canary, canary_id, with_for_update=True)
+            if canary is None or canary.state != "open":
+                raise ConflictError(f"canary {canary_id} is not open")
+            look.canary_id = canary_id
+            s.add(look)
+            canary.state, canary.reason, canary.closed_at = decision, reason, utcnow()
+            version = s.get(PolicyVersion, canary.version_id)
+            if decision == "promoted":
+                _activate(s, _servable(s, version.id))
+            made = Decision(tenant=canary.tenant, user=canary.user, version_id=version.id, parent_id=version.parent_id,
+                            decision=decision, reason=reason, seen_through=canary.seen_through,
+                            metrics={"canary": {"drafts": look.candidate, "control_drafts": look.control,
+                                                "wins": look.wins, "losses": look.losses, "ties": look.ties,
+                                                "better": look.better, "worse": look.worse}})
             s.add(made)
             s.flush()
             return made

@@ -18,7 +18,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 REACTIONS = ("love", "like", "dislike")
 FEEDBACK_KINDS = ("edit", "reaction")
-DECISIONS = ("promoted", "rejected", "rollback")
+DECISIONS = ("promoted", "rejected", "rollback", "canary")
+CANARY_STATES = ("open", "promoted", "rejected")
 
 
 def utcnow() -> datetime:
@@ -124,6 +125,49 @@ class Decision(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (Index("ix_decisions_lineage", "tenant", "user"),)
+
+
+class Canary(Base):
+    """A candidate that passed the offline gate, serving `share` of its lineage's drafts until the edits on
+    them say whether it is better than the version it would replace (`control_id`; None: the base
+    model). Opened by a "canary" decision, closed by a "promoted" or "rejected" one."""
+
+    __tablename__ = "canaries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    user: Mapped[str | None] = mapped_column(String(128), nullable=True)  # NULL: the tenant's shared policy
+    version_id: Mapped[int] = mapped_column(ForeignKey("policy_versions.id"))
+    control_id: Mapped[int | None] = mapped_column(ForeignKey("policy_versions.id"), nullable=True)
+    share: Mapped[float] = mapped_column(Float)
+    alpha: Mapped[float] = mapped_column(Float)  # the chance of promoting a candidate that is not better
+    budget: Mapped[int] = mapped_column(Integer)  # edited candidate drafts before it gives up
+    seen_through: Mapped[int] = mapped_column(Integer)  # the gate's decision's: the closing one repeats it
+    state: Mapped[str] = mapped_column(String(16), default="open")  # one of CANARY_STATES
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    looks: Mapped[list[CanaryLook]] = relationship(back_populates="canary", order_by="CanaryLook.id",
+                                                   cascade="all, delete-orphan")
+
+    __table_args__ = (Index("ix_canaries_lineage", "tenant", "user", "state"),)
+
+
+class CanaryLook(Base):
+    """One look at a canary's evidence: the edited drafts under each version so far, the pairs in which the
+    candidate's draft cost its user fewer, more or as many edited words, and both e-values."""
+
+    __tablename__ = "canary_looks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    canary_id: Mapped[int] = mapped_column(ForeignKey("canaries.id"), index=True)
+    candidate: Mapped[int] = mapped_column(Integer)
+    control: Mapped[int] = mapped_column(Integer)
+    wins: Mapped[int] = mapped_column(Integer)
+    losses: Mapped[int] = mapped_column(Integer)
+    ties: Mapped[int] = mapped_column(Integer)
+    better: Mapped[float] = mapped_column(Float)
+    worse: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    canary: Mapped[Canary] = relationship(back_populates="looks")
 
 
 class WorkerState(Base):
