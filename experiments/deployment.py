@@ -43,14 +43,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # t
 from deployment_compare import summarise_run  # noqa: E402
 from service_load import start_server  # noqa: E402
 
-USERS = {"ana": "forum-notes", "ben": "tweet-notes", "cleo": "paper-notes", "dev": "review-notes"}
+# each user: (their preference family, the notes they write emails from)
+USERS = {"ana": ("forum-notes", "forum-notes"), "ben": ("tweet-notes", "tweet-notes"),
+         "cleo": ("paper-notes", "paper-notes"), "dev": ("review-notes", "review-notes")}
 
 
-def user_session(url: str, key: str, model: str, user: str, source: str, drafts: int, think: float,
-                 max_tokens: int, traffic_seed: int, rows: list[dict], lock: threading.Lock) -> None:
+def user_session(url: str, key: str, model: str, user: str, number: int, preference: str, source: str, drafts: int,
+                 think: float, max_tokens: int, traffic_seed: int, rows: list[dict], lock: threading.Lock) -> None:
     """One user's drafts, edits and pauses; one row per draft. The traffic seed picks where in the user's
-    notes the session starts and the sampling seeds of their drafts, so runs with different traffic seeds
-    are independent repetitions."""
+    notes the session starts and the sampling seeds of their drafts (`number` tells users apart), so runs
+    with different traffic seeds are independent repetitions."""
     documents = load_documents(source)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=2, timeout=600)
     with corll.Client(url, key) as sdk:
@@ -58,9 +60,9 @@ def user_session(url: str, key: str, model: str, user: str, source: str, drafts:
             prompt = prompt_for("email", EMAIL_SOURCES[source], documents[(t + 17 * traffic_seed) % len(documents)])
             completion = client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-                temperature=0.7, seed=100_000 * traffic_seed + 1000 * list(USERS).index(user) + t)
+                temperature=0.7, seed=100_000 * traffic_seed + 1000 * number + t)
             draft = completion.choices[0].message.content
-            kept = revise(source, draft)
+            kept = revise(preference, draft)
             sdk.edit(completion.id, kept)
             with lock:
                 rows.append({"user": user, "t": t, "id": completion.id, "cost": word_edit_distance(draft, kept),
@@ -68,24 +70,28 @@ def user_session(url: str, key: str, model: str, user: str, source: str, drafts:
             time.sleep(think)
 
 
-def run_arm(name: str, args, work: Path) -> dict:
-    """The whole traffic against one server; rows carry the version that wrote each draft."""
+def run_arm(name: str, args, work: Path, users: dict[str, tuple[str, str]] = USERS,
+            learn_options: str | None = None) -> dict:
+    """The whole traffic against one server (with `learn_options`, a learning one: `serve --learn`); rows
+    carry the version that wrote each draft. `args`: model, drafts, think, max_tokens, min_edits, seed."""
     db = f"sqlite:///{work / name / 'corll.db'}"
     (work / name).mkdir(parents=True)
     store = Store(db)
-    keys = {user: store.create_api_key("acme", user) for user in USERS}
+    keys = {user: store.create_api_key("acme", user) for user in users}
     options = ["--precision", "auto", "--threads", "1"]
-    if name == "learning":
+    if learn_options is not None:
         options += ["--learn", "--learn-min-edits", str(args.min_edits), "--adapters", str(work / name / "adapters"),
-                    "--learn-options", args.learn_options]
+                    "--learn-options", learn_options]
     server, url = start_server(db, *options, model=args.model)
     rows: list[dict] = []
     lock = threading.Lock()
     started = time.perf_counter()
     try:
-        think = args.think if name == "learning" else 0.0
-        threads = [threading.Thread(target=user_session, args=(url, keys[u], args.model, u, s, args.drafts, think,
-                                                               args.max_tokens, args.seed, rows, lock)) for u, s in USERS.items()]
+        think = args.think if learn_options is not None else 0.0
+        threads = [threading.Thread(target=user_session, args=(url, keys[u], args.model, u, i, preference, source,
+                                                               args.drafts, think, args.max_tokens, args.seed, rows,
+                                                               lock))
+                   for i, (u, (preference, source)) in enumerate(users.items())]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -121,7 +127,7 @@ def plot(results: dict, drafts: int, path: Path) -> None:
                 first_use.setdefault(r["version"], r["t"])
         for i, t in enumerate(sorted(first_use.values())):
             ax.axvline(t, color="green", linestyle=":", label="promoted version first serves" if i == 0 else None)
-        ax.set_title(f"{user}: {USERS[user]}")
+        ax.set_title(f"{user}: {USERS[user][0]}")
         ax.set_xlabel("draft")
     axes[0].set_ylabel("words edited per draft (mean of last 5)")
     axes[0].legend(fontsize=8)
@@ -142,9 +148,9 @@ def render(results: dict, summary: dict, args) -> str:
              f"{results['learning']['wall_s'] / 60:.1f} min with learning.", "",
              "| user | preference | words edited, `serve` | words edited, `serve --learn` | promoted | rejected |",
              "|---|---|---|---|---|---|"]
-    for user, source in USERS.items():
+    for user, (preference, _) in USERS.items():
         mine = [d for d in decisions if d["user"] == user]
-        lines.append(f"| {user} | {DESCRIPTIONS[source]} | {summary['per_user'][user]['total']['static']} | "
+        lines.append(f"| {user} | {DESCRIPTIONS[preference]} | {summary['per_user'][user]['total']['static']} | "
                      f"{summary['per_user'][user]['total']['learning']} | {sum(d['decision'] == 'promoted' for d in mine)} | "
                      f"{sum(d['decision'] == 'rejected' for d in mine)} |")
     lines.append(f"| **all** | | **{summary['total']['static']}** | **{summary['total']['learning']}** | "
@@ -191,12 +197,12 @@ def main() -> None:
             parser.error(f"--static-from {args.static_from} was run with {same}")
         results["static"] = earlier["static"]
         for row in results["static"]["rows"]:  # today's users and edit measure, on the earlier drafts
-            row["kept"] = revise(USERS[row["user"]], row["draft"])
+            row["kept"] = revise(USERS[row["user"]][0], row["draft"])
             row["cost"] = word_edit_distance(row["draft"], row["kept"])
     arms = ["static"] if args.static_only else [a for a in ("static", "learning") if a not in results]
     for arm in arms:
         print(f"{arm}: {len(USERS)} users × {args.drafts} drafts …", flush=True)
-        results[arm] = run_arm(arm, args, work)
+        results[arm] = run_arm(arm, args, work, learn_options=args.learn_options if arm == "learning" else None)
         print(f"{arm}: {sum(r['cost'] for r in results[arm]['rows'])} words edited in "
               f"{results[arm]['wall_s'] / 60:.1f} min", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

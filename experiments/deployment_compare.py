@@ -1,5 +1,5 @@
 """Several simulated-deployment runs side by side: per run, per user, pooled, and corrected for the number
-of tests — the comparison tables of `docs/deployment.md`, generated from the runs' results files.
+of tests — the comparison tables of the early deployment runs (`results/deployment-early/README.md`), generated from the runs' results files.
 
     .venv/bin/python experiments/deployment_compare.py --run 0=results/deployment-early/deployment-results.json \
         --run 1=results/deployment-early/deployment-seed1-results.json --pool 0,1 --out docs/deployment-runs
