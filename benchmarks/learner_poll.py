@@ -25,7 +25,7 @@ from sqlalchemy import func, insert, select
 from bench_common import postgres, write_table
 
 from corll.hardware import detect
-from corll.service.learn import LearnConfig, learn_once
+from corll.service.learn import LearnConfig, Worker, learn_once
 from corll.service.queue import EditQueue
 from corll.store import Principal, Store
 from corll.store.schema import Decision, FeedbackEvent, Interaction
@@ -60,9 +60,9 @@ def fill(store: Store, total: int, users: int) -> None:
 
 def measure(store: Store, args, rng: random.Random) -> dict:
     config = LearnConfig(model="tiny", adapters_dir=Path("unused"), min_edits=8)  # nothing is due: nothing trains
-    queue = EditQueue(store, min_edits=config.min_edits, shared=False)
+    worker = Worker("bench", EditQueue(store, min_edits=config.min_edits, shared=False))
     started = time.perf_counter()
-    learn_once(store, config, worker="bench", queue=queue)
+    learn_once(store, config, worker=worker)
     first = time.perf_counter() - started
     polls = []
     for _ in range(args.polls):
@@ -71,7 +71,7 @@ def measure(store: Store, args, rng: random.Random) -> dict:
                                                policy_version_id=None, sampling={}, response_logprob=None)
         store.add_feedback(who, interaction, edit="yes yes yes")
         started = time.perf_counter()
-        assert learn_once(store, config, worker="bench", queue=queue) == []
+        assert learn_once(store, config, worker=worker) == []
         polls.append(time.perf_counter() - started)
     started = time.perf_counter()
     everything = len(store.feedback(kind="edit"))

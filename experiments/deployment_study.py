@@ -1,6 +1,6 @@
 """The pre-registered deployment study: do users of `corll serve --learn` edit less, user by user?
 
-    .venv/bin/python experiments/deployment_study.py run [--units N]   # run the next units; resumable
+    .venv/bin/python experiments/deployment_study.py run [--units N] [--arms A,B]   # the next units; resumable
     .venv/bin/python experiments/deployment_study.py analyse           # the verdict, tables, figure, page
 
 The plan is `experiments/deployment-study.yaml`, committed before the first run. A unit is one arm on one
@@ -243,11 +243,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("run", "analyse"))
     parser.add_argument("--units", type=int, default=None, help="run at most this many units, then stop")
+    parser.add_argument("--arms", help="only these arms (comma-separated), e.g. the baseline's timing-free units "
+                        "on a busy machine; the learning arms need the machine to themselves")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "deployment.md")
     args = parser.parse_args()
     study = Study.load()
     if args.command == "run":
-        pending = [u for u in study.units() if not study.unit_path(*u).exists()]
+        arms = args.arms.split(",") if args.arms else list(study.plan["arms"])
+        if unknown := set(arms) - set(study.plan["arms"]):
+            parser.error(f"--arms: no arm {', '.join(sorted(unknown))} in the plan")
+        pending = [u for u in study.units() if u[1] in arms and not study.unit_path(*u).exists()]
         for seed, arm in pending[:args.units]:
             print(f"seed {seed}, arm {arm}: {len(study.plan['users'])} users × {study.plan['drafts']} drafts …",
                   flush=True)

@@ -359,6 +359,7 @@ def learn(
 
     from corll.service.canary import CanarySettings
     from corll.service.learn import LearnConfig, run_learner
+    from corll.service.team import Team
     from corll.store import LearnerBusyError
     from corll.monitor import degeneration_thresholds
     from corll.learners.dpo import DPOConfig
@@ -367,19 +368,23 @@ def learn(
         fail("--lr and --beta must be > 0")
     os.nice(nice)
     precision = use_hardware(precision, threads)
-    store = open_store(db)
     config = LearnConfig(model=model, adapters_dir=adapters, min_edits=min_edits, holdout=holdout, replay=replay,
                          shared=shared, epochs=epochs, batch_size=batch_size,
                          dpo=DPOConfig(lr=lr, beta=beta, sft_weight=sft_weight),
                          margin=margin, cost_slack=cost_slack, habit_share=habit_share, draft_samples=draft_samples,
                          monitor=degeneration_thresholds(kl_limit), precision=precision,
                          canary=CanarySettings(canary_share, canary_alpha, canary_budget))
+    team = Team()  # under `accelerate launch`, this process's place among the learner's processes
+    if not team.leads:
+        team.follow(config)
+        return
+    store = open_store(db)
     console.print(f"learning from {store.url.split('@')[-1]}: a candidate per user after {min_edits} new edits"
                   + (f", tried live on {canary_share:.0%} of their drafts" if canary_share else "")
                   + ("" if once else f", looking every {poll:g} s (Ctrl-C stops)"))
     try:
         with store.learner_lock():
-            run_learner(store, config, poll=poll, once=once, report=console.print)
+            run_learner(store, config, poll=poll, once=once, report=console.print, team=team)
     except LearnerBusyError as exc:
         fail(str(exc))
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ on one CPU, on 2 CPU processes (gloo) or on many GPUs with DDP.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,9 +94,30 @@ class DPOLearner:
         self.model = self.optim.model
 
     def step(self, pairs: Sequence[PreferencePair]) -> StepStats:
-        """One optimizer step on these pairs."""
-        totals = self.accumulate_gradients(pairs)
-        return StepStats(grad_norm=self.optim.apply("DPO"), **totals)
+        """One optimizer step on these pairs. Under `accelerate launch` with several processes, each process
+        is handed the same pairs and takes its share (every world-th pair): its loss is weighted so that the
+        gradients the processes average are the gradient of the mean loss over all the pairs, as one process
+        would compute it; a process whose share is empty still joins the averaging. The stats are the
+        whole batch's."""
+        if not pairs:
+            raise ValueError("a DPO step needs at least one preference pair")
+        accelerator = self.optim.accelerator
+        world, rank = accelerator.num_processes, accelerator.process_index
+        if world == 1:
+            totals = self.accumulate_gradients(pairs)
+            return StepStats(grad_norm=self.optim.apply("DPO"), **totals)
+        mine = list(pairs[rank::world])
+        if mine:
+            totals = self.accumulate_gradients(mine, weight=world * len(mine) / len(pairs))
+        else:  # nothing to add, but the averaging needs every process: a forward and backward weighted 0
+            self.accumulate_gradients(pairs[:1], weight=0.0)
+            totals = {"loss": 0.0, "margin": 0.0, "accuracy": 0.0}
+        # each process's part of the batch's means (its weighted loss is world × its part of the mean loss)
+        share = len(mine) / len(pairs)
+        parts = torch.tensor([totals["loss"] / world, totals["margin"] * share, totals["accuracy"] * share],
+                             device=accelerator.device)
+        loss, margin, accuracy = accelerator.reduce(parts, reduction="sum").tolist()
+        return StepStats(grad_norm=self.optim.apply("DPO"), loss=loss, margin=margin, accuracy=accuracy)
 
     def accumulate_gradients(self, pairs: Sequence[PreferencePair], weight: float = 1.0) -> dict[str, float]:
         """Backpropagate weight × the mean DPO loss over these pairs, in micro-batches of chosen and
@@ -106,22 +128,25 @@ class DPOLearner:
         n = len(pairs)
         totals = {"loss": 0.0, "margin": 0.0, "accuracy": 0.0}
         self.model.train()
-        for start in range(0, n, cfg.micro_batch_pairs):
+        starts = range(0, n, cfg.micro_batch_pairs)
+        for start in starts:
             chunk = pairs[start : start + cfg.micro_batch_pairs]
             prompts = [p.prompt for p in chunk] * 2
             responses = [p.chosen for p in chunk] + [p.rejected for p in chunk]
             ends = [p.chosen_ends for p in chunk] + [False] * len(chunk)
             ref = self.policy.logprobs(prompts, responses, reference=True, ends=ends)
             batch = self.policy.encode(prompts, responses, ends)
-            with self.policy.training_attention(), self.policy.autocast():
-                logps = sequence_logprobs(self.model, batch)
-            m = len(chunk)
-            losses = dpo_loss(logps[:m], logps[m:], ref[:m], ref[m:], beta=cfg.beta,
-                              label_smoothing=cfg.label_smoothing, loss_type=cfg.loss_type)
-            if cfg.sft_weight:
-                losses = losses + cfg.sft_weight * sft_nll(logps[:m], batch.response_mask[:m].sum(1))
-            loss = weight * losses.sum() / n
-            self.optim.backward(loss, f"DPO loss on a batch of {n} pairs")
+            # across processes the gradients are averaged once, in the last micro-batch's forward and backward
+            with (contextlib.nullcontext() if start == starts[-1] else self.optim.accelerator.no_sync(self.model)):
+                with self.policy.training_attention(), self.policy.autocast():
+                    logps = sequence_logprobs(self.model, batch)
+                m = len(chunk)
+                losses = dpo_loss(logps[:m], logps[m:], ref[:m], ref[m:], beta=cfg.beta,
+                                  label_smoothing=cfg.label_smoothing, loss_type=cfg.loss_type)
+                if cfg.sft_weight:
+                    losses = losses + cfg.sft_weight * sft_nll(logps[:m], batch.response_mask[:m].sum(1))
+                loss = weight * losses.sum() / n
+                self.optim.backward(loss, f"DPO loss on a batch of {n} pairs")
             margins = dpo_margin(logps[:m], logps[m:], ref[:m], ref[m:]).detach()
             totals["loss"] += loss.item()
             totals["margin"] += cfg.beta * margins.sum().item() / n

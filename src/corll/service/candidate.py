@@ -125,15 +125,20 @@ def train_from_log(store: Store, config: LogTrainingConfig, log=lambda _: None,
 
 
 def use_version(policy: Policy, version: PolicyVersion | None, base_state: dict[str, torch.Tensor]) -> None:
-    """Put a stored version's adapter weights into the policy; the base model (no version, or a version
-    without an adapter) is `base_state`, the fresh adapter that leaves the model unchanged."""
-    if version is None or not version.adapter_path:
+    """Put a stored version's adapter weights into the policy (see `load_adapter`)."""
+    load_adapter(policy, version.adapter_path if version is not None else None, base_state)
+
+
+def load_adapter(policy: Policy, folder: str | None, base_state: dict[str, torch.Tensor]) -> None:
+    """Put an adapter folder's weights into the policy; the base model (no folder) is `base_state`, the
+    fresh adapter that leaves the model unchanged."""
+    if not folder:
         policy.load_trainable_state(base_state)
         return
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(policy.model, load_file(Path(version.adapter_path) / "adapter_model.safetensors"))
+    set_peft_model_state_dict(policy.model, load_file(Path(folder) / "adapter_model.safetensors"))
 
 
 def dpo_epochs(policy: Policy, pairs: list[PreferencePair], dpo: DPOConfig, *, epochs: int, batch_size: int,

@@ -50,6 +50,7 @@ from corll.service.edit_habits import EditHabits
 from corll.learners.dpo import DPOConfig
 from corll.service.lineages import Lineage, Preference, own_active, preferences, trained_through
 from corll.service.queue import EditQueue
+from corll.service.team import Assignment, Team
 from corll.service.canary import CanarySettings, watch
 from corll.service.candidate import TrainingSettings, dpo_epochs, use_version
 from corll.monitor import HackingMonitor, MonitorThresholds, degeneration_thresholds
@@ -157,7 +158,7 @@ def gate(gains: torch.Tensor, costlier: float, flags: list[str], config: LearnCo
 
 
 def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Report,
-                  worker: str) -> Decision | None:
+                  worker: Worker) -> Decision | None:
     """Train, gate and record one candidate (see the module's steps 2-4); None if another worker decided the
     same edits first (this worker's lease lapsed)."""
     lineage, seed = work.lineage, config.seed + work.seen_through  # the seed follows the data: a rerun is identical
@@ -179,14 +180,15 @@ def learn_lineage(store: Store, work: Pending, config: LearnConfig, report: Repo
     torch.manual_seed(seed)
     loss = float("nan")
     if pairs:
+        worker.team.assign(Assignment(seed, work.parent.adapter_path if work.parent else None, pairs))
         def step_done(done: int, steps: int, loss: float) -> None:
             if done:
-                store.set_worker_state(worker, f"training {lineage}: DPO step {done}/{steps}, loss {loss:.4f}",
+                store.set_worker_state(worker.name, f"training {lineage}: DPO step {done}/{steps}, loss {loss:.4f}",
                                        lineage=str(lineage))
 
         loss = dpo_epochs(policy, pairs, config.dpo, epochs=config.epochs, batch_size=config.batch_size,
                           step_done=step_done)
-    store.set_worker_state(worker, f"gating {lineage}", lineage=str(lineage))
+    store.set_worker_state(worker.name, f"gating {lineage}", lineage=str(lineage))
     change = held_out_logprobs(policy, work.held_out) - before
     gains = change[:, 0] - change[:, 1]  # the rise of the edit's margin over the draft
     candidate_observation, candidate_drafts = observe(policy, work.held_out, config, seed)
@@ -251,13 +253,27 @@ def save_adapter(policy: Policy, folder: Path, name: str) -> Path:
     return final
 
 
+@dataclass
+class Worker:
+    """A learner worker between passes: its name in the log, its queue, and the processes it trains with."""
+
+    name: str
+    queue: EditQueue
+    team: Team = field(default_factory=Team)
+
+    @classmethod
+    def of(cls, store: Store, config: LearnConfig, team: Team | None = None) -> Worker:
+        return cls(store.worker_name(), EditQueue(store, min_edits=config.min_edits, shared=config.shared),
+                   team or Team())
+
+
 def learn_once(store: Store, config: LearnConfig, report: Report = lambda _: None,
-               worker: str | None = None, queue: EditQueue | None = None) -> list[Decision]:
-    """One pass over the lineages with enough new edits (`EditQueue`: read since the last pass, oldest
-    waiting edit first), each under its lease: on PostgreSQL, lineages another worker holds are left to it.
-    Returns the decisions this worker made."""
-    worker = worker or store.worker_name()
-    queue = queue or EditQueue(store, min_edits=config.min_edits, shared=config.shared)
+               worker: Worker | None = None) -> list[Decision]:
+    """One pass over the lineages with enough new edits (the worker's `EditQueue`: read since its last pass,
+    oldest waiting edit first), each under its lease: on PostgreSQL, lineages another worker holds are left
+    to it. Returns the decisions this worker made."""
+    worker = worker or Worker.of(store, config)
+    queue = worker.queue
     queue.poll()
     made = watch_canaries(store, report)
     testing = {Lineage(c.tenant, c.user) for c in store.canaries(open_only=True)}
@@ -272,7 +288,7 @@ def learn_once(store: Store, config: LearnConfig, report: Report = lambda _: Non
             if not work.due:
                 queue.resync(lineage, short_through=work.seen_through)
                 continue
-            store.set_worker_state(worker, f"training {lineage}: {len(work.train)} new, {len(work.replay)} "
+            store.set_worker_state(worker.name, f"training {lineage}: {len(work.train)} new, {len(work.replay)} "
                                    f"replayed, {len(work.held_out)} held out", lineage=str(lineage),
                                    queue=len(queue.due()))
             if (decision := learn_lineage(store, work, config, report, worker)) is not None:
@@ -300,20 +316,21 @@ def watch_canaries(store: Store, report: Report) -> list[Decision]:
 
 
 def run_learner(store: Store, config: LearnConfig, *, poll: float, once: bool = False,
-                report: Report = lambda _: None, stop: Callable[[], bool] = lambda: False) -> None:
+                report: Report = lambda _: None, stop: Callable[[], bool] = lambda: False,
+                team: Team | None = None) -> None:
     """Learn, then wait `poll` seconds for new feedback, until `stop()` (or after one pass with `once`)."""
     import time
 
-    worker = store.worker_name()
-    queue = EditQueue(store, min_edits=config.min_edits, shared=config.shared)
+    worker = Worker.of(store, config, team)
     while True:
-        learn_once(store, config, report, worker, queue)
-        store.set_worker_state(worker, f"idle: waiting for {config.min_edits} new edits per user",
-                               queue=len(queue.due()))
+        learn_once(store, config, report, worker)
+        store.set_worker_state(worker.name, f"idle: waiting for {config.min_edits} new edits per user",
+                               queue=len(worker.queue.due()))
         if once:
-            return
+            break
         deadline = time.monotonic() + poll
-        while time.monotonic() < deadline:
-            if stop():
-                return
+        while time.monotonic() < deadline and not stop():
             time.sleep(min(0.2, poll))
+        if stop():
+            break
+    worker.team.stop()  # the learner's other processes, if any, stop with this one
