@@ -5,11 +5,11 @@
 
 The plan is `experiments/deployment-study.yaml`, committed before the first run. A unit is one arm on one
 traffic seed: every user's drafts against a fresh server (`experiments/deployment.py`'s harness), written
-to `results/<name>/runs/seed-<s>/<arm>.json` when it ends; `run` skips the units already there, so a
+to `results/<name>/units/seed-<s>/<arm>.json` when it ends; `run` skips the units already there, so a
 stopped study resumes at the next unit. Units run seed by seed, every arm of a seed before the next seed,
 so the seeds done are complete comparisons.
 
-`analyse` reads what has run and writes `results/<name>/analysis.json`, `table.md` and `curves.png`, and
+`analyse` reads what has run and writes `results/<name>/analysis.json`, `table.md` and `per-user.png`, and
 generates `docs/deployment.md`. Per user and seed, the effect of an arm is the baseline's mean words
 edited per draft over the last third minus the arm's (positive: the arm's user edited less); a user's
 effects are averaged over the seeds both arms have; the users' effects get a two-sided one-sample t-test,
@@ -58,7 +58,7 @@ class Study:
         return [(seed, arm) for seed in self.plan["traffic_seeds"] for arm in self.plan["arms"]]
 
     def unit_path(self, seed: int, arm: str) -> Path:
-        return self.folder / "runs" / f"seed-{seed}" / f"{arm}.json"
+        return self.folder / "units" / f"seed-{seed}" / f"{arm}.json"
 
     def done(self) -> dict[tuple[int, str], dict]:
         return {(s, a): json.loads(self.unit_path(s, a).read_text())
@@ -233,8 +233,8 @@ def page(study: Study, table: str) -> str:
         + ".", "",
         "```bash", ".venv/bin/python experiments/deployment_study.py run", ".venv/bin/python "
         "experiments/deployment_study.py analyse", "```", "", "## Results so far", "", table,
-        *([f"![words edited per draft, per user and arm](../results/{plan['name']}/curves.png)", ""]
-          if (study.folder / "curves.png").exists() else []),
+        *([f"![words edited per draft, per user and arm](../results/{plan['name']}/per-user.png)", ""]
+          if (study.folder / "per-user.png").exists() else []),
         "Earlier, smaller runs (four users, one traffic seed each, settings changed between runs) and what "
         "they taught are in [results/deployment-early](../results/deployment-early/README.md).", ""])
 
@@ -271,7 +271,7 @@ def main() -> None:
     table = render(study, report)
     (study.folder / "table.md").write_text(table)
     if report["units_done"]:
-        plot(study, study.folder / "curves.png")
+        plot(study, study.folder / "per-user.png")
     args.docs.write_text(page(study, table))
     print(table)
 
