@@ -36,9 +36,9 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def write_table(out: Path, hardware: Hardware, table: str, numbers: dict) -> None:
-    """`<cpu>-table.md` and `<cpu>-table.json` in `out`: one pair per kind of CPU, beside the others."""
+def write_table(out: Path, hardware: Hardware, table: str, numbers: dict, tag: str = "") -> None:
+    """`<cpu>[-<tag>]-table.md` and `.json` in `out`: one pair per kind of CPU (and variant), beside the others."""
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{hardware.capability.lower().replace('-', '')}-table"
+    stem = out / f"{hardware.capability.lower().replace('-', '')}{'-' + tag if tag else ''}-table"
     stem.with_suffix(".md").write_text(table)
     stem.with_suffix(".json").write_text(json.dumps({"machine": hardware.cpu, **numbers}, indent=2) + "\n")

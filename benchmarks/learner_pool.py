@@ -114,7 +114,7 @@ def main() -> None:
     print(table)
     if args.out:
         write_table(args.out, hardware, table, {"users": args.users, "edits": args.edits, "model": args.model,
-                                                "rows": rows})
+                                                "rows": rows}, tag=args.model)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,14 @@ def test_each_look_is_stored_and_a_verdict_promotes_in_its_transaction(store):
                                                               better=1, worse=1), "rejected", "again")
 
 
+def test_a_candidate_activated_by_hand_closes_its_canary_as_promoted(store):
+    control, candidate = open_canary(store)
+    store.activate(candidate)
+    closed = watch(store, store.canaries(open_only=True)[0])
+    assert (closed.decision, closed.reason) == ("promoted", "canary: activated by hand before a verdict")
+    assert store.active_version("acme", "alice").id == candidate and store.canaries(open_only=True) == []
+
+
 def test_forgetting_a_user_removes_their_canary(store):
     open_canary(store)
     store.forget_user("acme", "alice")
@@ -175,3 +183,18 @@ def test_corll_learn_takes_the_canary_settings_and_versions_and_status_show_it(t
     assert "canary" in shown and "no edited drafts yet" in shown
     bad = runner.invoke(cli, ["learn", "--once", "--db", db, "--canary-share", "1.5"])
     assert bad.exit_code == 2 and "canary-share" in bad.output
+
+
+def test_metrics_count_open_canaries_and_their_verdicts(store):
+    from types import SimpleNamespace
+
+    from corll.server.metrics import ServiceMetrics
+
+    def scrape() -> str:
+        return ServiceMetrics(store, SimpleNamespace(running=0)).exposition().body.decode()
+
+    open_canary(store)
+    assert "corll_canaries_open 1.0" in scrape() and 'corll_learner_decisions_total{decision="canary"} 1.0' in scrape()
+    store.activate(store.canaries()[0].version_id)
+    watch(store, store.canaries(open_only=True)[0])
+    assert "corll_canaries_open 0.0" in scrape() and 'corll_learner_decisions_total{decision="promoted"} 2.0' in scrape()

@@ -81,8 +81,11 @@ def watch(store: Store, canary: Canary) -> Decision | None:
     """Look at an open canary if edits came in since its last look: the look is stored, and a verdict
     closes the canary (promoting its candidate or not) in the same transaction. Returns the decision that
     closed it, if this look did."""
-    if store.version(canary.version_id).retired_at is not None:  # a forget retired its data meanwhile
+    version = store.version(canary.version_id)
+    if version.retired_at is not None or version.active:  # a forget retired it, or an admin activated it
         empty = judge([], [], canary.alpha, canary.budget).look
+        if version.active:
+            return store.close_canary(canary.id, empty, "promoted", "canary: activated by hand before a verdict")
         return store.close_canary(canary.id, empty, "rejected",
                                   "canary: its version was retired (trained on a forgotten user's feedback)")
     candidate, control = ([word_edit_distance(draft, edit) for draft, edit in arm]
