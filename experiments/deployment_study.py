@@ -187,13 +187,16 @@ def render(study: Study, report: dict) -> str:
 
 
 def plot(study: Study, path: Path) -> None:
-    """Per user, words edited per draft (mean over the seeds run) by arm, with promotions marked."""
+    """Per user, words edited per draft by arm (mean over the seeds, mean of the last 5 drafts), with
+    promotions marked; the baseline over the seeds the learning arms have run, so the curves share traffic."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     done, users = study.done(), list(study.plan["users"])
+    learned = {s for s, a in done if a != study.plan["baseline"]}
+    done = {(s, a): u for (s, a), u in done.items() if s in learned or not learned}
     fig, axes = plt.subplots(2, (len(users) + 1) // 2, figsize=(3.2 * ((len(users) + 1) // 2), 6), sharey=True)
     for ax, user in zip(axes.flat, users):
         for arm in study.plan["arms"]:
@@ -202,7 +205,7 @@ def plot(study: Study, path: Path) -> None:
                 continue
             curve = [statistics.fmean(r["cost"] for u in runs for r in u["rows"] if r["user"] == user and r["t"] == t)
                      for t in range(study.plan["drafts"])]
-            ax.plot(curve, label=arm)
+            ax.plot([statistics.fmean(curve[max(0, t - 4): t + 1]) for t in range(len(curve))], label=arm)
             for u in runs:
                 for d in u["decisions"]:
                     if d["user"] == user and d["decision"] == "promoted":
@@ -210,7 +213,7 @@ def plot(study: Study, path: Path) -> None:
                         if first is not None:
                             ax.axvline(first, color=ax.lines[-1].get_color(), linestyle=":", alpha=0.5)
         ax.set_title(f"{user}: {study.plan['users'][user][0]}", fontsize=9)
-    axes.flat[0].set_ylabel("words edited per draft")
+    axes.flat[0].set_ylabel("words edited per draft (last 5)")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
