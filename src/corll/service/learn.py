@@ -275,8 +275,7 @@ def learn_once(store: Store, config: LearnConfig, report: Report = lambda _: Non
     worker = worker or Worker.of(store, config)
     queue = worker.queue
     queue.poll()
-    made = watch_canaries(store, report)
-    testing = {Lineage(c.tenant, c.user) for c in store.canaries(open_only=True)}
+    made, testing = watch_canaries(store, report)
     for lineage in queue.due():
         if lineage in testing:  # its candidate is being tried live; the edits wait for the verdict
             continue
@@ -297,22 +296,26 @@ def learn_once(store: Store, config: LearnConfig, report: Report = lambda _: Non
     return made
 
 
-def watch_canaries(store: Store, report: Report) -> list[Decision]:
-    """A look at each open canary with new edits, under its lineage's lease; returns the verdicts reached."""
-    made = []
+def watch_canaries(store: Store, report: Report) -> tuple[list[Decision], set[Lineage]]:
+    """A look at each open canary with new edits, under its lineage's lease; returns the verdicts reached
+    and the lineages whose canary is still open (as far as this worker knows)."""
+    made, testing = [], set()
     for canary in store.canaries(open_only=True):
+        lineage = Lineage(canary.tenant, canary.user)
+        testing.add(lineage)
         with store.lineage_lease(canary.tenant, canary.user) as held:
             if not held:
                 continue
             try:
                 closed = watch(store, canary)
             except ConflictError:  # another worker closed it first
+                testing.discard(lineage)
                 continue
             if closed is not None:
-                report(f"{Lineage(canary.tenant, canary.user)}: version {closed.version_id} {closed.decision} "
-                       f"({closed.reason})")
+                report(f"{lineage}: version {closed.version_id} {closed.decision} ({closed.reason})")
                 made.append(closed)
-    return made
+                testing.discard(lineage)
+    return made, testing
 
 
 def run_learner(store: Store, config: LearnConfig, *, poll: float, once: bool = False,
