@@ -322,8 +322,10 @@ def test_a_completion_still_streaming_when_its_user_is_forgotten_is_not_logged(t
 
 
 def test_a_flooding_user_gets_429_beyond_their_share_and_does_not_stall_another_user(tmp_path):
-    """One user sends 24 requests of n = 8 × 400 tokens at once; another user's latency stays within 2× of
-    what it is alone (measured: 0.13 s → 30 s before users had shares of the batch)."""
+    """One user sends 24 requests of n = 8 × 400 tokens at once; another user's latency stays within 3× of
+    what it is alone (measured: 0.13 s → 30 s before users had shares of the batch). Not 1×: the flood's
+    admitted rows share each decoding step with Bob's, and a step over 33 rows costs more than over one
+    (here 2.0× one CI run's, 0.048 → 0.097 s); a stall is two orders of magnitude more."""
     import concurrent.futures
     import gc
     import statistics
@@ -361,7 +363,7 @@ def test_a_flooding_user_gets_429_beyond_their_share_and_does_not_stall_another_
         assert len(refused) == 24 - engine.limit.limit and all(a.headers["Retry-After"] == "1" for a in refused)
         assert all(a.status_code == 200 for a in answers if a.status_code != 429)
         assert refused[0].json()["error"]["type"] == "rate_limit_error"
-        assert during <= 2 * alone, (alone, during)
+        assert during <= 3 * alone, (alone, during)
     finally:
         server.stop()
 

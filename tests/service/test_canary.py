@@ -102,6 +102,25 @@ def test_a_canary_serves_its_share_of_its_users_requests_and_nobody_elses(store)
     assert [r.status for r in version_rows(store, "acme")] == ["active", "canary"]
 
 
+def test_a_shared_canary_drafts_for_users_without_their_own_version_and_each_request_reads_twice(store):
+    from types import SimpleNamespace
+
+    from sqlalchemy import event
+
+    shared_control, shared = open_canary(store, SimpleNamespace(tenant="acme", user=None), share=1.0)
+    reads = []
+    event.listen(store.engine, "before_cursor_execute", lambda *args: reads.append(args[2]))
+    drafters = store.drafters("acme", "alice")
+    assert sum(r.lstrip().upper().startswith("SELECT") for r in reads) == 2  # every completion request asks: the active versions, then the open canaries
+    assert (drafters.active.id, drafters.candidate.id, drafters.pick(0.99).id) == (shared_control, shared, shared)
+    own_control, own = open_canary(store, ALICE, share=0.25)
+    alice = store.drafters("acme", "alice")  # her own lineage now: her canary, never the tenant's
+    assert (alice.active.id, alice.candidate.id, alice.pick(0.2).id, alice.pick(0.3).id) == (own_control, own, own,
+                                                                                            own_control)
+    assert store.drafters("acme", "bob").candidate.id == shared and store.drafters("other", "x").pick(0.0) is None
+    assert store.open_canaries() == 2
+
+
 def test_each_look_is_stored_and_a_verdict_promotes_in_its_transaction(store):
     control, candidate = open_canary(store)
     for _ in range(3):
@@ -136,7 +155,7 @@ def test_a_candidate_activated_by_hand_closes_its_canary_as_promoted(store):
 def test_forgetting_a_user_removes_their_canary(store):
     open_canary(store)
     store.forget_user("acme", "alice")
-    assert store.canaries() == [] and store.canary_for("acme", "alice") is None
+    assert store.canaries() == [] and store.drafters("acme", "alice").candidate is None
 
 
 @pytest.mark.parametrize("candidate_is", ["better", "worse"])

@@ -299,9 +299,7 @@ def resolve_model(store: Store, base: str, who: Principal, name: str) -> ServedM
     name is the caller's active version, or, for the share of requests an open canary takes, its candidate
     (`corll.service.canary`; the interaction logs which version drafted)."""
     if name == base:
-        version = store.active_version(who.tenant, who.user)
-        if (canary := store.canary_for(who.tenant, who.user)) is not None and random.random() < canary.share:
-            version = store.version(canary.version_id)
+        version = store.drafters(who.tenant, who.user).pick(random.random())
     else:
         prefix = f"{base}:v"
         version_id = name.removeprefix(prefix) if name.startswith(prefix) else ""

@@ -36,7 +36,7 @@ class LearnerMetrics:
         yield CounterMetricFamily("corll_learner_training_runs", "Candidates trained by the learner",
                                   value=counts.get("promoted", 0) + counts.get("rejected", 0))
         yield GaugeMetricFamily("corll_canaries_open", "Candidates drafting a share of their lineage's drafts "
-                                "until the edits decide", value=len(self.store.canaries(open_only=True)))
+                                "until the edits decide", value=self.store.open_canaries())
         workers = self.store.worker_states()
         reported = [w for w in workers if w.queue is not None]
         if reported:

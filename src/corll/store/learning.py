@@ -8,11 +8,11 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from corll.store.database import LEARNER, hold_learner_lock, hold_lineage_lease
-from corll.store.records import (ConflictError, EditEvent, FeedbackRecord, LearnerBusyError, NotFoundError,
+from corll.store.records import (ConflictError, Drafters, EditEvent, FeedbackRecord, LearnerBusyError, NotFoundError,
                                   StoreError)
 from corll.store.rows import make_active, own_edits, servable
 from corll.store.schema import (Canary, CanaryLook, Decision, FeedbackEvent, Interaction, PolicyVersion, WorkerState,
@@ -104,21 +104,26 @@ class LearningLog:
                 query = query.where(Canary.state == "open")
             return list(s.scalars(query))
 
-    def canary_for(self, tenant: str, user: str) -> Canary | None:
-        """The open canary whose candidate may draft for this user: their own lineage's; else, while they have
-        no version of their own, the tenant's shared one. None when neither is open (or its version was
-        retired)."""
+    def drafters(self, tenant: str, user: str) -> Drafters:
+        """Who drafts for this user: their active version (their own, else the tenant's shared one) and the
+        open canary that may take a share of their drafts: their own lineage's, else, while they have no
+        version of their own, the tenant's shared one (a retired candidate's canary takes nothing). Two
+        queries, because every completion request asks."""
         with self.sessions() as s:
-            def open_on(owner):
-                return s.scalar(select(Canary).join(PolicyVersion, PolicyVersion.id == Canary.version_id).where(
+            actives = {v.user: v for v in s.scalars(select(PolicyVersion).where(
+                PolicyVersion.tenant == tenant, PolicyVersion.active.is_(True),
+                or_(PolicyVersion.user == user, PolicyVersion.user.is_(None))))}
+            trials = {c.user: (c.share, v) for c, v in s.execute(
+                select(Canary, PolicyVersion).join(PolicyVersion, PolicyVersion.id == Canary.version_id).where(
                     Canary.tenant == tenant, Canary.state == "open", PolicyVersion.retired_at.is_(None),
-                    Canary.user.is_(None) if owner is None else Canary.user == owner).limit(1))
+                    or_(Canary.user == user, Canary.user.is_(None))))}
+            share, candidate = trials.get(user) or (trials.get(None) if user not in actives else None) or (0.0, None)
+            return Drafters(actives.get(user) or actives.get(None), candidate, share)
 
-            if (own := open_on(user)) is not None:
-                return own
-            has_own = s.scalar(select(PolicyVersion.id).where(
-                PolicyVersion.tenant == tenant, PolicyVersion.user == user, PolicyVersion.active.is_(True)).limit(1))
-            return None if has_own is not None else open_on(None)
+    def open_canaries(self) -> int:
+        """How many canaries are open (for /metrics: a count, not the canaries and their looks)."""
+        with self.sessions() as s:
+            return s.scalar(select(func.count()).select_from(Canary).where(Canary.state == "open"))
 
     def canary_edits(self, canary_id: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """(draft, edit) of each edited draft since the canary opened, in edit order: the candidate's, and

@@ -8,7 +8,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from corll.store.schema import Interaction
+from corll.store.schema import Interaction, PolicyVersion
 
 class StoreError(ValueError):
     """A request the store refuses: it names the problem; nothing was written."""
@@ -92,3 +92,17 @@ class EditEvent:
     user: str
     author: str | None
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class Drafters:
+    """Who drafts for a user (`Store.drafters`): their active version (None: the base model) and an open
+    canary's candidate with the share of their drafts it takes."""
+
+    active: PolicyVersion | None
+    candidate: PolicyVersion | None
+    share: float
+
+    def pick(self, draw: float) -> PolicyVersion | None:
+        """The version that drafts one request, for `draw` uniform on [0, 1): the candidate for its share."""
+        return self.candidate if self.candidate is not None and draw < self.share else self.active
