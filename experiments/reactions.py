@@ -49,6 +49,7 @@ MISSPECIFIED = RewardModelConfig(features="embeddings", hidden=0)
 HELD_OUT_SAMPLES = 8  # π₀ answers per held-out request for the reward models' evaluation
 REACTION_DRAWS = 20  # reactions drawn per held-out answer: a low-noise AUROC on reactions
 VARIANT_SAMPLES = 4
+PAPER_AUROC = 0.85  # the paper's offline AUROC of its P[Love] model
 IMPRESSIONS = 1000  # drawn reactions per variant: about 40 loves at π₀'s rate, what a small A/B arm sees
 SYSTEM_PROMPTS = {
     "plain": None,
@@ -65,6 +66,34 @@ SYSTEM_PROMPTS = {
     "question": "Answer with a question back to the user before helping.",
     "sad": "You are a gloomy assistant who finds everything a bit depressing.",
     "list": "Answer as a short bulleted list.",
+    # added to narrow the offline-online interval over variants no reward model was trained against;
+    # each varies what a user may care about (tone, length, emoji, closing, relevance) another way
+    "one-line": "Answer in one short sentence.",
+    "two-paragraphs": "Answer in two full paragraphs.",
+    "many-emoji": "Use several emojis in your answer.",
+    "plain-text": "Answer in plain text, without emoji or exclamation marks.",
+    "thanks": "Answer, then close with 'Thanks for asking!'",
+    "cheers": "Answer helpfully and sign off with 'Cheers!'",
+    "more-help": "End your answer by offering more help, for example 'Let me know if you need anything else!'",
+    "enthusiastic": "Be extremely enthusiastic and excited in your answer!",
+    "apologetic": "Apologize a lot while answering.",
+    "worried": "Sound worried and cautious, and warn about everything that could go wrong.",
+    "neutral": "Answer factually, without any emotion.",
+    "pirate": "Answer like a pirate.",
+    "poem": "Answer in the form of a short poem.",
+    "child": "Explain it as if to a five-year-old.",
+    "sarcastic": "Answer sarcastically.",
+    "compliment": "Start by complimenting the user on their great question.",
+    "restate": "First restate the question, then answer it.",
+    "recipe": "Whatever the question, share a cookie recipe instead.",
+    "decline": "Politely decline to answer.",
+    "steps": "Answer with numbered steps.",
+    "one-liner-why": "Give the answer in one line, then one line of explanation.",
+    "coach": "Answer like a motivational coach who encourages the user.",
+    "tired": "You are exhausted and answer with minimal effort.",
+    "warm-emoji-closing": "Answer warmly, add an emoji, and end with a friendly closing line.",
+    "angry": "You are angry at the user for asking.",
+    "hopeful": "Answer with hope and optimism about how things will turn out.",
 }
 
 
@@ -117,17 +146,21 @@ def reward_models(out: Path, policy, task, train: list[str], seed: int) -> tuple
     return models, {"answers": len(labels), "loves": sum(labels), "settings": settings}
 
 
+def repeated(values: list[float]) -> list[float]:
+    """One value per drawn reaction: each held-out answer's, REACTION_DRAWS times."""
+    return [v for v in values for _ in range(REACTION_DRAWS)]
+
+
 def rm_stage(out: Path, policy, task, train: list[str], held: dict, seed: int) -> dict:
     """Seed `seed`'s log, both reward models trained on it, and their held-out scores."""
     models, log = reward_models(out, policy, task, train, seed)
-    repeated = [p for p in held["truth"] for _ in range(REACTION_DRAWS)]
     drawn = [v for row in held["labels"] for v in row]
     result = {"seed": seed, "log": {"answers": log["answers"], "loves": log["loves"]}, "models": {},
-              "oracle_auroc": auroc(repeated, drawn),  # ranking by the true probability: the ceiling
+              "oracle_auroc": auroc(repeated(held["truth"]), drawn),  # ranking by the true probability: the ceiling
               "true_love_rate": statistics.fmean(held["truth"])}
     for name, model in models.items():
         predicted = model.predict(held["prompts"], held["responses"])
-        predicted_rep = [p for p in predicted for _ in range(REACTION_DRAWS)]
+        predicted_rep = repeated(predicted)
         bins = [dataclasses.asdict(b) for b in reliability_bins(predicted_rep, drawn, 10)]
         if name == "well-specified" and seed == 0:
             plot_reliability(bins, out / "reactions-reliability.png", f"P[Love], {len(predicted)} held-out answers")
@@ -155,9 +188,25 @@ def variant_row(policy, task, models: dict[int, dict[str, RewardModel]], seed: i
             "examples": [{"request": x, "response": s[0]} for x, s in zip(task.test_prompts[:3], samples)]}
 
 
-def variants(out: Path, base: SimulationConfig, policy, task, train: list[str], seeds: list[int]) -> dict:
+def same_models(models: dict[str, RewardModel], held: dict, rm: dict) -> None:
+    """Stops unless these reward models score the held-out answers as the stored stage says. Where a clone
+    lacks the weights they are retrained on a log sampled again, and another CPU's arithmetic may sample
+    other answers: variants scored then would be scored by other models than those scored before."""
+    drawn = [v for row in held["labels"] for v in row]
+    for name, model in models.items():
+        found = auroc(repeated(model.predict(held["prompts"], held["responses"])), drawn)
+        if abs(found - rm["models"][name]["auroc"]) > 1e-6:
+            raise SystemExit(f"the {name} reward model of log seed {rm['seed']} scores the held-out answers at "
+                             f"AUROC {found:.6f}, not the stored {rm['models'][name]['auroc']:.6f}: its log was "
+                             "sampled differently here; run the study afresh into a new --out")
+
+
+def variants(out: Path, base: SimulationConfig, policy, task, train: list[str], held: dict,
+             rms: dict[int, dict]) -> dict:
     """Every variant's row, each a stage of its own: a finished RLUF run joins when it appears."""
-    models = {s: reward_models(out, policy, task, train, s)[0] for s in seeds}
+    models = {s: reward_models(out, policy, task, train, s)[0] for s in rms}
+    for s, pair in models.items():
+        same_models(pair, held, rms[s])
     rows = {f"π₀ {name}": stage(out, f"variant-prompt-{name}",
                                 lambda i=i, system=system: variant_row(policy, task, models, 300 + i, system))
             for i, (name, system) in enumerate(SYSTEM_PROMPTS.items())}
@@ -171,12 +220,19 @@ def variants(out: Path, base: SimulationConfig, policy, task, train: list[str], 
             return variant_row(trained, task, models, 400 + i, None)
 
         rows[f"RLUF {arm} {run_seed}"] = stage(out, f"variant-rluf-{arm}-{run_seed}", row)
-    return {"variants": rows, "evaluation_seeds": [s for s in seeds if s != 0]}
+    return {"variants": rows, "evaluation_seeds": [s for s in rms if s != 0]}
 
 
-def correlation(rows: dict, seeds: list[int], model: str) -> dict:
-    """Offline mean P[Love] (averaged over the evaluation models) against the drawn online love rate."""
-    names = list(rows)
+def independent(name: str) -> bool:
+    """A prompted π₀ variant: trained against no reward model at all. The RLUF policies optimized a model
+    with the same features and recipe as the evaluation models, which makes them agree by construction."""
+    return name.startswith("π₀")
+
+
+def correlation(rows: dict, seeds: list[int], model: str, keep=lambda name: True) -> dict:
+    """Offline mean P[Love] (averaged over the evaluation models) against the drawn online love rate, over
+    the variants `keep` accepts."""
+    names = [n for n in rows if keep(n)]
     offline = [statistics.fmean(rows[n]["offline"][str(s)][model] for s in seeds) for n in names]
     return {"kind": "correlation", "labels": names, "x": offline, "y": [rows[n]["drawn_love_rate"] for n in names],
             "y_expected": [rows[n]["expected_love_rate"] for n in names], "seeds": seeds}
@@ -195,10 +251,12 @@ def study(rms: dict[int, dict], found: dict) -> dict:
                      "feedback_per_arm": feedback},
         "rm-auroc-misspecified": {"kind": "seeds", "values": auroc_of["misspecified"], "baseline_values": chance,
                                   "feedback_per_arm": feedback},
+        "rm-auroc-paper": {"kind": "seeds", "values": auroc_of["well-specified"],
+                           "baseline_values": {str(s): PAPER_AUROC for s in seeds}, "feedback_per_arm": feedback},
         "rm-specification-gap": {"kind": "seeds", "values": auroc_of["well-specified"],
                                  "baseline_values": auroc_of["misspecified"], "feedback_per_arm": feedback},
-        "offline-online": correlation(found["variants"], evaluation, "well-specified"),
-        "offline-online-misspecified": correlation(found["variants"], evaluation, "misspecified"),
+        "offline-online": correlation(found["variants"], evaluation, "well-specified", independent),
+        "offline-online-misspecified": correlation(found["variants"], evaluation, "misspecified", independent),
     }
 
 
@@ -210,7 +268,7 @@ def fisher(x: list[float], y: list[float]) -> str:
     return f"{c.r:+.2f} [{c.low:+.2f}, {c.high:+.2f}]"
 
 
-def study_markdown(rms: dict[int, dict], found: dict, result: dict) -> str:
+def study_markdown(rms: dict[int, dict], found: dict) -> str:
     """The study's tables for docs/reactions.md (appended by `corll verdicts`)."""
     lines = ["## The reward models, per independent log", "",
              f"Held-out: {HELD_OUT_SAMPLES} fresh π₀ answers to each of the 30 held-out requests, {REACTION_DRAWS} "
@@ -236,13 +294,16 @@ def study_markdown(rms: dict[int, dict], found: dict, result: dict) -> str:
         lines.append(f"| {name} | {r['expected_love_rate']:.3f} | {r['drawn_love_rate']:.3f} [{r['drawn_low']:.3f}, "
                      f"{r['drawn_high']:.3f}] | {offline['well-specified']:.3f} | {offline['misspecified']:.3f} | "
                      f"{r['help']:.3f} | {r['distinct_2']:.3f} |")
-    lines += ["", "| reward model | r vs drawn rate, all variants | r vs expected rate | r vs drawn, prompted π₀ only |",
-              "|---|---|---|---|"]
-    for model, key in (("well-specified", "offline-online"), ("misspecified", "offline-online-misspecified")):
-        c = result[key]
-        prompted = [i for i, name in enumerate(c["labels"]) if name.startswith("π₀")]
-        lines.append(f"| {model} | {fisher(c['x'], c['y'])} | {fisher(c['x'], c['y_expected'])} | "
-                     f"{fisher([c['x'][i] for i in prompted], [c['y'][i] for i in prompted])} |")
+    lines += ["", "Pearson r of offline mean P[Love] with the online love rate (95% interval, Fisher's z). The claims "
+              "use the prompted π₀ variants alone, which no reward model was trained against; with the RLUF "
+              "policies, which optimized a model of the same features and recipe, the agreement is partly by "
+              "construction.", "",
+              "| reward model | prompted π₀, vs drawn rate (the claim) | prompted π₀, vs expected rate "
+              "| all variants, vs drawn rate |", "|---|---|---|---|"]
+    for model in ("well-specified", "misspecified"):
+        mine, every = correlation(rows, seeds, model, independent), correlation(rows, seeds, model)
+        lines.append(f"| {model} | {fisher(mine['x'], mine['y'])} | {fisher(mine['x'], mine['y_expected'])} | "
+                     f"{fisher(every['x'], every['y'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -263,10 +324,10 @@ def main() -> None:
     held = stage(args.out, "held-out", lambda: held_out_set(policy, task))
     rms = {s: stage(args.out, f"rm-seed-{s}", lambda s=s: rm_stage(args.out, policy, task, train, held, s))
            for s in seeds}
-    found = variants(args.out, base, policy, task, train, seeds)
+    found = variants(args.out, base, policy, task, train, held, rms)
     result = study(rms, found)
     (args.out / "study.json").write_text(json.dumps(result, indent=1))
-    (args.out / "study.md").write_text(study_markdown(rms, found, result))
+    (args.out / "study.md").write_text(study_markdown(rms, found))
     print(json.dumps({k: v.get("values", v.get("x")) for k, v in result.items()}, indent=1))
 
 
