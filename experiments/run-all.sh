@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 for config in experiments/paper-headline.yaml experiments/paper-k.yaml experiments/paper-alpha.yaml \
-              experiments/paper-k-alpha.yaml experiments/paper-epsilon.yaml experiments/paper-prompted-expert.yaml \
+              experiments/paper-k-alpha.yaml experiments/paper-k-oracle.yaml experiments/paper-epsilon.yaml \
+              experiments/paper-prompted-expert.yaml \
               experiments/paper-dpo-expert.yaml experiments/edits-long.yaml experiments/edits-long-shift.yaml \
               experiments/reactions-rluf.yaml; do
   .venv/bin/corll experiment "$config"

@@ -169,3 +169,35 @@ def test_algorithms_are_compared_prompt_by_prompt_on_the_same_held_out_samples(t
     for name in ("corll", "dueling"):
         assert isinstance(summary[name]["monitor_flags"], list)
         assert {"distinct_2", "looping", "repetition"} <= finals[name].keys()
+
+
+def test_the_argmax_measure_scores_the_sample_the_implicit_reward_ranks_first():
+    """R* of the argmax of k samples: the sample whose β·(log π − log π₀) is highest, per prompt, not the best in
+    R* (the policy cannot see R*) and not the first drawn."""
+    from types import SimpleNamespace
+
+    from corll.config import SimulationConfig
+    from corll.simulate import argmax_reward
+
+    samples = {"a": ["short", "a longer one", "mid one"], "b": ["xx", "yyyyyy", "zzzz"]}
+    log_pi = {"short": -1.0, "a longer one": -3.0, "mid one": -2.0, "xx": -5.0, "yyyyyy": -6.0, "zzzz": -1.0}
+
+    class Stub:
+        def sample_scored(self, prompts, k):
+            assert k == 3
+            return [samples[x] for x in prompts], torch.tensor([[log_pi[y] for y in samples[x]] for x in prompts])
+
+        def logprobs(self, prompts, responses, reference=False):
+            assert reference
+            return torch.full((len(responses),), -2.0)
+
+    task = SimpleNamespace(reward=lambda xs, ys: [float(len(y)) for y in ys])
+    config = SimulationConfig(k=3, beta=0.1)
+    assert argmax_reward(Stub(), task, ["a", "b"], config) == (len("short") + len("zzzz")) / 2
+
+
+def test_a_run_that_asks_for_it_logs_the_argmax_measure_beside_plain_samples(tmp_path):
+    run_simulation(tiny_config(algorithms=["corll"], rounds=2, eval_every=2, k=3, eval_argmax=True), tmp_path / "run")
+    records = RunDir(tmp_path / "run").read_metrics()
+    assert len(records) == 2 and all(isinstance(r["reward_argmax"], float) for r in records)
+    assert records[0]["reward_argmax"] != records[0]["reward"]  # other responses: the argmax of 3, not samples

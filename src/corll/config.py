@@ -89,6 +89,7 @@ class SimulationConfig:
     eval_every: int = 5
     eval_prompts: int = 16
     eval_samples: int = 2
+    eval_argmax: bool = False  # also score each held-out sample's argmax-of-k twin (R* as CoRLL's users see it)
     checkpoint_every: int = 5
     offline_edits: int = 0  # learning from user edits: learn from this many logged edits of π_0's drafts first
     rank_agreement: bool = False  # CoRLL: log how the implicit-reward ranking of the k samples agrees with R*

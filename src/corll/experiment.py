@@ -45,6 +45,7 @@ EXPERIMENT_KEYS = {"name", "description", "seeds", "base", "arms", "baseline", "
                    "shared"}
 METRICS = {
     "reward": "held-out mean R*",
+    "reward_argmax": "held-out mean R* of the argmax of k samples",
     "shown_reward": "mean R* of the responses shown in training",
     "regret": "held-out regret R*(y*) − R*(y)",
     "kl": "KL(π‖π_0) estimate",

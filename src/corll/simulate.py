@@ -24,6 +24,7 @@ import torch
 from corll.config import ConfigError, SimulationConfig
 from corll.learners import registry
 from corll.learners.base import EditLearner, Learner
+from corll.learners.corll import pick, scored_candidates
 from corll.learners.dpo import StepStats
 from corll.learners.edits import told
 from corll.learners.rounds import RoundLog
@@ -92,11 +93,23 @@ def evaluate(policy: Policy, task: Task, config: SimulationConfig,
     k = config.eval_samples
     degeneration = {"distinct_2": distinct_n(ys), "looping": looping(ys), "repetition": repeated_phrase_rate(ys)}
     extra = task.metrics(xs, ys) if task.metrics is not None else {}
+    if config.eval_argmax and system_for is None:
+        extra["reward_argmax"] = argmax_reward(policy, task, xs, config)
     return {"reward": statistics.fmean(rewards),
             "reward_sem": statistics.stdev(rewards) / math.sqrt(len(rewards)) if len(rewards) > 1 else 0.0,
             # per held-out prompt, in order: two policies evaluated alike compare prompt by prompt
             "reward_by_prompt": [statistics.fmean(rewards[i * k:(i + 1) * k]) for i in range(len(prompts))],
             "kl": kl, **degeneration, **extra}
+
+
+def argmax_reward(policy: Policy, task: Task, prompts: list[str], config: SimulationConfig) -> float:
+    """Mean R* of the argmax of k samples by implicit reward, one per prompt given: the policy decoded as
+    CoRLL decodes what it shows its users (the coactive-learning paper's measure), beside plain samples.
+    Its own fixed seed, so arms compare on common random numbers."""
+    with torch.random.fork_rng():
+        torch.manual_seed(20_000 + config.seed)
+        samples, implicit = scored_candidates(policy, prompts, config.k, config.beta)
+    return statistics.fmean(task.reward(prompts, pick(samples, implicit)))
 
 
 @dataclass

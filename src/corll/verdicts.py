@@ -57,11 +57,14 @@ MEASURES = {
     "prompt_positivity": "positive-review reward of held-out samples, paired over held-out prompts",
 }
 PER_METRIC = {"gain": "held-out {} gain (final − initial)", "final": "final held-out {}"}  # e.g. gain:help
+METRIC_NAMES = {"reward_argmax": "R* of the argmax of k samples", "distinct_2": "distinct-2"}  # else the key
 
 
 def measure_label(measure: str) -> str:
     kind, _, metric = measure.partition(":")
-    return PER_METRIC[kind].format(metric) if metric and kind in PER_METRIC else MEASURES[measure]
+    if metric and kind in PER_METRIC:
+        return PER_METRIC[kind].format(METRIC_NAMES.get(metric, metric))
+    return MEASURES[measure]
 
 
 def known_measure(measure: str) -> bool:
