@@ -294,16 +294,21 @@ def study_markdown(rms: dict[int, dict], found: dict) -> str:
         lines.append(f"| {name} | {r['expected_love_rate']:.3f} | {r['drawn_love_rate']:.3f} [{r['drawn_low']:.3f}, "
                      f"{r['drawn_high']:.3f}] | {offline['well-specified']:.3f} | {offline['misspecified']:.3f} | "
                      f"{r['help']:.3f} | {r['distinct_2']:.3f} |")
+    trained = [n for n in rows if not independent(n)]
     lines += ["", "Pearson r of offline mean P[Love] with the online love rate (95% interval, Fisher's z). The claims "
-              "use the prompted π₀ variants alone, which no reward model was trained against; with the RLUF "
-              "policies, which optimized a model of the same features and recipe, the agreement is partly by "
-              "construction.", "",
+              "use the prompted π₀ variants alone, which no reward model was trained against. "
+              + ("With the RLUF policies, which optimized a model of the same features and recipe, the agreement "
+                 "is partly by construction." if trained else
+                 "The RLUF policies' adapters are not kept with the results, so none of them is a variant here."), "",
               "| reward model | prompted π₀, vs drawn rate (the claim) | prompted π₀, vs expected rate "
-              "| all variants, vs drawn rate |", "|---|---|---|---|"]
+              + ("| all variants, vs drawn rate |" if trained else "|"), "|---|---|---|" + ("---|" if trained else "")]
     for model in ("well-specified", "misspecified"):
-        mine, every = correlation(rows, seeds, model, independent), correlation(rows, seeds, model)
-        lines.append(f"| {model} | {fisher(mine['x'], mine['y'])} | {fisher(mine['x'], mine['y_expected'])} | "
-                     f"{fisher(every['x'], every['y'])} |")
+        mine = correlation(rows, seeds, model, independent)
+        row = f"| {model} | {fisher(mine['x'], mine['y'])} | {fisher(mine['x'], mine['y_expected'])} |"
+        if trained:
+            every = correlation(rows, seeds, model)
+            row += f" {fisher(every['x'], every['y'])} |"
+        lines.append(row)
     return "\n".join(lines) + "\n"
 
 
