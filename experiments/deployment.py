@@ -105,6 +105,7 @@ def run_arm(name: str, args, work: Path, users: dict[str, tuple[str, str]] = USE
     decisions = [{"user": d.user, "version": d.version_id, "decision": d.decision, "reason": d.reason,
                   "seen_through": d.seen_through, "margin_gain": d.metrics.get("margin_gain"),
                   "edit_logprob_gain": d.metrics.get("edit_logprob_gain"),
+                  "edit_to_decision_s": d.metrics.get("edit_to_decision_s"),
                   "at": d.created_at.isoformat()} for d in store.decisions()]
     return {"rows": sorted(rows, key=lambda r: (r["user"], r["t"])), "decisions": decisions, "wall_s": wall}
 

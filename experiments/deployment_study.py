@@ -139,6 +139,18 @@ def canary_promotions(study: Study, done: dict[tuple[int, str], dict]) -> list[d
     return found
 
 
+def edit_to_decision(done: dict[tuple[int, str], dict]) -> dict[str, dict]:
+    """Per learning arm, seconds from the edit that made a user's candidate due to the learner's decision on
+    it (median, 95th percentile, count), over the units that logged it. Descriptive, not tested: added after
+    the first units ran, which did not log it."""
+    found: dict[str, list[float]] = {}
+    for (_, arm), unit in done.items():
+        found.setdefault(arm, []).extend(d["edit_to_decision_s"] for d in unit["decisions"]
+                                         if d.get("edit_to_decision_s") is not None)
+    return {arm: {"decisions": len(v), "p50": statistics.median(v),
+                  "p95": statistics.quantiles(v, n=20)[-1] if len(v) > 1 else v[0]} for arm, v in found.items() if v}
+
+
 def analyse(study: Study) -> dict:
     done = study.done()
     tests = {arm: test_users(effects(study, done, arm)) for arm in study.learning_arms}
@@ -153,7 +165,7 @@ def analyse(study: Study) -> dict:
     return {"study": study.plan["name"], "units_done": len(done), "units_planned": len(study.units()),
             "done": sorted(f"seed-{s}/{a}" for s, a in done), "tests": tests, "verdict": verdict,
             "arms_meeting_target": met, "canary_promotions": canary_promotions(study, done),
-            "core_hours": compute, "machines": sorted({u.get("machine", "?") for u in done.values()})}
+            "edit_to_decision": edit_to_decision(done), "core_hours": compute, "machines": sorted({u.get("machine", "?") for u in done.values()})}
 
 
 def render(study: Study, report: dict) -> str:
@@ -173,6 +185,10 @@ def render(study: Study, report: dict) -> str:
     promotions = report["canary_promotions"]
     lines += ["", f"Versions the canary promoted: {len(promotions)}; more than 10% costlier for their user than "
               f"the baseline's drafts at the same positions: {sum(p['costlier_than_10pct'] for p in promotions)}.",
+              "", "From the edit that made a user's candidate due to the learner's decision on it: "
+              + ("; ".join(f"{a} median {w['p50']:.0f} s, 95th percentile {w['p95']:.0f} s ({w['decisions']} "
+                           "decisions)" for a, w in report["edit_to_decision"].items())
+                 or "not logged by the units run so far") + " (descriptive; logged from the units after the first).",
               "", "Compute (wall time × 2 cores): " + ", ".join(f"{a} {h:.2f} core-hours"
                                                              for a, h in report["core_hours"].items()) + "."]
     per_user = {arm: t.get("per_user", {}) for arm, t in report["tests"].items()}

@@ -89,3 +89,16 @@ def test_the_page_is_generated_from_the_plan_and_the_runs(tmp_path):
     write(s, 0, "none", lambda i, t: 10)
     page = deployment_study.page(s, deployment_study.render(s, deployment_study.analyse(s)))
     assert "Units run: **1 of 3**" in page and "| learn | not run yet |" in page and "unit: the user" in page
+
+
+def test_the_time_from_edit_to_decision_is_summarised_per_arm_where_units_logged_it(tmp_path):
+    s = study(tmp_path, seeds=(0, 1))
+    write(s, 0, "learn", lambda i, t: 10, decisions=[{"user": "u0", "version": 1, "decision": "rejected",
+                                                       "edit_to_decision_s": 30.0},
+                                                      {"user": "u1", "version": 2, "decision": "promoted",
+                                                       "edit_to_decision_s": 90.0}])
+    write(s, 1, "learn", lambda i, t: 10, decisions=[{"user": "u0", "version": 3, "decision": "rejected"}])  # older
+    write(s, 0, "canary", lambda i, t: 10, decisions=[{"user": "u0", "version": 1, "decision": "rejected"}])
+    waits = deployment_study.analyse(s)["edit_to_decision"]
+    assert set(waits) == {"learn"} and waits["learn"]["decisions"] == 2 and waits["learn"]["p50"] == 60.0
+    assert "learn median 60 s" in deployment_study.render(s, deployment_study.analyse(s))
