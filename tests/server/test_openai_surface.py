@@ -160,24 +160,30 @@ def test_parameters_corll_cannot_honour_answer_400_naming_them(served, extra, pa
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_rows_and_logs_nothing(served):
+    """The client leaves as soon as decoding has started. vLLM decodes this request (284 tokens of the random
+    test model) in about 0.6 s, and on a loaded machine the client may first read the stream after it
+    ended; such a try shows nothing about leaving, so the test tries again (at most 5 times) until it has
+    left while the request was decoding, and fails if it never could."""
     server, store, engine, keys = served
-    logged = len(store.list_interactions("acme", limit=200))
-    request = {"model": MODEL["name"], "messages": [{"role": "user", "content": "Talk."}], "max_tokens": 400, "temperature": 1.0,
-              "seed": 3}  # sampled: a random test model's greedy text may end at once
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json={**request, "stream": True},
-                      headers={"Authorization": f"Bearer {keys['bob']}"}) as response:
-        lines = (line for line in response.iter_lines() if line.startswith("data: {"))
-        assert '"role": "assistant"' in next(lines)  # the stream has begun
-        # leave as soon as it decodes, far from its 400 tokens (vLLM decodes the tiny model in well under a
-        # second, and its first tokens may print nothing, so waiting for visible text could outlast it)
-        deadline = time.monotonic() + 10
-        while engine.running == 0 and time.monotonic() < deadline:
-            time.sleep(0.001)
-        assert engine.running == 1
+    request = {"model": MODEL["name"], "messages": [{"role": "user", "content": "Talk."}], "max_tokens": 400,
+               "temperature": 1.0, "seed": 3}  # sampled: a random test model's greedy text may end at once
+    for _ in range(5):
+        logged = len(store.list_interactions("acme", limit=200))
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json={**request, "stream": True},
+                          headers={"Authorization": f"Bearer {keys['bob']}"}) as response:
+            lines = (line for line in response.iter_lines() if line.startswith("data: {"))
+            assert '"role": "assistant"' in next(lines)  # the stream has begun
+            deadline = time.monotonic() + 2
+            while engine.running == 0 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            left_while_decoding = engine.running == 1
+        if left_while_decoding:
+            break
+    assert left_while_decoding, "every try finished decoding before the client could leave"
     deadline = time.monotonic() + 10
     while engine.running and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert engine.running == 0  # long before 400 greedy tokens could have been decoded
+    assert engine.running == 0  # long before 400 tokens could have been decoded
     assert len(store.list_interactions("acme", limit=200)) == logged
 
 
