@@ -65,7 +65,10 @@ class Team:
         self._leave()
 
     def _leave(self) -> None:
+        """Leave the group once every process has received the stop: the first process leaving while another
+        still reads the stop's broadcast closes gloo's connection under it, and that process aborts."""
         if self.size > 1:
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
     def follow(self, settings: TrainingSettings) -> None:
