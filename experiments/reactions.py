@@ -151,22 +151,27 @@ def repeated(values: list[float]) -> list[float]:
     return [v for v in values for _ in range(REACTION_DRAWS)]
 
 
+def drawn(held: dict) -> list[int]:
+    """The held-out set's drawn reactions, in the order `repeated` lays out each answer's values."""
+    return [v for row in held["labels"] for v in row]
+
+
 def rm_stage(out: Path, policy, task, train: list[str], held: dict, seed: int) -> dict:
     """Seed `seed`'s log, both reward models trained on it, and their held-out scores."""
     models, log = reward_models(out, policy, task, train, seed)
-    drawn = [v for row in held["labels"] for v in row]
+    reactions = drawn(held)
     result = {"seed": seed, "log": {"answers": log["answers"], "loves": log["loves"]}, "models": {},
-              "oracle_auroc": auroc(repeated(held["truth"]), drawn),  # ranking by the true probability: the ceiling
+              "oracle_auroc": auroc(repeated(held["truth"]), reactions),  # ranking by the true probability: the ceiling
               "true_love_rate": statistics.fmean(held["truth"])}
     for name, model in models.items():
         predicted = model.predict(held["prompts"], held["responses"])
         predicted_rep = repeated(predicted)
-        bins = [dataclasses.asdict(b) for b in reliability_bins(predicted_rep, drawn, 10)]
+        bins = [dataclasses.asdict(b) for b in reliability_bins(predicted_rep, reactions, 10)]
         if name == "well-specified" and seed == 0:
             plot_reliability(bins, out / "reactions-reliability.png", f"P[Love], {len(predicted)} held-out answers")
         result["models"][name] = {
-            **log["settings"][name], "auroc": auroc(predicted_rep, drawn),
-            "ece": expected_calibration_error(predicted_rep, drawn, 10),
+            **log["settings"][name], "auroc": auroc(predicted_rep, reactions),
+            "ece": expected_calibration_error(predicted_rep, reactions, 10),
             "mean_prediction": statistics.fmean(predicted), "bins": bins,
             "pearson_vs_true_probability": pearsonr(predicted, held["truth"]).statistic}
     return result
@@ -192,9 +197,8 @@ def same_models(models: dict[str, RewardModel], held: dict, rm: dict) -> None:
     """Stops unless these reward models score the held-out answers as the stored stage says. Where a clone
     lacks the weights they are retrained on a log sampled again, and another CPU's arithmetic may sample
     other answers: variants scored then would be scored by other models than those scored before."""
-    drawn = [v for row in held["labels"] for v in row]
     for name, model in models.items():
-        found = auroc(repeated(model.predict(held["prompts"], held["responses"])), drawn)
+        found = auroc(repeated(model.predict(held["prompts"], held["responses"])), drawn(held))
         if abs(found - rm["models"][name]["auroc"]) > 1e-6:
             raise SystemExit(f"the {name} reward model of log seed {rm['seed']} scores the held-out answers at "
                              f"AUROC {found:.6f}, not the stored {rm['models'][name]['auroc']:.6f}: its log was "
