@@ -32,3 +32,7 @@ if __name__ == "__main__":
     state, losses = step(BATCHES, accelerator)
     if accelerator.is_main_process:
         torch.save({"world": accelerator.num_processes, "state": state, "losses": losses}, sys.argv[1])
+    # leave the group together: a process exiting while gloo still holds the other's connection aborts it
+    # at exit ("terminate called without an active exception")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
