@@ -33,6 +33,20 @@ def test_a_seed_gives_the_same_text_alone_and_inside_a_batch_and_no_seed_gives_f
     assert len(unseeded) == 3
 
 
+def test_requests_joining_and_leaving_a_running_batch_each_get_the_text_they_get_alone(engine):
+    """Rows join while others decode and leave in another order than they came (the cache moves the last
+    rows into the holes): each request's seeded text is still its own."""
+    asks = [request(engine, "w" * (1 + 3 * i), seed=i, max_tokens=30 + 12 * i) for i in range(8)]
+    alone = [engine.submit(a).result()[0].text for a in asks]
+    engine.peak = 0
+    streams = []
+    for ask in asks:
+        streams.append(engine.submit(ask))
+        time.sleep(0.1)  # arrive while the others are decoding (an idle engine gathers for 0.2 s)
+    assert [s.result()[0].text for s in streams] == alone
+    assert engine.peak >= 4  # they overlapped
+
+
 def test_logprob_of_a_choice_equals_a_forward_pass_and_n_choices_differ(engine):
     choices = engine.submit(request(engine, "Count.", n=3, seed=5, logprobs=True, top_logprobs=2)).result()
     assert len({c.text for c in choices}) == 3

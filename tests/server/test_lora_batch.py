@@ -39,6 +39,10 @@ def test_each_row_of_a_mixed_batch_gets_its_own_adapter_exactly(tmp_path):
     for row, want in enumerate(expected):
         torch.testing.assert_close(mixed[row : row + 1], want, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(expected[0], base, atol=1e-3)  # the adapters do change the output
+    # the same slots in use, but slot 1 now holds the second adapter: its rows follow the new weights
+    slots.load(1, *read_adapter(second))
+    with torch.no_grad(), slots.rows([1, 0, 3, 1]):
+        torch.testing.assert_close(model(input_ids=batch).logits[:1], expected[2], atol=1e-5, rtol=1e-5)
     # rank 8 × (in + out) fp32 numbers per layer: q, k, v, o of both layers
     assert slots.bytes_per_adapter == sum(4 * 8 * (l.base.in_features + l.base.out_features)
                                           for l in slots.layers.values()) == 4 * 8 * 2 * (128 + 96 + 96 + 128)

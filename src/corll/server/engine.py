@@ -3,15 +3,16 @@
     submit(GenerationRequest) -> Stream      # the whole interface the HTTP layer uses
 
 One scheduler thread owns the model. Requests that arrive while it is busy join the
-running batch at the next decoding step: each newcomer's prompt is prefilled, its
-KV cache left-padded and stacked onto the batch's, and from then on every row
-advances one token per step. Rows may belong to different users' adapters: every loaded adapter
+running batch at the next decoding step: each newcomer's prompt is prefilled and its
+keys and values written into the batch's cache after the running rows (`kv_rows.py`: rows join, grow
+and leave without the others' cache being copied), and from then on every row advances one token per
+step. Rows may belong to different users' adapters: every loaded adapter
 sits in a slot of stacked LoRA matrices and each row gathers its own in one batched product per
 layer (`lora_batch.py`), so nobody waits for an adapter switch and the cost of a step hardly grows
 with the number of distinct adapters; adapters are read off this thread and the least recently used
 slot reused beyond a budget (`adapters.py`). The base model itself carries no adapter machinery. A row
 leaves the batch when it ends (EOS, a stop string, its own token limit) or its
-client goes away, and its cache rows are dropped at once.
+client goes away, and the batch's last row takes its place in the cache at once.
 
 Each request samples from its own `torch.Generator`, seeded by the request's
 `seed` or, without one, by fresh entropy, so two users asking the same thing get
@@ -34,11 +35,12 @@ import threading
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
+from transformers import Cache, DynamicCache
 
 from corll.batches import left_pad
 from corll.policy import GREEDY_BELOW, Policy, load_frozen
 from corll.server.adapters import BASE_ADAPTER, AdapterCache
+from corll.server.kv_rows import RowsCache
 from corll.server.lora_batch import AdapterSlots
 from corll.server.protocol import Delta, GenerationRequest, Stream, TokenLogprob, UserLimit
 
@@ -106,7 +108,7 @@ class PolicyEngine:
     # --- the scheduler ---------------------------------------------------------------------------
     def _run(self) -> None:
         rows: list[_Row] = []
-        cache: DynamicCache | None = None
+        cache: RowsCache | None = None
         mask = torch.zeros(0, 0, dtype=torch.long)
         waiting: list[Stream] = []
         while True:
@@ -145,8 +147,8 @@ class PolicyEngine:
                 return arrived
 
     @torch.no_grad()
-    def _step(self, rows: list[_Row], cache: DynamicCache | None, mask: torch.Tensor,
-              admitted: list[Stream]) -> tuple[list[_Row], DynamicCache | None, torch.Tensor]:
+    def _step(self, rows: list[_Row], cache: RowsCache | None, mask: torch.Tensor,
+              admitted: list[Stream]) -> tuple[list[_Row], RowsCache | None, torch.Tensor]:
         """One decoding step for the running rows, with the admitted newcomers prefilled beside them."""
         keep = [i for i, r in enumerate(rows) if not r.stream.cancelled.is_set()]
         if len(keep) < len(rows):
@@ -163,7 +165,7 @@ class PolicyEngine:
             new_rows, new_cache, new_mask, new_logits = self._prefill(admitted)
             if new_rows:
                 logits.append(new_logits)
-                cache, mask = (new_cache, new_mask) if not rows else _stack(cache, mask, new_cache, new_mask)
+                cache, mask = _stack(RowsCache(self.max_batch) if cache is None else cache, mask, new_cache, new_mask)
                 rows = rows + new_rows
         if not rows:
             return [], None, torch.zeros(0, 0, dtype=torch.long)
@@ -236,7 +238,7 @@ class PolicyEngine:
         return rows, cache, mask, logits
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                 cache: DynamicCache, adapters: list[str]) -> torch.Tensor:
+                 cache: Cache, adapters: list[str]) -> torch.Tensor:
         """Last-position logits; each row through its own adapter (a batch of base-model rows through none)."""
         device = self.policy.device  # the scheduler's bookkeeping (ids, masks) stays on the CPU
         with self.policy.autocast(), self.slots.rows([self.adapters.slot(a) for a in adapters]):
@@ -310,38 +312,27 @@ class PolicyEngine:
                 row.stream.push(None)
 
     @staticmethod
-    def _select(rows: list[_Row], cache: DynamicCache | None, mask: torch.Tensor,
-                keep: list[int]) -> tuple[list[_Row], DynamicCache | None, torch.Tensor]:
-        """Only the rows at `keep`, with the left padding no remaining row needs cut off."""
+    def _select(rows: list[_Row], cache: RowsCache | None, mask: torch.Tensor,
+                keep: list[int]) -> tuple[list[_Row], RowsCache | None, torch.Tensor]:
+        """Only the rows at `keep` (in the order the cache leaves them), with the left padding no remaining
+        row needs cut off."""
         if not keep:
             return [], None, torch.zeros(0, 0, dtype=torch.long)
-        index = torch.tensor(keep)
-        mask = mask[index]
-        start = int(mask.any(0).long().argmax())
-        for layer in cache.layers:
-            at = index.to(layer.keys.device)
-            layer.keys = layer.keys[at, :, start:]
-            layer.values = layer.values[at, :, start:]
-        return [rows[i] for i in keep], cache, mask[:, start:]
+        drop = int(mask[keep].any(0).long().argmax())
+        order = cache.keep(keep, drop)
+        return [rows[i] for i in order], cache, mask[order, drop:]
 
 
-def _stack(cache: DynamicCache, mask: torch.Tensor, other: DynamicCache,
-           other_mask: torch.Tensor) -> tuple[DynamicCache, torch.Tensor]:
-    """Two batches' caches as one: the shorter left-padded (masked out), rows stacked."""
+def _stack(cache: RowsCache, mask: torch.Tensor, other: Cache,
+           other_mask: torch.Tensor) -> tuple[RowsCache, torch.Tensor]:
+    """Two batches as one: `other`'s rows after `cache`'s, the narrower left-padded (masked out)."""
     width = max(mask.shape[1], other_mask.shape[1])
+    cache.append(other)
+    return cache, torch.cat([_pad_left(mask, width), _pad_left(other_mask, width)])
 
-    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
-        missing = width - t.shape[dim]
-        if missing == 0:
-            return t
-        shape = list(t.shape)
-        shape[dim] = missing
-        return torch.cat([t.new_zeros(shape), t], dim=dim)
 
-    for mine, theirs in zip(cache.layers, other.layers):
-        mine.keys = torch.cat([pad(mine.keys, 2), pad(theirs.keys, 2)])
-        mine.values = torch.cat([pad(mine.values, 2), pad(theirs.values, 2)])
-    return cache, torch.cat([pad(mask, 1), pad(other_mask, 1)])
+def _pad_left(mask: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.cat([mask.new_zeros(mask.shape[0], width - mask.shape[1]), mask], dim=1)
 
 
 def _first_stop(text: str, stops: tuple[str, ...], sent: int) -> int | None:

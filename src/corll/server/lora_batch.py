@@ -13,7 +13,10 @@ multiplied by all of them at once, and a mask keeps each row's own r columns:
 
 Two dense products of width u·r instead of a gather of each row's matrices and two batched products:
 on SmolLM2's shapes (32 rows, r = 8, one bf16 thread) 2–4× cheaper per layer at 1 to 30 distinct
-adapters. Slot 0 is the base model: its rows get an all-zero mask, and a step of base-model rows only
+adapters. The side-by-side matrices are gathered once for a set of adapters and kept while the steps use
+that set (with 8 users' adapters among 32 rows, most steps do); each layer keeps the last two sets (a
+step's running rows and the newcomers prefilled beside them use different ones), at most twice the memory
+of the adapters in use. Slot 0 is the base model: its rows get an all-zero mask, and a step of base-model rows only
 skips the LoRA term entirely. An adapter's scale (α/r, or α/√r for rsLoRA) is folded into its B when it
 is loaded, and a rank below the engine's maximum is padded with zeros, which add nothing.
 """
@@ -23,11 +26,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 PEFT_PREFIX = "base_model.model."
+KEPT_SETS = 2  # sets of adapters whose side-by-side matrices each layer keeps
 
 
 class AdapterError(ValueError):
@@ -43,16 +48,33 @@ class StackedLoRA(nn.Module):
         device = base.weight.device
         self.register_buffer("A", torch.zeros(count, rank, base.in_features, dtype=dtype, device=device))
         self.register_buffer("Bt", torch.zeros(count, rank, base.out_features, dtype=dtype, device=device))  # Bᵀ
+        # the used slots' matrices side by side for the last few sets of adapters (a step's running rows and
+        # the newcomers prefilled beside them use different sets)
+        self._side_by_side: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         plan = self.slots[0].plan
         if plan is None:
             return y
-        used, mask = plan
-        a, bt = self.A[used].flatten(0, 1), self.Bt[used].flatten(0, 1)  # [u·r, in], [u·r, out]
-        low = (x.to(a.dtype) @ a.T) * mask[:, None, :]  # [rows, tokens, u·r], each row its own block
+        if plan.key not in self._side_by_side:
+            if len(self._side_by_side) >= KEPT_SETS:
+                del self._side_by_side[next(iter(self._side_by_side))]  # the oldest
+            # [u·r, in] and [u·r, out]: gathered once per set of adapters, not at every step
+            self._side_by_side[plan.key] = (self.A[plan.used].flatten(0, 1), self.Bt[plan.used].flatten(0, 1))
+        a, bt = self._side_by_side[plan.key]
+        low = (x.to(a.dtype) @ a.T) * plan.mask[:, None, :]  # [rows, tokens, u·r], each row its own block
         return y + (low @ bt).to(y.dtype)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A forward's adapters: the slots it uses, each row's mask over their ranks, and a key that changes
+    whenever the slots used or their weights do."""
+
+    used: torch.Tensor
+    mask: torch.Tensor
+    key: tuple
 
 
 class AdapterSlots:
@@ -64,8 +86,8 @@ class AdapterSlots:
         if count < 2:
             raise ValueError(f"adapter slots must leave room for one adapter beside the base model, not {count}")
         self.count, self.rank, self.targets = count, rank, tuple(targets)
-        # while a forward runs: the slots it uses and each row's mask over their ranks; None: all base
-        self.plan: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.plan: Plan | None = None  # while a forward runs; None: every row on the base model
+        self.loads = 0  # adapters loaded so far: part of a plan's key, so new weights are never missed
         self.layers: dict[str, StackedLoRA] = {}
         for parent_name, parent in list(model.named_modules()):
             for name, child in list(parent.named_children()):
@@ -98,6 +120,7 @@ class AdapterSlots:
                 raise AdapterError(f"the adapter changes {key!r}, which this engine does not serve "
                                    f"(LoRA on {', '.join(self.targets)} only)")
             pairs.setdefault(path, {})[kind] = tensor
+        self.loads += 1
         for path, layer in self.layers.items():
             a, b = pairs.get(path, {}).get("lora_A"), pairs.get(path, {}).get("lora_B")
             layer.A[slot].zero_()
@@ -117,7 +140,8 @@ class AdapterSlots:
                 if slot:
                     start = used.index(slot) * self.rank
                     mask[row, start:start + self.rank] = 1
-            self.plan = (torch.tensor(used, device=first.A.device), mask.to(first.A.device))
+            self.plan = Plan(torch.tensor(used, device=first.A.device), mask.to(first.A.device),
+                             (tuple(used), self.loads))
         try:
             yield
         finally:
