@@ -31,6 +31,24 @@ from transformers.cache_utils import Cache, DynamicLayer
 MIN_ROOM = 64  # positions of room added at least when a buffer grows
 
 
+class _LiveView:
+    """A layer's `keys` or `values`: the live block of its buffer. transformers reads them, and its `reset`
+    and `crop` write them: a write replaces the buffer."""
+
+    def __init__(self, which: int) -> None:
+        self.which = which
+
+    def __get__(self, layer: RowsLayer | None, owner: type | None = None) -> torch.Tensor | _LiveView | None:
+        if layer is None:  # looked up on the class
+            return self
+        if layer.buffers is None:
+            return None
+        return layer.buffers[self.which][: layer.rows, :, layer.start:layer.end]
+
+    def __set__(self, layer: RowsLayer, value: torch.Tensor | None) -> None:
+        layer._replace(self.which, value)
+
+
 class RowsLayer(DynamicLayer):
     """One layer's keys and values: a buffer with room, `keys`/`values` the live view into it."""
 
@@ -40,22 +58,8 @@ class RowsLayer(DynamicLayer):
         self.rows = self.start = self.end = 0
         super().__init__(**kwargs)
 
-    # transformers reads (and its `reset`/`crop` write) `keys` and `values`: a write replaces the buffer
-    @property
-    def keys(self) -> torch.Tensor | None:
-        return None if self.buffers is None else self.buffers[0][: self.rows, :, self.start:self.end]
-
-    @keys.setter
-    def keys(self, value: torch.Tensor | None) -> None:
-        self._replace(0, value)
-
-    @property
-    def values(self) -> torch.Tensor | None:
-        return None if self.buffers is None else self.buffers[1][: self.rows, :, self.start:self.end]
-
-    @values.setter
-    def values(self, value: torch.Tensor | None) -> None:
-        self._replace(1, value)
+    keys = _LiveView(0)
+    values = _LiveView(1)
 
     def _replace(self, which: int, value: torch.Tensor | None) -> None:
         if value is None or value.dim() != 4:  # cleared, or transformers' empty placeholder
