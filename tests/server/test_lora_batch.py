@@ -57,3 +57,31 @@ def test_an_adapter_the_slots_cannot_hold_is_refused_with_the_reason(tmp_path):
     with pytest.raises(AdapterError, match="up_proj"):
         slots.load(1, *read_adapter(random_adapter(tmp_path / "mlp", seed=1, r=4, targets=("q_proj", "up_proj"))))
     assert all(not layer.A[1].any() for layer in slots.layers.values())  # a refused adapter leaves nothing
+
+
+def test_sibling_layers_given_different_inputs_each_get_their_own_update():
+    """q, k and v share one first product when they read the same input; a model whose siblings read
+    different inputs still gets each layer's own x·Aᵀ·Bᵀ."""
+    torch.manual_seed(0)
+
+    class Attention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q_proj, self.k_proj = torch.nn.Linear(6, 5, bias=False), torch.nn.Linear(6, 4, bias=False)
+
+    model = torch.nn.Module()
+    model.attn = Attention()
+    slots = AdapterSlots(model, 3, rank=2, targets=("q_proj", "k_proj"))
+    q, k = slots.layers["attn.q_proj"], slots.layers["attn.k_proj"]
+    assert q.group[0] is k.group[0]
+    for layer in (q, k):
+        layer.A.normal_()
+        layer.Bt.normal_()
+    x, other = torch.randn(2, 1, 6), torch.randn(2, 1, 6)
+    with slots.rows([2, 1]):
+        shared = (q(x), k(x))  # the same input: one product for both
+        apart = (q(x), k(other))  # k reads another input: computed afresh
+    for row, slot in enumerate([2, 1]):
+        for layer, inp, out in ((q, x, shared[0]), (k, x, shared[1]), (q, x, apart[0]), (k, other, apart[1])):
+            want = layer.base(inp[row]) + inp[row] @ layer.A[slot].T @ layer.Bt[slot]
+            torch.testing.assert_close(out[row], want)

@@ -13,10 +13,12 @@ multiplied by all of them at once, and a mask keeps each row's own r columns:
 
 Two dense products of width u·r instead of a gather of each row's matrices and two batched products:
 on SmolLM2's shapes (32 rows, r = 8, one bf16 thread) 2–4× cheaper per layer at 1 to 30 distinct
-adapters. The side-by-side matrices are gathered once for a set of adapters and kept while the steps use
-that set (with 8 users' adapters among 32 rows, most steps do); each layer keeps the last two sets (a
-step's running rows and the newcomers prefilled beside them use different ones), at most twice the memory
-of the adapters in use. Slot 0 is the base model: its rows get an all-zero mask, and a step of base-model rows only
+adapters. Fewer operations per step, since a step's cost here is mostly their number: q, k and v read
+the same input, so their first products are one (`x · [A_q; A_k; A_v]ᵀ`, masked once); and the
+side-by-side matrices are gathered once for a set of adapters and kept while the steps use that set (with
+8 users' adapters among 32 rows, most steps do). Each layer keeps the last two sets (a step's running rows
+and the newcomers prefilled beside them use different ones), at most twice the memory of the adapters in
+use. Slot 0 is the base model: its rows get an all-zero mask, and a step of base-model rows only
 skips the LoRA term entirely. An adapter's scale (α/r, or α/√r for rsLoRA) is folded into its B when it
 is loaded, and a rank below the engine's maximum is padded with zeros, which add nothing.
 """
@@ -42,29 +44,67 @@ class AdapterError(ValueError):
 class StackedLoRA(nn.Module):
     """A frozen linear layer plus every loaded adapter's low-rank update, chosen per row."""
 
-    def __init__(self, base: nn.Linear, slots: AdapterSlots, count: int, rank: int, dtype: torch.dtype) -> None:
+    def __init__(self, base: nn.Linear, slots: AdapterSlots, group: SharedInput, count: int, rank: int,
+                 dtype: torch.dtype) -> None:
         super().__init__()
-        self.base, self.slots = base, [slots]  # a list: the shared slots are not a submodule
+        self.base, self.slots, self.group = base, [slots], [group]  # lists: shared objects, not submodules
         device = base.weight.device
         self.register_buffer("A", torch.zeros(count, rank, base.in_features, dtype=dtype, device=device))
         self.register_buffer("Bt", torch.zeros(count, rank, base.out_features, dtype=dtype, device=device))  # Bᵀ
-        # the used slots' matrices side by side for the last few sets of adapters (a step's running rows and
-        # the newcomers prefilled beside them use different sets)
-        self._side_by_side: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._bt: dict[tuple, torch.Tensor] = {}  # the used slots' Bᵀ side by side, per set of adapters
+        self.place = group.join(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         plan = self.slots[0].plan
         if plan is None:
             return y
-        if plan.key not in self._side_by_side:
-            if len(self._side_by_side) >= KEPT_SETS:
-                del self._side_by_side[next(iter(self._side_by_side))]  # the oldest
-            # [u·r, in] and [u·r, out]: gathered once per set of adapters, not at every step
-            self._side_by_side[plan.key] = (self.A[plan.used].flatten(0, 1), self.Bt[plan.used].flatten(0, 1))
-        a, bt = self._side_by_side[plan.key]
-        low = (x.to(a.dtype) @ a.T) * plan.mask[:, None, :]  # [rows, tokens, u·r], each row its own block
+        low = self.group[0].low(self.place, x, plan)  # [rows, tokens, u·r], each row its own block
+        bt = _kept(self._bt, plan.key, lambda: self.Bt[plan.used].flatten(0, 1))  # [u·r, out]
         return y + (low @ bt).to(y.dtype)
+
+
+class SharedInput:
+    """Sibling layers that read the same input (attention's q, k and v): their first LoRA products are one
+    product, `x · [A_q; A_k; A_v]ᵀ`, masked once. A layer called with another input than its siblings' last
+    one computes the group's product afresh, so the result is right for any model, and fastest where the
+    siblings do share it (every Llama-style attention)."""
+
+    def __init__(self) -> None:
+        self.members: list[StackedLoRA] = []
+        self._down: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # per set of adapters: [A…]ᵀ, mask
+        self._input: torch.Tensor | None = None
+        self._low: torch.Tensor | None = None
+        self._key: tuple | None = None
+
+    def join(self, layer: StackedLoRA) -> int:
+        self.members.append(layer)
+        return len(self.members) - 1
+
+    def low(self, place: int, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+        """Member `place`'s masked `x · Aᵀ` for this plan, computed for every member at the first call."""
+        if x is not self._input or plan.key != self._key:
+            a, mask = _kept(self._down, plan.key, lambda: (
+                torch.cat([m.A[plan.used].flatten(0, 1) for m in self.members]),  # [members·u·r, in]
+                plan.mask.repeat(1, len(self.members))))
+            self._low = (x.to(a.dtype) @ a.T) * mask[:, None, :]
+            self._input, self._key = x, plan.key
+        width = plan.mask.shape[1]
+        return self._low[..., place * width:(place + 1) * width]
+
+    def release(self) -> None:
+        """Forget the last input (the forward is over)."""
+        self._input = self._low = self._key = None
+
+
+def _kept(cache: dict, key: tuple, make):
+    """`cache[key]`, made if missing; the oldest entry goes beyond KEPT_SETS (one set of adapters for a step's
+    running rows, another for the newcomers prefilled beside them)."""
+    if key not in cache:
+        if len(cache) >= KEPT_SETS:
+            del cache[next(iter(cache))]
+        cache[key] = make()
+    return cache[key]
 
 
 @dataclass(frozen=True)
@@ -82,6 +122,7 @@ class AdapterSlots:
 
     def __init__(self, model: nn.Module, count: int, *, rank: int = 8,
                  targets: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+                 shared: Sequence[str] = ("q_proj", "k_proj", "v_proj"),
                  dtype: torch.dtype = torch.float32) -> None:
         if count < 2:
             raise ValueError(f"adapter slots must leave room for one adapter beside the base model, not {count}")
@@ -90,11 +131,14 @@ class AdapterSlots:
         self.loads = 0  # adapters loaded so far: part of a plan's key, so new weights are never missed
         self.layers: dict[str, StackedLoRA] = {}
         for parent_name, parent in list(model.named_modules()):
+            siblings = SharedInput()  # this module's `shared` targets; every other target is a group alone
             for name, child in list(parent.named_children()):
                 if name in self.targets and isinstance(child, nn.Linear):
                     path = f"{parent_name}.{name}" if parent_name else name
-                    self.layers[path] = StackedLoRA(child, self, count, rank, dtype)
+                    group = siblings if name in shared else SharedInput()
+                    self.layers[path] = StackedLoRA(child, self, group, count, rank, dtype)
                     setattr(parent, name, self.layers[path])
+        self.groups = list({id(layer.group[0]): layer.group[0] for layer in self.layers.values()}.values())
         if not self.layers:
             raise ValueError(f"the model has no linear layers named {', '.join(self.targets)}")
 
@@ -146,3 +190,5 @@ class AdapterSlots:
             yield
         finally:
             self.plan = None
+            for group in self.groups:
+                group.release()
