@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from corll.kv_rows import RowsCache
+
 
 
 @dataclass
@@ -152,9 +154,11 @@ def sequence_logprobs(model: nn.Module, batch: EncodedBatch | SharedPromptBatch)
 
 
 def prefill_cache(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, copies: int):
-    """The KV cache of left-padded prompts, each row repeated `copies` times for sampling."""
+    """The KV cache of left-padded prompts, each row repeated `copies` times for sampling; decoding then
+    writes each token's keys into room after the prompt's instead of copying the cache (`kv_rows`)."""
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    cache = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                  logits_to_keep=1).cache
+    cache = RowsCache()
+    model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, cache=cache, use_cache=True,
+          logits_to_keep=1)
     cache.batch_repeat_interleave(copies)
     return cache

@@ -4,7 +4,7 @@
 
 One scheduler thread owns the model. Requests that arrive while it is busy join the
 running batch at the next decoding step: each newcomer's prompt is prefilled and its
-keys and values written into the batch's cache after the running rows (`kv_rows.py`: rows join, grow
+keys and values written into the batch's cache after the running rows (`corll.kv_rows`: rows join, grow
 and leave without the others' cache being copied), and from then on every row advances one token per
 step. Rows may belong to different users' adapters: every loaded adapter
 sits in a slot of stacked LoRA matrices and each row gathers its own in one batched product per
@@ -40,7 +40,7 @@ from transformers import Cache, DynamicCache
 from corll.batches import left_pad
 from corll.policy import GREEDY_BELOW, Policy, load_frozen
 from corll.server.adapters import BASE_ADAPTER, AdapterCache
-from corll.server.kv_rows import RowsCache
+from corll.kv_rows import RowsCache
 from corll.server.lora_batch import AdapterSlots
 from corll.server.protocol import Delta, GenerationRequest, Stream, TokenLogprob, UserLimit
 

@@ -4,7 +4,7 @@ import torch
 
 from transformers import DynamicCache
 
-from corll.server.kv_rows import RowsCache
+from corll.kv_rows import RowsCache
 
 HEADS, DIM, LAYERS = 2, 3, 2
 
