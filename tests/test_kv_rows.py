@@ -87,3 +87,21 @@ def test_a_step_copies_no_past_positions_until_the_room_is_used_up():
     for _ in range(100):
         cache.update(torch.randn(4, HEADS, 1, DIM), torch.randn(4, HEADS, 1, DIM), 0)
     assert cache.get_seq_length() == 135 and cache.layers[0].buffers[0] is not buffer  # grown once room ran out
+
+
+def test_transformers_own_row_operations_keep_keys_and_values_together():
+    """`batch_repeat_interleave` (sampling k answers per prompt) and `batch_select_indices` write `keys`
+    and then `values`: each replaces the buffer with the live block, wherever that block started."""
+    cache = RowsCache()
+    keys = torch.randn(2, HEADS, 6, DIM)
+    cache.update(keys, -keys, 0)
+    cache.keep([0, 1], drop=2)  # the live block now starts inside the buffer
+    cache.batch_repeat_interleave(3)
+    layer = cache.layers[0]
+    assert torch.equal(layer.keys, keys[:, :, 2:].repeat_interleave(3, 0))
+    assert torch.equal(layer.values, -layer.keys)
+    cache.batch_select_indices(torch.tensor([5, 0]))
+    assert torch.equal(layer.keys, keys[[1, 0], :, 2:]) and torch.equal(layer.values, -layer.keys)
+    step = torch.randn(2, HEADS, 1, DIM)
+    live, _ = cache.update(step, -step, 0)
+    assert torch.equal(live, torch.cat([keys[[1, 0], :, 2:], step], dim=2))

@@ -32,8 +32,8 @@ MIN_ROOM = 64  # positions of room added at least when a buffer grows
 
 
 class _LiveView:
-    """A layer's `keys` or `values`: the live block of its buffer. transformers reads them, and its `reset`
-    and `crop` write them: a write replaces the buffer."""
+    """A layer's `keys` or `values`: the live block of its buffer. transformers reads them, and writes them
+    one at a time when it clears them or moves them between devices: a write replaces the buffer."""
 
     def __init__(self, which: int) -> None:
         self.which = which
@@ -62,12 +62,36 @@ class RowsLayer(DynamicLayer):
     values = _LiveView(1)
 
     def _replace(self, which: int, value: torch.Tensor | None) -> None:
+        """transformers set `keys` or `values` alone (moving them between devices, clearing them): the new
+        tensor, beside the other's live view."""
         if value is None or value.dim() != 4:  # cleared, or transformers' empty placeholder
             self.buffers, self.rows, self.start, self.end = None, 0, 0, 0
             return
-        other = self.buffers[1 - which] if self.buffers is not None else torch.zeros_like(value)
-        pair = (value, other) if which == 0 else (other, value)
-        self.buffers, self.rows, self.start, self.end = pair, value.shape[0], 0, value.shape[2]
+        pair = [self.keys, self.values]
+        pair[which] = value
+        if pair[1 - which] is None:
+            pair[1 - which] = torch.zeros_like(value)
+        self._live(*pair)
+
+    # transformers' row and length operations, on keys and values together
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.buffers is not None:
+            self._live(self.keys.repeat_interleave(repeats, dim=0), self.values.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.buffers is not None:
+            self._live(self.keys[indices], self.values[indices])
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes the number of tokens to remove as a negative number")
+        self.end = max(self.start, self.end + tokens_to_remove)
+
+    def _live(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.buffers, self.rows, self.start, self.end = (keys, values), keys.shape[0], 0, keys.shape[2]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args,
                **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
