@@ -217,3 +217,31 @@ def test_metrics_count_open_canaries_and_their_verdicts(store):
     store.activate(store.canaries()[0].version_id)
     watch(store, store.canaries(open_only=True)[0])
     assert "corll_canaries_open 0.0" in scrape() and 'corll_learner_decisions_total{decision="promoted"} 2.0' in scrape()
+
+
+def test_a_pass_looks_at_the_canaries_after_each_training_not_only_at_its_start(tmp_path, monkeypatch):
+    """Edits reaching a canary while the learner trains other users' candidates get their verdict after
+    that training, within the same pass, before the next user's training."""
+    import corll.service.learn as learn
+    from corll.store import Principal
+
+    store = Store(f"sqlite:///{tmp_path / 'corll.db'}")
+    control, candidate = open_canary(store)
+    carol = Principal("acme", "carol")
+    log_edits(store, BOB, 8)
+    log_edits(store, carol, 8)
+    trained = []
+    train = learn.learn_lineage
+
+    def training(store_, work, *args, **kwargs):
+        trained.append(work.lineage.user)
+        if len(trained) == 1:  # while the first candidate trains, alice's canary drafts are edited
+            for _ in range(7):
+                edited(store, ALICE, candidate, "a fine draft", "a fine draft")
+                edited(store, ALICE, control, "a poor rough draft", "a fine draft")
+        return train(store_, work, *args, **kwargs)
+
+    monkeypatch.setattr(learn, "learn_lineage", training)
+    made = learn_once(store, config(tmp_path))
+    assert [(d.user, d.decision) for d in made][1] == ("alice", "promoted")  # right after the first training
+    assert trained == ["bob", "carol"] and made[0].user == "bob" and made[2].user == "carol"

@@ -5,8 +5,9 @@ The offline gate judges a candidate on a few held-out edits; the canary judges i
 While it is open, each request of the lineage's users is drafted by the candidate with probability
 `share` (by the version serving them otherwise, the control, the rest of the time), and the interaction
 logs which version drafted it. A draft's cost is the number of words its user's edit changed
-(`feedback.word_edit_distance`). At each look (every learner pass with new edits), the k-th edited
-candidate draft is paired with the k-th edited control draft, in the order they were edited: when the two
+(`feedback.word_edit_distance`). At each look (at the start of each learner pass and after each candidate
+it trains, if edits came in), the k-th edited candidate draft is paired with the k-th edited control
+draft, in the order they were edited: when the two
 versions are equally good, each pair is a fair coin between "the candidate's draft cost fewer words" (a
 win) and "more" (a loss); ties say nothing and are dropped. Two mixture sequential probability ratio tests
 (`stats.sign_evidence`) watch the signs, one for "better" and one for "worse":
@@ -91,8 +92,8 @@ def watch(store: Store, canary: Canary) -> Decision | None:
     candidate, control = ([word_edit_distance(draft, edit) for draft, edit in arm]
                           for arm in store.canary_edits(canary.id))
     last = canary.looks[-1] if canary.looks else None
-    if last is not None and (last.candidate, last.control) == (len(candidate), len(control)):
-        return None
+    if ((last.candidate, last.control) if last else (0, 0)) == (len(candidate), len(control)):
+        return None  # nothing edited since the last look (or at all)
     verdict = judge(candidate, control, canary.alpha, canary.budget)
     if verdict.decision is None:
         store.add_look(canary.id, verdict.look)

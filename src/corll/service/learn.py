@@ -293,6 +293,10 @@ def learn_once(store: Store, config: LearnConfig, report: Report = lambda _: Non
             if (decision := learn_lineage(store, work, config, report, worker)) is not None:
                 made.append(decision)
             queue.resync(lineage)
+        # a look at the canaries after each training, not once a pass: a pass may train every user's
+        # candidate in turn, and a canary's verdict then waits one training instead of all of them
+        verdicts, testing = watch_canaries(store, report)
+        made += verdicts
     return made
 
 
