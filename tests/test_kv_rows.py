@@ -1,7 +1,6 @@
 import random
 
 import torch
-
 from transformers import DynamicCache
 
 from corll.kv_rows import RowsCache
@@ -9,7 +8,8 @@ from corll.kv_rows import RowsCache
 HEADS, DIM, LAYERS = 2, 3, 2
 
 
-def prefill(widths: list[int], ids: list[int], reference: dict[int, list[torch.Tensor]]) -> tuple[DynamicCache, torch.Tensor]:
+def prefill(widths: list[int], ids: list[int],
+            reference: dict[int, list[torch.Tensor]]) -> tuple[DynamicCache, torch.Tensor]:
     """A cache of new rows, left-padded to the widest, as the engine's prefill makes one."""
     width = max(widths)
     mask = torch.tensor([[0] * (width - w) + [1] * w for w in widths])

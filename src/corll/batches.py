@@ -13,7 +13,6 @@ from torch import nn
 from corll.kv_rows import RowsCache
 
 
-
 @dataclass
 class EncodedBatch:
     """Prompt+response token ids with masks; `response_mask` marks the response tokens."""

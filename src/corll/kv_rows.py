@@ -3,8 +3,8 @@
 transformers' `DynamicCache` appends a step's keys and values with `torch.cat`, which copies every layer's
 whole cache at every step (7% of corll's sampling on a CPU), and the serving engine used to drop finished
 rows and stack newcomers the same way: three copies of the cache per step once requests arrive and leave
-continuously, about 15% of a 32-row decoding step of SmolLM2 on a CPU. Here each layer keeps its keys and values in a larger buffer (room for
-more rows and more positions) and the live block is a view into it:
+continuously, about 15% of a 32-row decoding step of SmolLM2 on a CPU. Here each layer keeps its keys and
+values in a larger buffer (room for more rows and more positions) and the live block is a view into it:
 
     buffer [rows capacity, heads, positions capacity, head dim]
     live   = buffer[:rows, :, start:end]

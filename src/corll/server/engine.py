@@ -38,9 +38,9 @@ import torch
 from transformers import Cache, DynamicCache
 
 from corll.batches import left_pad
+from corll.kv_rows import RowsCache
 from corll.policy import GREEDY_BELOW, Policy, load_frozen
 from corll.server.adapters import BASE_ADAPTER, AdapterCache
-from corll.kv_rows import RowsCache
 from corll.server.lora_batch import AdapterSlots
 from corll.server.protocol import Delta, GenerationRequest, Stream, TokenLogprob, UserLimit
 
@@ -165,7 +165,8 @@ class PolicyEngine:
             new_rows, new_cache, new_mask, new_logits = self._prefill(admitted)
             if new_rows:
                 logits.append(new_logits)
-                cache, mask = _stack(RowsCache(self.max_batch) if cache is None else cache, mask, new_cache, new_mask)
+                cache = RowsCache(self.max_batch) if cache is None else cache
+                cache, mask = _stack(cache, mask, new_cache, new_mask)
                 rows = rows + new_rows
         if not rows:
             return [], None, torch.zeros(0, 0, dtype=torch.long)
