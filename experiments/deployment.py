@@ -34,7 +34,7 @@ import openai
 import corll
 from corll.feedback import word_edit_distance
 from corll.hardware import detect
-from corll.store import Principal, Store
+from corll.store import Principal, Store, is_blank
 from corll.tasks.prelude import EMAIL_SOURCES, load_documents, prompt_for
 from corll.users.preferences import DESCRIPTIONS, revise
 
@@ -63,10 +63,14 @@ def user_session(url: str, key: str, model: str, user: str, number: int, prefere
                 temperature=0.7, seed=100_000 * traffic_seed + 1000 * number + t)
             draft = completion.choices[0].message.content
             kept = revise(preference, draft)
-            sdk.edit(completion.id, kept)
+            nothing = is_blank(kept)  # an empty draft the user's rules add nothing to: no edit can say so
+            if nothing:
+                sdk.react(completion.id, "dislike")
+            else:
+                sdk.edit(completion.id, kept)
             with lock:
                 rows.append({"user": user, "t": t, "id": completion.id, "cost": word_edit_distance(draft, kept),
-                             "draft": draft, "kept": kept})
+                             "draft": draft, "kept": kept, "kept_nothing": nothing})
             time.sleep(think)
 
 
@@ -88,14 +92,24 @@ def run_arm(name: str, args, work: Path, users: dict[str, tuple[str, str]] = USE
     started = time.perf_counter()
     try:
         think = args.think if learn_options is not None else 0.0
-        threads = [threading.Thread(target=user_session, args=(url, keys[u], args.model, u, i, preference, source,
-                                                               args.drafts, think, args.max_tokens, args.seed, rows,
-                                                               lock))
+        failed: list[Exception] = []
+
+        def session(*session_args) -> None:
+            try:
+                user_session(*session_args)
+            except Exception as exc:  # noqa: BLE001 - a user's session that dies fails the arm (raised below)
+                failed.append(exc)
+
+        threads = [threading.Thread(target=session, args=(url, keys[u], args.model, u, i, preference, source,
+                                                          args.drafts, think, args.max_tokens, args.seed, rows, lock))
                    for i, (u, (preference, source)) in enumerate(users.items())]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+        if failed:  # its rows are not complete: no unit is written from them
+            raise RuntimeError(f"{len(failed)} user session(s) of arm {name} failed; the first: {failed[0]!r}") \
+                from failed[0]
     finally:
         server.terminate()
         server.wait(timeout=120)

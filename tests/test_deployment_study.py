@@ -26,10 +26,12 @@ def study(tmp_path: Path, seeds=(0, 1)) -> "deployment_study.Study":
     return deployment_study.Study.load(path, tmp_path / "results")
 
 
-def write(s, seed: int, arm: str, cost, decisions=(), version=None) -> None:
-    """A unit: every user's 6 drafts costing cost(user index, t) words; drafts 3-5 by `version`."""
-    rows = [{"user": u, "t": t, "cost": cost(i, t), "version": version if t >= 3 else None}
-            for i, u in enumerate(USERS) for t in range(6)]
+def write(s, seed: int, arm: str, cost, decisions=(), version=None, words=4) -> None:
+    """A unit: every user's 6 drafts (of `words` words, kept as drafted) costing cost(user index, t) words;
+    drafts 3-5 by `version`."""
+    draft = " ".join(["word"] * words)
+    rows = [{"user": u, "t": t, "cost": cost(i, t), "version": version if t >= 3 else None, "draft": draft,
+             "kept": draft} for i, u in enumerate(USERS) for t in range(6)]
     path = s.unit_path(seed, arm)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"rows": rows, "decisions": list(decisions), "wall_s": 1800.0, "machine": "cpu"}))
@@ -102,3 +104,42 @@ def test_the_time_from_edit_to_decision_is_summarised_per_arm_where_units_logged
     waits = deployment_study.analyse(s)["edit_to_decision"]
     assert set(waits) == {"learn"} and waits["learn"]["decisions"] == 2 and waits["learn"]["p50"] == 60.0
     assert "learn median 60 s" in deployment_study.render(s, deployment_study.analyse(s))
+
+
+def test_the_drafts_length_and_those_the_user_kept_nothing_of_are_shown_per_arm(tmp_path):
+    s = study(tmp_path, seeds=(0,))
+    write(s, 0, "none", lambda i, t: 5, words=9)
+    write(s, 0, "learn", lambda i, t: 2, words=3)
+    unit = json.loads(s.unit_path(0, "learn").read_text())
+    unit["rows"][0]["kept"] = "\u200b "  # nothing visible kept (an early draft: the mean is over the last third)
+    s.unit_path(0, "learn").write_text(json.dumps(unit))
+    drafts = deployment_study.analyse(s)["drafts"]
+    assert drafts == {"none": {"mean_words": 9.0, "kept_nothing": 0}, "learn": {"mean_words": 3.0, "kept_nothing": 1}}
+    assert "mean length in words: learn 3.0, none 9.0; drafts the user kept nothing of: learn 1, none 0" in \
+        deployment_study.render(s, deployment_study.analyse(s))
+
+
+def test_an_arm_whose_user_session_dies_fails_rather_than_returning_a_user_short(tmp_path, monkeypatch):
+    """A user's session that raises (say, an edit the server refused) must fail the unit: a unit with one
+    user's last drafts missing would enter the analysis as if complete."""
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import deployment
+
+    class Server:
+        def terminate(self) -> None: ...
+
+        def wait(self, timeout: float) -> None: ...
+
+    def session(url, key, model, user, number, preference, source, drafts, think, max_tokens, seed, rows, lock):
+        if user == "ben":
+            raise RuntimeError("400: 'edit' is empty or invisible")
+        with lock:
+            rows.append({"user": user, "t": 0, "id": "x", "cost": 0, "draft": "d", "kept": "d"})
+
+    monkeypatch.setattr(deployment, "start_server", lambda db, *options, model: (Server(), "http://127.0.0.1:9"))
+    monkeypatch.setattr(deployment, "user_session", session)
+    args = SimpleNamespace(model="tiny", drafts=1, think=0.0, max_tokens=8, min_edits=6, seed=0)
+    with pytest.raises(RuntimeError, match="1 user session\\(s\\) of arm none failed.*empty or invisible"):
+        deployment.run_arm("none", args, tmp_path)
