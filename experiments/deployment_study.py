@@ -34,6 +34,7 @@ from scipy import stats as scipy_stats
 
 from corll.hardware import detect
 from corll.stats import ALPHA, holm, minimum_detectable_effect
+from corll.store import is_blank
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = Path(__file__).resolve().with_name("deployment-study.yaml")
@@ -151,6 +152,20 @@ def edit_to_decision(done: dict[tuple[int, str], dict]) -> dict[str, dict]:
                   "p95": statistics.quantiles(v, n=20)[-1] if len(v) > 1 else v[0]} for arm, v in found.items() if v}
 
 
+def draft_lengths(study: Study, done: dict[tuple[int, str], dict]) -> dict[str, dict]:
+    """Per arm, the drafts' mean length in words over the last third, and how many drafts the user kept
+    nothing of. Fewer words edited could also come from drafting less, so the page shows both. Descriptive,
+    not tested: added after 12 units had run."""
+    start = study.plan["drafts"] - study.plan["drafts"] // 3
+    found: dict[str, dict] = {}
+    for (_, arm), unit in done.items():
+        seen = found.setdefault(arm, {"words": [], "kept_nothing": 0})
+        seen["words"] += [len(r["draft"].split()) for r in unit["rows"] if r["t"] >= start]
+        seen["kept_nothing"] += sum(is_blank(r["kept"]) for r in unit["rows"])
+    return {arm: {"mean_words": statistics.fmean(found[arm]["words"]), "kept_nothing": found[arm]["kept_nothing"]}
+            for arm in study.plan["arms"] if arm in found}
+
+
 def analyse(study: Study) -> dict:
     done = study.done()
     tests = {arm: test_users(effects(study, done, arm)) for arm in study.learning_arms}
@@ -165,7 +180,7 @@ def analyse(study: Study) -> dict:
     return {"study": study.plan["name"], "units_done": len(done), "units_planned": len(study.units()),
             "done": sorted(f"seed-{s}/{a}" for s, a in done), "tests": tests, "verdict": verdict,
             "arms_meeting_target": met, "canary_promotions": canary_promotions(study, done),
-            "edit_to_decision": edit_to_decision(done), "core_hours": compute, "machines": sorted({u.get("machine", "?") for u in done.values()})}
+            "edit_to_decision": edit_to_decision(done), "drafts": draft_lengths(study, done), "core_hours": compute, "machines": sorted({u.get("machine", "?") for u in done.values()})}
 
 
 def render(study: Study, report: dict) -> str:
@@ -189,6 +204,10 @@ def render(study: Study, report: dict) -> str:
               + ("; ".join(f"{a} median {w['p50']:.0f} s, 95th percentile {w['p95']:.0f} s ({w['decisions']} "
                            "decisions)" for a, w in report["edit_to_decision"].items())
                  or "not logged by the units run so far") + " (descriptive; logged from the units after the first).",
+              "", "Drafts over the last third, mean length in words: " + ", ".join(
+                  f"{a} {d['mean_words']:.1f}" for a, d in report["drafts"].items()) + "; drafts the user kept "
+              "nothing of: " + ", ".join(f"{a} {d['kept_nothing']}" for a, d in report["drafts"].items())
+              + " (descriptive: fewer words edited could also come from drafting less).",
               "", "Compute (wall time × 2 cores): " + ", ".join(f"{a} {h:.2f} core-hours"
                                                              for a, h in report["core_hours"].items()) + "."]
     per_user = {arm: t.get("per_user", {}) for arm, t in report["tests"].items()}
