@@ -39,6 +39,10 @@ def test_each_row_of_a_mixed_batch_gets_its_own_adapter_exactly(tmp_path):
     for row, want in enumerate(expected):
         torch.testing.assert_close(mixed[row : row + 1], want, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(expected[0], base, atol=1e-3)  # the adapters do change the output
+    # the same adapters in another forward with other rows (a step's newcomers beside its running rows)
+    with torch.no_grad(), slots.rows([3, 1]):
+        fewer = model(input_ids=ids.repeat(2, 1)).logits
+    torch.testing.assert_close(fewer, torch.cat([expected[2], expected[0]]), atol=1e-5, rtol=1e-5)
     # the same slots in use, but slot 1 now holds the second adapter: its rows follow the new weights
     slots.load(1, *read_adapter(second))
     with torch.no_grad(), slots.rows([1, 0, 3, 1]):

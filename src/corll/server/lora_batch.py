@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -72,7 +72,7 @@ class SharedInput:
 
     def __init__(self) -> None:
         self.members: list[StackedLoRA] = []
-        self._down: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # per set of adapters: [A…]ᵀ, mask
+        self._down: dict[tuple, torch.Tensor] = {}  # per set of adapters: the members' A side by side
         self._input: torch.Tensor | None = None
         self._low: torch.Tensor | None = None
         self._key: tuple | None = None
@@ -84,10 +84,9 @@ class SharedInput:
     def low(self, place: int, x: torch.Tensor, plan: Plan) -> torch.Tensor:
         """Member `place`'s masked `x · Aᵀ` for this plan, computed for every member at the first call."""
         if x is not self._input or plan.key != self._key:
-            a, mask = _kept(self._down, plan.key, lambda: (
-                torch.cat([m.A[plan.used].flatten(0, 1) for m in self.members]),  # [members·u·r, in]
-                plan.mask.repeat(1, len(self.members))))
-            self._low = (x.to(a.dtype) @ a.T) * mask[:, None, :]
+            a = _kept(self._down, plan.key, lambda: torch.cat([m.A[plan.used].flatten(0, 1)
+                                                                for m in self.members]))  # [members·u·r, in]
+            self._low = (x.to(a.dtype) @ a.T) * plan.tiled(len(self.members))[:, None, :]
             self._input, self._key = x, plan.key
         width = plan.mask.shape[1]
         return self._low[..., place * width:(place + 1) * width]
@@ -113,8 +112,15 @@ class Plan:
     whenever the slots used or their weights do."""
 
     used: torch.Tensor
-    mask: torch.Tensor
+    mask: torch.Tensor  # per row: this forward's rows, so never kept beyond it
     key: tuple
+    _tiled: dict[int, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+
+    def tiled(self, times: int) -> torch.Tensor:
+        """The mask repeated for `times` layers' products side by side (made once per forward)."""
+        if times not in self._tiled:
+            self._tiled[times] = self.mask.repeat(1, times)
+        return self._tiled[times]
 
 
 class AdapterSlots:
