@@ -33,10 +33,13 @@ def test_a_seed_gives_the_same_text_alone_and_inside_a_batch_and_no_seed_gives_f
     assert len(unseeded) == 3
 
 
-def test_requests_joining_and_leaving_a_running_batch_each_get_the_text_they_get_alone(engine):
+def test_requests_joining_and_leaving_a_running_batch_each_get_the_text_they_get_alone(engine, tmp_path):
     """Rows join while others decode and leave in another order than they came (the cache moves the last
-    rows into the holes): each request's seeded text is still its own."""
-    asks = [request(engine, "w" * (1 + 3 * i), seed=i, max_tokens=30 + 12 * i) for i in range(8)]
+    rows into the holes), newcomers through the same users' adapters as running rows: each request's seeded
+    text is still its own."""
+    models = [BASE] + [ServedModel(v, random_adapter(tmp_path / str(v), seed=v, std=0.3)) for v in (1, 2)]
+    asks = [GenerationRequest(engine.prompt_ids([{"role": "user", "content": "w" * (1 + 3 * i)}]), models[i % 3],
+                              seed=i, max_tokens=30 + 12 * i, user=f"acme/u{i}") for i in range(8)]
     alone = [engine.submit(a).result()[0].text for a in asks]
     engine.peak = 0
     streams = []
