@@ -73,9 +73,9 @@ class SharedInput:
     def __init__(self) -> None:
         self.members: list[StackedLoRA] = []
         self._down: dict[tuple, torch.Tensor] = {}  # per set of adapters: the members' A side by side
-        self._input: torch.Tensor | None = None
+        self._input: torch.Tensor | None = None  # the last call's input and plan: siblings reuse its product
+        self._plan: Plan | None = None
         self._low: torch.Tensor | None = None
-        self._key: tuple | None = None
 
     def join(self, layer: StackedLoRA) -> int:
         self.members.append(layer)
@@ -83,17 +83,17 @@ class SharedInput:
 
     def low(self, place: int, x: torch.Tensor, plan: Plan) -> torch.Tensor:
         """Member `place`'s masked `x · Aᵀ` for this plan, computed for every member at the first call."""
-        if x is not self._input or plan.key != self._key:
+        if x is not self._input or plan is not self._plan:
             a = _kept(self._down, plan.key, lambda: torch.cat([m.A[plan.used].flatten(0, 1)
                                                                 for m in self.members]))  # [members·u·r, in]
             self._low = (x.to(a.dtype) @ a.T) * plan.tiled(len(self.members))[:, None, :]
-            self._input, self._key = x, plan.key
+            self._input, self._plan = x, plan
         width = plan.mask.shape[1]
         return self._low[..., place * width:(place + 1) * width]
 
     def release(self) -> None:
         """Forget the last input (the forward is over)."""
-        self._input = self._low = self._key = None
+        self._input = self._plan = self._low = None
 
 
 def _kept(cache: dict, key: tuple, make):
