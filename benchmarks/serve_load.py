@@ -4,7 +4,9 @@
         --baseline f0aaa06 --out results/serve-load
 
 Every server runs the same model behind `corll serve` (one at a time, on all of this machine's CPUs,
-alternating by level) and is loaded the same way: `--clients` closed-loop clients (the official
+alternating by level), each with its own store whose users (the same adapter files) its own code registers,
+so an earlier commit meets the schema it knows; each is warmed up with the level's traffic, then loaded the
+same way: `--clients` closed-loop clients (the official
 `openai` client) each pick a user uniformly at random for every request, from `a` users who each
 have their own version (a LoRA adapter with its own random weights), or from base-model users when
 a = 0. Reported per server and level: completion tokens/s (of requests finished within the window),
@@ -36,9 +38,7 @@ from pathlib import Path
 import httpx
 import openai
 
-from corll.hardware import detect
-from corll.service.supervise import free_port
-from corll.store import Store
+from corll.store import Store  # the only import an earlier commit's `--register` needs
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["Write a tagline for a bakery.", "Describe a rainy morning.", "Give one tip for a job interview.",
@@ -46,23 +46,31 @@ PROMPTS = ["Write a tagline for a bakery.", "Describe a rainy morning.", "Give o
 LOADED_ADAPTERS = 64
 
 
-def make_users(model: str, db: str, folder: Path, adapters: int, clients: int) -> dict[int, list[str]]:
-    """API keys per level: `adapters` users with their own version each, and `clients` base-model users."""
+def make_adapters(model: str, folder: Path, count: int) -> list[str]:
+    """`count` users' versions: LoRA adapters with their own random weights, written once for every server."""
     import torch
 
     from corll.policy import LoraSettings, load_policy
 
-    store = Store(db)
     policy = load_policy(model, lora=LoraSettings(), precision="fp32", seed=0)
-    keys = []
-    for u in range(adapters):
+    paths = []
+    for u in range(count):
         torch.manual_seed(u)
         for name, param in policy.model.named_parameters():
             if "lora_B" in name:
                 param.data.normal_(0, 0.02)
-        path = folder / f"adapter-{u}"
-        policy.model.save_pretrained(str(path))
-        store.add_policy_version("bench", f"user{u}", str(path))
+        paths.append(str(folder / f"adapter-{u}"))
+        policy.model.save_pretrained(paths[-1])
+    return paths
+
+
+def register(db: str, adapters: list[str], clients: int) -> dict[str, list[str]]:
+    """API keys in a server's own store: a user with their own version per adapter, and `clients` base-model
+    users. Run by the server's own code (`--register`), so an earlier commit gets the schema it knows."""
+    store = Store(db)
+    keys = []
+    for u, path in enumerate(adapters):
+        store.add_policy_version("bench", f"user{u}", path)
         keys.append(store.create_api_key("bench", f"user{u}"))
     base = [store.create_api_key("bench", f"base{u}") for u in range(clients)]
     store.engine.dispose()
@@ -76,8 +84,17 @@ class Server:
         self.label, self.db, self.model, self.options, self.env = label, db, model, options, env
         self.process: subprocess.Popen | None = None
         self.url = ""
+        self.keys: dict[str, list[str]] = {}
+
+    def register(self, adapters: list[str], clients: int) -> None:
+        """This server's users, in its own store, by its own code."""
+        done = subprocess.run([sys.executable, __file__, "--register", self.db, "--clients", str(clients),
+                               *adapters], env=self.env, capture_output=True, text=True, check=True)
+        self.keys = json.loads(done.stdout)
 
     def start(self, log: Path) -> None:
+        from corll.service.supervise import free_port
+
         port = free_port()
         with open(log, "ab") as out:
             self.process = subprocess.Popen(
@@ -187,10 +204,17 @@ def main() -> None:
     parser.add_argument("--engines", default="corll,vllm", help="Of this tree: corll, vllm (where installed).")
     parser.add_argument("--out", type=Path, help="Folder for <cpu>-table.md and .json.")
     parser.add_argument("--render", type=Path, help="Only write the table again from a results JSON.")
+    parser.add_argument("--register", metavar="DB", help=argparse.SUPPRESS)  # a server's users (see `register`)
+    parser.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.register:
+        print(json.dumps(register(args.register, args.paths, args.clients)))
+        return
     if args.render:
         args.render.with_suffix(".md").write_text(render(json.loads(args.render.read_text())))
         return
+    from corll.hardware import detect
+
     levels = [int(a) for a in args.adapters.split(",")]
     work = Path(tempfile.mkdtemp(prefix="corll-serve-"))
     hardware = detect()
@@ -199,27 +223,32 @@ def main() -> None:
                      "capability": hardware.capability, "model": args.model, "max_tokens": args.max_tokens,
                      "clients": args.clients, "seconds": args.seconds, "servers": {}}
     try:
-        db = f"sqlite:///{work / 'corll.db'}"
         print("making users and their adapters", file=sys.stderr)
-        keys = make_users(args.model, db, work, max(levels), args.clients)
+        adapter_paths = make_adapters(args.model, work, max(levels))
+
+        def db(label: str) -> str:  # every server its own store, alike in content
+            return f"sqlite:///{work / label.replace('@', '-')}.db"
+
         common = ["--max-loaded-adapters", str(LOADED_ADAPTERS)]
         servers = []
         if args.baseline:
-            servers.append(Server(f"corll@{args.baseline}", db, args.model, common, baseline_env(args.baseline, work)))
+            servers.append(Server(f"corll@{args.baseline}", db(f"corll@{args.baseline}"), args.model, common,
+                                  baseline_env(args.baseline, work)))
         engines = args.engines.split(",")
         if "corll" in engines:
-            servers.append(Server("corll", db, args.model, ["--engine", "corll", *common]))
+            servers.append(Server("corll", db("corll"), args.model, ["--engine", "corll", *common]))
         if "vllm" in engines and (ROOT / ".venv-vllm" / "bin" / "python").exists():
-            servers.append(Server("vllm", db, args.model, ["--engine", "vllm", "--max-loras", "32", *common]))
+            servers.append(Server("vllm", db("vllm"), args.model, ["--engine", "vllm", "--max-loras", "32", *common]))
         for server in servers:
+            server.register(adapter_paths, args.clients)
             results["servers"][server.label] = {"levels": []}
         for adapters in levels:
-            pool = keys["adapted"][:adapters] if adapters else keys["base"]
             for server in servers:
+                pool = server.keys["adapted"][:adapters] if adapters else server.keys["base"]
                 print(f"{server.label}: {args.clients} clients over {adapters or 'no'} adapters", file=sys.stderr)
                 server.start(work / f"{server.label}.log")
                 try:
-                    level(server, pool, min(4, args.clients), 3, args.max_tokens)  # warm-up
+                    level(server, pool, args.clients, 5, args.max_tokens)  # warm-up: adapters read, kernels primed
                     row = {"adapters": adapters, **level(server, pool, args.clients, args.seconds, args.max_tokens)}
                     engine = server.health().get("engine", {})
                     row["adapter_bytes"] = engine.get("adapter_bytes")
@@ -228,7 +257,7 @@ def main() -> None:
                     if args.out:  # every level as it lands: a failure later keeps what was measured
                         save(args.out, hardware, results, None)
                     if adapters == levels[0]:
-                        results["servers"][server.label] |= first_token(server, keys["base"][0], 10,
+                        results["servers"][server.label] |= first_token(server, server.keys["base"][0], 10,
                                                                         args.max_tokens * 2)
                 finally:
                     server.stop()
