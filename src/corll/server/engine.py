@@ -22,9 +22,8 @@ that ends inside a multi-byte character, or text that may be the start of a stop
 string, is held back until it is certain.
 
 On a GPU the model computes there while the scheduler's bookkeeping (token ids, masks, each
-request's generator) stays on the CPU, so a seed draws from the same random stream on either. A GPU deployment
-at scale would put an engine with the same `submit` behind the same server (vLLM with its
-multi-LoRA support); the README says what that involves.
+request's generator) stays on the CPU, so a seed draws from the same random stream on either. Beyond one
+machine's worth of users, `corll serve --engine vllm` puts vLLM behind the same server (`vllm_engine.py`).
 """
 
 from __future__ import annotations
