@@ -202,6 +202,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--baseline", help="A commit whose `corll serve` is measured beside this tree's.")
     parser.add_argument("--engines", default="corll,vllm", help="Of this tree: corll, vllm (where installed).")
+    parser.add_argument("--threads", type=int, help="Compute threads of corll's engines (default: `corll serve`'s).")
     parser.add_argument("--out", type=Path, help="Folder for <cpu>-table.md and .json.")
     parser.add_argument("--render", type=Path, help="Only write the table again from a results JSON.")
     parser.add_argument("--register", metavar="DB", help=argparse.SUPPRESS)  # a server's users (see `register`)
@@ -221,7 +222,7 @@ def main() -> None:
     results: dict = {"machine": f"{hardware.cpu} ({hardware.capability}, "
                                 f"{'native' if hardware.native_bf16 else 'no native'} bf16), {hardware.cpus} CPUs",
                      "capability": hardware.capability, "model": args.model, "max_tokens": args.max_tokens,
-                     "clients": args.clients, "seconds": args.seconds, "servers": {}}
+                     "clients": args.clients, "seconds": args.seconds, "threads": args.threads, "servers": {}}
     try:
         print("making users and their adapters", file=sys.stderr)
         adapter_paths = make_adapters(args.model, work, max(levels))
@@ -230,13 +231,14 @@ def main() -> None:
             return f"sqlite:///{work / label.replace('@', '-')}.db"
 
         common = ["--max-loaded-adapters", str(LOADED_ADAPTERS)]
+        threads = ["--threads", str(args.threads)] if args.threads else []
         servers = []
         if args.baseline:
-            servers.append(Server(f"corll@{args.baseline}", db(f"corll@{args.baseline}"), args.model, common,
+            servers.append(Server(f"corll@{args.baseline}", db(f"corll@{args.baseline}"), args.model, common + threads,
                                   baseline_env(args.baseline, work)))
         engines = args.engines.split(",")
         if "corll" in engines:
-            servers.append(Server("corll", db("corll"), args.model, ["--engine", "corll", *common]))
+            servers.append(Server("corll", db("corll"), args.model, ["--engine", "corll", *common, *threads]))
         if "vllm" in engines and (ROOT / ".venv-vllm" / "bin" / "python").exists():
             servers.append(Server("vllm", db("vllm"), args.model, ["--engine", "vllm", "--max-loras", "32", *common]))
         for server in servers:
@@ -274,7 +276,8 @@ def main() -> None:
 
 def save(out: Path, hardware, results: dict, table: str | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{hardware.capability.lower().replace('-', '')}-table"
+    threads = f"-threads{results['threads']}" if results.get("threads") else ""
+    stem = out / f"{hardware.capability.lower().replace('-', '')}{threads}-table"
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     if table is not None:
         stem.with_suffix(".md").write_text(table)
@@ -286,8 +289,9 @@ def render(results: dict) -> str:
     lines = [f"**{results['machine']}**; server and clients share these CPUs.", "",
              f"Model {results['model']}, {results['max_tokens']} completion tokens per request at temperature 1, "
              f"{results['clients']} closed-loop clients (official `openai` client) each drawing a user uniformly "
-             f"for every request, {results['seconds']:.0f} s per level and server; tokens/s, and in brackets the "
-             "share of the same server's throughput with no adapters.", "",
+             f"for every request, {results['seconds']:.0f} s per level and server"
+             + (f", corll's engines on {results['threads']} compute thread(s)" if results.get("threads") else "")
+             + "; tokens/s, and in brackets the share of the same server's throughput with no adapters.", "",
              "| adapters | " + " | ".join(f"{s} tok/s" for s in labels) + " | " +
              " | ".join(f"{s} p50 / p99 s" for s in labels) + " | errors |",
              "|---|" + "---|" * (2 * len(labels) + 1)]
