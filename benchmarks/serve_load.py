@@ -1,7 +1,7 @@
 """Serving throughput with many users' adapters: corll's engine, the engine it replaced, and vLLM, in one run.
 
     .venv/bin/python benchmarks/serve_load.py --adapters 0,8,64,256 --seconds 20 \
-        --baseline f0aaa06 --out results/serve-load
+        --baseline f0aaa06,c0bfa65 --out results/serve-load
 
 Every server runs the same model behind `corll serve` (one at a time, on all of this machine's CPUs,
 alternating by level), each with its own store whose users (the same adapter files) its own code registers,
@@ -200,7 +200,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0, help="Load per level and server.")
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--baseline", help="A commit whose `corll serve` is measured beside this tree's.")
+    parser.add_argument("--baseline", default="", help="Commits (comma-separated) whose `corll serve` is measured "
+                                                       "beside this tree's.")
     parser.add_argument("--engines", default="corll,vllm", help="Of this tree: corll, vllm (where installed).")
     parser.add_argument("--threads", type=int, help="Compute threads of corll's engines (default: `corll serve`'s).")
     parser.add_argument("--out", type=Path, help="Folder for <cpu>-table.md and .json.")
@@ -217,6 +218,7 @@ def main() -> None:
     from corll.hardware import detect
 
     levels = [int(a) for a in args.adapters.split(",")]
+    baselines = [rev for rev in args.baseline.split(",") if rev]
     work = Path(tempfile.mkdtemp(prefix="corll-serve-"))
     hardware = detect()
     results: dict = {"machine": f"{hardware.cpu} ({hardware.capability}, "
@@ -233,9 +235,9 @@ def main() -> None:
         common = ["--max-loaded-adapters", str(LOADED_ADAPTERS)]
         threads = ["--threads", str(args.threads)] if args.threads else []
         servers = []
-        if args.baseline:
-            servers.append(Server(f"corll@{args.baseline}", db(f"corll@{args.baseline}"), args.model, common + threads,
-                                  baseline_env(args.baseline, work)))
+        for rev in baselines:
+            servers.append(Server(f"corll@{rev}", db(f"corll@{rev}"), args.model, common + threads,
+                                  baseline_env(rev, work)))
         engines = args.engines.split(",")
         if "corll" in engines:
             servers.append(Server("corll", db("corll"), args.model, ["--engine", "corll", *common, *threads]))
@@ -264,9 +266,9 @@ def main() -> None:
                 finally:
                     server.stop()
     finally:
-        if args.baseline:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                            str(work / f"corll-{args.baseline}")], capture_output=True)
+        for rev in baselines:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / f"corll-{rev}")],
+                           capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     table = render(results)
     print(table)
