@@ -203,7 +203,8 @@ def main() -> None:
     parser.add_argument("--baseline", default="", help="Commits (comma-separated) whose `corll serve` is measured "
                                                        "beside this tree's.")
     parser.add_argument("--engines", default="corll,vllm", help="Of this tree: corll, vllm (where installed).")
-    parser.add_argument("--threads", type=int, help="Compute threads of corll's engines (default: `corll serve`'s).")
+    parser.add_argument("--threads", default="", help="Compute threads of this tree's corll engine, comma-separated "
+                        "for one server each (default: `corll serve`'s own choice, as for every other server).")
     parser.add_argument("--out", type=Path, help="Folder for <cpu>-table.md and .json.")
     parser.add_argument("--render", type=Path, help="Only write the table again from a results JSON.")
     parser.add_argument("--register", metavar="DB", help=argparse.SUPPRESS)  # a server's users (see `register`)
@@ -224,23 +225,26 @@ def main() -> None:
     results: dict = {"machine": f"{hardware.cpu} ({hardware.capability}, "
                                 f"{'native' if hardware.native_bf16 else 'no native'} bf16), {hardware.cpus} CPUs",
                      "capability": hardware.capability, "model": args.model, "max_tokens": args.max_tokens,
-                     "clients": args.clients, "seconds": args.seconds, "threads": args.threads, "servers": {}}
+                     "clients": args.clients, "seconds": args.seconds, "servers": {},
+                     "variant": f"-threads{args.threads.replace(',', '-')}" if args.threads else ""}
     try:
         print("making users and their adapters", file=sys.stderr)
         adapter_paths = make_adapters(args.model, work, max(levels))
 
         def db(label: str) -> str:  # every server its own store, alike in content
-            return f"sqlite:///{work / label.replace('@', '-')}.db"
+            return f"sqlite:///{work / slug(label)}.db"
 
         common = ["--max-loaded-adapters", str(LOADED_ADAPTERS)]
-        threads = ["--threads", str(args.threads)] if args.threads else []
         servers = []
         for rev in baselines:
-            servers.append(Server(f"corll@{rev}", db(f"corll@{rev}"), args.model, common + threads,
+            servers.append(Server(f"corll@{rev}", db(f"corll@{rev}"), args.model, common,
                                   baseline_env(rev, work)))
         engines = args.engines.split(",")
         if "corll" in engines:
-            servers.append(Server("corll", db("corll"), args.model, ["--engine", "corll", *common, *threads]))
+            for count in args.threads.split(",") if args.threads else [""]:
+                label = f"corll/{count}t" if count else "corll"
+                servers.append(Server(label, db(label), args.model,
+                                      ["--engine", "corll", *common, *(["--threads", count] if count else [])]))
         if "vllm" in engines and (ROOT / ".venv-vllm" / "bin" / "python").exists():
             servers.append(Server("vllm", db("vllm"), args.model, ["--engine", "vllm", "--max-loras", "32", *common]))
         for server in servers:
@@ -250,7 +254,7 @@ def main() -> None:
             for server in servers:
                 pool = server.keys["adapted"][:adapters] if adapters else server.keys["base"]
                 print(f"{server.label}: {args.clients} clients over {adapters or 'no'} adapters", file=sys.stderr)
-                server.start(work / f"{server.label}.log")
+                server.start(work / f"{slug(server.label)}.log")
                 try:
                     level(server, pool, args.clients, 5, args.max_tokens)  # warm-up: adapters read, kernels primed
                     row = {"adapters": adapters, **level(server, pool, args.clients, args.seconds, args.max_tokens)}
@@ -278,8 +282,7 @@ def main() -> None:
 
 def save(out: Path, hardware, results: dict, table: str | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    threads = f"-threads{results['threads']}" if results.get("threads") else ""
-    stem = out / f"{hardware.capability.lower().replace('-', '')}{threads}-table"
+    stem = out / f"{hardware.capability.lower().replace('-', '')}{results.get('variant', '')}-table"
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     if table is not None:
         stem.with_suffix(".md").write_text(table)
@@ -291,9 +294,9 @@ def render(results: dict) -> str:
     lines = [f"**{results['machine']}**; server and clients share these CPUs.", "",
              f"Model {results['model']}, {results['max_tokens']} completion tokens per request at temperature 1, "
              f"{results['clients']} closed-loop clients (official `openai` client) each drawing a user uniformly "
-             f"for every request, {results['seconds']:.0f} s per level and server"
-             + (f", corll's engines on {results['threads']} compute thread(s)" if results.get("threads") else "")
-             + "; tokens/s, and in brackets the share of the same server's throughput with no adapters.", "",
+             f"for every request, {results['seconds']:.0f} s per level and server; tokens/s, and in brackets the "
+             "share of the same server's throughput with no adapters"
+             + (" (`corll/Nt`: this tree's engine on N compute threads)." if results.get("variant") else "."), "",
              "| adapters | " + " | ".join(f"{s} tok/s" for s in labels) + " | " +
              " | ".join(f"{s} p50 / p99 s" for s in labels) + " | errors |",
              "|---|" + "---|" * (2 * len(labels) + 1)]
@@ -323,6 +326,11 @@ def render(results: dict) -> str:
     if memory:
         lines += ["", "Memory per loaded adapter (rank 8, in the engine's compute precision): " + "; ".join(memory) + "."]
     return "\n".join(lines) + "\n"
+
+
+def slug(label: str) -> str:
+    """A server's label as a file name."""
+    return label.replace("@", "-").replace("/", "-")
 
 
 def fmt(seconds: float | None) -> str:
