@@ -171,22 +171,3 @@ def test_an_engine_shortens_the_interpreters_switch_interval_and_never_lengthens
             assert sys.getswitchinterval() == pytest.approx(after, rel=0.05)  # kept in whole microseconds
     finally:
         sys.setswitchinterval(original)
-
-
-def test_steps_with_users_adapters_leave_one_compute_thread_to_the_http_loop(tmp_path):
-    """Base-model steps compute on every thread the engine was given; steps with users' adapters on one fewer
-    (their many small operations stall whenever a compute thread shares its core with the HTTP loop)."""
-    original = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        engine = PolicyEngine("tiny", precision="fp32")
-        seen = []
-        engine.policy.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
-        adapter = ServedModel(1, random_adapter(tmp_path / "a"))
-        for model in (BASE, adapter, BASE):
-            seen.clear()
-            ask = GenerationRequest(engine.prompt_ids([{"role": "user", "content": "Hi"}]), model, max_tokens=3)
-            engine.submit(ask).result()
-            assert set(seen) == ({2} if model is BASE else {1}), (model, seen)
-    finally:
-        torch.set_num_threads(original)

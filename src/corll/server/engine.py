@@ -86,12 +86,6 @@ class PolicyEngine:
         # one user's requests waiting or running; beyond that, `submit` refuses (the HTTP layer's 429)
         self.max_user_rows = max_user_rows if max_user_rows is not None else max(1, max_batch // 2)
         self.limit = UserLimit(max_user_requests)
-        # Steps with users' adapters run hundreds of small operations, each a barrier for the compute threads;
-        # one of them sharing its core with the HTTP loop stalls every barrier. They leave that core free (on
-        # 2 cores, 8 users' adapters: 216 tokens/s on one thread against 200 on two; the base model's few
-        # large products gain from every core: 273 against 225; `benchmarks/serve_load.py --threads 1,2`).
-        self.threads = torch.get_num_threads()
-        self.adapter_threads = max(1, self.threads - 1)
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))  # the process's, never longer
         dtype = torch.bfloat16 if self.policy.precision == "bf16" else torch.float32
         self.slots = AdapterSlots(self.policy.model, max_loaded_adapters + 1, rank=max_lora_rank, dtype=dtype)
@@ -255,11 +249,7 @@ class PolicyEngine:
                  cache: Cache, adapters: list[str]) -> torch.Tensor:
         """Last-position logits; each row through its own adapter (a batch of base-model rows through none)."""
         device = self.policy.device  # the scheduler's bookkeeping (ids, masks) stays on the CPU
-        slots = [self.adapters.slot(a) for a in adapters]
-        threads = self.adapter_threads if any(slots) else self.threads
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        with self.policy.autocast(), self.slots.rows(slots):
+        with self.policy.autocast(), self.slots.rows([self.adapters.slot(a) for a in adapters]):
             out = self.policy.model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                                     position_ids=positions.to(device), cache=cache, use_cache=True,
                                     logits_to_keep=1)
