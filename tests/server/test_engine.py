@@ -153,21 +153,3 @@ def test_an_adapter_is_read_off_the_scheduler_thread_and_one_that_cannot_be_read
     with pytest.raises(Exception):
         missing.result()
     assert engine.submit(GenerationRequest(prompt, BASE, max_tokens=2)).result()[0].tokens >= 1  # still serving
-
-
-
-def test_an_engine_shortens_the_interpreters_switch_interval_and_never_lengthens_it():
-    """The scheduler gives up the GIL at every tensor operation; the HTTP loop holding it for the default 5 ms
-    each time cost a third of the throughput with users' adapters (see SWITCH_INTERVAL_S)."""
-    import sys
-
-    from corll.server.engine import SWITCH_INTERVAL_S
-
-    original = sys.getswitchinterval()
-    try:
-        for before, after in ((0.005, SWITCH_INTERVAL_S), (SWITCH_INTERVAL_S / 5, SWITCH_INTERVAL_S / 5)):
-            sys.setswitchinterval(before)
-            PolicyEngine("tiny", precision="fp32")
-            assert sys.getswitchinterval() == pytest.approx(after, rel=0.05)  # kept in whole microseconds
-    finally:
-        sys.setswitchinterval(original)

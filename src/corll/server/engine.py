@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -44,12 +43,6 @@ from corll.server.adapters import BASE_ADAPTER, AdapterCache
 from corll.server.lora_batch import AdapterSlots
 from corll.server.protocol import Delta, GenerationRequest, Stream, TokenLogprob, UserLimit
 
-# The scheduler thread gives up the GIL at every tensor operation of a step (hundreds, more with users'
-# adapters), and a Python thread that takes it then (the HTTP loop, the store's queries) keeps it for up to
-# the interpreter's switch interval, 5 ms by default, while the step waits for it back. Under HTTP load that
-# convoy cost a third of the throughput with users' adapters; a 0.5 ms interval gets the scheduler back in
-# time (`benchmarks/serve_load.py`).
-SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass
@@ -86,7 +79,6 @@ class PolicyEngine:
         # one user's requests waiting or running; beyond that, `submit` refuses (the HTTP layer's 429)
         self.max_user_rows = max_user_rows if max_user_rows is not None else max(1, max_batch // 2)
         self.limit = UserLimit(max_user_requests)
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))  # the process's, never longer
         dtype = torch.bfloat16 if self.policy.precision == "bf16" else torch.float32
         self.slots = AdapterSlots(self.policy.model, max_loaded_adapters + 1, rank=max_lora_rank, dtype=dtype)
         self.adapters = AdapterCache(self.slots)  # read off this thread, least recently used slot reused
