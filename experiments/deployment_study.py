@@ -140,6 +140,32 @@ def canary_promotions(study: Study, done: dict[tuple[int, str], dict]) -> list[d
     return found
 
 
+def canary_outcomes(study: Study, done: dict[tuple[int, str], dict]) -> dict[str, dict]:
+    """Per canary arm, what became of the candidates that passed the offline gate and drafted a share of
+    their user's requests: promoted or rejected by the canary, or still undecided when the session ended;
+    the share of the arm's drafts they wrote, and when their first draft came (median). Descriptive, not tested: added after every unit had run,
+    to say why the canary promoted nothing."""
+    found: dict[str, dict] = {}
+    for (_, arm), unit in done.items():
+        if study.plan["arms"][arm] is None or "--canary-share" not in study.plan["arms"][arm]:
+            continue
+        seen = found.setdefault(arm, {"candidates": 0, "promoted": 0, "rejected": 0, "drafts": 0, "by_candidates": 0})
+        on_canary = {(d["user"], d["version"]) for d in unit["decisions"] if d["decision"] == "canary"}
+        decided = [d for d in unit["decisions"] if str(d.get("reason", "")).startswith("canary")]
+        seen["candidates"] += len(on_canary)
+        seen["promoted"] += sum(d["decision"] == "promoted" for d in decided)
+        seen["rejected"] += sum(d["decision"] == "rejected" for d in decided)
+        seen["drafts"] += len(unit["rows"])
+        seen["by_candidates"] += sum((r["user"], r["version"]) in on_canary for r in unit["rows"])
+        seen.setdefault("first_drafts", []).extend(
+            min(r["t"] for r in unit["rows"] if (r["user"], r["version"]) == candidate)
+            for candidate in on_canary if any((r["user"], r["version"]) == candidate for r in unit["rows"]))
+    for seen in found.values():
+        seen["undecided"] = seen["candidates"] - seen["promoted"] - seen["rejected"]
+        seen["first_draft_median"] = statistics.median(seen.pop("first_drafts")) if seen.get("first_drafts") else None
+    return found
+
+
 def edit_to_decision(done: dict[tuple[int, str], dict]) -> dict[str, dict]:
     """Per learning arm, seconds from the edit that made a user's candidate due to the learner's decision on
     it (median, 95th percentile, count), over the units that logged it. Descriptive, not tested: added after
@@ -180,6 +206,7 @@ def analyse(study: Study) -> dict:
     return {"study": study.plan["name"], "units_done": len(done), "units_planned": len(study.units()),
             "done": sorted(f"seed-{s}/{a}" for s, a in done), "tests": tests, "verdict": verdict,
             "arms_meeting_target": met, "canary_promotions": canary_promotions(study, done),
+            "canary_outcomes": canary_outcomes(study, done),
             "edit_to_decision": edit_to_decision(done), "drafts": draft_lengths(study, done), "core_hours": compute, "machines": sorted({u.get("machine", "?") for u in done.values()})}
 
 
@@ -200,6 +227,14 @@ def render(study: Study, report: dict) -> str:
     promotions = report["canary_promotions"]
     lines += ["", f"Versions the canary promoted: {len(promotions)}; more than 10% costlier for their user than "
               f"the baseline's drafts at the same positions: {sum(p['costlier_than_10pct'] for p in promotions)}.",
+              *(["", "Candidates under the canary, per arm: " + "; ".join(
+                  f"{a} — {c['candidates']} passed the offline gate and drafted for their user, {c['promoted']} "
+                  f"promoted and {c['rejected']} rejected by the canary, {c['undecided']} undecided when the session "
+                  f"ended; they wrote {c['by_candidates'] / c['drafts']:.0%} of the arm's drafts"
+                  + (f", the first of them at draft {c['first_draft_median']:g} of {plan['drafts']} (median)"
+                     if c["first_draft_median"] is not None else "")
+                  for a, c in report["canary_outcomes"].items()) + " (descriptive; added after every unit had run)."]
+                if report["canary_outcomes"] else []),
               "", "From the edit that made a user's candidate due to the learner's decision on it: "
               + ("; ".join(f"{a} median {w['p50']:.0f} s, 95th percentile {w['p95']:.0f} s ({w['decisions']} "
                            "decisions)" for a, w in report["edit_to_decision"].items())

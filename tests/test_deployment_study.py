@@ -85,6 +85,23 @@ def test_a_canary_promotion_that_costs_its_user_more_is_counted(tmp_path):
     assert promotion["costlier_than_10pct"] and promotion["words"] == 12 and promotion["baseline_words"] == 10
 
 
+def test_the_canary_candidates_are_counted_as_promoted_rejected_or_undecided_with_the_drafts_they_wrote(tmp_path):
+    s = study(tmp_path, seeds=(0,))
+    write(s, 0, "none", lambda i, t: 10)
+    write(s, 0, "canary", lambda i, t: 10, version=7, decisions=[
+        {"user": "u0", "version": 7, "decision": "canary", "reason": "passed the offline gate"},
+        {"user": "u1", "version": 8, "decision": "canary", "reason": "passed the offline gate"},
+        {"user": "u1", "version": 8, "decision": "rejected", "reason": "canary: not shown better within its budget"},
+        {"user": "u2", "version": 9, "decision": "rejected", "reason": "held-out edit margin -1 nats"}])
+    outcomes = deployment_study.analyse(s)["canary_outcomes"]
+    # u0's drafts 3-5 are version 7's: 3 of the arm's 36 drafts
+    assert outcomes == {"canary": {"candidates": 2, "promoted": 0, "rejected": 1, "undecided": 1, "drafts": 36,
+                                   "by_candidates": 3, "first_draft_median": 3}}  # version 8 drafted nothing
+    assert "canary — 2 passed the offline gate and drafted for their user, 0 promoted and 1 rejected by the canary, " \
+           "1 undecided when the session ended; they wrote 8% of the arm's drafts, the first of them at draft 3 of 6 (median)" in \
+        deployment_study.render(s, deployment_study.analyse(s))
+
+
 def test_the_page_is_generated_from_the_plan_and_the_runs(tmp_path):
     s = study(tmp_path, seeds=(0,))
     s.plan.update(question="Q?", model="m", max_tokens=8, think=1, analysis={"unit": "the user"})
