@@ -55,6 +55,10 @@ class Study:
     def learning_arms(self) -> list[str]:
         return [a for a in self.plan["arms"] if a != self.plan["baseline"]]
 
+    def has_canary(self, arm: str) -> bool:
+        """The arm's learner sends gate-passed candidates to the online canary."""
+        return "--canary-share" in (self.plan["arms"][arm] or "")
+
     def units(self) -> list[tuple[int, str]]:
         return [(seed, arm) for seed in self.plan["traffic_seeds"] for arm in self.plan["arms"]]
 
@@ -122,9 +126,7 @@ def canary_promotions(study: Study, done: dict[tuple[int, str], dict]) -> list[d
     baseline's drafts at the same positions (same traffic)."""
     found = []
     for (seed, arm), unit in done.items():
-        if study.plan["arms"][arm] is None or "--canary-share" not in study.plan["arms"][arm]:
-            continue
-        if (seed, study.plan["baseline"]) not in done:
+        if not study.has_canary(arm) or (seed, study.plan["baseline"]) not in done:
             continue
         base = {(r["user"], r["t"]): r["cost"] for r in done[(seed, study.plan["baseline"])]["rows"]}
         promoted = {d["version"] for d in unit["decisions"] if d["decision"] == "promoted"
@@ -143,26 +145,29 @@ def canary_promotions(study: Study, done: dict[tuple[int, str], dict]) -> list[d
 def canary_outcomes(study: Study, done: dict[tuple[int, str], dict]) -> dict[str, dict]:
     """Per canary arm, what became of the candidates that passed the offline gate and drafted a share of
     their user's requests: promoted or rejected by the canary, or still undecided when the session ended;
-    the share of the arm's drafts they wrote, and when their first draft came (median). Descriptive, not tested: added after every unit had run,
-    to say why the canary promoted nothing."""
+    the share of the arm's drafts they wrote, and the draft at which they began (median). Descriptive, no
+    statistical test: added after every unit had run, to say why the canary promoted nothing."""
     found: dict[str, dict] = {}
+    starts: dict[str, list[int]] = {}
     for (_, arm), unit in done.items():
-        if study.plan["arms"][arm] is None or "--canary-share" not in study.plan["arms"][arm]:
+        if not study.has_canary(arm):
             continue
         seen = found.setdefault(arm, {"candidates": 0, "promoted": 0, "rejected": 0, "drafts": 0, "by_candidates": 0})
         on_canary = {(d["user"], d["version"]) for d in unit["decisions"] if d["decision"] == "canary"}
-        decided = [d for d in unit["decisions"] if str(d.get("reason", "")).startswith("canary")]
+        decided = [d["decision"] for d in unit["decisions"] if str(d.get("reason", "")).startswith("canary")]
+        first: dict[tuple, int] = {}
+        for row in unit["rows"]:
+            if (row["user"], row["version"]) in on_canary:
+                first[(row["user"], row["version"])] = min(row["t"], first.get((row["user"], row["version"]), row["t"]))
         seen["candidates"] += len(on_canary)
-        seen["promoted"] += sum(d["decision"] == "promoted" for d in decided)
-        seen["rejected"] += sum(d["decision"] == "rejected" for d in decided)
+        seen["promoted"] += decided.count("promoted")
+        seen["rejected"] += decided.count("rejected")
         seen["drafts"] += len(unit["rows"])
         seen["by_candidates"] += sum((r["user"], r["version"]) in on_canary for r in unit["rows"])
-        seen.setdefault("first_drafts", []).extend(
-            min(r["t"] for r in unit["rows"] if (r["user"], r["version"]) == candidate)
-            for candidate in on_canary if any((r["user"], r["version"]) == candidate for r in unit["rows"]))
-    for seen in found.values():
+        starts.setdefault(arm, []).extend(first.values())
+    for arm, seen in found.items():
         seen["undecided"] = seen["candidates"] - seen["promoted"] - seen["rejected"]
-        seen["first_draft_median"] = statistics.median(seen.pop("first_drafts")) if seen.get("first_drafts") else None
+        seen["first_draft_median"] = statistics.median(starts[arm]) if starts[arm] else None
     return found
 
 
