@@ -310,7 +310,8 @@ def page(study: Study, table: str) -> str:
         "", "How it is analysed: " + "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in plan["analysis"].items())
         + ".", "",
         "```bash", ".venv/bin/python experiments/deployment_study.py run", ".venv/bin/python "
-        "experiments/deployment_study.py analyse", "```", "", "## Results so far", "", table,
+        "experiments/deployment_study.py analyse", "```", "",
+        "## Results" if len(study.done()) == len(study.units()) else "## Results so far", "", table,
         *([f"![words edited per draft, per user and arm](../results/{plan['name']}/per-user.png)", ""]
           if (study.folder / "per-user.png").exists() else []),
         "Earlier, smaller runs (four users, one traffic seed each, settings changed between runs) and what "

@@ -108,6 +108,10 @@ def test_the_page_is_generated_from_the_plan_and_the_runs(tmp_path):
     write(s, 0, "none", lambda i, t: 10)
     page = deployment_study.page(s, deployment_study.render(s, deployment_study.analyse(s)))
     assert "Units run: **1 of 3**" in page and "| learn | not run yet |" in page and "unit: the user" in page
+    assert "## Results so far" in page
+    for arm in ("learn", "canary"):
+        write(s, 0, arm, lambda i, t: 10)
+    assert "## Results\n" in deployment_study.page(s, deployment_study.render(s, deployment_study.analyse(s)))
 
 
 def test_the_time_from_edit_to_decision_is_summarised_per_arm_where_units_logged_it(tmp_path):
