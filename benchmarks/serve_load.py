@@ -8,8 +8,8 @@ alternating by level), each with its own store whose users (the same adapter fil
 so an earlier commit meets the schema it knows; each is warmed up with the level's traffic, then loaded the
 same way: `--clients` closed-loop clients (the official `openai` client) each pick a user uniformly at
 random for every request, from `a` users who each have their own version (a LoRA adapter with its own
-random weights), or from base-model users when a = 0. Reported per server and level: completion tokens/s (of requests finished within the window),
-p50/p99 latency, errors, and each server's throughput with a adapters as a share of its own with none.
+random weights), or from base-model users when a = 0. Reported per server and level: completion
+tokens/s (of requests finished within the window), p50/p99 latency, errors, and each server's throughput with a adapters as a share of its own with none.
 
 Servers: `corll` is this tree's engine (`--engine corll`: stacked adapters, one gathered product per
 layer; `corll/Nt` with `--threads N,…`: one server per thread count); `corll@REV` is the same command from
@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
@@ -279,9 +280,14 @@ def main() -> None:
         save(args.out, hardware, results, table)
 
 
+def thread_counts(labels: Iterable[str]) -> list[str]:
+    """The thread counts of the servers labelled `corll/Nt` (one server per count of `--threads`)."""
+    return [label.split("/")[1].removesuffix("t") for label in labels if "/" in label]
+
+
 def save(out: Path, hardware, results: dict, table: str | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    counts = [label.split("/")[1].removesuffix("t") for label in results["servers"] if "/" in label]
+    counts = thread_counts(results["servers"])
     variant = f"-threads{'-'.join(counts)}" if counts else ""  # a run per thread count: a table of its own
     stem = out / f"{hardware.capability.lower().replace('-', '')}{variant}-table"
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
@@ -297,7 +303,7 @@ def render(results: dict) -> str:
              f"{results['clients']} closed-loop clients (official `openai` client) each drawing a user uniformly "
              f"for every request, {results['seconds']:.0f} s per level and server; tokens/s, and in brackets the "
              "share of the same server's throughput with no adapters"
-             + (" (`corll/Nt`: this tree's engine on N compute threads)." if any("/" in s for s in labels) else "."),
+             + (" (`corll/Nt`: this tree's engine on N compute threads)." if thread_counts(labels) else "."),
              "",
              "| adapters | " + " | ".join(f"{s} tok/s" for s in labels) + " | " +
              " | ".join(f"{s} p50 / p99 s" for s in labels) + " | errors |",

@@ -155,15 +155,15 @@ def canary_outcomes(study: Study, done: dict[tuple[int, str], dict]) -> dict[str
         seen = found.setdefault(arm, {"candidates": 0, "promoted": 0, "rejected": 0, "drafts": 0, "by_candidates": 0})
         on_canary = {(d["user"], d["version"]) for d in unit["decisions"] if d["decision"] == "canary"}
         decided = [d["decision"] for d in unit["decisions"] if str(d.get("reason", "")).startswith("canary")]
-        first: dict[tuple, int] = {}
+        first: dict[tuple, int] = {}  # each candidate's first draft
         for row in unit["rows"]:
-            if (row["user"], row["version"]) in on_canary:
-                first[(row["user"], row["version"])] = min(row["t"], first.get((row["user"], row["version"]), row["t"]))
+            if (candidate := (row["user"], row["version"])) in on_canary:
+                first[candidate] = min(row["t"], first.get(candidate, row["t"]))
+                seen["by_candidates"] += 1
         seen["candidates"] += len(on_canary)
         seen["promoted"] += decided.count("promoted")
         seen["rejected"] += decided.count("rejected")
         seen["drafts"] += len(unit["rows"])
-        seen["by_candidates"] += sum((r["user"], r["version"]) in on_canary for r in unit["rows"])
         starts.setdefault(arm, []).extend(first.values())
     for arm, seen in found.items():
         seen["undecided"] = seen["candidates"] - seen["promoted"] - seen["rejected"]
@@ -295,7 +295,7 @@ def plot(study: Study, path: Path) -> None:
     plt.close(fig)
 
 
-def page(study: Study, table: str) -> str:
+def page(study: Study, report: dict, table: str) -> str:
     plan = study.plan
     return "\n".join([
         "# The deployment study: do users edit less, user by user?", "", BEGIN, "",
@@ -311,7 +311,7 @@ def page(study: Study, table: str) -> str:
         + ".", "",
         "```bash", ".venv/bin/python experiments/deployment_study.py run", ".venv/bin/python "
         "experiments/deployment_study.py analyse", "```", "",
-        "## Results" if len(study.done()) == len(study.units()) else "## Results so far", "", table,
+        "## Results" if report["units_done"] == report["units_planned"] else "## Results so far", "", table,
         *([f"![words edited per draft, per user and arm](../results/{plan['name']}/per-user.png)", ""]
           if (study.folder / "per-user.png").exists() else []),
         "Earlier, smaller runs (four users, one traffic seed each, settings changed between runs) and what "
@@ -351,7 +351,7 @@ def main() -> None:
     (study.folder / "table.md").write_text(table)
     if report["units_done"]:
         plot(study, study.folder / "per-user.png")
-    args.docs.write_text(page(study, table))
+    args.docs.write_text(page(study, report, table))
     print(table)
 
 

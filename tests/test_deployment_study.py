@@ -106,12 +106,14 @@ def test_the_page_is_generated_from_the_plan_and_the_runs(tmp_path):
     s = study(tmp_path, seeds=(0,))
     s.plan.update(question="Q?", model="m", max_tokens=8, think=1, analysis={"unit": "the user"})
     write(s, 0, "none", lambda i, t: 10)
-    page = deployment_study.page(s, deployment_study.render(s, deployment_study.analyse(s)))
+    report = deployment_study.analyse(s)
+    page = deployment_study.page(s, report, deployment_study.render(s, report))
     assert "Units run: **1 of 3**" in page and "| learn | not run yet |" in page and "unit: the user" in page
     assert "## Results so far" in page
     for arm in ("learn", "canary"):
         write(s, 0, arm, lambda i, t: 10)
-    assert "## Results\n" in deployment_study.page(s, deployment_study.render(s, deployment_study.analyse(s)))
+    report = deployment_study.analyse(s)
+    assert "## Results\n" in deployment_study.page(s, report, deployment_study.render(s, report))
 
 
 def test_the_time_from_edit_to_decision_is_summarised_per_arm_where_units_logged_it(tmp_path):

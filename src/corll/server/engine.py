@@ -44,7 +44,6 @@ from corll.server.lora_batch import AdapterSlots
 from corll.server.protocol import Delta, GenerationRequest, Stream, TokenLogprob, UserLimit
 
 
-
 @dataclass
 class _Row:
     """One choice being generated: its request, its tokens so far, and what it has already sent."""
