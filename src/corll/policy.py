@@ -383,6 +383,13 @@ def load_frozen(name: str, *, precision: str = "auto", cache_dir: Path | None = 
     model, tokenizer = _load_base(name, cache_dir, seed, device)
     model.eval().requires_grad_(False)
     policy = Policy(model, tokenizer, precision=precision, source=(name, seed))
+    if precision == "bf16":
+        # Nothing here is trained, so everything computes in bf16, as served models commonly do. Under autocast
+        # alone the residual stream, the rotary products and so the KV cache stay fp32: every projection
+        # re-casts its input and attention re-casts the whole cache at every decoding step, which made a 32-row
+        # step of SmolLM2 on a native-bf16 CPU slower than fp32 (77 against 62 ms); in bf16 throughout it takes
+        # 41 ms against fp32's 57 (two threads), and the cache takes half the memory.
+        model.to(torch.bfloat16)
     fast_inference([model])
     return policy
 
