@@ -16,8 +16,9 @@ client goes away, and the batch's last row takes its place in the cache at once.
 
 Each request samples from its own `torch.Generator`, seeded by the request's
 `seed` or, without one, by fresh entropy, so two users asking the same thing get
-different drafts, and a seeded request gets the same text alone or inside any
-batch (up to floating-point ties). Text streams out as it is decoded: a token
+different drafts, and a seeded request gets the same text again; in fp32 alone or inside any batch (up to
+floating-point ties), in bf16 (the model computes in bf16 throughout, `policy.load_frozen`) for the same batch,
+as a bf16 product's rounding may depend on the batch's shape. Text streams out as it is decoded: a token
 that ends inside a multi-byte character, or text that may be the start of a stop
 string, is held back until it is certain.
 
