@@ -67,6 +67,31 @@ def test_a_forgotten_users_adapter_leaves_the_engine(running):
         ask(server, key, model)  # and the user's key is gone with them
 
 
+def test_a_forgotten_users_cached_prompts_are_never_reached_again(running):
+    """corll's engine drops the user's cached prompt blocks; vLLM's requests of the user carry a new cache
+    salt (its prefix cache is shared by tokens, so the salt keeps users apart)."""
+    kind, model, engine, server, store, folder = running
+    key = store.create_api_key("acme", "cached")
+    admin = store.create_api_key("acme", "ops", admin=True)
+    system = "You are a careful assistant who writes short, friendly answers. " * 3
+    for _ in range(2):
+        openai_client(server, key).chat.completions.create(
+            model=model, messages=[{"role": "system", "content": system}, {"role": "user", "content": "Hi."}],
+            max_tokens=2)
+    if kind == "vllm":
+        salt = engine.cache_salt("acme/cached")
+        assert salt != engine.cache_salt("acme/other") and len(salt) == 43
+    else:
+        assert any(scope[0] == "acme/cached" for scope in engine.prefixes.roots)
+        assert engine.prefixes.tokens_reused >= 16
+    gone = httpx.delete(f"{server.url}/v1/users/cached", headers={"Authorization": f"Bearer {admin}"})
+    assert gone.status_code == 200
+    if kind == "vllm":
+        assert engine.cache_salt("acme/cached") != salt
+    else:
+        assert not any(scope[0] == "acme/cached" for scope in engine.prefixes.roots)
+
+
 @pytest.mark.parametrize("running", ["vllm"], indirect=True)  # corll's engine has no child process to lose
 def test_a_dead_vllm_answers_503_and_is_restarted(running):
     kind, model, engine, server, store, folder = running

@@ -145,6 +145,10 @@ def serve(
     max_lora_rank: Annotated[int, typer.Option(
         help="The largest LoRA rank an adapter may have (each loaded adapter takes memory for this rank).",
         min=1)] = 8,
+    prefix_cache_mib: Annotated[int, typer.Option(
+        help="Memory for prompts' cached beginnings (corll's engine): a user's next prompt that begins as an "
+             "earlier one did (the chat template, an app's system prompt) is prefilled from where it ends; "
+             "each user's own, never shared; 0 turns it off.", min=0)] = 256,
     engine: Annotated[str, typer.Option(
         help="corll (its own transformers engine), vllm (vLLM's server, from scripts/setup-vllm.sh), or auto "
              "(vLLM on a GPU where installed, else corll's; it says why).")] = "auto",
@@ -218,7 +222,8 @@ def serve(
     else:
         serving = PolicyEngine(model, precision=precision, default_max_tokens=max_tokens, max_batch=max_batch,
                                max_user_rows=max_user_rows, max_user_requests=max_user_requests,
-                               max_loaded_adapters=max_loaded_adapters, max_lora_rank=max_lora_rank)
+                               max_loaded_adapters=max_loaded_adapters, max_lora_rank=max_lora_rank,
+                               prefix_cache_mib=prefix_cache_mib)
     learner = None
     if learn:  # a separate process at lower priority: training never blocks serving; restarted if it dies
         from corll.service.supervise import LearnerSupervisor, die_with_parent

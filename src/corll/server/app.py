@@ -211,6 +211,7 @@ def create_app(store: Store, engine: Engine, *, learner: Callable[[], dict] | No
             return error(403, "forgetting a user needs an admin key of the tenant", "permission_error",
                          code="admin_required")
         removed = forget(store, who.tenant, user)
+        engine.forget(f"{who.tenant}/{user}")
         return {"tenant": who.tenant, "user": user, **{k: v for k, v in removed.items() if k != "adapter_paths"}}
 
     @app.get("/v1/me")

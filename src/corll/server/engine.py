@@ -33,6 +33,7 @@ import asyncio
 import queue
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from transformers import Cache, DynamicCache
@@ -42,6 +43,7 @@ from corll.kv_rows import RowsCache
 from corll.policy import GREEDY_BELOW, Policy, load_frozen
 from corll.server.adapters import BASE_ADAPTER, AdapterCache
 from corll.server.lora_batch import AdapterSlots
+from corll.server.prefix_cache import PrefixCache
 from corll.server.protocol import Delta, GenerationRequest, Stream, TokenLogprob, UserLimit
 
 
@@ -66,7 +68,7 @@ class PolicyEngine:
     def __init__(self, model: str, *, precision: str = "auto", seed: int = 0,
                  default_max_tokens: int = 128, max_tokens_limit: int = 1024, max_batch: int = 32,
                  batch_wait: float = 0.005, max_user_rows: int | None = None, max_user_requests: int = 16,
-                 max_loaded_adapters: int = 32, max_lora_rank: int = 8) -> None:
+                 max_loaded_adapters: int = 32, max_lora_rank: int = 8, prefix_cache_mib: int = 256) -> None:
         if max_loaded_adapters < 1:
             raise ValueError(f"the adapter budget must be >= 1, not {max_loaded_adapters}")
         self.policy: Policy = load_frozen(model, precision=precision, seed=seed)
@@ -82,6 +84,7 @@ class PolicyEngine:
         dtype = torch.bfloat16 if self.policy.precision == "bf16" else torch.float32
         self.slots = AdapterSlots(self.policy.model, max_loaded_adapters + 1, rank=max_lora_rank, dtype=dtype)
         self.adapters = AdapterCache(self.slots)  # read off this thread, least recently used slot reused
+        self.prefixes = PrefixCache(prefix_cache_mib << 20)  # prompts' beginnings, per user and adapter
         self.eos = {self.policy.tokenizer.eos_token_id}
         self.context_length = getattr(self.policy.model.config, "max_position_embeddings", 2048)
         self.running = 0  # rows in the batch now, and the most ever decoded together
@@ -102,7 +105,12 @@ class PolicyEngine:
     def health(self) -> dict:
         return {"engine": "transformers", "state": "ready" if self._thread.is_alive() else "stopped",
                 "running": self.running, "adapters_loaded": len(self.adapters.attached),
-                "adapter_bytes": self.slots.bytes_per_adapter}
+                "adapter_bytes": self.slots.bytes_per_adapter, "prefix_cache_bytes": self.prefixes.bytes,
+                "prompt_tokens_reused": self.prefixes.tokens_reused}
+
+    def forget(self, user: str) -> None:
+        """Drop what the engine holds of `user` ("tenant/user"): their prompts' cached blocks."""
+        self.prefixes.forget(user)
 
     # --- the scheduler ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -223,6 +231,8 @@ class PolicyEngine:
         return stream.adapter is not None
 
     def _prefill(self, streams: list[Stream]) -> tuple[list[_Row], DynamicCache, torch.Tensor, torch.Tensor]:
+        """The newcomers' prompts, each from the end of its cached beginning (`prefix_cache.py`); their full
+        blocks are cached for the same user's next prompts."""
         rows, ids = [], []
         for stream in streams:
             generator = torch.Generator().manual_seed(stream.seed)
@@ -231,10 +241,22 @@ class PolicyEngine:
                 ids.append(stream.request.prompt_ids)
         if not rows:
             return [], None, torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 0)
-        input_ids, mask = left_pad(ids, self.policy.tokenizer.pad_token_id)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        scopes = [(r.stream.request.user, r.adapter) for r in rows]
+        chains = [self.prefixes.find(scope, prompt) for scope, prompt in zip(scopes, ids)]
+        cached = [len(chain) * self.prefixes.block for chain in chains]
+        input_ids, mask = left_pad([prompt[n:] for prompt, n in zip(ids, cached)], self.policy.tokenizer.pad_token_id)
+        positions = torch.tensor(cached)[:, None] + (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache()
+        if any(cached):
+            past, past_mask = self.prefixes.past(chains)
+            for layer in range(past.shape[0]):
+                cache.update(past[layer, 0].to(self.policy.device), past[layer, 1].to(self.policy.device), layer)
+            mask = torch.cat([past_mask, mask], dim=1)
         logits = self._forward(input_ids, mask, positions, cache, [r.adapter for r in rows])
+        width = mask.shape[1]
+        for row, (scope, prompt, chain) in enumerate(zip(scopes, ids, chains)):
+            offset = width - len(prompt)  # where the row's first token sits (its prompt is right-aligned)
+            self.prefixes.add(scope, prompt, chain, partial(_row_kv, cache, row, offset))
         return rows, cache, mask, logits
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
@@ -329,6 +351,12 @@ def _stack(cache: RowsCache, mask: torch.Tensor, other: Cache,
     width = max(mask.shape[1], other_mask.shape[1])
     cache.append(other)
     return cache, torch.cat([_pad_left(mask, width), _pad_left(other_mask, width)])
+
+
+def _row_kv(cache: Cache, row: int, offset: int, start: int, end: int) -> torch.Tensor:
+    """One row's keys and values at positions offset+start..offset+end, every layer: [layers, 2, heads, end-start, dim]."""
+    return torch.stack([torch.stack([layer.keys[row, :, offset + start:offset + end],
+                                     layer.values[row, :, offset + start:offset + end]]) for layer in cache.layers])
 
 
 def _pad_left(mask: torch.Tensor, width: int) -> torch.Tensor:

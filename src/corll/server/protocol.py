@@ -201,6 +201,10 @@ class Engine(Protocol):
 
     def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None) -> Stream: ...
 
+    def forget(self, user: str) -> None:
+        """Drop whatever the engine keeps of `user` ("tenant/user") beyond their requests, once they are forgotten."""
+        ...
+
     def health(self) -> dict:
         """What /healthz reports of the engine: at least `engine` (its kind) and `state` ("ready", or
         "restarting" while it cannot take requests: /healthz then answers 503)."""

