@@ -45,9 +45,12 @@ def test_beyond_the_budget_the_least_recently_used_goes_first_and_what_extends_i
     assert ("a/u", None) not in cache.roots
 
 
-def ask(engine, system, user="acme/u", model=ServedModel(None, None), seed=7):
+BASE = ServedModel(None, None)
+
+
+def ask(engine, system, user="acme/u", seed=7):
     ids = engine.prompt_ids([{"role": "system", "content": system}, {"role": "user", "content": "Go on."}])
-    return engine.submit(GenerationRequest(ids, model, seed=seed, max_tokens=12, user=user, logprobs=True)).result()[0]
+    return engine.submit(GenerationRequest(ids, BASE, seed=seed, max_tokens=12, user=user, logprobs=True)).result()[0]
 
 
 def test_the_engine_answers_the_same_from_a_cached_beginning_and_only_for_the_same_user():

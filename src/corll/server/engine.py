@@ -3,7 +3,8 @@
     submit(GenerationRequest) -> Stream      # the whole interface the HTTP layer uses
 
 One scheduler thread owns the model. Requests that arrive while it is busy join the
-running batch at the next decoding step: each newcomer's prompt is prefilled and its
+running batch at the next decoding step: each newcomer's prompt is prefilled (from the end of the
+beginning its user's earlier prompts share with it, whose keys and values are cached: `prefix_cache.py`) and its
 keys and values written into the batch's cache after the running rows (`corll.kv_rows`: rows join, grow
 and leave without the others' cache being copied), and from then on every row advances one token per
 step. Rows may belong to different users' adapters: every loaded adapter
