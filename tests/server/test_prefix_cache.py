@@ -22,6 +22,8 @@ def test_a_prompt_finds_its_cached_full_blocks_but_never_its_last_token():
     assert len(cache.find(("a/u", None), list(range(8)))) == 1  # token 7 is the last: computed, not cached
     assert cache.find(("a/v", None), ids) == [] and cache.find(("a/u", "v3"), ids) == []  # other scopes
     assert cache.find(("a/u", None), [0, 1, 2, 9, 4, 5, 6, 7, 8]) == []
+    cache.add(("a/short", None), [1, 2, 3, 4], [], kv_of)  # no full block before its last token: no scope kept
+    assert ("a/short", None) not in cache.roots
     past, mask = cache.past([cache.find(("a/u", None), ids), [], cache.find(("a/u", None), list(range(6)))])
     assert past.shape == (2, 2, 3, 1, 8, 3) and mask.tolist() == [[1] * 8, [0] * 8, [0] * 4 + [1] * 4]
     assert past[0, 0, 0, 0, :, 0].tolist() == list(range(8)) and past[0, 0, 2, 0, 4:, 0].tolist() == [0, 1, 2, 3]

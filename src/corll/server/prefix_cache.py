@@ -72,7 +72,8 @@ class PrefixCache:
             kv_of: Callable[[int, int], torch.Tensor]) -> None:
         """Cache the full blocks of `ids` after `chain` (what `find` gave); `kv_of(start, end)` gives the keys
         and values of its tokens start..end."""
-        if not self.budget:
+        starts = range(len(chain) * self.block, (len(ids) - 1) // self.block * self.block, self.block)
+        if not self.budget or not starts:
             return
         with self._lock:
             if any(id(block) not in self._recent for block in chain):
@@ -80,7 +81,7 @@ class PrefixCache:
             parent = chain[-1] if chain else None
             children = parent.children if parent else self.roots.setdefault(scope, {})
             added = []
-            for start in range(len(chain) * self.block, (len(ids) - 1) // self.block * self.block, self.block):
+            for start in starts:
                 tokens = tuple(ids[start:start + self.block])
                 if tokens not in children:  # a row earlier in the same batch may have added it
                     children[tokens] = Block(kv_of(start, start + self.block).clone(), tokens, scope, parent)
