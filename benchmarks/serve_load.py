@@ -131,11 +131,15 @@ class Server:
 
 async def client_loop(url: str, model: str, keys: list[str], rng: random.Random, stop_at: float, max_tokens: int,
                       done: list[dict]) -> None:
-    clients = {}
+    # One connection pool per simulated client, shared by its users' `openai` clients: an `AsyncOpenAI` with
+    # its own pool costs about 26 ms of this machine's CPU to make (an SSL context), which the load generator
+    # used to spend on every request, taken from the server it measures.
+    http, clients = httpx.AsyncClient(timeout=600), {}
     while time.perf_counter() < stop_at:
         key = rng.choice(keys)  # a user drawn uniformly for every request
-        client = clients.setdefault(key, openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0,
-                                                             timeout=600))
+        if key not in clients:
+            clients[key] = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, http_client=http)
+        client = clients[key]
         started = time.perf_counter()
         try:
             reply = await client.chat.completions.create(
@@ -145,8 +149,7 @@ async def client_loop(url: str, model: str, keys: list[str], rng: random.Random,
                          "tokens": reply.usage.completion_tokens})
         except openai.APIError as exc:
             done.append({"end": time.perf_counter(), "error": str(exc)[:200]})
-    for client in clients.values():
-        await client.close()
+    await http.aclose()
 
 
 def level(server: Server, keys: list[str], clients: int, seconds: float, max_tokens: int) -> dict:
@@ -257,9 +260,12 @@ def main() -> None:
                 server.start(work / f"{slug(server.label)}.log")
                 try:
                     level(server, pool, args.clients, 5, args.max_tokens)  # warm-up: adapters read, kernels primed
+                    before, started = server.health().get("engine", {}).get("work"), time.perf_counter()
                     row = {"adapters": adapters, **level(server, pool, args.clients, args.seconds, args.max_tokens)}
                     engine = server.health().get("engine", {})
                     row["adapter_bytes"] = engine.get("adapter_bytes")
+                    if before and engine.get("work"):  # over the level and its last requests' ends
+                        row["work"] = work_summary(before, engine["work"], time.perf_counter() - started)
                     results["servers"][server.label]["levels"].append(row)
                     print(json.dumps({server.label: row}), file=sys.stderr)
                     if args.out:  # every level as it lands: a failure later keeps what was measured
@@ -278,6 +284,17 @@ def main() -> None:
     print(table)
     if args.out:
         save(args.out, hardware, results, table)
+
+
+def work_summary(before: dict, after: dict, seconds: float) -> dict:
+    """What an engine that reports its work (this tree's corll engine) did during a level: rows per decoding
+    step, rows per prefill, the prefills' share of its busy time, and how busy its scheduler thread was."""
+    done = {key: after[key] - before[key] for key in after}
+    busy = done["decode_s"] + done["prefill_s"] + done["sample_s"]
+    return {"rows_per_step": done["rows"] / max(done["steps"], 1),
+            "rows_per_prefill": done["prefill_rows"] / max(done["prefills"], 1),
+            "prefills_per_s": done["prefills"] / seconds, "prefill_share": done["prefill_s"] / max(busy, 1e-9),
+            "busy_share": busy / seconds}
 
 
 def thread_counts(labels: Iterable[str]) -> list[str]:
@@ -321,7 +338,8 @@ def render(results: dict) -> str:
             ratio = (f"×{mine['tokens_per_s'] / first['tokens_per_s']:.2f}" if first["tokens_per_s"]
                      else f"{mine['tokens_per_s']:.1f} tok/s where {labels[0]} finished no request")
             against.append(f"{s} at {first['adapters']} adapters {ratio}")
-    lines += ["", "Against the first server (same level): " + "; ".join(against) + "."]
+    if against:
+        lines += ["", "Against the first server (same level): " + "; ".join(against) + "."]
     failed = [f"{s} at {row['adapters']} adapters: {row['error_sample']}" for s in labels
               for row in servers[s]["levels"] if row["errors"]]
     if failed:
@@ -329,6 +347,12 @@ def render(results: dict) -> str:
     lines += ["", "Streaming at 1 client (" + str(2 * results["max_tokens"]) + " tokens, base model): " + "; ".join(
         f"{s} first token p50 {servers[s]['first_token_p50_s']:.3f} s of {servers[s]['completion_p50_s']:.3f} s "
         f"(×{servers[s]['first_token_p50_s'] / servers[s]['completion_p50_s']:.2f})" for s in labels) + "."]
+    work = [f"{s} at {row['adapters']} adapters {w['rows_per_step']:.1f} rows per step, {w['prefills_per_s']:.1f} "
+            f"prefills/s of {w['rows_per_prefill']:.1f} rows taking {w['prefill_share']:.0%} of its time, busy "
+            f"{w['busy_share']:.0%}" for s in labels for row in servers[s]["levels"] if (w := row.get("work"))]
+    if work:
+        lines += ["", "The engine's work during each level (" + str(results["clients"]) + " clients): "
+                  + "; ".join(work) + "."]
     memory = [f"{s}: {servers[s]['levels'][-1]['adapter_bytes'] / 2**20:.2f} MiB" for s in labels
               if servers[s]["levels"][-1].get("adapter_bytes")]
     if memory:

@@ -87,6 +87,18 @@ def test_deltas_arrive_while_the_choice_is_still_being_generated(engine):
     assert rest[-1].finish_reason == "length"
 
 
+def test_the_engine_counts_its_steps_prefills_and_their_time(engine):
+    """/healthz's work: one prefill admits both choices (each gets its first token there), then every step
+    advances both rows by one token."""
+    before = dict(engine.health()["work"])
+    choices = engine.submit(request(engine, "Talk.", n=2, temperature=0.0, max_tokens=6)).result()
+    assert [c.finish_reason for c in choices] == ["length", "length"]  # greedy: no early EOS
+    after = engine.health()["work"]
+    done = {key: after[key] - before[key] for key in after}
+    assert (done["prefills"], done["prefill_rows"], done["steps"], done["rows"]) == (1, 2, 5, 10)
+    assert done["decode_s"] > 0 and done["prefill_s"] > 0 and done["sample_s"] > 0
+
+
 def test_a_cancelled_request_leaves_the_batch(engine):
     greedy = {"temperature": 0.0, "max_tokens": 400}
     assert engine.submit(request(engine, "Talk.", **greedy)).result()[0].finish_reason == "length"  # no early EOS

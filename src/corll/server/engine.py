@@ -33,7 +33,8 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from functools import partial
 
 import torch
@@ -63,6 +64,22 @@ class _Row:
     position: int = 0  # position id of the next token
 
 
+@dataclass
+class Work:
+    """What the scheduler thread has done since the engine started, for /healthz and the serving benchmark:
+    decoding steps and the rows they advanced, prefills and the rows they admitted, and the seconds of each
+    phase (sampling: choosing tokens and sending text). Rows per step and the prefills' share of the time
+    say how full the batch runs and what admitting newcomers costs."""
+
+    steps: int = 0
+    rows: int = 0
+    prefills: int = 0
+    prefill_rows: int = 0
+    decode_s: float = 0.0
+    prefill_s: float = 0.0
+    sample_s: float = 0.0
+
+
 class PolicyEngine:
     """The transformers engine: continuous batching, mixed adapters, streaming (see the module doc)."""
 
@@ -90,6 +107,7 @@ class PolicyEngine:
         self.context_length = getattr(self.policy.model.config, "max_position_embeddings", 2048)
         self.running = 0  # rows in the batch now, and the most ever decoded together
         self.peak = 0
+        self.work = Work()
         self._queue: queue.Queue[Stream] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="corll-engine", daemon=True)
         self._thread.start()
@@ -107,7 +125,7 @@ class PolicyEngine:
         return {"engine": "transformers", "state": "ready" if self._thread.is_alive() else "stopped",
                 "running": self.running, "adapters_loaded": len(self.adapters.attached),
                 "adapter_bytes": self.slots.bytes_per_adapter, "prefix_cache_bytes": self.prefixes.bytes,
-                "prompt_tokens_reused": self.prefixes.tokens_reused}
+                "prompt_tokens_reused": self.prefixes.tokens_reused, "work": asdict(self.work)}
 
     def forget(self, user: str) -> None:
         """Drop what the engine holds of `user` ("tenant/user"): their prompts' cached blocks."""
@@ -162,6 +180,7 @@ class PolicyEngine:
         if len(keep) < len(rows):
             rows, cache, mask = self._select(rows, cache, mask, keep)
         logits = []
+        started = time.perf_counter()
         if rows:
             step_ids = torch.tensor([[r.tokens[-1]] for r in rows])
             mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
@@ -169,6 +188,9 @@ class PolicyEngine:
             logits.append(self._forward(step_ids, mask, positions, cache, [r.adapter for r in rows]))
             for r in rows:
                 r.position += 1
+            self.work.steps, self.work.rows = self.work.steps + 1, self.work.rows + len(rows)
+        decoded = time.perf_counter()
+        self.work.decode_s += decoded - started
         if admitted:
             new_rows, new_cache, new_mask, new_logits = self._prefill(admitted)
             if new_rows:
@@ -176,11 +198,15 @@ class PolicyEngine:
                 cache = RowsCache(self.max_batch) if cache is None else cache
                 cache, mask = _stack(cache, mask, new_cache, new_mask)
                 rows = rows + new_rows
+            self.work.prefills, self.work.prefill_rows = self.work.prefills + 1, self.work.prefill_rows + len(new_rows)
+        prefilled = time.perf_counter()
+        self.work.prefill_s += prefilled - decoded
         if not rows:
             return [], None, torch.zeros(0, 0, dtype=torch.long)
         self.peak = max(self.peak, len(rows))
         self.running = len(rows)  # before any of this step's deltas leave
         finished = self._advance(rows, torch.cat(logits).float())
+        self.work.sample_s += time.perf_counter() - prefilled
         if finished:
             rows, cache, mask = self._select(rows, cache, mask, [i for i in range(len(rows)) if i not in finished])
         return rows, cache, mask
