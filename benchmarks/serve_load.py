@@ -1,7 +1,7 @@
 """Serving throughput with many users' adapters: corll's engine, the engine it replaced, and vLLM, in one run.
 
-    .venv/bin/python benchmarks/serve_load.py --adapters 0,8,64,256 --seconds 20 \
-        --baseline f0aaa06,c0bfa65 --out results/serve-load
+    .venv/bin/python benchmarks/serve_load.py --adapters 0,8,64,256 --seconds 20 --engines corll,vllm \
+        --baseline f0aaa06,21a7099 --out results/serve-load
 
 Every server runs the same model behind `corll serve` (one at a time, on all of this machine's CPUs,
 alternating by level), each with its own store whose users (the same adapter files) its own code registers,
@@ -9,7 +9,9 @@ so an earlier commit meets the schema it knows; each is warmed up with the level
 same way: `--clients` closed-loop clients (the official `openai` client) each pick a user uniformly at
 random for every request, from `a` users who each have their own version (a LoRA adapter with its own
 random weights), or from base-model users when a = 0. Reported per server and level: completion
-tokens/s (of requests finished within the window), p50/p99 latency, errors, and each server's throughput with a adapters as a share of its own with none.
+tokens/s (of requests finished within the window), p50/p99 latency, errors, and each server's throughput
+with a adapters as a share of its own with none; for an engine that reports its work (this tree's), rows
+per decoding step and the prefills' share of its time.
 
 Servers: `corll` is this tree's engine (`--engine corll`: stacked adapters, one gathered product per
 layer; `corll/Nt` with `--threads N,…`: one server per thread count); `corll@REV` is the same command from

@@ -74,6 +74,7 @@ def test_a_forgotten_users_cached_prompts_are_never_reached_again(running):
     key = store.create_api_key("acme", "cached")
     admin = store.create_api_key("acme", "ops", admin=True)
     system = "You are a careful assistant who writes short, friendly answers. " * 3
+    reused = engine.prefixes.tokens_reused if kind == "corll" else 0
     for _ in range(2):
         openai_client(server, key).chat.completions.create(
             model=model, messages=[{"role": "system", "content": system}, {"role": "user", "content": "Hi."}],
@@ -83,7 +84,7 @@ def test_a_forgotten_users_cached_prompts_are_never_reached_again(running):
         assert salt != engine.cache_salt("acme/other") and len(salt) == 43
     else:
         assert any(scope[0] == "acme/cached" for scope in engine.prefixes.roots)
-        assert engine.prefixes.tokens_reused >= 16
+        assert engine.prefixes.tokens_reused - reused >= 16  # the second request began from the first's blocks
     gone = httpx.delete(f"{server.url}/v1/users/cached", headers={"Authorization": f"Bearer {admin}"})
     assert gone.status_code == 200
     if kind == "vllm":

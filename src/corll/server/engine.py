@@ -381,7 +381,8 @@ def _stack(cache: RowsCache, mask: torch.Tensor, other: Cache,
 
 
 def _row_kv(cache: Cache, row: int, offset: int, start: int, end: int) -> torch.Tensor:
-    """One row's keys and values at positions offset+start..offset+end, every layer: [layers, 2, heads, end-start, dim]."""
+    """One row's keys and values at positions offset+start..offset+end, every layer:
+    [layers, 2, heads, end - start, dim]."""
     return torch.stack([torch.stack([layer.keys[row, :, offset + start:offset + end],
                                      layer.values[row, :, offset + start:offset + end]]) for layer in cache.layers])
 
