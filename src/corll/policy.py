@@ -388,8 +388,12 @@ def load_frozen(name: str, *, precision: str = "auto", cache_dir: Path | None = 
         # alone the residual stream, the rotary products and so the KV cache stay fp32: every projection
         # re-casts its input and attention re-casts the whole cache at every decoding step, which made a 32-row
         # step of SmolLM2 on a native-bf16 CPU slower than fp32 (77 against 62 ms); in bf16 throughout it takes
-        # 41 ms against fp32's 57 (two threads), and the cache takes half the memory.
+        # 41 ms against fp32's 57 (two threads), and the cache takes half the memory. A head tied to the
+        # embedding is tied again: the copy autocast needed (see store_frozen_linears_in_bf16) would now hold
+        # the same bf16 values twice.
         model.to(torch.bfloat16)
+        if getattr(model.config, "tie_word_embeddings", False):
+            model.get_output_embeddings().weight = model.get_input_embeddings().weight
     fast_inference([model])
     return policy
 

@@ -188,7 +188,8 @@ class PolicyEngine:
             logits.append(self._forward(step_ids, mask, positions, cache, [r.adapter for r in rows]))
             for r in rows:
                 r.position += 1
-            self.work.steps, self.work.rows = self.work.steps + 1, self.work.rows + len(rows)
+            self.work.steps += 1
+            self.work.rows += len(rows)
         decoded = time.perf_counter()
         self.work.decode_s += decoded - started
         if admitted:
@@ -198,7 +199,8 @@ class PolicyEngine:
                 cache = RowsCache(self.max_batch) if cache is None else cache
                 cache, mask = _stack(cache, mask, new_cache, new_mask)
                 rows = rows + new_rows
-            self.work.prefills, self.work.prefill_rows = self.work.prefills + 1, self.work.prefill_rows + len(new_rows)
+            self.work.prefills += 1
+            self.work.prefill_rows += len(new_rows)
         prefilled = time.perf_counter()
         self.work.prefill_s += prefilled - decoded
         if not rows:
@@ -277,7 +279,7 @@ class PolicyEngine:
         if any(cached):
             past, past_mask = self.prefixes.past(chains)
             for layer in range(past.shape[0]):
-                cache.update(past[layer, 0].to(self.policy.device), past[layer, 1].to(self.policy.device), layer)
+                cache.update(past[layer, 0], past[layer, 1], layer)  # blocks live where the model computes
             mask = torch.cat([past_mask, mask], dim=1)
         logits = self._forward(input_ids, mask, positions, cache, [r.adapter for r in rows])
         width = mask.shape[1]
