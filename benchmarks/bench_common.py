@@ -39,6 +39,6 @@ def postgres() -> Iterator[str]:
 def write_table(out: Path, hardware: Hardware, table: str, numbers: dict, tag: str = "") -> None:
     """`<cpu>[-<tag>]-table.md` and `.json` in `out`: one pair per kind of CPU (and variant), beside the others."""
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{hardware.capability.lower().replace('-', '')}{'-' + tag if tag else ''}-table"
+    stem = out / f"{hardware.tag}{'-' + tag if tag else ''}-table"
     stem.with_suffix(".md").write_text(table)
     stem.with_suffix(".json").write_text(json.dumps({"machine": hardware.cpu, **numbers}, indent=2) + "\n")

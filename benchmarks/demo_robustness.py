@@ -24,13 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from corll.hardware import detect  # noqa: E402
+from corll.hardware import detect, machine_tag  # noqa: E402
 from corll.report import comparison_rows, summary_rows  # noqa: E402
-
-
-def cpu_folder(capability: str) -> str:
-    """The kind of CPU a table belongs to: results differ between kinds (precision, rounding)."""
-    return capability.lower().replace("-", "")
 
 
 def run_seed(folder: Path, seed: int, precision: str) -> float | None:
@@ -122,7 +117,7 @@ def main() -> None:
                         help="the demo's --precision (auto: what a new user gets)")
     args = parser.parse_args()
     hardware = detect().as_dict()
-    out = args.out / (cpu_folder(hardware["capability"])
+    out = args.out / (machine_tag(hardware["cpu"], hardware["capability"])
                       + ("" if args.precision == "auto" else f"-{args.precision}"))
     out.mkdir(parents=True, exist_ok=True)
     walls_file = out / "walls.json"

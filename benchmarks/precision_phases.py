@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from corll.feedback import PreferencePair  # noqa: E402
-from corll.hardware import detect  # noqa: E402
+from corll.hardware import detect, machine_tag  # noqa: E402
 from corll.learners.dpo import DPOConfig, DPOLearner  # noqa: E402
 from corll.policy import LoraSettings, Policy, SamplingConfig, load_policy  # noqa: E402
 from corll.tasks import load_task  # noqa: E402
@@ -91,7 +91,7 @@ def main() -> None:
             fp32, bf16 = (statistics.fmean(runs[p]) for p in PRECISIONS)
             rows.append({"phase": phase, "threads": threads, "fp32_s": fp32, "bf16_s": bf16,
                          "bf16_speedup": fp32 / bf16, "fastest": "bf16" if bf16 < fp32 else "fp32"})
-    out = args.out / hardware["capability"].lower().replace("-", "")
+    out = args.out / machine_tag(hardware["cpu"], hardware["capability"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"hardware": hardware, "repeats": args.repeats, "rows": rows},
                                                  indent=2) + "\n")

@@ -308,7 +308,7 @@ def save(out: Path, hardware, results: dict, table: str | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     counts = thread_counts(results["servers"])
     variant = f"-threads{'-'.join(counts)}" if counts else ""  # a run per thread count: a table of its own
-    stem = out / f"{hardware.capability.lower().replace('-', '')}{variant}-table"
+    stem = out / f"{hardware.tag}{variant}-table"
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     if table is not None:
         stem.with_suffix(".md").write_text(table)

@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from corll.hardware import detect  # noqa: E402
+from corll.hardware import detect, machine_tag  # noqa: E402
 from corll.learners.dpo import DPOConfig, DPOLearner  # noqa: E402
 from corll.policy import LoraSettings, Policy, SamplingConfig, load_policy  # noqa: E402
 from corll.tasks import load_task  # noqa: E402
@@ -89,7 +89,7 @@ def main() -> None:
               "implicit_reward_error_mean": float((rewards["bf16"] - rewards["fp32"]).abs().mean()),
               "fp32_top_gap_median": float(gaps.median()),
               "differing_top_gaps": [float(gaps[i]) for i in differ]}
-    out = args.out / hardware["capability"].lower().replace("-", "")
+    out = args.out / machine_tag(hardware["cpu"], hardware["capability"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     table = "\n".join([

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import corll.hardware as hardware
 from corll.cli import app
-from corll.hardware import Hardware, choose_precision
+from corll.hardware import Hardware, choose_precision, machine_tag
 from corll.models import cached_build
 from corll.policy import load_policy
 
@@ -170,3 +170,10 @@ def test_a_lost_rename_uses_the_winners_copy(tmp_path):
     assert cached_build(target, build) == target
     assert json.loads((target / "config.json").read_text()) == {"winner": True}
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == ["model"]
+
+
+def test_results_of_different_vendors_with_the_same_instruction_set_get_different_names():
+    amd = Hardware("cpu", "AMD EPYC 9B14", "AVX512-BF16", True, 2)
+    intel = Hardware("cpu", "Intel(R) Xeon(R) Processor", "AVX512-BF16", True, 2)
+    assert (amd.tag, intel.tag) == ("amd-avx512bf16", "intel-avx512bf16")
+    assert machine_tag("QEMU Virtual CPU", "AVX2") == "avx2"

@@ -49,6 +49,19 @@ class Hardware:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def tag(self) -> str:
+        """The kind of machine in a results file's name, e.g. `amd-avx512bf16`: the same instruction set
+        runs at different speeds on different vendors' cores, so their tables must not overwrite each other."""
+        return machine_tag(self.cpu, self.capability)
+
+
+def machine_tag(cpu: str, capability: str) -> str:
+    """`vendor-capability` in lower case (`intel-avx512bf16`), the vendor left out where the name has none."""
+    vendor = next((v for v in ("amd", "intel", "nvidia", "arm", "apple") if v in cpu.lower()), "")
+    name = capability.lower().replace("-", "")
+    return f"{vendor}-{name}" if vendor else name
+
 
 def cpu_flags() -> set[str]:
     """The CPU feature flags the kernel reports (empty where /proc/cpuinfo does not exist)."""
