@@ -37,6 +37,25 @@ def test_auto_picks_bf16_where_the_cpu_computes_it_natively():
     assert choice.precision == "bf16" and "natively" in choice.reason
 
 
+def test_auto_measures_a_native_bf16_cpu_and_picks_bf16_only_where_it_is_clearly_faster():
+    """An Intel Xeon listed AVX512-BF16 yet ran every phase slower in bf16: the flag alone misleads."""
+    slow = Hardware("cpu", "Intel Xeon", "AVX512-BF16", True, 2, bf16_speedup=0.61)
+    fast = Hardware("cpu", "AMD EPYC", "AVX512-BF16", True, 2, bf16_speedup=4.4)
+    choice = choose_precision("auto", slow)
+    assert choice.precision == "fp32" and "×0.61" in choice.reason
+    assert choose_precision("auto", fast).precision == "bf16" and "×4.4" in choose_precision("auto", fast).reason
+    edge = Hardware("cpu", "x", "AVX512-BF16", True, 2, bf16_speedup=hardware.BF16_MIN_SPEEDUP - 0.01)
+    assert choose_precision("auto", edge).precision == "fp32"
+    assert "measured slower" in choose_precision("bf16", slow).warning
+    assert choose_precision("bf16", fast).warning is None
+
+
+def test_the_bf16_measurement_is_a_ratio_of_real_timings_and_keeps_the_thread_count():
+    torch.set_num_threads(2)
+    ratio = hardware.measure_bf16_speedup(rows=64, width=64, out=64, repeats=2)
+    assert 0 < ratio < 100 and torch.get_num_threads() == 2
+
+
 def test_explicit_bf16_on_a_cpu_without_it_runs_with_a_warning_naming_the_slowdown():
     choice = choose_precision("bf16", AVX2)
     assert choice.precision == "bf16"

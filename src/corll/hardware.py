@@ -3,7 +3,14 @@
 bf16 is only fast where the hardware computes it natively (CUDA with bf16, or a CPU
 with AVX512-BF16 or AMX). On an AVX2-only CPU, bf16 matmuls are emulated and run
 several times slower than fp32 (measured on an AMD EPYC with AVX2: 1.1 vs 32 GFLOP/s
-on one thread; a CoRLL DPO step ×12 slower), so `auto` picks fp32 there.
+on one thread; a CoRLL DPO step ×12 slower), so `auto` picks fp32 there. Having the
+bf16 instructions is not enough either: on an Intel Xeon that lists AVX512-BF16 (its AMX
+not exposed to the machine) every phase of a round ran slower in bf16 (×0.47–0.72) and
+the demo took 7.3 min against fp32's 5.2, while on an AMD EPYC with AVX512-BF16 bf16's
+matmul peak is 4.4× fp32's and the demo ran ×1.23 faster in bf16. So on a CPU with
+native bf16 `auto` also measures: one matmul of SmolLM2's shapes at a training step's
+rows, in both precisions, about a tenth of a second, and bf16 only where it is clearly
+faster (`BF16_MIN_SPEEDUP`).
 
 Threads: torch's OpenMP threads busy-wait at every barrier by default, and when
 another process shares the cores a waiting thread steals the time of the thread it
@@ -21,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +38,10 @@ CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2 CPU quota: "max 100
 
 # Measured on an AVX2-only CPU (torch 2.13, one thread, the same inputs in both precisions).
 BF16_SLOWDOWN = "a DPO step ran ×12 slower, sampling ×3.7 slower than fp32 on an AVX2 CPU"
+# bf16's matmul must beat fp32's by this much for `auto` to pick it on a CPU: decoding few rows gains less
+# than the matmul (on the AMD EPYC above, sampling ran ×0.85–0.93 in bf16 while the demo as a whole ran
+# ×1.23 faster, its matmul ×4.4), so a small matmul gain would not pay for itself.
+BF16_MIN_SPEEDUP = 1.5
 
 
 class PrecisionError(ValueError):
@@ -45,6 +57,7 @@ class Hardware:
     capability: str  # AVX2 | AVX512 | AVX512-BF16 | AMX | what torch reports otherwise
     native_bf16: bool
     cpus: int  # the CPUs this process may use (affinity and cgroup quota)
+    bf16_speedup: float | None = None  # bf16 matmul time / fp32's, measured where bf16 is native on a CPU
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -124,7 +137,30 @@ def detect() -> Hardware:
     native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     if flags:
         native = native and bool(flags & {"avx512_bf16", "amx_bf16"})
-    return Hardware("cpu", cpu_model(), capability, native, cpus)
+    return Hardware("cpu", cpu_model(), capability, native, cpus, measure_bf16_speedup() if native else None)
+
+
+def measure_bf16_speedup(rows: int = 512, width: int = 576, out: int = 1536, repeats: int = 5) -> float:
+    """fp32 time / bf16 time of one linear layer's product (SmolLM2's attention width and MLP height, a
+    training step's rows), one thread, the best of `repeats` each, the precisions alternating."""
+    import torch
+    import torch.nn.functional as F
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        x32, w32 = torch.randn(rows, width, generator=generator), torch.randn(out, width, generator=generator)
+        pairs = {"fp32": (x32, w32), "bf16": (x32.bfloat16(), w32.bfloat16())}
+        best = {name: math.inf for name in pairs}
+        for _ in range(repeats + 1):  # the first round warms up
+            for name, (x, w) in pairs.items():
+                started = time.perf_counter()
+                F.linear(x, w)
+                best[name] = min(best[name], time.perf_counter() - started)
+        return round(best["fp32"] / best["bf16"], 2)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def compute_device() -> str:
@@ -144,20 +180,28 @@ class PrecisionChoice:
 
 
 def choose_precision(requested: str, hardware: Hardware | None = None) -> PrecisionChoice:
-    """Resolve `auto` to bf16 where the hardware computes bf16 natively, fp32 everywhere else."""
+    """Resolve `auto` to bf16 where the hardware computes bf16 natively and, on a CPU, measurably faster than
+    fp32; fp32 everywhere else."""
     if requested not in PRECISIONS:
         raise PrecisionError(f"unknown precision {requested!r}: use one of {', '.join(PRECISIONS)}")
     hw = hardware or detect()
     where = f"this {'GPU' if hw.device == 'cuda' else 'CPU'} ({hw.capability})"
     if requested == "auto":
+        if hw.native_bf16 and (hw.bf16_speedup is None or hw.bf16_speedup >= BF16_MIN_SPEEDUP):
+            measured = "" if hw.bf16_speedup is None else f" (its matmul ×{hw.bf16_speedup:g} fp32's here)"
+            return PrecisionChoice("bf16", f"precision bf16: {where} computes bf16 natively{measured}")
         if hw.native_bf16:
-            return PrecisionChoice("bf16", f"precision bf16: {where} computes bf16 natively")
+            return PrecisionChoice("fp32", f"precision fp32: {where} has native bf16, but its matmul measured "
+                                           f"×{hw.bf16_speedup:g} fp32's here (bf16 needs ×{BF16_MIN_SPEEDUP:g})")
         return PrecisionChoice("fp32", f"precision fp32: {where} has no native bf16")
     reason = f"precision {requested} (asked for); {where} {'has' if hw.native_bf16 else 'has no'} native bf16"
     warning = None
     if requested == "bf16" and not hw.native_bf16:
         warning = (f"bf16 on {where} is emulated and runs several times slower than fp32 "
                    f"({BF16_SLOWDOWN}); --precision auto picks fp32 here")
+    elif requested == "bf16" and hw.bf16_speedup is not None and hw.bf16_speedup < 1:
+        warning = (f"bf16 on {where} measured slower than fp32 (its matmul ×{hw.bf16_speedup:g} fp32's); "
+                   "--precision auto picks fp32 here")
     return PrecisionChoice(requested, reason, warning)
 
 
