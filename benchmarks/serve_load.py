@@ -247,9 +247,10 @@ def main() -> None:
         precisions = [(f" {p}", ["--precision", p]) for p in args.precisions.split(",") if p] or [("", [])]
         servers = []
         for rev in baselines:
+            env = baseline_env(rev, work)
             for suffix, precision in precisions:
                 label = f"corll@{rev}{suffix}"
-                servers.append(Server(label, db(label), args.model, [*common, *precision], baseline_env(rev, work)))
+                servers.append(Server(label, db(label), args.model, [*common, *precision], env))
         engines = args.engines.split(",")
         if "corll" in engines:
             for count in args.threads.split(",") if args.threads else [""]:

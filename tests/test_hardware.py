@@ -121,6 +121,17 @@ def test_simulate_says_the_choice_and_records_it_in_config_json(tmp_path, monkey
     assert again.exit_code == 0, again.output
 
 
+def test_a_new_run_computes_in_the_precision_auto_resolved_to_once(tmp_path, monkeypatch):
+    """Worker processes get the resolved precision: a second measurement could resolve `auto` otherwise."""
+    from corll.config import SimulationConfig
+    from corll.run_dir import prepare_run_dir
+
+    monkeypatch.setattr(hardware, "detect", lambda: Hardware("cpu", "x", "AVX512-BF16", True, 2, bf16_speedup=0.6))
+    _, config = prepare_run_dir(tmp_path / "run", SimulationConfig(task="synthetic", model="tiny"), False, 1)
+    assert config.precision == "fp32"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == "auto"
+
+
 def test_explicit_bf16_warns_on_the_command_line(tmp_path, monkeypatch):
     monkeypatch.setattr(hardware, "detect", lambda: AVX2)
     result = CliRunner().invoke(app, ["simulate", "--task", "synthetic", "--model", "tiny", "--rounds", "1",

@@ -93,8 +93,10 @@ def prepare_run_dir(out: Path, config: SimulationConfig, resume: bool,
         check(resumed)
         return run, resumed
     out.mkdir(parents=True, exist_ok=True)
-    run.write_json(run.config_file, {**dataclasses.asdict(config), HARDWARE_KEY: hardware_record(config, threads)})
-    return run, config
+    record = {**dataclasses.asdict(config), HARDWARE_KEY: hardware_record(config, threads)}
+    run.write_json(run.config_file, record)
+    # the run computes in what `auto` resolved to here: worker processes must not measure and resolve it again
+    return run, SimulationConfig(**computed_settings(record))
 
 
 HARDWARE_KEY = "hardware"  # in config.json: where the run started, not a setting
