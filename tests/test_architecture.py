@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Lowest first; a module belongs to the floor of its longest listed prefix (docs/architecture.md).
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("ground", ("corll", "corll.hardware", "corll.feedback", "corll.memo", "corll.stats", "corll.classification",
-                "corll.embeddings", "corll.config", "corll.models", "corll.client", "corll.files")),
+                "corll.embeddings", "corll.config", "corll.models", "corll.client", "corll.files", "corll.processes")),
     ("measures", ("corll.losses", "corll.cpu_kernels", "corll.objectives", "corll.monitor", "corll.report",
                   "corll.batches", "corll.users.reactions", "corll.users.preferences")),
     ("policy", ("corll.policy",)),

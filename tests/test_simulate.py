@@ -1,4 +1,9 @@
 import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -201,3 +206,34 @@ def test_a_run_that_asks_for_it_logs_the_argmax_measure_beside_plain_samples(tmp
     records = RunDir(tmp_path / "run").read_metrics()
     assert len(records) == 2 and all(isinstance(r["reward_argmax"], float) for r in records)
     assert records[0]["reward_argmax"] != records[0]["reward"]  # other responses: the argmax of 3, not samples
+
+
+def test_a_worker_ends_when_the_process_that_started_it_is_killed(tmp_path):
+    """A parent killed outright runs no clean-up: without the request to the kernel its busy worker would go
+    on for minutes, writing into the run folder a rerun resumes."""
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import multiprocessing, os, time
+        from concurrent.futures import ProcessPoolExecutor
+        from corll.processes import die_with_parent
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
+                                   initargs=(os.getpid(),))
+        print(pool.submit(os.getpid).result(), flush=True)
+        pool.submit(time.sleep, 300)  # busy, as a worker training an algorithm is
+        time.sleep(300)
+    """)], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    assert alive(worker)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(worker)
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +32,7 @@ from corll.learners.rounds import RoundLog
 from corll.monitor import degeneration_thresholds, monitor_records
 from corll.objectives import distinct_n, looping, repeated_phrase_rate
 from corll.policy import LoraSettings, Policy, SamplingConfig, load_policy
+from corll.processes import die_with_parent
 from corll.run_dir import RunDir, prepare_run_dir
 from corll.tasks import Task, load_task
 from corll.users import LocalEditor
@@ -382,7 +384,8 @@ def run_algorithms(names: list[str], config: SimulationConfig, run: RunDir, prog
         relay.start()
         threads = worker_threads(jobs)
         try:
-            with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            with ProcessPoolExecutor(jobs, mp_context=context, initializer=die_with_parent,
+                                     initargs=(os.getpid(),)) as pool:
                 futures = {pool.submit(_run_in_worker, name, config, run.path, queue, threads): name
                            for name in names}
                 for future in as_completed(futures):

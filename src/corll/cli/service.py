@@ -196,7 +196,7 @@ def serve(
         from corll.hardware import available_cpus
 
         threads = max(1, available_cpus() - 1)
-    precision = use_hardware(precision, threads)
+    requested, precision = precision, use_hardware(precision, threads, serving=True)
     from corll.hardware import compute_device
     from corll.server.engines import choose_engine
     from corll.server.vllm_engine import vllm_installed
@@ -226,11 +226,12 @@ def serve(
                                prefix_cache_mib=prefix_cache_mib)
     learner = None
     if learn:  # a separate process at lower priority: training never blocks serving; restarted if it dies
-        from corll.service.supervise import LearnerSupervisor, die_with_parent
+        from corll.processes import die_with_parent
+        from corll.service.supervise import LearnerSupervisor
 
         learner = LearnerSupervisor(lambda: subprocess.Popen(
             [sys.executable, "-m", "corll", "learn", "--model", model, "--adapters", str(adapters),
-             "--min-edits", str(learn_min_edits), "--threads", "1", "--precision", precision, *extra],
+             "--min-edits", str(learn_min_edits), "--threads", "1", "--precision", requested, *extra],
             env={**os.environ, "CORLL_DATABASE_URL": store.url},  # the URL (and any password) stays out of `ps`
             preexec_fn=die_with_parent), store).start()
     console.print(f"serving {model} on http://{host}:{port}/v1 (store: {store.url.split('@')[-1]})"

@@ -40,7 +40,8 @@ import httpx
 
 from corll.models import chat_prompt_ids, load_tokenizer, model_dir
 from corll.server.protocol import Delta, EngineError, GenerationRequest, Stream, TokenLogprob, UserLimit
-from corll.service.supervise import die_with_parent, free_port
+from corll.processes import die_with_parent
+from corll.service.supervise import free_port
 
 BASE_NAME = "base"  # the base model's name inside vLLM
 VLLM_PYTHON = Path(".venv-vllm") / "bin" / "python"

@@ -91,17 +91,6 @@ class LearnerSupervisor:
         self._thread.join(timeout=5)
 
 
-def die_with_parent() -> None:
-    """In a child process (Linux): be sent SIGTERM when the parent ends, however it ends (uvicorn re-raises
-    the SIGTERM that stopped it, so the server's own clean-up may never run)."""
-    import ctypes
-    import signal
-    import sys
-
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
 def free_port() -> int:
     """A loopback port nobody listens on now (for a child server, or a launcher's rendezvous)."""
     import socket
