@@ -57,7 +57,7 @@ class Hardware:
     capability: str  # AVX2 | AVX512 | AVX512-BF16 | AMX | what torch reports otherwise
     native_bf16: bool
     cpus: int  # the CPUs this process may use (affinity and cgroup quota)
-    bf16_speedup: float | None = None  # bf16 matmul time / fp32's, measured where bf16 is native on a CPU
+    bf16_speedup: float | None = None  # fp32 matmul time / bf16's, measured where bf16 is native on a CPU
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -190,16 +190,16 @@ def choose_precision(requested: str, hardware: Hardware | None = None, *, servin
     hw = hardware or detect()
     where = f"this {'GPU' if hw.device == 'cuda' else 'CPU'} ({hw.capability})"
     if requested == "auto":
-        if hw.native_bf16 and serving:
+        if not hw.native_bf16:
+            return PrecisionChoice("fp32", f"precision fp32: {where} has no native bf16")
+        if serving:
             return PrecisionChoice("bf16", f"precision bf16: {where} computes bf16 natively (serving: bf16 "
                                            "throughout halves the memory each decoding step reads)")
-        if hw.native_bf16 and (hw.bf16_speedup is None or hw.bf16_speedup >= BF16_MIN_SPEEDUP):
+        if hw.bf16_speedup is None or hw.bf16_speedup >= BF16_MIN_SPEEDUP:
             measured = "" if hw.bf16_speedup is None else f" (its matmul ×{hw.bf16_speedup:g} fp32's here)"
             return PrecisionChoice("bf16", f"precision bf16: {where} computes bf16 natively{measured}")
-        if hw.native_bf16:
-            return PrecisionChoice("fp32", f"precision fp32: {where} has native bf16, but its matmul measured "
-                                           f"×{hw.bf16_speedup:g} fp32's here (bf16 needs ×{BF16_MIN_SPEEDUP:g})")
-        return PrecisionChoice("fp32", f"precision fp32: {where} has no native bf16")
+        return PrecisionChoice("fp32", f"precision fp32: {where} has native bf16, but its matmul measured "
+                                       f"×{hw.bf16_speedup:g} fp32's here (bf16 needs ×{BF16_MIN_SPEEDUP:g})")
     reason = f"precision {requested} (asked for); {where} {'has' if hw.native_bf16 else 'has no'} native bf16"
     warning = None
     if requested == "bf16" and not hw.native_bf16:
