@@ -1,6 +1,8 @@
 """Precision `auto`, thread counts, and the model cache under concurrency."""
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -196,6 +198,27 @@ def test_two_processes_building_the_model_cache_at_once_both_succeed(tmp_path):
     assert {o[0].strip() for o in outputs} == {str(target)}
     assert (target / "weights").read_text() in ("first", "second")
     assert sorted(p.name for p in target.parent.iterdir() if not p.name.endswith(".lock")) == ["model"]
+
+
+def test_a_build_killed_outright_leaves_no_staging_behind_for_long(tmp_path):
+    """A killed build never runs its clean-up; the next build removes what it staged, and nothing of a build
+    that still runs or of another machine's."""
+    target = tmp_path / "model"
+    mine = f".model-{socket.gethostname()}-"
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    dead = tmp_path / f"{mine}{ended.pid}-abc123"
+    running = tmp_path / f"{mine}{os.getpid()}-def456"
+    elsewhere = tmp_path / f".model-another-machine-{ended.pid}-ghi789"
+    for staging in (dead, running, elsewhere):
+        staging.mkdir()
+        (staging / "weights").write_text("half")
+
+    def build(staging):
+        (staging / "config.json").write_text("{}")
+
+    assert cached_build(target, build) == target
+    assert not dead.exists() and running.exists() and elsewhere.exists()
 
 
 def test_a_lost_rename_uses_the_winners_copy(tmp_path):

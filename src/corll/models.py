@@ -4,16 +4,19 @@ turns one into a Policy. Importing it loads no torch, so the CLI can check a mod
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 import shutil
+import socket
 import string
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-
 from typing import TYPE_CHECKING
+
+from corll.processes import alive
 
 if TYPE_CHECKING:
     from torch import nn
@@ -171,6 +174,21 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _staging_prefix(target: Path) -> str:
+    """Where this machine's builds of `target` stage their files (the pid follows): the machine's name keeps
+    one machine from judging another's builds on a shared cache."""
+    return f".{target.name}-{socket.gethostname()}-"
+
+
+def _remove_dead_staging(folder: Path, prefix: str) -> None:
+    """Staging folders of this machine's builds whose process has died: a build killed outright never runs
+    its clean-up, and a killed model conversion leaves half a gigabyte behind."""
+    for staging in folder.glob(f"{glob.escape(prefix)}*"):
+        pid = staging.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def cached_build(target: Path, build: Callable[[Path], None], marker: str = "config.json") -> Path:
     """Build a folder once, safely under concurrency: `build(staging)` fills a temporary folder
     that is renamed to `target`, so a killed run leaves no half cache. Processes that start
@@ -182,7 +200,9 @@ def cached_build(target: Path, build: Callable[[Path], None], marker: str = "con
     with FileLock(str(target.parent / f".{target.name}.lock")):
         if (target / marker).exists():
             return target
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        mine = _staging_prefix(target)
+        _remove_dead_staging(target.parent, mine)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{mine}{os.getpid()}-"))
         try:
             build(staging)
             try:

@@ -1,4 +1,5 @@
-"""Child processes that end with the process that started them (Linux).
+"""Child processes that end with the process that started them (Linux), and telling a live process from
+a dead one.
 
 A parent killed with SIGTERM or SIGKILL runs no clean-up of its own, so without help its children live
 on: a `corll simulate --jobs 2` worker goes on training for minutes on the cores a rerun needs, writing
@@ -26,3 +27,14 @@ def die_with_parent(parent: int | None = None) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if parent is not None and os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (one of another user's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
