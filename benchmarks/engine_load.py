@@ -6,10 +6,10 @@ The serving benchmark (`serve_load.py`) measures the engine behind `corll serve`
 HTTP layer and the clients. This one calls the engine in-process: `--clients` threads each submit a request,
 wait for its answer and submit the next, every request for a user drawn uniformly (base-model users, or users
 with their own adapter of random weights, one user per adapter or as many base-model users as clients), with
-`serve_load.py`'s prompts and length. Both precisions' engines
-live in one process and alternate level by level, so machine noise hits both alike. Reported per level:
-completion tokens/s and the engine's own account of its work (rows per decoding step, the prefills' share of
-its time). The gap to `serve_load.py`'s figures is what serving over HTTP on the same CPUs costs.
+`serve_load.py`'s prompts and length. Both precisions' engines live in one process and alternate level by
+level, so machine noise hits both alike. Reported per level: completion tokens/s in steady state (after a
+warm-up) and the engine's own account of its work (rows per decoding step, the prefills' share of its
+time). The gap to `serve_load.py`'s figures is what serving over HTTP on the same CPUs costs.
 """
 
 from __future__ import annotations
@@ -32,34 +32,46 @@ from corll.server.protocol import GenerationRequest, ServedModel
 PRECISIONS = ("fp32", "bf16")
 
 
-def level(engine: PolicyEngine, models: list[ServedModel], clients: int, seconds: float, max_tokens: int) -> dict:
-    """`clients` closed-loop threads for `seconds`: completion tokens/s and the engine's work meanwhile."""
+def level(engine: PolicyEngine, models: list[ServedModel], clients: int, seconds: float, max_tokens: int,
+          warmup: float = 5.0) -> dict:
+    """`clients` closed-loop threads in steady state: the window opens after a warm-up (at least `warmup`
+    seconds, and until every client has finished a request), and tokens/s are the tokens the engine generated
+    inside it by its own count (one per decoded row and one per prefilled row), so a request that straddles
+    the window counts for its part inside it."""
     prompts = [engine.prompt_ids([{"role": "user", "content": p}]) for p in PROMPTS]
-    tokens, stop_at = [0], time.perf_counter() + seconds
+    stop, finished = threading.Event(), set()
 
     def client(seed: int) -> None:
         rng = random.Random(seed)
-        while time.perf_counter() < stop_at:
+        while not stop.is_set():
             user = rng.randrange(len(models))
             request = GenerationRequest(rng.choice(prompts), models[user], max_tokens=max_tokens, user=f"bench/u{user}")
-            choice = engine.submit(request).result()[0]
-            if time.perf_counter() <= stop_at:
-                tokens[0] += choice.tokens
+            engine.submit(request).result()
+            finished.add(seed)
 
-    before, started = dict(engine.health()["work"]), time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
+    began = time.perf_counter()
+    while time.perf_counter() - began < warmup or len(finished) < clients:  # adapters read, clients out of step
+        time.sleep(0.05)
+    before, started = dict(engine.health()["work"]), time.perf_counter()
+    time.sleep(seconds)
+    after, elapsed = dict(engine.health()["work"]), time.perf_counter() - started
+    stop.set()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - started  # the window and its last requests' ends
-    return {"tokens_per_s": tokens[0] / seconds, "work": work_summary(before, engine.health()["work"], elapsed)}
+    generated = after["rows"] - before["rows"] + after["prefill_rows"] - before["prefill_rows"]
+    return {"tokens_per_s": generated / elapsed, "work": work_summary(before, after, elapsed)}
 
 
 def render(results: dict) -> str:
     lines = [f"**{results['machine']}**, {results['threads']} compute threads; the engine in-process, "
              f"{results['clients']} closed-loop client threads, {results['max_tokens']} completion tokens per "
-             f"request, {results['seconds']:.0f} s per level and precision, the precisions alternating.", "",
+             f"request, {results['seconds']:.0f} s per level and precision, the precisions alternating; tokens/s "
+             + ("as the engine counted them inside the window, after a warm-up" if results.get("counting") == "engine"
+                else "of the requests that finished inside a window that started every client at once (before "
+                     "steady-state counting)") + ".", "",
              "| adapters | precision | tokens/s | rows per step | prefills/s | rows per prefill | prefills' share "
              "of the engine's time |", "|---|---|---|---|---|---|---|"]
     for row in results["levels"]:
@@ -88,13 +100,12 @@ def main() -> None:
     paths = make_adapters(args.model, Path(tempfile.mkdtemp(prefix="corll-engine-")), max(levels))
     engines = {p: PolicyEngine(args.model, precision=p, max_loaded_adapters=max(max(levels), 1)) for p in PRECISIONS}
     results = {"machine": f"{hardware.cpu} ({hardware.capability})", "threads": threads, "clients": args.clients,
-               "seconds": args.seconds, "max_tokens": args.max_tokens, "levels": []}
+               "seconds": args.seconds, "max_tokens": args.max_tokens, "counting": "engine", "levels": []}
     for adapters in levels:
         # as serve_load.py's users: one per adapter, or as many base-model users as clients
         models = [ServedModel(i + 1, path) for i, path in enumerate(paths[:adapters])] or \
             [ServedModel(None, None)] * args.clients
         for precision, engine in engines.items():
-            level(engine, models, args.clients, 5, args.max_tokens)  # warm-up: adapters read, kernels primed
             row = {"adapters": adapters, "precision": precision,
                    **level(engine, models, args.clients, args.seconds, args.max_tokens)}
             results["levels"].append(row)
