@@ -379,7 +379,7 @@ def render(results: dict) -> str:
     for s in labels[1:]:
         for mine, first in zip(servers[s]["levels"], servers[labels[0]]["levels"]):
             ratio = (f"×{mine['tokens_per_s'] / first['tokens_per_s']:.2f}" if first["tokens_per_s"]
-                     else f"{mine['tokens_per_s']:.1f} tok/s where {labels[0]} finished no request")
+                     else f"{mine['tokens_per_s']:.1f} tok/s where {labels[0]} served nothing in the window")
             against.append(f"{s} at {first['adapters']} adapters {ratio}")
     if against:
         lines += ["", "Against the first server (same level): " + "; ".join(against) + "."]
