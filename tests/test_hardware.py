@@ -52,16 +52,6 @@ def test_auto_measures_a_native_bf16_cpu_and_picks_bf16_only_where_it_is_clearly
     assert choose_precision("bf16", fast).warning is None
 
 
-def test_serving_takes_native_bf16_even_where_its_matmul_measured_slow():
-    """The serving engine decodes in bf16 throughout, bound by memory traffic: it served 32 clients ×1.33 faster
-    in bf16 on the CPU whose matmul measured ×0.61 fp32's."""
-    slow = Hardware("cpu", "Intel Xeon", "AVX512-BF16", True, 2, bf16_speedup=0.61)
-    served = choose_precision("auto", slow, serving=True)
-    assert served.precision == "bf16" and "serving" in served.reason
-    assert choose_precision("bf16", slow, serving=True).warning is None
-    assert choose_precision("auto", AVX2, serving=True).precision == "fp32"
-
-
 def test_the_bf16_measurement_is_a_ratio_of_real_timings_and_keeps_the_thread_count():
     torch.set_num_threads(2)
     ratio = hardware.measure_bf16_speedup(rows=64, width=64, out=64, repeats=2)

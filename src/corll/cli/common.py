@@ -77,16 +77,16 @@ def progress_bars(*columns) -> Iterator[Progress]:
             raise
 
 
-def use_hardware(precision: str, threads: int | None, *, serving: bool = False) -> str:
+def use_hardware(precision: str, threads: int | None) -> str:
     """Set the thread count, say which precision runs and why (and warn when it is a slow choice);
-    returns the resolved precision (`serving`: for the serving engine, see `choose_precision`)."""
+    returns the resolved precision."""
     from corll.hardware import PrecisionError, choose_precision, set_threads
     from corll.models import quiet_libraries
 
     quiet_libraries()
     try:
         count = set_threads(threads)
-        choice = choose_precision(precision, serving=serving)
+        choice = choose_precision(precision)
     except (PrecisionError, ValueError) as exc:
         fail(str(exc))
     console.print(f"{choice.reason} · {count} thread{'s' if count > 1 else ''}", style="dim")

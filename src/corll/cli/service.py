@@ -196,7 +196,7 @@ def serve(
         from corll.hardware import available_cpus
 
         threads = max(1, available_cpus() - 1)
-    requested, precision = precision, use_hardware(precision, threads, serving=True)
+    requested, precision = precision, use_hardware(precision, threads)
     from corll.hardware import compute_device
     from corll.server.engines import choose_engine
     from corll.server.vllm_engine import vllm_installed
