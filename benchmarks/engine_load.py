@@ -6,10 +6,11 @@ The serving benchmark (`serve_load.py`) measures the engine behind `corll serve`
 HTTP layer and the clients. This one calls the engine in-process: `--clients` threads each submit a request,
 wait for its answer and submit the next, every request for a user drawn uniformly (base-model users, or users
 with their own adapter of random weights, one user per adapter or as many base-model users as clients), with
-`serve_load.py`'s prompts and length. Both precisions' engines live in one process and alternate level by
-level, so machine noise hits both alike. Reported per level: completion tokens/s in steady state (after a
-warm-up) and the engine's own account of its work (rows per decoding step, the prefills' share of its
-time). The gap to `serve_load.py`'s figures is what serving over HTTP on the same CPUs costs.
+`serve_load.py`'s prompts and length. The precisions alternate level by level, so machine noise hits both
+alike, each level on a fresh engine (one at a time, as in a server: its thread alone computes). Reported per
+level: completion tokens/s in steady state (after a warm-up) and the engine's own account of its work (rows
+per decoding step, the prefills' share of its time). The gap to `serve_load.py`'s figures is what serving
+over HTTP on the same CPUs costs.
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ def level(engine: PolicyEngine, models: list[ServedModel], clients: int, seconds
     return {"tokens_per_s": generated / elapsed, "work": work_summary(before, after, elapsed)}
 
 
+def in_own_thread(work, *args):
+    """`work(*args)` on a thread that then ends: the OpenMP threads its torch work started end with it, and do
+    not slow the engine's thread (more OpenMP threads than CPUs make libgomp's workers sleep between operations)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(work, *args).result()
+
+
 def render(results: dict) -> str:
     lines = [f"**{results['machine']}**, {results['threads']} compute threads; the engine in-process, "
              f"{results['clients']} closed-loop client threads, {results['max_tokens']} completion tokens per "
@@ -100,17 +110,20 @@ def main() -> None:
     threads = set_threads(args.threads)
     hardware = detect()
     levels = [int(a) for a in args.adapters.split(",")]
-    paths = make_adapters(args.model, Path(tempfile.mkdtemp(prefix="corll-engine-")), max(levels))
-    engines = {p: PolicyEngine(args.model, precision=p, max_loaded_adapters=max(max(levels), 1)) for p in PRECISIONS}
+    paths = in_own_thread(make_adapters, args.model, Path(tempfile.mkdtemp(prefix="corll-engine-")), max(levels))
     results = {"machine": f"{hardware.cpu} ({hardware.capability})", "threads": threads, "clients": args.clients,
                "seconds": args.seconds, "max_tokens": args.max_tokens, "counting": "engine", "levels": []}
     for adapters in levels:
         # as serve_load.py's users: one per adapter, or as many base-model users as clients
         models = [ServedModel(i + 1, path) for i, path in enumerate(paths[:adapters])] or \
             [ServedModel(None, None)] * args.clients
-        for precision, engine in engines.items():
-            row = {"adapters": adapters, "precision": precision,
-                   **level(engine, models, args.clients, args.seconds, args.max_tokens)}
+        for precision in PRECISIONS:  # one engine at a time, as in a server: its thread alone computes
+            engine = PolicyEngine(args.model, precision=precision, max_loaded_adapters=max(adapters, 1))
+            try:
+                row = {"adapters": adapters, "precision": precision,
+                       **level(engine, models, args.clients, args.seconds, args.max_tokens)}
+            finally:
+                engine.close()
             results["levels"].append(row)
             print(row, file=sys.stderr, flush=True)
     table = render(results)

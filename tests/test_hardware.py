@@ -230,3 +230,23 @@ def test_results_of_different_vendors_with_the_same_instruction_set_get_differen
     intel = Hardware("cpu", "Intel(R) Xeon(R) Processor", "AVX512-BF16", True, 2)
     assert (amd.tag, intel.tag) == ("amd-avx512bf16", "intel-avx512bf16")
     assert machine_tag("QEMU Virtual CPU", "AVX2") == "avx2"
+
+
+SERVING_POLICY = """
+from corll.hardware import prepare_serving_threads, prepare_threads
+import os, sys
+prepare_threads()
+print(prepare_serving_threads(), os.environ.get("OMP_WAIT_POLICY"), "torch" in sys.modules)
+"""
+
+
+def test_a_server_waits_by_openmps_own_policy_unless_the_user_chose_one():
+    """corll's passive default gives way to OpenMP's brief spin before torch loads; a user's choice stays."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+
+    def policy(**chosen: str) -> list[str]:
+        return subprocess.run([sys.executable, "-c", SERVING_POLICY], env={**env, **chosen}, capture_output=True,
+                              text=True, check=True).stdout.split()
+
+    assert policy() == ["True", "None", "False"]
+    assert policy(OMP_WAIT_POLICY="PASSIVE") == ["False", "PASSIVE", "False"]

@@ -113,6 +113,34 @@ def test_a_cancelled_request_leaves_the_batch(engine):
     assert after.finish_reason in ("length", "stop")  # the engine still serves
 
 
+def test_the_engine_does_its_torch_work_on_its_scheduler_thread_and_close_ends_what_is_unfinished(monkeypatch):
+    """Loading included, so no other thread holds OpenMP threads that would make the decoding thread's sleep
+    between operations; closing fails the requests still unanswered and ends the thread."""
+    import threading
+
+    import corll.server.engine as engine_module
+    from corll.server.protocol import EngineError
+
+    where = []
+    load = engine_module.load_frozen
+    monkeypatch.setattr(engine_module, "load_frozen",
+                        lambda *a, **k: where.append(threading.current_thread().name) or load(*a, **k))
+    engine = PolicyEngine("tiny", precision="fp32", batch_wait=0.0)
+    assert where == ["corll-engine"]
+    assert engine.submit(request(engine, "Hi", max_tokens=2)).result()[0].tokens >= 1
+    long = engine.submit(request(engine, "Talk.", temperature=0.0, max_tokens=400))
+    next(iter(long))  # decoding
+    engine.close()
+    with pytest.raises(EngineError, match="closed"):
+        long.result()
+    assert not engine._thread.is_alive()
+
+
+def test_a_model_that_cannot_load_fails_the_constructor():
+    with pytest.raises(Exception, match="no-such-model"):
+        PolicyEngine("no-such-model", precision="fp32")
+
+
 def rss_mb() -> float:
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):

@@ -176,6 +176,9 @@ def serve(
     import subprocess
     import sys
 
+    from corll.hardware import prepare_serving_threads
+
+    prepare_serving_threads()  # before torch loads: OpenMP's brief spin between a decoding step's operations
     import uvicorn
 
     from corll.models import ModelNotFoundError, resolve_model
@@ -242,8 +245,7 @@ def serve(
     finally:
         if learner is not None:
             learner.stop()
-        if kind == "vllm":
-            serving.close()
+        serving.close()
 
 
 def learner_options_problem(options: list[str]) -> str | None:

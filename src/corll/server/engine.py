@@ -34,6 +34,7 @@ import asyncio
 import queue
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
@@ -46,7 +47,7 @@ from corll.policy import GREEDY_BELOW, Policy, load_frozen
 from corll.server.adapters import BASE_ADAPTER, AdapterCache
 from corll.server.lora_batch import AdapterSlots
 from corll.server.prefix_cache import PrefixCache
-from corll.server.protocol import Delta, GenerationRequest, Stream, TokenLogprob, UserLimit
+from corll.server.protocol import Delta, EngineError, GenerationRequest, Stream, TokenLogprob, UserLimit
 
 
 @dataclass
@@ -89,7 +90,6 @@ class PolicyEngine:
                  max_loaded_adapters: int = 32, max_lora_rank: int = 8, prefix_cache_mib: int = 256) -> None:
         if max_loaded_adapters < 1:
             raise ValueError(f"the adapter budget must be >= 1, not {max_loaded_adapters}")
-        self.policy: Policy = load_frozen(model, precision=precision, seed=seed)
         self.model_name = model
         self.default_max_tokens = default_max_tokens
         self.max_tokens_limit = max_tokens_limit  # a request may ask for less, never for more
@@ -99,18 +99,35 @@ class PolicyEngine:
         # one user's requests waiting or running; beyond that, `submit` refuses (the HTTP layer's 429)
         self.max_user_rows = max_user_rows if max_user_rows is not None else max(1, max_batch // 2)
         self.limit = UserLimit(max_user_requests)
-        dtype = torch.bfloat16 if self.policy.precision == "bf16" else torch.float32
-        self.slots = AdapterSlots(self.policy.model, max_loaded_adapters + 1, rank=max_lora_rank, dtype=dtype)
-        self.adapters = AdapterCache(self.slots)  # read off this thread, least recently used slot reused
         self.prefixes = PrefixCache(prefix_cache_mib << 20)  # prompts' beginnings, per user and adapter
-        self.eos = {self.policy.tokenizer.eos_token_id}
-        self.context_length = getattr(self.policy.model.config, "max_position_embeddings", 2048)
         self.running = 0  # rows in the batch now, and the most ever decoded together
         self.peak = 0
         self.work = Work()
-        self._queue: queue.Queue[Stream] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="corll-engine", daemon=True)
+        self._queue: queue.Queue[Stream | None] = queue.Queue()  # None: close
+        # Every torch operation of the engine runs on its scheduler thread, the model's loading included: a second
+        # thread that ran parallel work would hold OpenMP threads of its own, and with more of them than CPUs
+        # libgomp makes every worker sleep between operations (`hardware.prepare_serving_threads`)
+        loaded: Future[None] = Future()
+        self._thread = threading.Thread(target=self._serve, args=(precision, seed, max_loaded_adapters, max_lora_rank,
+                                                                  loaded), name="corll-engine", daemon=True)
         self._thread.start()
+        loaded.result()  # the model's errors surface here
+
+    def _serve(self, precision: str, seed: int, max_loaded_adapters: int, max_lora_rank: int,
+               loaded: Future[None]) -> None:
+        """The scheduler thread: load the model, then decode until closed."""
+        try:
+            self.policy: Policy = load_frozen(self.model_name, precision=precision, seed=seed)
+            dtype = torch.bfloat16 if self.policy.precision == "bf16" else torch.float32
+            self.slots = AdapterSlots(self.policy.model, max_loaded_adapters + 1, rank=max_lora_rank, dtype=dtype)
+            self.adapters = AdapterCache(self.slots)  # read off this thread, least recently used slot reused
+            self.eos = {self.policy.tokenizer.eos_token_id}
+            self.context_length = getattr(self.policy.model.config, "max_position_embeddings", 2048)
+        except BaseException as exc:  # noqa: BLE001 - handed to the constructor, which raises it
+            loaded.set_exception(exc)
+            return
+        loaded.set_result(None)
+        self._run()
 
     # --- the interface -------------------------------------------------------------------------
     def prompt_ids(self, messages: list[dict]) -> list[int]:
@@ -131,6 +148,12 @@ class PolicyEngine:
         """Drop what the engine holds of `user` ("tenant/user"): their prompts' cached blocks."""
         self.prefixes.forget(user)
 
+    def close(self) -> None:
+        """Stop: requests waiting or running end with an error, and the scheduler thread (with its OpenMP
+        threads) exits."""
+        self._queue.put(None)
+        self._thread.join()
+
     # --- the scheduler ---------------------------------------------------------------------------
     def _run(self) -> None:
         rows: list[_Row] = []
@@ -139,7 +162,12 @@ class PolicyEngine:
         waiting: list[Stream] = []
         while True:
             # idle but for requests whose adapters are being read: look again shortly, without spinning
-            waiting += self._arrivals(block=not rows and not waiting, pause=self.batch_wait if not rows else 0.0)
+            arrived = self._arrivals(block=not rows and not waiting, pause=self.batch_wait if not rows else 0.0)
+            waiting += [stream for stream in arrived if stream is not None]
+            if len(waiting) < len(arrived):  # closed: whatever is unfinished ends with an error
+                for stream in {id(s): s for s in [r.stream for r in rows] + waiting}.values():
+                    stream.push(EngineError("the engine was closed"))
+                return
             admitted, waiting = self._admit(waiting, rows)
             try:
                 rows, cache, mask = self._step(rows, cache, mask, admitted)

@@ -209,3 +209,7 @@ class Engine(Protocol):
         """What /healthz reports of the engine: at least `engine` (its kind) and `state` ("ready", or
         "restarting" while it cannot take requests: /healthz then answers 503)."""
         ...
+
+    def close(self) -> None:
+        """Stop serving and release what the engine holds (its thread, or the vLLM process it started)."""
+        ...
