@@ -230,7 +230,8 @@ def prepare_serving_threads() -> bool:
     """Before torch loads, in a process whose one thread decodes for a server: OpenMP's own wait (a brief spin
     before sleeping) instead of corll's passive default; an explicit OMP_WAIT_POLICY still wins. A decoding step
     is hundreds of small operations, and a passive worker sleeps between any two of them: on the Intel Xeon the
-    engine decoded 32 clients' rows at 137 tokens/s passive against 218 with the brief spin (SmolLM2, two threads).
+    engine alone decoded 32 clients' rows at 137 tokens/s passive against 218 with the brief spin (SmolLM2, two
+    threads); with the engine's work on its one thread as well, `corll serve` 184 against 145 (docs/service.md).
     Returns whether OpenMP waits by its own policy (once torch has loaded, the one it loaded with)."""
     if _PASSIVE_BY_DEFAULT and "torch" not in sys.modules:
         os.environ.pop("OMP_WAIT_POLICY", None)
