@@ -125,14 +125,17 @@ def test_the_engine_does_its_torch_work_on_its_scheduler_thread_and_close_ends_w
     load = engine_module.load_frozen
     monkeypatch.setattr(engine_module, "load_frozen",
                         lambda *a, **k: where.append(threading.current_thread().name) or load(*a, **k))
-    engine = PolicyEngine("tiny", precision="fp32", batch_wait=0.0)
+    engine = PolicyEngine("tiny", precision="fp32", batch_wait=0.0, max_batch=1)
     assert where == ["corll-engine"]
     assert engine.submit(request(engine, "Hi", max_tokens=2)).result()[0].tokens >= 1
     long = engine.submit(request(engine, "Talk.", temperature=0.0, max_tokens=400))
     next(iter(long))  # decoding
+    queued = engine.submit(request(engine, "Next.", max_tokens=4))  # waits: the batch holds one row
+    time.sleep(0.05)
     engine.close()
-    with pytest.raises(EngineError, match="closed"):
-        long.result()
+    for stream in (long, queued):
+        with pytest.raises(EngineError, match="closed"):
+            stream.result()
     assert not engine._thread.is_alive()
 
 

@@ -164,7 +164,7 @@ class PolicyEngine:
             # idle but for requests whose adapters are being read: look again shortly, without spinning
             arrived = self._arrivals(block=not rows and not waiting, pause=self.batch_wait if not rows else 0.0)
             waiting += [stream for stream in arrived if stream is not None]
-            if len(waiting) < len(arrived):  # closed: whatever is unfinished ends with an error
+            if any(stream is None for stream in arrived):  # closed: whatever is unfinished ends with an error
                 for stream in {id(s): s for s in [r.stream for r in rows] + waiting}.values():
                     stream.push(EngineError("the engine was closed"))
                 return
