@@ -1,5 +1,6 @@
 """The serving engine without HTTP: continuous batching, per-request randomness, stop strings, cancellation."""
 
+import asyncio
 import time
 
 import pytest
@@ -85,6 +86,34 @@ def test_deltas_arrive_while_the_choice_is_still_being_generated(engine):
     assert first.text and first.finish_reason is None and stream.finished == 0
     rest = list(stream)
     assert rest[-1].finish_reason == "length"
+
+
+def test_a_steps_deltas_reach_an_event_loop_in_one_call_and_in_order(engine):
+    """Each step hands its rows' deltas to the HTTP layer's loop at once (one wake-up, not one per row), and
+    every stream still gets its own text whole and in order."""
+
+    async def run() -> tuple[list[str], list[str], int]:
+        loop = asyncio.get_running_loop()
+        calls = 0
+        original = loop.call_soon_threadsafe
+
+        def counted(*args, **kwargs):
+            nonlocal calls
+            calls += 1
+            return original(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counted
+        streams = [engine.submit(request(engine, f"Count {i}.", temperature=0.0, max_tokens=12), loop)
+                   for i in range(4)]
+        texts = []
+        for stream in streams:
+            texts.append("".join([d.text async for d in stream.deltas()]))
+        return texts, [s.request for s in streams], calls
+
+    texts, requests, calls = asyncio.run(run())
+    alone = [engine.submit(r).result()[0].text for r in requests]  # greedy: the same text without a loop
+    assert texts == alone and all(texts)
+    assert calls <= 13  # one per step: 12 tokens in 4 rows would be 48 or more one at a time
 
 
 def test_the_engine_counts_its_steps_prefills_and_their_time(engine):

@@ -47,7 +47,7 @@ from corll.policy import GREEDY_BELOW, Policy, load_frozen
 from corll.server.adapters import BASE_ADAPTER, AdapterCache
 from corll.server.lora_batch import AdapterSlots
 from corll.server.prefix_cache import PrefixCache
-from corll.server.protocol import Delta, EngineError, GenerationRequest, Stream, TokenLogprob, UserLimit
+from corll.server.protocol import Delta, EngineError, GenerationRequest, Outbox, Stream, TokenLogprob, UserLimit
 
 
 @dataclass
@@ -103,6 +103,7 @@ class PolicyEngine:
         self.running = 0  # rows in the batch now, and the most ever decoded together
         self.peak = 0
         self.work = Work()
+        self.outbox = Outbox()  # a step's deltas, handed to the HTTP layer's loop together when it ends
         self._queue: queue.Queue[Stream | None] = queue.Queue()  # None: close
         # Every torch operation of the engine runs on its scheduler thread, the model's loading included: a second
         # thread that ran parallel work would hold OpenMP threads of its own, and with more of them than CPUs
@@ -172,6 +173,7 @@ class PolicyEngine:
             try:
                 rows, cache, mask = self._step(rows, cache, mask, admitted)
             except Exception as exc:  # noqa: BLE001 - a failed step fails its requests, never the server
+                self.outbox.flush()  # what the step decoded before it failed, then the error
                 for stream in {id(s): s for s in [r.stream for r in rows] + admitted}.values():
                     stream.push(exc)
                 rows, cache, mask = [], None, torch.zeros(0, 0, dtype=torch.long)
@@ -236,6 +238,7 @@ class PolicyEngine:
         self.peak = max(self.peak, len(rows))
         self.running = len(rows)  # before any of this step's deltas leave
         finished = self._advance(rows, torch.cat(logits).float())
+        self.outbox.flush()
         self.work.sample_s += time.perf_counter() - prefilled
         if finished:
             rows, cache, mask = self._select(rows, cache, mask, [i for i in range(len(rows)) if i not in finished])
@@ -379,16 +382,16 @@ class PolicyEngine:
                                                      for v, t in zip(best.values, best.indices))
         return TokenLogprob(decode([token]), logps[token].item(), alternatives)
 
-    @staticmethod
-    def _emit(row: _Row, text: str, reason: str | None = None) -> None:
+    def _emit(self, row: _Row, text: str, reason: str | None = None) -> None:
         """Send the text beyond what was sent (with its tokens' logprobs); on the last delta, the totals."""
         if len(text) > row.sent or reason is not None:
-            row.stream.push(Delta(row.index, text[row.sent:], tuple(row.pending), reason, row.logprob, len(row.tokens)))
+            self.outbox.push(row.stream, Delta(row.index, text[row.sent:], tuple(row.pending), reason, row.logprob,
+                                               len(row.tokens)))
             row.sent, row.pending = max(row.sent, len(text)), []
         if reason is not None:
             row.stream.finished += 1
             if row.stream.finished == row.stream.request.n:
-                row.stream.push(None)
+                self.outbox.push(row.stream, None)
 
     @staticmethod
     def _select(rows: list[_Row], cache: RowsCache | None, mask: torch.Tensor,

@@ -129,12 +129,15 @@ class Stream:
 
     def push(self, item: Delta | BaseException | None) -> None:
         """Called by the scheduler: a delta, an error, or None once every choice has finished."""
-        if item is None or isinstance(item, BaseException):
-            self._close()
+        self._settle(item)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._async.put_nowait, item)
         else:
             self._sync.put(item)
+
+    def _settle(self, item: Delta | BaseException | None) -> None:
+        if item is None or isinstance(item, BaseException):
+            self._close()
 
     def cancel(self) -> None:
         """The client went away: the scheduler drops this request's rows at its next step."""
@@ -156,8 +159,9 @@ class Stream:
     async def deltas(self, poll: float = 0.5):
         """Async iteration; `poll` bounds how long a cancelled consumer keeps the slot."""
         while True:
-            try:
-                item = await asyncio.wait_for(self._async.get(), poll)
+            try:  # a step's deltas arrive together: take those already here without a timer each
+                item = self._async.get_nowait() if not self._async.empty() else \
+                    await asyncio.wait_for(self._async.get(), poll)
             except TimeoutError:
                 if self.cancelled.is_set():
                     return
@@ -213,3 +217,35 @@ class Engine(Protocol):
     def close(self) -> None:
         """Stop serving and release what the engine holds (its thread, or the vLLM process it started)."""
         ...
+
+
+class Outbox:
+    """A decoding step's deltas, handed to each consumer's event loop in one call once the step is done.
+
+    Handing each delta over on its own (`Stream.push`) wakes the HTTP layer's loop once per token of every
+    row, and on a machine whose cores the decoding threads keep busy a wake-up preempts one of them while the
+    others wait for it at the operation's end: on a two-core Xeon, another process taking 0.3 ms of CPU every
+    2 ms cut the engine's throughput by a third (every 5 ms: by 4%). One call per loop per step wakes it once
+    for the whole batch."""
+
+    def __init__(self) -> None:
+        self._held: dict[asyncio.AbstractEventLoop, list[tuple[Stream, Delta | BaseException | None]]] = {}
+
+    def push(self, stream: Stream, item: Delta | BaseException | None) -> None:
+        """As `stream.push(item)`, delivered at the next `flush` (at once to a consumer without a loop)."""
+        if stream._loop is None:
+            stream.push(item)
+            return
+        stream._settle(item)
+        self._held.setdefault(stream._loop, []).append((stream, item))
+
+    def flush(self) -> None:
+        """Deliver what is held, in the order it was pushed."""
+        held, self._held = self._held, {}
+        for loop, items in held.items():
+            loop.call_soon_threadsafe(_deliver, items)
+
+
+def _deliver(items: list[tuple[Stream, Delta | BaseException | None]]) -> None:
+    for stream, item in items:
+        stream._async.put_nowait(item)
