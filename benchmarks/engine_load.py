@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from serve_load import PROMPTS, WARMUP_LIMIT, make_adapters, work_summary
+from serve_load import PROMPTS, make_adapters, warmed_up, work_summary
 
 from bench_common import write_table
 from corll.hardware import detect, set_threads
@@ -54,11 +54,12 @@ def level(engine: PolicyEngine, models: list[ServedModel], clients: int, seconds
     for thread in threads:
         thread.start()
     began = time.perf_counter()
-    while time.perf_counter() - began < warmup or len(finished) < clients:  # adapters read, clients out of step
-        if time.perf_counter() - began > WARMUP_LIMIT:  # a client whose request failed would never finish one
-            stop.set()
-            raise RuntimeError(f"not every client finished a request in {WARMUP_LIMIT} s")
-        time.sleep(0.05)
+    try:
+        while not warmed_up(began, warmup, len(finished), clients, "corll"):
+            time.sleep(0.05)
+    except RuntimeError:
+        stop.set()
+        raise
     before, started = dict(engine.health()["work"]), time.perf_counter()
     time.sleep(seconds)
     after, elapsed = dict(engine.health()["work"]), time.perf_counter() - started

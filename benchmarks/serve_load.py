@@ -168,6 +168,16 @@ async def client_loop(url: str, model: str, keys: list[str], rng: random.Random,
     await http.aclose()
 
 
+def warmed_up(began: float, warmup: float, finished: int, clients: int, label: str) -> bool:
+    """Whether a level's warm-up, begun at `began`, is over: at least `warmup` seconds, and every client has
+    finished a request (adapters read, clients out of step). Past `WARMUP_LIMIT` it fails: a client whose
+    requests fail would never finish one."""
+    elapsed = time.perf_counter() - began
+    if elapsed > WARMUP_LIMIT:
+        raise RuntimeError(f"{label}: not every client finished a request in {WARMUP_LIMIT} s")
+    return elapsed >= warmup and finished >= clients
+
+
 def level_at_low_priority(server: Server, keys: list[str], clients: int, seconds: float, max_tokens: int) -> dict:
     """`level` from a child process at a lower priority than the server's (`CLIENT_NICENESS`). In a deployment
     the clients run elsewhere; here they share the server's cores, and at the same priority their CPU (a few
@@ -193,9 +203,7 @@ def level(url: str, label: str, model: str, keys: list[str], clients: int, secon
     async def open_window() -> None:
         async with httpx.AsyncClient(timeout=30) as http:
             began = time.perf_counter()
-            while time.perf_counter() - began < warmup or len({d["client"] for d in done}) < clients:
-                if time.perf_counter() - began > WARMUP_LIMIT:
-                    raise RuntimeError(f"{label}: not every client finished a request in {WARMUP_LIMIT} s")
+            while not warmed_up(began, warmup, len({d["client"] for d in done}), clients, label):
                 await asyncio.sleep(0.1)
             window["work_before"] = (await http.get(f"{url}/healthz")).json().get("engine", {}).get("work")
             window["start"] = time.perf_counter()

@@ -226,16 +226,15 @@ def prepare_threads() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def prepare_serving_threads() -> bool:
+def prepare_serving_threads() -> None:
     """Before torch loads, in a process whose one thread decodes for a server: OpenMP's own wait (a brief spin
     before sleeping) instead of corll's passive default; an explicit OMP_WAIT_POLICY still wins. A decoding step
     is hundreds of small operations, and a passive worker sleeps between any two of them: on the Intel Xeon the
     engine alone decoded 32 clients' rows at 137 tokens/s passive against 218 with the brief spin (SmolLM2, two
     threads); with the engine's work on its one thread as well, `corll serve` 184 against 145 (docs/service.md).
-    Returns whether OpenMP waits by its own policy (once torch has loaded, the one it loaded with)."""
+    Once torch has loaded, OpenMP keeps the policy it loaded with, and this changes nothing."""
     if _PASSIVE_BY_DEFAULT and "torch" not in sys.modules:
         os.environ.pop("OMP_WAIT_POLICY", None)
-    return "OMP_WAIT_POLICY" not in os.environ
 
 
 def set_threads(threads: int | None) -> int:
