@@ -290,7 +290,8 @@ def main() -> None:
     results: dict = {"machine": f"{hardware.cpu} ({hardware.capability}, "
                                 f"{'native' if hardware.native_bf16 else 'no native'} bf16), {hardware.cpus} CPUs",
                      "capability": hardware.capability, "model": args.model, "max_tokens": args.max_tokens,
-                     "clients": args.clients, "seconds": args.seconds, "counting": "streamed", "servers": {}}
+                     "clients": args.clients, "clients_niceness": CLIENT_NICENESS, "seconds": args.seconds,
+                     "counting": "streamed", "servers": {}}
     try:
         print("making users and their adapters", file=sys.stderr)
         adapter_paths = make_adapters(args.model, work, max(levels))
@@ -379,7 +380,9 @@ def save(out: Path, hardware, results: dict, table: str | None) -> None:
 def render(results: dict) -> str:
     servers = results["servers"]
     labels = list(servers)
-    lines = [f"**{results['machine']}**; server and clients share these CPUs.", "",
+    niceness = results.get("clients_niceness")  # tables measured before the clients ran below the servers
+    lines = [f"**{results['machine']}**; server and clients share these CPUs"
+             + (f" (the clients at niceness {niceness})." if niceness else "."), "",
              f"Model {results['model']}, {results['max_tokens']} completion tokens per request at temperature 1, "
              f"{results['clients']} closed-loop clients (official `openai` client) each drawing a user uniformly "
              f"for every request, {results['seconds']:.0f} s per level and server; tokens/s ("
