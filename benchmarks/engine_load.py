@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from serve_load import PROMPTS, make_adapters, warmed_up, work_summary
+from serve_load import make_adapters, unique_prompt, warmed_up, work_summary
 
 from bench_common import write_table
 from corll.hardware import detect, set_threads
@@ -39,14 +39,14 @@ def level(engine: PolicyEngine, models: list[ServedModel], clients: int, seconds
     seconds, and until every client has finished a request), and tokens/s are the tokens the engine generated
     inside it by its own count (one per decoded row and one per prefilled row), so a request that straddles
     the window counts for its part inside it."""
-    prompts = [engine.prompt_ids([{"role": "user", "content": p}]) for p in PROMPTS]
     stop, finished = threading.Event(), set()
 
     def client(seed: int) -> None:
         rng = random.Random(seed)
         while not stop.is_set():
             user = rng.randrange(len(models))
-            request = GenerationRequest(rng.choice(prompts), models[user], max_tokens=max_tokens, user=f"bench/u{user}")
+            prompt = engine.prompt_ids([{"role": "user", "content": unique_prompt(rng)}])
+            request = GenerationRequest(prompt, models[user], max_tokens=max_tokens, user=f"bench/u{user}")
             engine.submit(request).result()
             finished.add(seed)
 

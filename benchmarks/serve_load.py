@@ -6,7 +6,8 @@
 Every server runs the same model behind `corll serve` (one at a time, on all of this machine's CPUs,
 alternating by level), each with its own store whose users (the same adapter files) its own code registers,
 so an earlier commit meets the schema it knows. Each is loaded the same way: `--clients` closed-loop clients
-(the official `openai` client, streaming) each pick a user uniformly at random for every request, from `a`
+(the official `openai` client, streaming) each pick a user uniformly at random for every request, and a
+prompt no other request shares beyond the chat template (`unique_prompt`), from `a`
 users who each have their own version (a LoRA adapter with its own random weights), or from base-model
 users when a = 0; the load runs through a warm-up (every client has finished a request) straight into the
 measured window. The clients run at a lower priority than the servers (niceness 10), as clients elsewhere
@@ -52,6 +53,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["Write a tagline for a bakery.", "Describe a rainy morning.", "Give one tip for a job interview.",
            "Summarize why sleep matters.", "Write a short thank-you note.", "Name a good first pet and say why."]
 LOADED_ADAPTERS = 64
+
+
+def unique_prompt(rng: random.Random) -> str:
+    """A request's text: one of `PROMPTS` behind a tag of its own, so no request's prompt shares more than the
+    chat template with another's. Repeated prompts would let a per-user prefix cache reuse whole prompts, the
+    more so the fewer users a level has (8 adapters' users ask each question more often than 32 base users),
+    and make levels with fewer users look cheaper than they are; users seldom send the same text twice."""
+    return f"Request {rng.getrandbits(48):012x}: {rng.choice(PROMPTS)}"
 WARMUP_LIMIT = 300.0  # seconds a level may take to have every client finish a request
 CLIENT_NICENESS = 10  # the load generator's priority below the servers' (`level_at_low_priority`)
 
@@ -154,7 +163,7 @@ async def client_loop(url: str, model: str, keys: list[str], rng: random.Random,
         started, times, tokens = time.perf_counter(), [], 0
         try:
             stream = await clients[key].chat.completions.create(
-                model=model, messages=[{"role": "user", "content": rng.choice(PROMPTS)}], max_tokens=max_tokens,
+                model=model, messages=[{"role": "user", "content": unique_prompt(rng)}], max_tokens=max_tokens,
                 temperature=1.0, stream=True, stream_options={"include_usage": True})
             async for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
@@ -233,11 +242,11 @@ def level(url: str, label: str, model: str, keys: list[str], clients: int, secon
 def first_token(server: Server, key: str, requests: int, max_tokens: int) -> dict:
     """At one client: time to the first streamed content, and to the end of the stream."""
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=600)
-    firsts, fulls = [], []
+    firsts, fulls, rng = [], [], random.Random(0)
     for i in range(requests):
         started, first = time.perf_counter(), None
         for chunk in client.chat.completions.create(
-                model=server.model, messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                model=server.model, messages=[{"role": "user", "content": unique_prompt(rng)}],
                 max_tokens=max_tokens, stream=True, seed=i):
             if first is None and chunk.choices and chunk.choices[0].delta.content:
                 first = time.perf_counter() - started
