@@ -129,15 +129,22 @@ class Stream:
 
     def push(self, item: Delta | BaseException | None) -> None:
         """Called by the scheduler: a delta, an error, or None once every choice has finished."""
-        self._settle(item)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._async.put_nowait, item)
-        else:
-            self._sync.put(item)
+        if (loop := self.accept(item)) is not None:
+            loop.call_soon_threadsafe(self.arrive, item)
 
-    def _settle(self, item: Delta | BaseException | None) -> None:
+    def accept(self, item: Delta | BaseException | None) -> asyncio.AbstractEventLoop | None:
+        """The scheduler's half of `push`: the request stops counting against its user as soon as it ends, and
+        a consumer without a loop gets the item at once; returns the loop on which `arrive(item)` must run
+        (None: delivered already), so a caller may hand over many streams' items in one call (`Outbox`)."""
         if item is None or isinstance(item, BaseException):
             self._close()
+        if self._loop is None:
+            self._sync.put(item)
+        return self._loop
+
+    def arrive(self, item: Delta | BaseException | None) -> None:
+        """The loop's half of `push`: run on the consumer's event loop."""
+        self._async.put_nowait(item)
 
     def cancel(self) -> None:
         """The client went away: the scheduler drops this request's rows at its next step."""
@@ -233,11 +240,8 @@ class Outbox:
 
     def push(self, stream: Stream, item: Delta | BaseException | None) -> None:
         """As `stream.push(item)`, delivered at the next `flush` (at once to a consumer without a loop)."""
-        if stream._loop is None:
-            stream.push(item)
-            return
-        stream._settle(item)
-        self._held.setdefault(stream._loop, []).append((stream, item))
+        if (loop := stream.accept(item)) is not None:
+            self._held.setdefault(loop, []).append((stream, item))
 
     def flush(self) -> None:
         """Deliver what is held, in the order it was pushed."""
@@ -248,4 +252,4 @@ class Outbox:
 
 def _deliver(items: list[tuple[Stream, Delta | BaseException | None]]) -> None:
     for stream, item in items:
-        stream._async.put_nowait(item)
+        stream.arrive(item)
