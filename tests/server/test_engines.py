@@ -12,23 +12,11 @@ import httpx
 import pytest
 
 from corll.server.engines import choose_engine
-from corll.store import Store, forget
+from corll.store import forget
 from tests.conftest import random_adapter
-from tests.server.test_app import LiveServer, openai_client
+from tests.server.test_app import openai_client
 
-
-@pytest.fixture(scope="module", params=["corll", "vllm"])
-def running(request, tmp_path_factory):
-    from tests.server.test_openai_surface import start_engine
-
-    folder = tmp_path_factory.mktemp(f"engines-{request.param}")
-    store = Store(f"sqlite:///{folder / 'corll.db'}")
-    model, engine = start_engine(request.param, folder)
-    server = LiveServer(store, engine)
-    yield request.param, model, engine, server, store, folder
-    server.stop()
-    if request.param == "vllm":
-        engine.close()
+TENANT = "engines"  # this module's users, apart from the shared servers' `acme` (tests/server/conftest.py)
 
 
 def ask(server, key, model, **kwargs):
@@ -36,28 +24,28 @@ def ask(server, key, model, **kwargs):
         model=model, messages=[{"role": "user", "content": "Hello there."}], max_tokens=6, seed=5, **kwargs)
 
 
-def test_a_promoted_version_serves_its_users_next_request_within_five_seconds(running):
-    kind, model, engine, server, store, folder = running
-    key = store.create_api_key("acme", "promoted")
+def test_a_promoted_version_serves_its_users_next_request_within_five_seconds(served, tmp_path):
+    model, server, store = served.model, served.server, served.store
+    key = store.create_api_key(TENANT, "promoted")
     before = ask(server, key, model)
-    path = random_adapter(folder / "promoted", model, seed=1)
+    path = random_adapter(tmp_path / "promoted", model, seed=1)
     promoted_at = time.monotonic()
-    version = store.add_policy_version("acme", "promoted", path)
+    version = store.add_policy_version(TENANT, "promoted", path)
     after = ask(server, key, model)
     assert time.monotonic() - promoted_at < 5.0
     assert after.system_fingerprint == f"corll-policy-{version}" and before.system_fingerprint != after.system_fingerprint
     assert after.choices[0].message.content != before.choices[0].message.content  # its weights answer
 
 
-def test_a_forgotten_users_adapter_leaves_the_engine(running):
-    kind, model, engine, server, store, folder = running
-    key = store.create_api_key("acme", "leaving")
-    other = store.create_api_key("acme", "staying")
-    version = store.add_policy_version("acme", "leaving", random_adapter(folder / "leaving", model, seed=2))
+def test_a_forgotten_users_adapter_leaves_the_engine(served, tmp_path):
+    kind, model, engine, server, store = served.kind, served.model, served.engine, served.server, served.store
+    key = store.create_api_key(TENANT, "leaving")
+    other = store.create_api_key(TENANT, "staying")
+    version = store.add_policy_version(TENANT, "leaving", random_adapter(tmp_path / "leaving", model, seed=2))
     ask(server, key, model)
     loaded = engine.adapters.loaded if kind == "vllm" else engine.adapters.attached
     assert f"v{version}" in loaded
-    forget(store, "acme", "leaving")
+    forget(store, TENANT, "leaving")
     ask(server, other, model)  # any next request: the engine notices the adapter's folder is gone
     if kind == "vllm":
         assert f"v{version}" not in engine.adapters.loaded
@@ -67,12 +55,12 @@ def test_a_forgotten_users_adapter_leaves_the_engine(running):
         ask(server, key, model)  # and the user's key is gone with them
 
 
-def test_a_forgotten_users_cached_prompts_are_never_reached_again(running):
+def test_a_forgotten_users_cached_prompts_are_never_reached_again(served):
     """corll's engine drops the user's cached prompt blocks; vLLM's requests of the user carry a new cache
     salt (its prefix cache is shared by tokens, so the salt keeps users apart)."""
-    kind, model, engine, server, store, folder = running
-    key = store.create_api_key("acme", "cached")
-    admin = store.create_api_key("acme", "ops", admin=True)
+    kind, model, engine, server, store = served.kind, served.model, served.engine, served.server, served.store
+    key = store.create_api_key(TENANT, "cached")
+    admin = store.create_api_key(TENANT, "ops", admin=True)
     system = "You are a careful assistant who writes short, friendly answers. " * 3
     reused = engine.prefixes.tokens_reused if kind == "corll" else 0
     for _ in range(2):
@@ -80,23 +68,23 @@ def test_a_forgotten_users_cached_prompts_are_never_reached_again(running):
             model=model, messages=[{"role": "system", "content": system}, {"role": "user", "content": "Hi."}],
             max_tokens=2)
     if kind == "vllm":
-        salt = engine.cache_salt("acme/cached")
-        assert salt != engine.cache_salt("acme/other") and len(salt) == 43
+        salt = engine.cache_salt(f"{TENANT}/cached")
+        assert salt != engine.cache_salt(f"{TENANT}/other") and len(salt) == 43
     else:
-        assert any(scope[0] == "acme/cached" for scope in engine.prefixes.roots)
+        assert any(scope[0] == f"{TENANT}/cached" for scope in engine.prefixes.roots)
         assert engine.prefixes.tokens_reused - reused >= 16  # the second request began from the first's blocks
     gone = httpx.delete(f"{server.url}/v1/users/cached", headers={"Authorization": f"Bearer {admin}"})
     assert gone.status_code == 200
     if kind == "vllm":
-        assert engine.cache_salt("acme/cached") != salt
+        assert engine.cache_salt(f"{TENANT}/cached") != salt
     else:
-        assert not any(scope[0] == "acme/cached" for scope in engine.prefixes.roots)
+        assert not any(scope[0] == f"{TENANT}/cached" for scope in engine.prefixes.roots)
 
 
-@pytest.mark.parametrize("running", ["vllm"], indirect=True)  # corll's engine has no child process to lose
-def test_a_dead_vllm_answers_503_and_is_restarted(running):
-    kind, model, engine, server, store, folder = running
-    key = store.create_api_key("acme", "patient")
+def test_a_dead_vllm_answers_503_and_is_restarted(vllm_served):  # corll's engine has no child process to lose
+    """The session's vLLM is killed; the tests after this one meet the process that replaced it."""
+    model, engine, server, store = vllm_served.model, vllm_served.engine, vllm_served.server, vllm_served.store
+    key = store.create_api_key(TENANT, "patient")
     os.killpg(engine.process._process.pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while engine.process.ready.is_set() and time.monotonic() < deadline:

@@ -10,68 +10,28 @@ import time
 import httpx
 import openai
 import pytest
-from typer.testing import CliRunner
 
-from corll.cli import app as cli
 from corll.server.engine import PolicyEngine
-from corll.store import Store
-from tests.conftest import vllm_test_model
-from tests.server.test_app import LiveServer, openai_client
+from tests.server.test_app import openai_client
 
 CHAT = [{"role": "user", "content": "Write a line."}]
-MODEL = {"name": "tiny"}  # the model the module's server runs (a directory for vLLM)
 
 
-def start_engine(kind: str, folder):
-    """corll's engine on the tiny model, or vLLM on a tiny model directory it can run."""
-    if kind == "corll":
-        return "tiny", PolicyEngine("tiny", default_max_tokens=16, batch_wait=0.3)
-    from corll.server.vllm_engine import VLLMEngine, VLLMLaunch
-
-    model = str(vllm_test_model(folder / "model"))
-    return model, VLLMEngine(model, launch=VLLMLaunch(precision="fp32"), default_max_tokens=16,
-                             log=folder / "vllm.log")
-
-
-@pytest.fixture(scope="module", params=["corll", "vllm"])
-def served(request, tmp_path_factory):
-    folder = tmp_path_factory.mktemp(f"surface-{request.param}")
-    db = f"sqlite:///{folder / 'corll.db'}"
-    store = Store(db)
-    MODEL["name"], engine = start_engine(request.param, folder)
-    server = LiveServer(store, engine)
-    keys = {u: store.create_api_key("acme", u) for u in ("alice", "bob")}
-    keys["mallory"] = store.create_api_key("evil", "mallory")
-    # alice gets her own adapter, trained on her edits: her rows and bob's (base) must share batches.
-    for i in range(4):
-        c = openai_client(server, keys["alice"]).chat.completions.create(
-            model=MODEL["name"], messages=[{"role": "user", "content": f"Item {i}."}], max_tokens=8, seed=i)
-        httpx.post(f"{server.url}/v1/feedback", json={"completion_id": c.id, "edit": "alice alice alice"},
-                   headers={"Authorization": f"Bearer {keys['alice']}"}).raise_for_status()
-    trained = CliRunner().invoke(cli, ["train", "--model", MODEL["name"], "--db", db, "--adapters", str(folder / "a"),
-                                       "--per-user", "--min-feedback", "4", "--batch-size", "4", "--lr", "0.05"])
-    assert trained.exit_code == 0, trained.output
-    yield server, store, engine, keys
-    server.stop()
-    if request.param == "vllm":
-        engine.close()
-
-
-def create(server, key, **kwargs):
-    kwargs.setdefault("model", MODEL["name"])
+def create(served, key, **kwargs):
+    kwargs.setdefault("model", served.model)
     kwargs.setdefault("messages", CHAT)
-    return openai_client(server, key).chat.completions.create(**kwargs)
+    return openai_client(served.server, key).chat.completions.create(**kwargs)
 
 
 def test_users_on_different_adapters_share_a_batch_and_each_gets_their_own_answer(served):
-    server, store, engine, keys = served
+    store, keys = served.store, served.keys
     [version] = store.versions("acme")
-    alone = {u: create(server, keys[u], seed=9, max_tokens=12).choices[0].message.content for u in ("alice", "bob")}
+    alone = {u: create(served, keys[u], seed=9, max_tokens=12).choices[0].message.content for u in ("alice", "bob")}
     assert alone["alice"] != alone["bob"]  # her adapter changes what she is shown
     together: dict[str, str] = {}
 
     def ask(user: str) -> None:
-        together[user] = create(server, keys[user], seed=9, max_tokens=12).choices[0].message.content
+        together[user] = create(served, keys[user], seed=9, max_tokens=12).choices[0].message.content
 
     threads = [threading.Thread(target=ask, args=(u,)) for u in ("alice", "bob")]
     for t in threads:
@@ -79,30 +39,30 @@ def test_users_on_different_adapters_share_a_batch_and_each_gets_their_own_answe
     for t in threads:
         t.join()
     assert together == alone
-    pinned = create(server, keys["alice"], model=f"{MODEL['name']}:v{version.id}", seed=9, max_tokens=12)
+    pinned = create(served, keys["alice"], model=f"{served.model}:v{version.id}", seed=9, max_tokens=12)
     assert pinned.choices[0].message.content == alone["alice"]
     assert pinned.system_fingerprint == f"corll-policy-{version.id}"
 
 
 def test_models_list_names_the_base_and_the_callers_versions_only(served):
-    server, store, _, keys = served
+    server, store, keys = served.server, served.store, served.keys
     [version] = store.versions("acme")
     logged = len(store.list_interactions("acme", limit=200))
-    name, pinned = MODEL["name"], f"{MODEL['name']}:v{version.id}"
+    name, pinned = served.model, f"{served.model}:v{version.id}"
     mine = [m.id for m in openai_client(server, keys["alice"]).models.list()]
     assert mine == [name, pinned]
     assert [m.id for m in openai_client(server, keys["bob"]).models.list()] == [name]  # alice's adapter is hers
     assert openai_client(server, keys["alice"]).models.retrieve(pinned).id == pinned
     for key, model in ((keys["alice"], "gpt-4o"), (keys["bob"], pinned), (keys["mallory"], pinned)):
         with pytest.raises(openai.NotFoundError) as caught:
-            create(server, key, model=model)
+            create(served, key, model=model)
         assert caught.value.code == "model_not_found" and caught.value.param == "model"
     assert len(store.list_interactions("acme", limit=200)) == logged  # refused requests logged nothing
 
 
 def test_n_choices_stop_and_logprobs(served):
-    server, store, _, keys = served
-    many = create(server, keys["bob"], n=3, seed=1, max_tokens=10, logprobs=True, top_logprobs=3)
+    store, keys = served.store, served.keys
+    many = create(served, keys["bob"], n=3, seed=1, max_tokens=10, logprobs=True, top_logprobs=3)
     assert [c.index for c in many.choices] == [0, 1, 2] and len({c.message.content for c in many.choices}) == 3
     for c in many.choices:
         assert all(len(t.top_logprobs) == 3 for t in c.logprobs.content)
@@ -111,19 +71,19 @@ def test_n_choices_stop_and_logprobs(served):
     who = store.authenticate(keys["bob"])
     assert store.get_interaction(who, f"{many.id}-2").response == many.choices[2].message.content
     for seed in range(20):  # a draft long enough to stop inside (the tiny model may end at once)
-        free = create(server, keys["bob"], seed=seed, max_tokens=16).choices[0].message.content
+        free = create(served, keys["bob"], seed=seed, max_tokens=16).choices[0].message.content
         if len(free) >= 10:
             break
     stop = free[6:8]
-    stopped = create(server, keys["bob"], seed=seed, max_tokens=16, stop=[stop, "never-seen"]).choices[0]
+    stopped = create(served, keys["bob"], seed=seed, max_tokens=16, stop=[stop, "never-seen"]).choices[0]
     assert stopped.message.content == free[: free.index(stop)] and stopped.finish_reason == "stop"
 
 
 def test_streaming_sends_tokens_as_they_come_and_usage_last(served):
-    server, store, engine, keys = served
+    store, engine, keys = served.store, served.engine, served.keys
     gc.collect()  # a full collection of the suite's leftovers mid-stream would pause the relay, not the engine
     arrivals, pieces = [], []
-    stream = create(server, keys["bob"], seed=2, max_tokens=300, temperature=0, stream=True,
+    stream = create(served, keys["bob"], seed=2, max_tokens=300, temperature=0, stream=True,
                     stream_options={"include_usage": True})
     started = time.monotonic()
     for chunk in stream:
@@ -151,10 +111,10 @@ def test_streaming_sends_tokens_as_they_come_and_usage_last(served):
     ({"mystery": 1}, "mystery"),
 ])
 def test_parameters_corll_cannot_honour_answer_400_naming_them(served, extra, param):
-    server, store, _, keys = served
+    store, keys = served.store, served.keys
     before = len(store.list_interactions("acme", limit=200))
     with pytest.raises(openai.BadRequestError) as caught:
-        create(server, keys["bob"], extra_body=extra) if param == "mystery" else create(server, keys["bob"], **extra)
+        create(served, keys["bob"], extra_body=extra) if param == "mystery" else create(served, keys["bob"], **extra)
     assert param in caught.value.message and caught.value.body["type"] == "invalid_request_error"
     assert len(store.list_interactions("acme", limit=200)) == before
 
@@ -164,8 +124,8 @@ def test_a_client_that_leaves_mid_stream_frees_its_rows_and_logs_nothing(served)
     test model) in about 0.6 s, and on a loaded machine the client may first read the stream after it
     ended; such a try shows nothing about leaving, so the test tries again (at most 5 times) until it has
     left while the request was decoding, and fails if it never could."""
-    server, store, engine, keys = served
-    request = {"model": MODEL["name"], "messages": [{"role": "user", "content": "Talk."}], "max_tokens": 400,
+    server, store, engine, keys = served.server, served.store, served.engine, served.keys
+    request = {"model": served.model, "messages": [{"role": "user", "content": "Talk."}], "max_tokens": 400,
                "temperature": 1.0, "seed": 3}  # sampled: a random test model's greedy text may end at once
     for _ in range(5):
         logged = len(store.list_interactions("acme", limit=200))
@@ -188,15 +148,15 @@ def test_a_client_that_leaves_mid_stream_frees_its_rows_and_logs_nothing(served)
 
 
 def test_developer_messages_and_text_parts_are_read_as_the_chat_template_takes_them(served):
-    server, store, _, keys = served
+    store, keys = served.store, served.keys
     parts = [{"role": "developer", "content": "Be brief."},
              {"role": "user", "content": [{"type": "text", "text": "Write "}, {"type": "text", "text": "a line."}]}]
     plain = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Write a line."}]
-    a = create(server, keys["bob"], messages=parts, seed=8, max_tokens=8)
-    b = create(server, keys["bob"], messages=plain, seed=8, max_tokens=8)
+    a = create(served, keys["bob"], messages=parts, seed=8, max_tokens=8)
+    b = create(served, keys["bob"], messages=plain, seed=8, max_tokens=8)
     assert a.choices[0].message.content == b.choices[0].message.content  # the same prompt to the model
     assert store.get_interaction(store.authenticate(keys["bob"]), a.id).messages == plain
     with pytest.raises(openai.BadRequestError) as caught:  # an image part is not text
-        create(server, keys["bob"], messages=[{"role": "user", "content": [
+        create(served, keys["bob"], messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:,"}}]}])
     assert "messages" in caught.value.message
