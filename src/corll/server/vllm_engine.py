@@ -47,6 +47,14 @@ BASE_NAME = "base"  # the base model's name inside vLLM
 VLLM_PYTHON = Path(".venv-vllm") / "bin" / "python"
 
 
+def default_reserved_cpus() -> int | None:
+    """The CPUs vLLM keeps for its scheduler rather than computing on (`VLLM_CPU_NUM_OF_RESERVED_CPU`); None:
+    vLLM's own choice, one. On a 2-CPU machine that one is half of it: computing on both served 1.37–1.50×
+    the tokens/s with and without adapters (Intel Xeon, `benchmarks/serve_load.py --vllm-reserved 1,0`,
+    docs/service.md), so there none is kept. Unmeasured on larger machines, where vLLM's choice stands."""
+    return 0 if (os.cpu_count() or 1) <= 2 else None
+
+
 @dataclass
 class VLLMLaunch:
     """How to start vLLM's OpenAI server as a child process."""
@@ -59,6 +67,7 @@ class VLLMLaunch:
     precision: str = "bf16"  # vLLM's --dtype: bfloat16 or float32
     kv_cache_gib: int = 1  # on a CPU: the RAM vLLM reserves for its KV cache
     extra: tuple[str, ...] = ()  # more flags passed through, e.g. --tensor-parallel-size 2 on GPUs
+    reserved_cpus: int | None = field(default_factory=default_reserved_cpus)  # on a CPU (vLLM's default: None)
     startup_timeout: float = 600.0
 
     def command(self, directory: Path, port: int) -> list[str]:
@@ -71,8 +80,13 @@ class VLLMLaunch:
                 "--max-cpu-loras", str(self.max_cpu_loras), "--disable-uvicorn-access-log", *self.extra]
 
     def environment(self) -> dict[str, str]:
-        return {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
-                "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))}
+        """vLLM's environment: runtime adapter loading, and on a CPU its KV cache's RAM and the CPUs its
+        scheduler keeps (the operator's own settings of either win)."""
+        env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+        if self.reserved_cpus is not None:
+            env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(self.reserved_cpus))
+        return env
 
 
 class VLLMProcess:
