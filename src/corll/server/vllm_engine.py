@@ -49,7 +49,7 @@ VLLM_PYTHON = Path(".venv-vllm") / "bin" / "python"
 
 def default_reserved_cpus() -> int | None:
     """The CPUs vLLM keeps for its scheduler rather than computing on (`VLLM_CPU_NUM_OF_RESERVED_CPU`); None:
-    vLLM's own choice, one. On a 2-CPU machine that one is half of it: computing on both served 1.37–1.50×
+    vLLM's own choice, one. On a 2-CPU machine that one is half of it: computing on both served 1.37–1.89×
     the tokens/s with and without adapters (Intel Xeon, `benchmarks/serve_load.py --vllm-reserved 1,0`,
     docs/service.md), so there none is kept. Unmeasured on larger machines, where vLLM's choice stands."""
     return 0 if (os.cpu_count() or 1) <= 2 else None
