@@ -16,6 +16,7 @@ over HTTP on the same CPUs costs.
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from corll.server.engine import PolicyEngine
 from corll.server.protocol import GenerationRequest, ServedModel
 
 PRECISIONS = ("fp32", "bf16")
+PROMPT_POOL = 4096  # unique prompts, templated before a level starts
 
 
 def level(engine: PolicyEngine, models: list[ServedModel], clients: int, seconds: float, max_tokens: int,
@@ -39,14 +41,18 @@ def level(engine: PolicyEngine, models: list[ServedModel], clients: int, seconds
     seconds, and until every client has finished a request), and tokens/s are the tokens the engine generated
     inside it by its own count (one per decoded row and one per prefilled row), so a request that straddles
     the window counts for its part inside it."""
+    # Templated before the load starts: the chat template is Python, and run in the clients it would take
+    # the GIL from the engine's scheduler. Cycled: a prompt comes back only thousands of requests later.
+    rng = random.Random(-1)
+    prompts = itertools.cycle([engine.prompt_ids([{"role": "user", "content": unique_prompt(rng)}])
+                               for _ in range(PROMPT_POOL)])
     stop, finished = threading.Event(), set()
 
     def client(seed: int) -> None:
         rng = random.Random(seed)
         while not stop.is_set():
             user = rng.randrange(len(models))
-            prompt = engine.prompt_ids([{"role": "user", "content": unique_prompt(rng)}])
-            request = GenerationRequest(prompt, models[user], max_tokens=max_tokens, user=f"bench/u{user}")
+            request = GenerationRequest(next(prompts), models[user], max_tokens=max_tokens, user=f"bench/u{user}")
             engine.submit(request).result()
             finished.add(seed)
 

@@ -280,7 +280,7 @@ def main() -> None:
                         "for one server each (default: `corll serve`'s own choice, as for every other server).")
     parser.add_argument("--vllm-reserved", default="", help="vLLM servers by the CPUs each keeps for its "
                         "scheduler rather than computing (VLLM_CPU_NUM_OF_RESERVED_CPU), comma-separated: one server "
-                        "per count, labelled vllm/Nr (default: one server, vLLM's own choice, one CPU here).")
+                        "per count, labelled vllm/Nr (default: one server, `vllm`, as corll starts it).")
     parser.add_argument("--precisions", default="", help="Run every server (baselines and vLLM too) once per "
                         "precision, comma-separated, so each is measured at its best on this CPU (default: its own "
                         "auto).")

@@ -29,9 +29,7 @@ class Served:
     engine: Engine
     server: LiveServer
     store: Store
-    db: str
     keys: dict[str, str]
-    folder: Path  # the session's folder for this engine's files
 
 
 def start_engine(kind: str, folder: Path) -> tuple[str, Engine]:
@@ -61,7 +59,7 @@ def serve(kind: str, folder: Path) -> Served:
     trained = CliRunner().invoke(cli, ["train", "--model", model, "--db", db, "--adapters", str(folder / "a"),
                                        "--per-user", "--min-feedback", "4", "--batch-size", "4", "--lr", "0.05"])
     assert trained.exit_code == 0, trained.output
-    return Served(kind, model, engine, server, store, db, keys, folder)
+    return Served(kind, model, engine, server, store, keys)
 
 
 @pytest.fixture(scope="session")
