@@ -89,36 +89,6 @@ def test_a_step_copies_no_past_positions_until_the_room_is_used_up():
     assert cache.get_seq_length() == 135 and cache.layers[0].buffers[0] is not buffer  # grown once room ran out
 
 
-def test_a_batch_whose_rows_all_left_takes_newcomers_into_its_own_buffers():
-    """An engine serving one request at a time empties its batch after each: the next prefill is written
-    into the same buffers (no allocation), and a prompt wider than they are grows them as before."""
-    torch.manual_seed(0)
-    reference: dict[int, list[torch.Tensor]] = {}
-    cache = RowsCache(row_room=4)
-    first, _ = prefill([5, 3], [0, 1], reference)
-    cache.append(first)
-    buffer = cache.layers[0].buffers[0]
-    cache.keep([])  # both rows ended
-    assert cache.layers[0].keys.shape[0] == 0
-    for rid, width in ((2, 4), (3, 9)):  # narrower, then wider than the first batch's prompts
-        other, mask = prefill([width], [rid], reference)
-        cache.append(other)
-        assert cache.layers[0].buffers[0] is buffer  # written in place
-        check(cache, mask, [rid], reference)
-        for _ in range(3):
-            keys = torch.randn(1, HEADS, 1, DIM)
-            for layer in range(LAYERS):
-                cache.update(keys, -keys, layer)
-            reference[rid].append(keys[0, :, 0])
-            mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], dim=1)
-            check(cache, mask, [rid], reference)
-        cache.keep([])
-    wide, mask = prefill([buffer.shape[2] + 1], [4], reference)
-    cache.append(wide)
-    assert cache.layers[0].buffers[0] is not buffer  # no room for it: grown
-    check(cache, mask, [4], reference)
-
-
 def test_transformers_own_row_operations_keep_keys_and_values_together():
     """`batch_repeat_interleave` (sampling k answers per prompt) and `batch_select_indices` write `keys`
     and then `values`: each replaces the buffer with the live block, wherever that block started."""

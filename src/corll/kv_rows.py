@@ -17,10 +17,7 @@ values in a larger buffer (room for more rows and more positions) and the live b
 
 Only when the buffer is full is it copied into a larger one (half as much room again, and rows up to the
 engine's batch size), so the copies per token are amortised to a constant and the memory stays within
-1.5× of the live block's. A batch whose rows have all left keeps its buffers, and the next newcomers are
-written from their left: an engine that goes idle and busy again, as it does for one user at a time, does
-not allocate (and zero) the batch's whole cache again for every request (25–100 ms of a lone request's
-prefill for SmolLM2 on a 2-CPU Xeon); it holds its busiest batch's cache meanwhile. Positions outside a row's own tokens hold zeros or an earlier row's finite values;
+1.5× of the live block's. Positions outside a row's own tokens hold zeros or an earlier row's finite values;
 the attention mask gives them weight exactly zero, so they never reach the output.
 """
 
@@ -141,8 +138,6 @@ class RowsLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(keys, values)
         rows, width = keys.shape[0], keys.shape[2]
-        if not self.rows:  # an empty batch: the newcomers alone are the live block, from the buffers' left
-            self.start = self.end = width if self.buffers is not None and width <= self.buffers[0].shape[2] else 0
         live = self.end - self.start
         front = max(0, width - live)  # positions the live block must gain on the left
         if self.buffers is None or self.rows + rows > self.buffers[0].shape[0] or front > self.start:

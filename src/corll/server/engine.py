@@ -234,7 +234,7 @@ class PolicyEngine:
         prefilled = time.perf_counter()
         self.work.prefill_s += prefilled - decoded
         if not rows:
-            return [], cache, torch.zeros(0, 0, dtype=torch.long)
+            return [], None, torch.zeros(0, 0, dtype=torch.long)
         self.peak = max(self.peak, len(rows))
         self.running = len(rows)  # before any of this step's deltas leave
         finished = self._advance(rows, torch.cat(logits).float())
@@ -398,9 +398,8 @@ class PolicyEngine:
                 keep: list[int]) -> tuple[list[_Row], RowsCache | None, torch.Tensor]:
         """Only the rows at `keep` (in the order the cache leaves them), with the left padding no remaining
         row needs cut off."""
-        if not keep:  # the cache keeps its buffers for the next newcomers (`kv_rows`)
-            cache.keep([])
-            return [], cache, torch.zeros(0, 0, dtype=torch.long)
+        if not keep:
+            return [], None, torch.zeros(0, 0, dtype=torch.long)
         drop = int(mask[keep].any(0).long().argmax())
         order = cache.keep(keep, drop)
         return [rows[i] for i in order], cache, mask[order, drop:]
