@@ -112,16 +112,17 @@ def test_auto_picks_vllm_on_a_gpu_where_installed_and_corlls_engine_on_a_cpu():
 
 
 def test_vllm_computes_on_both_cpus_of_a_two_cpu_machine_unless_the_operator_says_otherwise(monkeypatch):
+    from corll.server import vllm_engine
     from corll.server.vllm_engine import VLLMLaunch
 
     monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(vllm_engine, "available_cpus", lambda: 2)
     assert VLLMLaunch().environment()["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
     assert VLLMLaunch(reserved_cpus=1).environment()["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(vllm_engine, "available_cpus", lambda: 16)
     assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in VLLMLaunch().environment()  # vLLM's own choice, unmeasured
     monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(vllm_engine, "available_cpus", lambda: 2)
     assert VLLMLaunch().environment()["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"  # the operator's own setting wins
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")
     assert VLLMLaunch(kv_cache_gib=1).environment()["VLLM_CPU_KVCACHE_SPACE"] == "3"

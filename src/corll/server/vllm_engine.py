@@ -38,6 +38,7 @@ from pathlib import Path
 
 import httpx
 
+from corll.hardware import available_cpus
 from corll.models import chat_prompt_ids, load_tokenizer, model_dir
 from corll.server.protocol import Delta, EngineError, GenerationRequest, Stream, TokenLogprob, UserLimit
 from corll.processes import die_with_parent
@@ -52,7 +53,7 @@ def default_reserved_cpus() -> int | None:
     vLLM's own choice, one. On a 2-CPU machine that one is half of it: computing on both served 1.37–1.89×
     the tokens/s with and without adapters (Intel Xeon, `benchmarks/serve_load.py --vllm-reserved 1,0`,
     docs/service.md), so there none is kept. Unmeasured on larger machines, where vLLM's choice stands."""
-    return 0 if (os.cpu_count() or 1) <= 2 else None
+    return 0 if available_cpus() <= 2 else None
 
 
 @dataclass
