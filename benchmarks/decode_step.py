@@ -1,7 +1,7 @@
 """One decoding step of the served model, alone: how long it takes by batch width and precision, and how much
 of it is the linear products.
 
-    .venv/bin/python benchmarks/decode_step.py --rows 1,4,16,30 --repeats 3 --out results/decode-step
+    .venv/bin/python benchmarks/decode_step.py --rows 1,4,16,30 --repeats 3 --profile --out results/decode-step
 
 The serving engine's throughput (`engine_load.py`, `serve_load.py`) mixes decoding steps with prefills and
 the scheduler's own work. This isolates the step: `--rows` prompts are prefilled into corll's KV cache
@@ -10,7 +10,7 @@ model as `load_frozen` prepares it for serving (prepacked products; bf16 through
 models live in one process and alternate, `--repeats` times per width, so machine noise hits both alike; the
 table gives each the median step time, the step's rate counting only the linear products' operations (two per
 weight per row: how near the step runs to the machine's matmul speed), and with `--profile` the share of the
-steps' time inside the products (torch's profiler over one more pass of steps).
+steps' wall time spent inside the products (torch's profiler over one more pass of steps).
 """
 
 from __future__ import annotations
@@ -66,20 +66,21 @@ def decode(policy: Policy, rows: int, steps: int, around: contextlib.AbstractCon
 
 
 def product_share(policy: Policy, rows: int, steps: int) -> float:
-    """The share of decoding steps' operator time spent in the linear products (torch's profiler)."""
+    """The share of decoding steps' wall time spent inside the linear products (torch's profiler; the rest is
+    the other operations and the Python between them)."""
     from torch.profiler import ProfilerActivity, profile
 
     prof = profile(activities=[ProfilerActivity.CPU])
-    decode(policy, rows, steps, around=prof)
-    events = prof.key_averages()
-    return sum(e.self_cpu_time_total for e in events if e.key in PRODUCTS) / sum(e.self_cpu_time_total for e in events)
+    times = decode(policy, rows, steps, around=prof)
+    products_us = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in PRODUCTS)
+    return products_us / (sum(times) * 1e6)
 
 
 def render(results: dict) -> str:
     lines = [f"**{results['machine']}**, {results['threads']} threads; {results['model']}, one decoding step "
              f"(median of {results['steps']} steps × {results['repeats']} alternating repeats per width and "
              "precision), on corll's KV cache.", "",
-             "| rows | precision | step ms | step GFLOP/s (the products' operations) | products' share of the step |",
+             "| rows | precision | step ms | step GFLOP/s (the products' operations) | products' share of the step's wall time |",
              "|---|---|---|---|---|"]
     for row in results["levels"]:
         share = f"{row['product_share']:.0%}" if row["product_share"] is not None else "–"
