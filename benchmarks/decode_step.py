@@ -80,7 +80,8 @@ def render(results: dict) -> str:
     lines = [f"**{results['machine']}**, {results['threads']} threads; {results['model']}, one decoding step "
              f"(median of {results['steps']} steps × {results['repeats']} alternating repeats per width and "
              "precision), on corll's KV cache.", "",
-             "| rows | precision | step ms | step GFLOP/s (the products' operations) | products' share of the step's wall time |",
+             "| rows | precision | step ms | step GFLOP/s (the products' operations) "
+             "| products' share of the step's wall time |",
              "|---|---|---|---|---|"]
     for row in results["levels"]:
         share = f"{row['product_share']:.0%}" if row["product_share"] is not None else "–"
