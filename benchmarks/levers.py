@@ -12,9 +12,10 @@ switched off alone, everything else left on. Levers that only exist where bf16 i
 native are measured only there.
 
 The thread levers run in fresh processes (OpenMP reads its wait policy once, at
-start-up): one sampling job with 1 or 2 threads, busy-waiting (OpenMP's default)
-or passive threads, on an idle machine and beside a one-thread process that keeps
-one core busy.
+start-up): one sampling job with 1 or 2 threads, busy-waiting (OMP_WAIT_POLICY=ACTIVE),
+OpenMP's own policy (no OMP_WAIT_POLICY: a brief spin before sleeping, what `corll serve`
+runs) or passive threads (corll's default for jobs), on an idle machine and beside a
+one-thread process that keeps one core busy.
 """
 
 from __future__ import annotations
@@ -127,7 +128,10 @@ BURNER = "import torch, time\ntorch.set_num_threads(1)\na = torch.randn(512, 512
 
 
 def thread_job(threads: int, wait: str, busy: bool) -> float:
-    env = {**os.environ, "OMP_WAIT_POLICY": wait}
+    """Seconds of the sampling job on `threads` threads under the wait policy `wait` ("": OpenMP's own)."""
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    if wait:
+        env["OMP_WAIT_POLICY"] = wait
     burner = subprocess.Popen([sys.executable, "-c", BURNER]) if busy else None
     try:
         out = subprocess.run([sys.executable, "-c", THREAD_JOB, str(threads)], env=env, check=True,
@@ -144,12 +148,13 @@ def thread_rows(repeats: int) -> list[str]:
     rows = []
     for busy in (False, True):
         results = {}
-        for threads, wait in ((1, "PASSIVE"), (2, "ACTIVE"), (2, "PASSIVE")):
+        for threads, wait in ((1, "PASSIVE"), (2, "ACTIVE"), (2, ""), (2, "PASSIVE")):
             results[(threads, wait)] = statistics.fmean(thread_job(threads, wait, busy) for _ in range(repeats))
         where = "a busy machine (one core taken)" if busy else "an idle machine"
         one = results[(1, "PASSIVE")]
         for (threads, wait), seconds in results.items():
-            rows.append(f"| {threads} thread{'s' if threads > 1 else ''}, {wait.lower()} waiting, on {where} "
+            policy = f"{wait.lower()} waiting" if wait else "OpenMP's own waiting (a brief spin)"
+            rows.append(f"| {threads} thread{'s' if threads > 1 else ''}, {policy}, on {where} "
                         f"| sample | {one:.2f} | {seconds:.2f} | ×{one / seconds:.2f} |")
             print(rows[-1], flush=True)
     return rows
