@@ -36,8 +36,12 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def write_table(out: Path, hardware: Hardware, table: str, numbers: dict, tag: str = "") -> None:
-    """`<cpu>[-<tag>]-table.md` and `.json` in `out`: one pair per kind of CPU (and variant), beside the others."""
+def publish(table: str, out: Path | None, hardware: Hardware, numbers: dict, tag: str = "") -> None:
+    """Print the table and, given a folder `out`, write it there as `<cpu>[-<tag>]-table.md` with its numbers
+    in `.json`: one pair per kind of CPU (and variant), beside the others."""
+    print(table)
+    if out is None:
+        return
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{hardware.tag}{'-' + tag if tag else ''}-table"
     stem.with_suffix(".md").write_text(table)

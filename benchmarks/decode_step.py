@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench_common import write_table
+from bench_common import publish
 from corll.batches import left_pad
 from corll.hardware import detect, set_threads
 from corll.kv_rows import RowsCache
@@ -121,10 +121,7 @@ def main() -> None:
                    "product_share": share}
             results["levels"].append(row)
             print(row, file=sys.stderr, flush=True)
-    table = render(results)
-    print(table)
-    if args.out:
-        write_table(args.out, hardware, table, results)
+    publish(render(results), args.out, hardware, results)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from serve_load import make_adapters, unique_prompt, warmed_up, work_summary
 
-from bench_common import write_table
+from bench_common import publish
 from corll.hardware import detect, set_threads
 from corll.server.engine import PolicyEngine
 from corll.server.protocol import GenerationRequest, ServedModel
@@ -133,10 +133,7 @@ def main() -> None:
                 engine.close()
             results["levels"].append(row)
             print(row, file=sys.stderr, flush=True)
-    table = render(results)
-    print(table)
-    if args.out:
-        write_table(args.out, hardware, table, results)
+    publish(render(results), args.out, hardware, results)
 
 
 if __name__ == "__main__":

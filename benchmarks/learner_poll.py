@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sqlalchemy import func, insert, select
 
-from bench_common import postgres, write_table
+from bench_common import postgres, publish
 
 from corll.hardware import detect
 from corll.service.learn import LearnConfig, Worker, learn_once
@@ -110,9 +110,7 @@ def main() -> None:
     lines += ["", f"The steady poll's median varies ×{spread:.2f} from the smallest log to the largest (target: "
               "flat within 20%, ×1.20)."]
     table = "\n".join(lines) + "\n"
-    print(table)
-    if args.out:
-        write_table(args.out, hardware, table, {"users": args.users, "rows": rows})
+    publish(table, args.out, hardware, {"users": args.users, "rows": rows})
 
 
 if __name__ == "__main__":

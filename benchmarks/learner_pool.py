@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import postgres, write_table
+from bench_common import postgres, publish
 
 from corll.hardware import detect
 from corll.store import Principal, Store
@@ -111,10 +111,8 @@ def main() -> None:
               f"{r['edit_to_decision_p95_s']:.1f} |" for r in rows]
     lines += ["", f"2 workers take ×{two['wall_s'] / one['wall_s']:.2f} the time of 1 (target ≤ 0.6)."]
     table = "\n".join(lines) + "\n"
-    print(table)
-    if args.out:
-        write_table(args.out, hardware, table, {"users": args.users, "edits": args.edits, "model": args.model,
-                                                "rows": rows}, tag=args.model)
+    publish(table, args.out, hardware, {"users": args.users, "edits": args.edits, "model": args.model,
+                                        "rows": rows}, tag=args.model)
 
 
 if __name__ == "__main__":
