@@ -15,7 +15,9 @@ The thread levers run in fresh processes (OpenMP reads its wait policy once, at
 start-up): one sampling job with 1 or 2 threads, busy-waiting (OMP_WAIT_POLICY=ACTIVE),
 OpenMP's own policy (no OMP_WAIT_POLICY: a brief spin before sleeping, what `corll serve`
 runs) or passive threads (corll's default for jobs), on an idle machine and beside a
-one-thread process that keeps one core busy.
+one-thread process that keeps one core busy; `--spin-counts` adds OpenMP spins of other
+lengths (GOMP_SPINCOUNT, the iterations a waiting thread spins before it sleeps), the
+middle ground between the two.
 """
 
 from __future__ import annotations
@@ -127,14 +129,13 @@ print(time.perf_counter() - start)
 BURNER = "import torch, time\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\nwhile True: a @ a\n"
 
 
-def thread_job(threads: int, wait: str, busy: bool) -> float:
-    """Seconds of the sampling job on `threads` threads under the wait policy `wait` ("": OpenMP's own)."""
-    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
-    if wait:
-        env["OMP_WAIT_POLICY"] = wait
+def thread_job(threads: int, wait: dict[str, str], busy: bool) -> float:
+    """Seconds of the sampling job on `threads` threads under the wait settings `wait` (OMP_WAIT_POLICY or
+    GOMP_SPINCOUNT; none: OpenMP's own policy)."""
+    env = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     burner = subprocess.Popen([sys.executable, "-c", BURNER]) if busy else None
     try:
-        out = subprocess.run([sys.executable, "-c", THREAD_JOB, str(threads)], env=env, check=True,
+        out = subprocess.run([sys.executable, "-c", THREAD_JOB, str(threads)], env=env | wait, check=True,
                              capture_output=True, text=True)
     finally:
         if burner:
@@ -143,19 +144,31 @@ def thread_job(threads: int, wait: str, busy: bool) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def thread_rows(repeats: int) -> list[str]:
-    """Sampling seconds (8 prompts × 2 samples of 32 tokens) per thread setting, idle and busy."""
+def wait_name(wait: dict[str, str]) -> str:
+    if "GOMP_SPINCOUNT" in wait:
+        return f"a spin of {int(wait['GOMP_SPINCOUNT']):,} iterations (GOMP_SPINCOUNT)"
+    if "OMP_WAIT_POLICY" in wait:
+        return f"{wait['OMP_WAIT_POLICY'].lower()} waiting"
+    return "OpenMP's own waiting (a brief spin)"
+
+
+def thread_rows(repeats: int, spin_counts: list[int]) -> list[str]:
+    """Sampling seconds (8 prompts × 2 samples of 32 tokens) per thread setting, idle and busy; the settings
+    alternate within each repeat, so a drift in the machine's speed hits them alike."""
+    settings = [(1, {"OMP_WAIT_POLICY": "PASSIVE"}), (2, {"OMP_WAIT_POLICY": "ACTIVE"}), (2, {}),
+                (2, {"OMP_WAIT_POLICY": "PASSIVE"}), *((2, {"GOMP_SPINCOUNT": str(n)}) for n in spin_counts)]
     rows = []
     for busy in (False, True):
-        results = {}
-        for threads, wait in ((1, "PASSIVE"), (2, "ACTIVE"), (2, ""), (2, "PASSIVE")):
-            results[(threads, wait)] = statistics.fmean(thread_job(threads, wait, busy) for _ in range(repeats))
+        seconds = [[] for _ in settings]
+        for _ in range(repeats):
+            for times, (threads, wait) in zip(seconds, settings):
+                times.append(thread_job(threads, wait, busy))
         where = "a busy machine (one core taken)" if busy else "an idle machine"
-        one = results[(1, "PASSIVE")]
-        for (threads, wait), seconds in results.items():
-            policy = f"{wait.lower()} waiting" if wait else "OpenMP's own waiting (a brief spin)"
-            rows.append(f"| {threads} thread{'s' if threads > 1 else ''}, {policy}, on {where} "
-                        f"| sample | {one:.2f} | {seconds:.2f} | ×{one / seconds:.2f} |")
+        one = statistics.fmean(seconds[0])
+        for times, (threads, wait) in zip(seconds, settings):
+            mean = statistics.fmean(times)
+            rows.append(f"| {threads} thread{'s' if threads > 1 else ''}, {wait_name(wait)}, on {where} "
+                        f"| sample | {one:.2f} | {mean:.2f} | ×{one / mean:.2f} |")
             print(rows[-1], flush=True)
     return rows
 
@@ -166,6 +179,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the table (Markdown) here")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of one DPO step")
     parser.add_argument("--skip-threads", action="store_true", help="leave out the thread levers")
+    parser.add_argument("--spin-counts", default="", help="thread rows with these GOMP_SPINCOUNT values too, "
+                        "comma-separated, e.g. 1000,10000")
     parser.add_argument("--phase", action="append", help="only the levers of this phase (repeatable), e.g. update")
     parser.add_argument("--only", help="only the levers whose name contains this text, e.g. oneDNN")
     args = parser.parse_args()
@@ -298,7 +313,8 @@ def main() -> None:
         off_s, on_s = statistics.fmean(times["off"]), statistics.fmean(times["on"])
         rows.append(f"| {name} | {phase} | {off_s:.2f} | {on_s:.2f} | ×{off_s / on_s:.2f} |")
         print(rows[-1], flush=True)
-    thread_table = [] if args.skip_threads else thread_rows(args.repeats)
+    spin_counts = [int(n) for n in args.spin_counts.split(",") if n]
+    thread_table = [] if args.skip_threads else thread_rows(args.repeats, spin_counts)
     hw = detect()
     table = "\n".join([
         f"**{hw.cpu}** ({hw.capability}, {'native' if hw.native_bf16 else 'no native'} bf16), "
@@ -307,9 +323,8 @@ def main() -> None:
         f"Workload: SmolLM2-135M-Instruct, LoRA r=8, {N} prompts × k={K} samples of ≤{NEW_TOKENS} tokens, "
         f"{N} pairs per DPO step; mean of {args.repeats} alternating repeats per variant.",
         "",
-        "| lever | phase | off s | on s | speed-up |",
-        "|---|---|---|---|---|",
-        *rows, "",
+        *(["| lever | phase | off s | on s | speed-up |", "|---|---|---|---|---|", *rows] if rows
+          else ["(Thread rows only: no lever matched `--only` and `--phase`.)"]), "",
         *([] if not thread_table else [
             "Threads (8 prompts × 2 samples of ≤32 tokens, each setting in a fresh process; 'off' is one "
             "passive thread on the same machine state):", "",
