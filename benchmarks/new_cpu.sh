@@ -45,8 +45,8 @@ for stage in "${stages[@]}"; do
         $PY benchmarks/throughput.py --rounds 3 --out "results/throughput/$tag-table.md" ;;
     levers) run levers "results/levers/$tag-table.md" \
       $PY benchmarks/levers.py --repeats 2 --out "results/levers/$tag-table.md" ;;
-    step) run step "results/decode-step/$tag-table.md" \
-      $PY benchmarks/decode_step.py --profile --out results/decode-step ;;
+    step) run step "results/decode-step/$tag-by-hand-table.md" \
+      $PY benchmarks/decode_step.py --by-hand --profile --out results/decode-step ;;
     engine) run engine "results/engine-load/$tag-table.md" \
       $PY benchmarks/engine_load.py --adapters 0,8 --out results/engine-load ;;
     serve)
