@@ -41,7 +41,6 @@ from corll.policy import Policy, load_frozen
 
 PRECISIONS = ("fp32", "bf16")
 PRODUCTS = ("mkldnn::_linear_pointwise", "aten::addmm", "aten::mm", "aten::linear")
-FORWARDS = ("transformers", "by hand")
 AGREEMENT = 1e-3  # the largest fp32 logit difference the hand-written step may show from the model's own
 
 
@@ -116,16 +115,19 @@ class HandWrittenStep:
     def _linear(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x.to(packed.dtype), packed, None, "none", [], "")
 
-    def buffers(self, cache: RowsCache, rows: int, room: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Each layer's keys and values from a prefilled cache, with room for `room` more tokens."""
+    def state(self, cache: RowsCache, mask: torch.Tensor, room: int
+              ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Each layer's keys and values from a prefilled cache, with room for `room` more tokens, and the
+        attention bias over them: 0 where a row may attend, -inf at its left padding."""
+        rows, filled = mask.shape
         keys, values = [], []
         for layer in cache.layers:
-            filled = layer.keys.shape[2]
             for source, into in ((layer.keys, keys), (layer.values, values)):
                 buffer = source.new_zeros(rows, self.kv_heads, filled + room, self.head)
                 buffer[:, :, :filled] = source[:rows]
                 into.append(buffer)
-        return keys, values
+        bias = torch.zeros(rows, filled + room).masked_fill_(F.pad(mask, (0, room), value=1) == 0, float("-inf"))
+        return keys, values, bias
 
     @torch.no_grad()
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, keys: list[torch.Tensor],
@@ -158,10 +160,8 @@ def decode_by_hand(step: HandWrittenStep, policy: Policy, rows: int, steps: int,
                    around: contextlib.AbstractContextManager | None = None) -> list[float]:
     """`decode`'s measurement through the hand-written step: the same prompts, prefilled by the model."""
     mask, position, cache, token = prefilled(policy, rows)
-    keys, values = step.buffers(cache, rows, steps)
+    keys, values, bias = step.state(cache, mask, steps)
     filled = mask.shape[1]
-    bias = torch.zeros(rows, filled + steps).masked_fill_(F.pad(mask, (0, steps), value=1) == 0,
-                                                          float("-inf"))
     position, token, times = position[:, 0], token[:, 0], []
     with around or contextlib.nullcontext():
         for n in range(steps):
@@ -177,9 +177,7 @@ def disagreement(step: HandWrittenStep, policy: Policy, rows: int) -> float:
     """The largest difference between the hand-written step's logits and the model's own, for one step from the
     same prefilled state."""
     mask, position, cache, token = prefilled(policy, rows)
-    keys, values = step.buffers(cache, rows, 1)
-    bias = torch.zeros(rows, mask.shape[1] + 1).masked_fill_(F.pad(mask, (0, 1), value=1) == 0,
-                                                             float("-inf"))
+    keys, values, bias = step.state(cache, mask, 1)
     mine = step(token[:, 0], position[:, 0] + 1, keys, values, mask.shape[1], bias).float()
     with policy.autocast():
         theirs = policy.model(input_ids=token, attention_mask=F.pad(mask, (0, 1), value=1),
