@@ -16,8 +16,8 @@ start-up): one sampling job with 1 or 2 threads, busy-waiting (OMP_WAIT_POLICY=A
 OpenMP's own policy (no OMP_WAIT_POLICY: a brief spin before sleeping, what `corll serve`
 runs) or passive threads (corll's default for jobs), on an idle machine and beside a
 one-thread process that keeps one core busy; `--spin-counts` adds OpenMP spins of other
-lengths (GOMP_SPINCOUNT, the iterations a waiting thread spins before it sleeps), the
-middle ground between the two.
+lengths (GOMP_SPINCOUNT, the iterations a waiting thread spins before it sleeps), in
+search of a middle ground between the two.
 """
 
 from __future__ import annotations
@@ -145,6 +145,7 @@ def thread_job(threads: int, wait: dict[str, str], busy: bool) -> float:
 
 
 def wait_name(wait: dict[str, str]) -> str:
+    """A thread row's words for its wait settings, as the docs' tables name them."""
     if "GOMP_SPINCOUNT" in wait:
         return f"a spin of {int(wait['GOMP_SPINCOUNT']):,} iterations (GOMP_SPINCOUNT)"
     if "OMP_WAIT_POLICY" in wait:
