@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from bench_common import publish
 from corll.batches import left_pad
+from corll.cpu_kernels import pack_weight, packed_linear
 from corll.hardware import detect, set_threads
 from corll.kv_rows import RowsCache
 from corll.policy import Policy, load_frozen
@@ -109,11 +110,7 @@ class HandWrittenStep:
 
     @staticmethod
     def _pack(*weights: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._reorder_linear_weight(torch.cat([w.detach() for w in weights]).contiguous())
-
-    @staticmethod
-    def _linear(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x.to(packed.dtype), packed, None, "none", [], "")
+        return pack_weight(torch.cat(weights))
 
     def state(self, cache: RowsCache, mask: torch.Tensor, room: int
               ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
@@ -140,19 +137,19 @@ class HandWrittenStep:
         angles = torch.cat([angles, angles], dim=-1)[:, None]
         cos, sin = angles.cos().to(h.dtype), angles.sin().to(h.dtype)
         bias = bias[:, None, None, : filled + 1].to(h.dtype)
+        half = self.head // 2
         for i, (norm_in, qkv, out, norm_mid, gate_up, down) in enumerate(self.layers):
-            mixed = self._linear(F.rms_norm(h, (self.width,), norm_in, self.eps), qkv)
+            mixed = packed_linear(F.rms_norm(h, (self.width,), norm_in, self.eps), qkv)
             qk = mixed[:, :qk_width].view(rows, self.heads + self.kv_heads, self.head)
-            half = self.head // 2
             qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin
             keys[i][:, :, filled] = qk[:, self.heads:]
             values[i][:, :, filled] = mixed[:, qk_width:].view(rows, self.kv_heads, self.head)
             attended = F.scaled_dot_product_attention(qk[:, : self.heads, None], keys[i][:, :, : filled + 1],
                                                       values[i][:, :, : filled + 1], attn_mask=bias, enable_gqa=True)
-            h = h + self._linear(attended.reshape(rows, self.width), out)
-            gate, up = self._linear(F.rms_norm(h, (self.width,), norm_mid, self.eps), gate_up).chunk(2, dim=-1)
-            h = h + self._linear(F.silu(gate) * up, down)
-        return self._linear(F.rms_norm(h, (self.width,), self.norm, self.eps), self.output)
+            h = h + packed_linear(attended.reshape(rows, self.width), out)
+            gate, up = packed_linear(F.rms_norm(h, (self.width,), norm_mid, self.eps), gate_up).chunk(2, dim=-1)
+            h = h + packed_linear(F.silu(gate) * up, down)
+        return packed_linear(F.rms_norm(h, (self.width,), self.norm, self.eps), self.output)
 
 
 @torch.no_grad()

@@ -32,17 +32,27 @@ def available() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A frozen weight (out × in) reordered once into oneDNN's blocked layout, for `packed_linear`."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous())
+
+
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear` by a weight `pack_weight` made; the input is cast to the weight's dtype, as bf16 autocast
+    casts it for a bf16 weight."""
+    return torch.ops.mkldnn._linear_pointwise(x.to(packed.dtype), packed, bias, "none", [], "")
+
+
 def _packed_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     weight = self.weight
     if (torch.is_grad_enabled() or weight.requires_grad or weight.device.type != "cpu"
             or weight.dtype not in PACKABLE or x.dtype not in PACKABLE):
         return F.linear(x, weight, self.bias)
-    x = x.to(weight.dtype)  # bf16 weights are multiplied under bf16 autocast, which casts the input too
     version, packed = self._corll_packed
     if packed is None or version != weight._version:
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+        packed = pack_weight(weight)
         self._corll_packed = (weight._version, packed)
-    return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+    return packed_linear(x, packed, self.bias)
 
 
 def pack_frozen_linears(model: torch.nn.Module) -> int:
